@@ -1,0 +1,288 @@
+//! Errors, grouped by who is at fault, and the wire error codes.
+//!
+//! - [`ValidationError`]: the caller gave bad input (fix the input).
+//! - [`FrameError`]: the peer sent bytes that are not protocol v1 (a bug or an attack).
+//! - [`Refusal`]: the server understood and said no; it may carry a delay.
+//! - [`UsageError`]: the API was used in a way that cannot work (queue full, closed).
+//! - [`Error::Transport`]: the network failed; retried by the core where that is safe.
+
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::time::Duration;
+
+/// Machine-readable error codes carried by `error` frames and HTTP error bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Too many requests: wait `retry_after_ms` before trying again.
+    RateLimitExceeded,
+    /// A connection limit (total, per user, per channel) is reached; see `limit_type`.
+    ConnectionLimitExceeded,
+    /// The token is missing, malformed, badly signed or uses the wrong algorithm.
+    Unauthorized,
+    /// The token was valid but has expired: get a new one and send `refresh` or reconnect.
+    TokenExpired,
+    /// The token does not grant this channel.
+    ForbiddenChannel,
+    /// The event failed validation; see `field`.
+    InvalidEvent,
+    /// The event or frame is larger than the server accepts.
+    PayloadTooLarge,
+    /// The frame's `op` is not one this server knows.
+    UnknownOp,
+    /// The frame is not valid JSON or lacks a required field.
+    BadRequest,
+    /// No `connect` frame arrived within the server's deadline.
+    AuthTimeout,
+    /// The client read too slowly and its outbound queue filled up.
+    SlowConsumer,
+    /// The server is shutting down; reconnect elsewhere or later.
+    ShuttingDown,
+    /// The server is temporarily unable to serve (a dependency is down).
+    Unavailable,
+    /// The server failed; nothing the client did was wrong.
+    Internal,
+    /// A code this version of the core does not know yet.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The wire spelling, e.g. `RATE_LIMIT_EXCEEDED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
+            ErrorCode::ConnectionLimitExceeded => "CONNECTION_LIMIT_EXCEEDED",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::TokenExpired => "TOKEN_EXPIRED",
+            ErrorCode::ForbiddenChannel => "FORBIDDEN_CHANNEL",
+            ErrorCode::InvalidEvent => "INVALID_EVENT",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::UnknownOp => "UNKNOWN_OP",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::AuthTimeout => "AUTH_TIMEOUT",
+            ErrorCode::SlowConsumer => "SLOW_CONSUMER",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// Whether a request refused with this code may be sent again unchanged (after any delay).
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::RateLimitExceeded
+                | ErrorCode::ShuttingDown
+                | ErrorCode::Unavailable
+                | ErrorCode::Internal
+                | ErrorCode::SlowConsumer
+        )
+    }
+
+    /// The HTTP status the reference server answers with for this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::RateLimitExceeded | ErrorCode::ConnectionLimitExceeded => 429,
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::AuthTimeout => 401,
+            ErrorCode::ForbiddenChannel => 403,
+            ErrorCode::InvalidEvent | ErrorCode::BadRequest | ErrorCode::UnknownOp => 400,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::ShuttingDown | ErrorCode::Unavailable | ErrorCode::SlowConsumer => 503,
+            ErrorCode::Internal | ErrorCode::Unknown => 500,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What was wrong with a validated value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ValidationKind {
+    /// A required field is absent or empty.
+    Missing,
+    /// A number is outside its allowed range.
+    OutOfRange,
+    /// A string is longer than allowed.
+    TooLong,
+    /// The whole payload is larger than allowed.
+    TooLarge,
+    /// A string does not follow its grammar.
+    BadFormat,
+    /// A value has the wrong JSON type.
+    WrongType,
+}
+
+/// Bad input from the caller: which field, what kind of problem, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
+#[error("invalid `{field}`: {message}")]
+pub struct ValidationError {
+    /// The field at fault, as a dotted path (`data.percent`, `channel`).
+    pub field: String,
+    /// The kind of problem.
+    pub kind: ValidationKind,
+    /// A sentence saying what was wrong and what is accepted.
+    pub message: String,
+}
+
+impl ValidationError {
+    /// A new validation error.
+    pub fn new(field: impl Into<String>, kind: ValidationKind, message: impl Into<String>) -> Self {
+        Self { field: field.into(), kind, message: message.into() }
+    }
+
+    /// The same error with `prefix.` prepended to its field path.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = if self.field.is_empty() { prefix.to_owned() } else { format!("{prefix}.{}", self.field) };
+        self
+    }
+
+    /// The wire code for this error (payload size has its own).
+    pub fn code(&self) -> ErrorCode {
+        if self.kind == ValidationKind::TooLarge { ErrorCode::PayloadTooLarge } else { ErrorCode::InvalidEvent }
+    }
+}
+
+/// Bytes from the peer that are not a valid protocol v1 frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The frame is larger than the configured limit.
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not a JSON object, or JSON followed by trailing junk.
+    #[error("frame is not a single JSON object: {0}")]
+    Malformed(String),
+    /// The object has no string `op`.
+    #[error("frame has no `op` field")]
+    MissingOp,
+    /// The `op` is not one of protocol v1's.
+    #[error("unknown op `{0}`")]
+    UnknownOp(String),
+    /// The `op` is known but a field is missing or of the wrong type.
+    #[error("invalid `{op}` frame: {detail}")]
+    Invalid {
+        /// The frame's op.
+        op: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl FrameError {
+    /// The wire code a server answers this error with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+            FrameError::UnknownOp(_) => ErrorCode::UnknownOp,
+            _ => ErrorCode::BadRequest,
+        }
+    }
+}
+
+/// The server understood a request and refused it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    /// The machine-readable reason.
+    pub code: ErrorCode,
+    /// The server's explanation.
+    pub message: String,
+    /// How long to wait before trying again, when the server said.
+    pub retry_after: Option<Duration>,
+    /// The field at fault, for validation refusals.
+    pub field: Option<String>,
+    /// Which connection limit was hit, for `CONNECTION_LIMIT_EXCEEDED`.
+    pub limit_type: Option<String>,
+    /// The HTTP status, when the refusal came over HTTP.
+    pub status: Option<u16>,
+}
+
+impl Refusal {
+    /// A refusal with just a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), retry_after: None, field: None, limit_type: None, status: None }
+    }
+}
+
+/// The API was used in a way that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsageError {
+    /// The publish queue holds as many events as it may; retry after some are acknowledged.
+    #[error("publish queue is full ({capacity} events); await flush() or raise max_queued")]
+    QueueFull {
+        /// The queue's bound.
+        capacity: usize,
+    },
+    /// The client was closed; create a new one.
+    #[error("client is closed")]
+    Closed,
+    /// An operation gave up after its deadline.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The same channel is already subscribed on this connection.
+    #[error("channel `{0}` is already subscribed")]
+    AlreadySubscribed(String),
+}
+
+/// Every error the core reports, grouped by who is at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The caller gave bad input.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The API was misused.
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    /// The server refused.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The peer sent something that is not protocol v1.
+    #[error(transparent)]
+    Protocol(#[from] FrameError),
+    /// The network failed.
+    #[error("transport failed: {0}")]
+    Transport(String),
+}
+
+impl Error {
+    /// The wire-style code for this error, for bindings that expose one string.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid(e) => e.code().as_str(),
+            Error::Usage(UsageError::QueueFull { .. }) => "QUEUE_FULL",
+            Error::Usage(UsageError::Closed) => "CLOSED",
+            Error::Usage(UsageError::Timeout(_)) => "TIMEOUT",
+            Error::Usage(UsageError::AlreadySubscribed(_)) => "ALREADY_SUBSCRIBED",
+            Error::Refused(r) => r.code.as_str(),
+            Error::Protocol(_) => "PROTOCOL_ERROR",
+            Error::Transport(_) => "TRANSPORT",
+        }
+    }
+
+    /// The delay the server asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Refused(r) => r.retry_after,
+            _ => None,
+        }
+    }
+}

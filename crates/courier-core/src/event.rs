@@ -1,0 +1,733 @@
+//! Typed events: the envelope every event travels in, the catalogue of known event types
+//! with their data shapes, and validation with errors that name the field.
+//!
+//! Decisions (documented in `docs/protocol.md`):
+//! - `data` stays raw JSON inside the envelope ([`RawValue`]): the core validates it when an
+//!   event is published and otherwise passes it through untouched, so a subscriber pays for
+//!   one parse, in its own language.
+//! - Prices, quantities and money are decimal strings (`"101.25"`), never floats, so they
+//!   stay exact in every language. Percentages are numbers from 0 to 100.
+//! - Timestamps are Unix milliseconds (integers).
+//! - The Rust types below are the single source of truth: [`catalogue_schema`] exports them
+//!   as JSON Schema, from which the TypeScript and Python types are generated.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::channel::ChannelName;
+use crate::error::{ValidationError, ValidationKind};
+
+/// Default limit on the size of an event's `data`, in bytes (100 KB).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 100 * 1024;
+/// Longest event id, idempotency key or event type, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Who sent an event, when, and on whose behalf.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Metadata {
+    /// When the event was created, in Unix milliseconds; 0 lets the server stamp it.
+    #[serde(default)]
+    pub timestamp: u64,
+    /// The service that published it; empty lets the server use the token's subject.
+    #[serde(default)]
+    pub source: String,
+    /// Ties together the events of one piece of work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// The user the event concerns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+}
+
+/// The envelope of every event: on the wire, in history, in the publish queue.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    /// The idempotency key: the same id within the server's window is delivered once.
+    #[serde(default)]
+    pub id: String,
+    /// The event type, e.g. `backtest.progress`, or a custom type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The channel it is published to.
+    pub channel: ChannelName,
+    /// The payload, as raw JSON; its shape depends on `type`.
+    #[schemars(with = "serde_json::Value")]
+    pub data: Box<RawValue>,
+    /// Who, when, why.
+    #[serde(default)]
+    pub metadata: Metadata,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.event_type == other.event_type
+            && self.channel == other.channel
+            && self.data.get() == other.data.get()
+            && self.metadata == other.metadata
+    }
+}
+
+impl Event {
+    /// Builds an event from a JSON value of data. Validation is separate: see [`Event::validate`].
+    pub fn new(
+        id: impl Into<String>,
+        event_type: impl Into<String>,
+        channel: ChannelName,
+        data: &serde_json::Value,
+        metadata: Metadata,
+    ) -> Self {
+        let data = serde_json::value::to_raw_value(data).unwrap_or_else(|_| null_raw());
+        Self { id: id.into(), event_type: event_type.into(), channel, data, metadata }
+    }
+
+    /// Builds an event from data that is already JSON text, checking that it is JSON.
+    pub fn from_json_data(
+        id: impl Into<String>,
+        event_type: impl Into<String>,
+        channel: ChannelName,
+        data_json: String,
+        metadata: Metadata,
+    ) -> Result<Self, ValidationError> {
+        let data = RawValue::from_string(data_json).map_err(|e| {
+            ValidationError::new("data", ValidationKind::BadFormat, format!("data is not valid JSON: {e}"))
+        })?;
+        Ok(Self { id: id.into(), event_type: event_type.into(), channel, data, metadata })
+    }
+
+    /// Checks the envelope and, for catalogue types, the data shape.
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<(), ValidationError> {
+        check_id("id", &self.id)?;
+        check_event_type(&self.event_type)?;
+        let size = self.data.get().len();
+        if size > max_payload_bytes {
+            return Err(ValidationError::new(
+                "data",
+                ValidationKind::TooLarge,
+                format!("data is {size} bytes, over the {max_payload_bytes}-byte limit; send a reference instead of the payload"),
+            ));
+        }
+        check_optional_text("metadata.source", Some(&self.metadata.source))?;
+        check_optional_text("metadata.correlation_id", self.metadata.correlation_id.as_deref())?;
+        check_optional_text("metadata.user_id", self.metadata.user_id.as_deref())?;
+        if let Some(parsed) = KnownEvent::parse(&self.event_type, &self.data) {
+            parsed?;
+        } else if !self.data.get().trim_start().starts_with(['{', '[', '"', 't', 'f', 'n', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
+            return Err(ValidationError::new("data", ValidationKind::BadFormat, "data must be JSON"));
+        }
+        Ok(())
+    }
+
+    /// The data parsed into its catalogue type; `None` for custom types.
+    pub fn typed(&self) -> Option<Result<KnownEvent, ValidationError>> {
+        KnownEvent::parse(&self.event_type, &self.data)
+    }
+}
+
+fn null_raw() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("`null` is JSON")
+}
+
+/// Checks an id or idempotency key: 1 to 128 bytes of `A-Z a-z 0-9 _ - . :`.
+pub fn check_id(field: &str, id: &str) -> Result<(), ValidationError> {
+    if id.is_empty() {
+        return Err(ValidationError::new(field, ValidationKind::Missing, format!("`{field}` must not be empty")));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(ValidationError::new(
+            field,
+            ValidationKind::TooLong,
+            format!("`{field}` is {} bytes; at most {MAX_ID_LEN}", id.len()),
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')) {
+        return Err(ValidationError::new(
+            field,
+            ValidationKind::BadFormat,
+            format!("`{field}` may only hold letters, digits, `_`, `-`, `.` and `:`"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an event type: dot-separated lowercase segments of `a-z 0-9 _ -`, at most 128 bytes.
+pub fn check_event_type(event_type: &str) -> Result<(), ValidationError> {
+    let ok = !event_type.is_empty()
+        && event_type.len() <= MAX_ID_LEN
+        && event_type.split('.').all(|s| {
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            "type",
+            if event_type.is_empty() { ValidationKind::Missing } else { ValidationKind::BadFormat },
+            format!("event type `{event_type}` must be dot-separated lowercase words such as `backtest.progress`"),
+        ))
+    }
+}
+
+fn check_optional_text(field: &str, value: Option<&str>) -> Result<(), ValidationError> {
+    match value {
+        Some(v) if v.len() > MAX_ID_LEN => Err(ValidationError::new(
+            field,
+            ValidationKind::TooLong,
+            format!("`{field}` is {} bytes; at most {MAX_ID_LEN}", v.len()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn required(field: &str, value: &str) -> Result<(), ValidationError> {
+    if value.trim().is_empty() {
+        Err(ValidationError::new(format!("data.{field}"), ValidationKind::Missing, format!("`{field}` must not be empty")))
+    } else {
+        check_optional_text(&format!("data.{field}"), Some(value))
+    }
+}
+
+fn percent(field: &str, value: f64) -> Result<(), ValidationError> {
+    if (0.0..=100.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            format!("data.{field}"),
+            ValidationKind::OutOfRange,
+            format!("`{field}` is {value}; it must be between 0 and 100"),
+        ))
+    }
+}
+
+/// An exact decimal number carried as a string, e.g. `"101.25"` or `"-3"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+#[schemars(transparent)]
+pub struct Decimal(#[schemars(regex(pattern = r"^-?[0-9]+(\.[0-9]+)?$"))] pub String);
+
+impl Decimal {
+    fn check(&self, field: &str) -> Result<(), ValidationError> {
+        let s = self.0.strip_prefix('-').unwrap_or(&self.0);
+        let (int, frac) = s.split_once('.').unwrap_or((s, "0"));
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        if digits(int) && digits(frac) && self.0.len() <= 64 {
+            Ok(())
+        } else {
+            Err(ValidationError::new(
+                format!("data.{field}"),
+                ValidationKind::BadFormat,
+                format!("`{field}` is `{}`; decimals are strings like \"101.25\" (kept exact in every language)", self.0),
+            ))
+        }
+    }
+
+    fn check_positive(&self, field: &str) -> Result<(), ValidationError> {
+        self.check(field)?;
+        if self.0.starts_with('-') || self.0.bytes().all(|b| b == b'0' || b == b'.') {
+            return Err(ValidationError::new(
+                format!("data.{field}"),
+                ValidationKind::OutOfRange,
+                format!("`{field}` is `{}`; it must be greater than zero", self.0),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Side of a trade or order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Buying.
+    Buy,
+    /// Selling.
+    Sell,
+}
+
+/// Kind of order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderType {
+    /// At the market price.
+    Market,
+    /// At a limit price or better.
+    Limit,
+    /// Becomes a market order at a stop price.
+    Stop,
+    /// Becomes a limit order at a stop price.
+    StopLimit,
+}
+
+/// Data of a catalogue event: deserialised from `data`, then checked for ranges.
+pub trait EventData: DeserializeOwned + Serialize + JsonSchema {
+    /// The event type this data belongs to.
+    const TYPE: &'static str;
+    /// Range and content checks beyond the shape.
+    fn check(&self) -> Result<(), ValidationError>;
+}
+
+macro_rules! data_struct {
+    ($(#[$doc:meta])* $name:ident = $ty:literal { $($(#[$fdoc:meta])* $field:ident : $fty:ty),* $(,)? } check($this:ident) $check:block) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+        pub struct $name {
+            $($(#[$fdoc])* #[serde(default, skip_serializing_if = "crate::event::is_default")] pub $field: $fty,)*
+        }
+        impl EventData for $name {
+            const TYPE: &'static str = $ty;
+            fn check(&self) -> Result<(), ValidationError> {
+                let $this = self;
+                $check
+            }
+        }
+    };
+}
+
+/// Whether a value is its type's default (for `skip_serializing_if`).
+pub(crate) fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+data_struct!(
+    /// `strategy.generation.started`
+    StrategyGenerationStarted = "strategy.generation.started" {
+        /// The generation run.
+        generation_id: String,
+        /// A human name for what is being generated.
+        strategy_name: Option<String>,
+        /// Free-form parameters.
+        parameters: Option<serde_json::Value>,
+    } check(s) { required("generation_id", &s.generation_id) }
+);
+data_struct!(
+    /// `strategy.generation.progress`
+    StrategyGenerationProgress = "strategy.generation.progress" {
+        /// The generation run.
+        generation_id: String,
+        /// 0 to 100.
+        percent: f64,
+        /// The current stage.
+        stage: Option<String>,
+        /// A line for humans.
+        message: Option<String>,
+    } check(s) { required("generation_id", &s.generation_id)?; percent("percent", s.percent) }
+);
+data_struct!(
+    /// `strategy.generation.completed`
+    StrategyGenerationCompleted = "strategy.generation.completed" {
+        /// The generation run.
+        generation_id: String,
+        /// The strategy it produced.
+        strategy_id: String,
+        /// How long it took.
+        duration_ms: Option<u64>,
+    } check(s) { required("generation_id", &s.generation_id)?; required("strategy_id", &s.strategy_id) }
+);
+data_struct!(
+    /// `strategy.generation.failed`
+    StrategyGenerationFailed = "strategy.generation.failed" {
+        /// The generation run.
+        generation_id: String,
+        /// What went wrong.
+        error: String,
+        /// Whether running it again may succeed.
+        retryable: Option<bool>,
+    } check(s) { required("generation_id", &s.generation_id)?; required("error", &s.error) }
+);
+data_struct!(
+    /// `backtest.started`
+    BacktestStarted = "backtest.started" {
+        /// The backtest.
+        backtest_id: String,
+        /// The strategy under test.
+        strategy_id: String,
+        /// Instruments covered.
+        symbols: Vec<String>,
+        /// Start of the tested period (ISO 8601 date).
+        start_date: Option<String>,
+        /// End of the tested period (ISO 8601 date).
+        end_date: Option<String>,
+    } check(s) { required("backtest_id", &s.backtest_id)?; required("strategy_id", &s.strategy_id) }
+);
+data_struct!(
+    /// `backtest.progress`
+    BacktestProgress = "backtest.progress" {
+        /// The backtest.
+        backtest_id: String,
+        /// 0 to 100.
+        percent: f64,
+        /// Bars or days processed so far.
+        processed: Option<u64>,
+        /// Bars or days in all.
+        total: Option<u64>,
+        /// A line for humans.
+        message: Option<String>,
+    } check(s) { required("backtest_id", &s.backtest_id)?; percent("percent", s.percent) }
+);
+data_struct!(
+    /// `backtest.completed`
+    BacktestCompleted = "backtest.completed" {
+        /// The backtest.
+        backtest_id: String,
+        /// Total return as a decimal fraction, e.g. `"0.125"` for 12.5 %.
+        total_return: Option<Decimal>,
+        /// Sharpe ratio.
+        sharpe_ratio: Option<f64>,
+        /// Maximum drawdown as a decimal fraction.
+        max_drawdown: Option<Decimal>,
+        /// Number of trades.
+        trades: Option<u64>,
+        /// How long it took.
+        duration_ms: Option<u64>,
+    } check(s) {
+        required("backtest_id", &s.backtest_id)?;
+        if let Some(d) = &s.total_return { d.check("total_return")?; }
+        if let Some(d) = &s.max_drawdown { d.check("max_drawdown")?; }
+        Ok(())
+    }
+);
+data_struct!(
+    /// `backtest.failed`
+    BacktestFailed = "backtest.failed" {
+        /// The backtest.
+        backtest_id: String,
+        /// What went wrong.
+        error: String,
+        /// Whether running it again may succeed.
+        retryable: Option<bool>,
+    } check(s) { required("backtest_id", &s.backtest_id)?; required("error", &s.error) }
+);
+
+/// `trade.executed`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TradeExecuted {
+    /// The trade.
+    pub trade_id: String,
+    /// Instrument.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Quantity, a positive decimal string.
+    pub quantity: Decimal,
+    /// Price, a positive decimal string.
+    pub price: Decimal,
+    /// When it executed, Unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_at: Option<u64>,
+    /// The order it filled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+    /// The backtest it belongs to, for simulated trades.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backtest_id: Option<String>,
+}
+impl EventData for TradeExecuted {
+    const TYPE: &'static str = "trade.executed";
+    fn check(&self) -> Result<(), ValidationError> {
+        required("trade_id", &self.trade_id)?;
+        required("symbol", &self.symbol)?;
+        self.quantity.check_positive("quantity")?;
+        self.price.check_positive("price")
+    }
+}
+
+/// `order.placed`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderPlaced {
+    /// The order.
+    pub order_id: String,
+    /// Instrument.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Market, limit, stop or stop-limit.
+    pub order_type: OrderType,
+    /// Quantity, a positive decimal string.
+    pub quantity: Decimal,
+    /// Limit price, for limit orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Decimal>,
+}
+impl EventData for OrderPlaced {
+    const TYPE: &'static str = "order.placed";
+    fn check(&self) -> Result<(), ValidationError> {
+        required("order_id", &self.order_id)?;
+        required("symbol", &self.symbol)?;
+        self.quantity.check_positive("quantity")?;
+        if let Some(p) = &self.price {
+            p.check_positive("price")?;
+        }
+        Ok(())
+    }
+}
+
+/// `order.filled`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderFilled {
+    /// The order.
+    pub order_id: String,
+    /// Instrument.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// How much was filled.
+    pub filled_quantity: Decimal,
+    /// Average fill price.
+    pub average_price: Decimal,
+}
+impl EventData for OrderFilled {
+    const TYPE: &'static str = "order.filled";
+    fn check(&self) -> Result<(), ValidationError> {
+        required("order_id", &self.order_id)?;
+        required("symbol", &self.symbol)?;
+        self.filled_quantity.check_positive("filled_quantity")?;
+        self.average_price.check_positive("average_price")
+    }
+}
+
+data_struct!(
+    /// `order.cancelled`
+    OrderCancelled = "order.cancelled" {
+        /// The order.
+        order_id: String,
+        /// Why.
+        reason: Option<String>,
+    } check(s) { required("order_id", &s.order_id) }
+);
+
+/// `position.updated`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PositionUpdated {
+    /// Instrument.
+    pub symbol: String,
+    /// Signed quantity held (negative when short).
+    pub quantity: Decimal,
+    /// Average entry price.
+    pub average_price: Decimal,
+    /// Unrealised profit and loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unrealized_pnl: Option<Decimal>,
+    /// Realised profit and loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realized_pnl: Option<Decimal>,
+}
+impl EventData for PositionUpdated {
+    const TYPE: &'static str = "position.updated";
+    fn check(&self) -> Result<(), ValidationError> {
+        required("symbol", &self.symbol)?;
+        self.quantity.check("quantity")?;
+        self.average_price.check("average_price")?;
+        if let Some(d) = &self.unrealized_pnl {
+            d.check("unrealized_pnl")?;
+        }
+        if let Some(d) = &self.realized_pnl {
+            d.check("realized_pnl")?;
+        }
+        Ok(())
+    }
+}
+
+data_struct!(
+    /// `forge.job.started`
+    ForgeJobStarted = "forge.job.started" {
+        /// The job.
+        job_id: String,
+        /// What kind of job.
+        kind: Option<String>,
+    } check(s) { required("job_id", &s.job_id) }
+);
+data_struct!(
+    /// `forge.job.progress`
+    ForgeJobProgress = "forge.job.progress" {
+        /// The job.
+        job_id: String,
+        /// 0 to 100.
+        percent: f64,
+        /// A line for humans.
+        message: Option<String>,
+    } check(s) { required("job_id", &s.job_id)?; percent("percent", s.percent) }
+);
+data_struct!(
+    /// `forge.job.completed`
+    ForgeJobCompleted = "forge.job.completed" {
+        /// The job.
+        job_id: String,
+        /// Free-form result.
+        result: Option<serde_json::Value>,
+    } check(s) { required("job_id", &s.job_id) }
+);
+data_struct!(
+    /// `forge.job.failed`
+    ForgeJobFailed = "forge.job.failed" {
+        /// The job.
+        job_id: String,
+        /// What went wrong.
+        error: String,
+        /// Whether running it again may succeed.
+        retryable: Option<bool>,
+    } check(s) { required("job_id", &s.job_id)?; required("error", &s.error) }
+);
+
+fn parse_data<T: EventData>(data: &RawValue) -> Result<T, ValidationError> {
+    let mut de = serde_json::Deserializer::from_str(data.get());
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let text = inner.to_string();
+        let msg = text.split(" at line ").next().unwrap_or(&text).to_owned();
+        if let Some(rest) = msg.strip_prefix("missing field `") {
+            let field = rest.trim_end_matches('`');
+            let full = if path == "." { format!("data.{field}") } else { format!("data.{path}.{field}") };
+            return ValidationError::new(full, ValidationKind::Missing, format!("`{field}` is required for `{}`", T::TYPE));
+        }
+        let field = if path == "." { "data".to_owned() } else { format!("data.{path}") };
+        ValidationError::new(field, ValidationKind::WrongType, format!("{msg} (in `{}` data)", T::TYPE))
+    })?;
+    value.check()?;
+    Ok(value)
+}
+
+macro_rules! catalogue {
+    ($($variant:ident),* $(,)?) => {
+        /// The data of an event from the catalogue, parsed.
+        #[derive(Debug, Clone, PartialEq, Serialize)]
+        #[serde(untagged)]
+        #[non_exhaustive]
+        pub enum KnownEvent {
+            $(
+                #[doc = concat!("See [`", stringify!($variant), "`].")]
+                $variant($variant),
+            )*
+        }
+
+        /// Every event type in the catalogue.
+        pub const KNOWN_EVENT_TYPES: &[&str] = &[$(<$variant as EventData>::TYPE),*];
+
+        impl KnownEvent {
+            /// Parses `data` for a catalogue `event_type`; `None` for custom types.
+            pub fn parse(event_type: &str, data: &RawValue) -> Option<Result<Self, ValidationError>> {
+                match event_type {
+                    $(<$variant as EventData>::TYPE => Some(parse_data::<$variant>(data).map(KnownEvent::$variant)),)*
+                    _ => None,
+                }
+            }
+
+            /// This event's type.
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(KnownEvent::$variant(_) => <$variant as EventData>::TYPE,)*
+                }
+            }
+        }
+
+        /// JSON Schema of every catalogue type's data, keyed by event type, plus the envelope:
+        /// `{"envelope": …, "metadata": …, "events": {"backtest.progress": …, …}}`. Code
+        /// generators for TypeScript and Python read this.
+        pub fn catalogue_schema() -> serde_json::Value {
+            let mut events = BTreeMap::new();
+            $(events.insert(<$variant as EventData>::TYPE, serde_json::to_value(schemars::schema_for!($variant)).unwrap_or_default());)*
+            serde_json::json!({
+                "envelope": schemars::schema_for!(Event),
+                "metadata": schemars::schema_for!(Metadata),
+                "events": events,
+            })
+        }
+    };
+}
+
+catalogue!(
+    StrategyGenerationStarted,
+    StrategyGenerationProgress,
+    StrategyGenerationCompleted,
+    StrategyGenerationFailed,
+    BacktestStarted,
+    BacktestProgress,
+    BacktestCompleted,
+    BacktestFailed,
+    TradeExecuted,
+    OrderPlaced,
+    OrderFilled,
+    OrderCancelled,
+    PositionUpdated,
+    ForgeJobStarted,
+    ForgeJobProgress,
+    ForgeJobCompleted,
+    ForgeJobFailed,
+);
+
+/// Makes event ids: 26 characters of Crockford base32 holding 48 bits of Unix
+/// milliseconds and 80 random bits (the ULID layout), so ids sort by creation time.
+#[derive(Debug, Clone)]
+pub struct EventIdGenerator {
+    rng: rand_pcg::Pcg64Mcg,
+}
+
+impl EventIdGenerator {
+    /// A generator seeded by the driver (from the OS or `crypto.getRandomValues`).
+    pub fn new(seed: u64) -> Self {
+        Self { rng: rand_pcg::Pcg64Mcg::new(u128::from(seed) | 1 << 64) }
+    }
+
+    /// The next id, for an event created at `unix_ms`.
+    pub fn next_id(&mut self, unix_ms: u64) -> String {
+        use rand_core::Rng;
+        const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        let random = (u128::from(self.rng.next_u64()) << 16) ^ u128::from(self.rng.next_u32());
+        let value: u128 = (u128::from(unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
+        (0..26).rev().map(|i| ALPHABET[((value >> (i * 5)) & 31) as usize] as char).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(event_type: &str, data: serde_json::Value) -> Event {
+        Event::new("e1", event_type, ChannelName::new("backtest.a").unwrap(), &data, Metadata::default())
+    }
+
+    #[test]
+    fn valid_progress() {
+        let e = event("backtest.progress", serde_json::json!({"backtest_id": "a", "percent": 50}));
+        e.validate(DEFAULT_MAX_PAYLOAD_BYTES).unwrap();
+        assert!(matches!(e.typed(), Some(Ok(KnownEvent::BacktestProgress(_)))));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = event("backtest.progress", serde_json::json!({"backtest_id": "a", "percent": 150}));
+        let err = e.validate(DEFAULT_MAX_PAYLOAD_BYTES).unwrap_err();
+        assert_eq!((err.field.as_str(), err.kind), ("data.percent", ValidationKind::OutOfRange));
+        let e = event("backtest.progress", serde_json::json!({"percent": 1}));
+        let err = e.validate(DEFAULT_MAX_PAYLOAD_BYTES).unwrap_err();
+        assert_eq!((err.field.as_str(), err.kind), ("data.backtest_id", ValidationKind::Missing));
+        let e = event("trade.executed", serde_json::json!({"trade_id": "t", "symbol": "X", "side": "buy", "quantity": 1, "price": "1"}));
+        let err = e.validate(DEFAULT_MAX_PAYLOAD_BYTES).unwrap_err();
+        assert_eq!((err.field.as_str(), err.kind), ("data.quantity", ValidationKind::WrongType));
+        let e = event("custom.thing", serde_json::json!({"x": "y".repeat(200)}));
+        assert_eq!(e.validate(100).unwrap_err().kind, ValidationKind::TooLarge);
+    }
+
+    #[test]
+    fn ids_sort_by_time() {
+        let mut g = EventIdGenerator::new(7);
+        let a = g.next_id(1_000);
+        let b = g.next_id(2_000);
+        assert_eq!(a.len(), 26);
+        assert!(a < b);
+        assert_ne!(g.next_id(2_000), b);
+        check_id("id", &a).unwrap();
+    }
+
+    #[test]
+    fn schema_lists_every_type() {
+        let schema = catalogue_schema();
+        for t in KNOWN_EVENT_TYPES {
+            assert!(schema["events"][t].is_object(), "{t}");
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Sans-IO core of the Courier SDKs.
+//!
+//! Everything that decides how a Courier client behaves lives here, once, for every
+//! language: typed events and their validation, the protocol v1 frames and codec, channel
+//! names, error codes and the close-code table, reconnect backoff with jitter, Retry-After
+//! and rate-limit header parsing, the client-side GCRA, the retry budget, the connection
+//! state machine with resume, and the publish queue.
+//!
+//! Nothing in this crate reads a clock, sleeps, spawns or touches a socket (the model is
+//! quinn-proto). Drivers feed inputs through `handle_*(…, now)` methods, drain outputs with
+//! `poll_*()` methods, and ask `poll_timeout()` when to call `handle_timeout(now)` next.
+//! The drivers are `courier-client` (tokio), `courier-wasm` (browsers and Node) and, through
+//! `courier-client`, the Python package.
+
+pub mod backoff;
+pub mod channel;
+pub mod close;
+pub mod connection;
+pub mod error;
+pub mod event;
+pub mod frame;
+pub mod gcra;
+pub mod queue;
+pub mod rate_limit;
+pub mod retry_after;
+pub mod retry_budget;
+pub mod time;
+
+pub use channel::{ChannelName, ChannelPattern};
+pub use error::{Error, ErrorCode, FrameError, Refusal, UsageError, ValidationError, ValidationKind};
+pub use event::{Event, Metadata};
+pub use frame::{ClientFrame, Delivery, ErrorFrame, Limits, ServerFrame, StreamPosition};
+pub use time::{Duration, Instant};
+
+/// The protocol version this crate speaks; sent by clients and servers in the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
