@@ -63,7 +63,10 @@ impl ChannelName {
             return Err(ValidationError::new(
                 field,
                 ValidationKind::TooLong,
-                format!("channel names are at most {MAX_CHANNEL_LEN} bytes, got {}", name.len()),
+                format!(
+                    "channel names are at most {MAX_CHANNEL_LEN} bytes, got {}",
+                    name.len()
+                ),
             ));
         }
         if let Some(bad) = name.split('.').find(|s| !segment_ok(s)) {
@@ -89,7 +92,9 @@ impl ChannelName {
 
     /// The user id of a `user.{id}` channel.
     pub fn user_id(&self) -> Option<&str> {
-        self.0.strip_prefix("user.").filter(|rest| !rest.contains('.'))
+        self.0
+            .strip_prefix("user.")
+            .filter(|rest| !rest.contains('.'))
     }
 }
 
@@ -193,10 +198,25 @@ mod tests {
 
     #[test]
     fn grammar() {
-        for ok in ["global", "user.42", "backtest.abc-1", "forge.job.x_y", "a:b@c"] {
+        for ok in [
+            "global",
+            "user.42",
+            "backtest.abc-1",
+            "forge.job.x_y",
+            "a:b@c",
+        ] {
             assert!(ChannelName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".a", "a.", "a..b", "a b", "ä", &"x".repeat(65), &"a.".repeat(130)] {
+        for bad in [
+            "",
+            ".a",
+            "a.",
+            "a..b",
+            "a b",
+            "ä",
+            &"x".repeat(65),
+            &"a.".repeat(130),
+        ] {
             assert!(ChannelName::new(bad).is_err(), "{bad}");
         }
     }

@@ -53,9 +53,8 @@ pub enum CloseAction {
 pub fn classify_close(code: u16) -> CloseAction {
     match code {
         TOKEN_EXPIRED => CloseAction::RefreshTokenThenReconnect,
-        POLICY_VIOLATION | MESSAGE_TOO_BIG | BAD_REQUEST | UNAUTHORIZED | 1002 | 1003 | 1007 | 1010 => {
-            CloseAction::Terminal
-        }
+        POLICY_VIOLATION | MESSAGE_TOO_BIG | BAD_REQUEST | UNAUTHORIZED | 1002 | 1003 | 1007
+        | 1010 => CloseAction::Terminal,
         _ => CloseAction::Reconnect,
     }
 }
@@ -68,7 +67,10 @@ mod tests {
     fn table() {
         assert_eq!(classify_close(GOING_AWAY), CloseAction::Reconnect);
         assert_eq!(classify_close(ABNORMAL), CloseAction::Reconnect);
-        assert_eq!(classify_close(TOKEN_EXPIRED), CloseAction::RefreshTokenThenReconnect);
+        assert_eq!(
+            classify_close(TOKEN_EXPIRED),
+            CloseAction::RefreshTokenThenReconnect
+        );
         assert_eq!(classify_close(POLICY_VIOLATION), CloseAction::Terminal);
         assert_eq!(classify_close(4999), CloseAction::Reconnect);
     }

@@ -139,18 +139,30 @@ pub struct ValidationError {
 impl ValidationError {
     /// A new validation error.
     pub fn new(field: impl Into<String>, kind: ValidationKind, message: impl Into<String>) -> Self {
-        Self { field: field.into(), kind, message: message.into() }
+        Self {
+            field: field.into(),
+            kind,
+            message: message.into(),
+        }
     }
 
     /// The same error with `prefix.` prepended to its field path.
     pub fn within(mut self, prefix: &str) -> Self {
-        self.field = if self.field.is_empty() { prefix.to_owned() } else { format!("{prefix}.{}", self.field) };
+        self.field = if self.field.is_empty() {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
         self
     }
 
     /// The wire code for this error (payload size has its own).
     pub fn code(&self) -> ErrorCode {
-        if self.kind == ValidationKind::TooLarge { ErrorCode::PayloadTooLarge } else { ErrorCode::InvalidEvent }
+        if self.kind == ValidationKind::TooLarge {
+            ErrorCode::PayloadTooLarge
+        } else {
+            ErrorCode::InvalidEvent
+        }
     }
 }
 
@@ -217,7 +229,14 @@ pub struct Refusal {
 impl Refusal {
     /// A refusal with just a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None, field: None, limit_type: None, status: None }
+        Self {
+            code,
+            message: message.into(),
+            retry_after: None,
+            field: None,
+            limit_type: None,
+            status: None,
+        }
     }
 }
 

@@ -82,7 +82,13 @@ impl Event {
         metadata: Metadata,
     ) -> Self {
         let data = serde_json::value::to_raw_value(data).unwrap_or_else(|_| null_raw());
-        Self { id: id.into(), event_type: event_type.into(), channel, data, metadata }
+        Self {
+            id: id.into(),
+            event_type: event_type.into(),
+            channel,
+            data,
+            metadata,
+        }
     }
 
     /// Builds an event from data that is already JSON text, checking that it is JSON.
@@ -94,9 +100,19 @@ impl Event {
         metadata: Metadata,
     ) -> Result<Self, ValidationError> {
         let data = RawValue::from_string(data_json).map_err(|e| {
-            ValidationError::new("data", ValidationKind::BadFormat, format!("data is not valid JSON: {e}"))
+            ValidationError::new(
+                "data",
+                ValidationKind::BadFormat,
+                format!("data is not valid JSON: {e}"),
+            )
         })?;
-        Ok(Self { id: id.into(), event_type: event_type.into(), channel, data, metadata })
+        Ok(Self {
+            id: id.into(),
+            event_type: event_type.into(),
+            channel,
+            data,
+            metadata,
+        })
     }
 
     /// Checks the envelope and, for catalogue types, the data shape.
@@ -108,16 +124,27 @@ impl Event {
             return Err(ValidationError::new(
                 "data",
                 ValidationKind::TooLarge,
-                format!("data is {size} bytes, over the {max_payload_bytes}-byte limit; send a reference instead of the payload"),
+                format!(
+                    "data is {size} bytes, over the {max_payload_bytes}-byte limit; send a reference instead of the payload"
+                ),
             ));
         }
         check_optional_text("metadata.source", Some(&self.metadata.source))?;
-        check_optional_text("metadata.correlation_id", self.metadata.correlation_id.as_deref())?;
+        check_optional_text(
+            "metadata.correlation_id",
+            self.metadata.correlation_id.as_deref(),
+        )?;
         check_optional_text("metadata.user_id", self.metadata.user_id.as_deref())?;
         if let Some(parsed) = KnownEvent::parse(&self.event_type, &self.data) {
             parsed?;
-        } else if !self.data.get().trim_start().starts_with(['{', '[', '"', 't', 'f', 'n', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9']) {
-            return Err(ValidationError::new("data", ValidationKind::BadFormat, "data must be JSON"));
+        } else if !self.data.get().trim_start().starts_with([
+            '{', '[', '"', 't', 'f', 'n', '-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9',
+        ]) {
+            return Err(ValidationError::new(
+                "data",
+                ValidationKind::BadFormat,
+                "data must be JSON",
+            ));
         }
         Ok(())
     }
@@ -135,7 +162,11 @@ fn null_raw() -> Box<RawValue> {
 /// Checks an id or idempotency key: 1 to 128 bytes of `A-Z a-z 0-9 _ - . :`.
 pub fn check_id(field: &str, id: &str) -> Result<(), ValidationError> {
     if id.is_empty() {
-        return Err(ValidationError::new(field, ValidationKind::Missing, format!("`{field}` must not be empty")));
+        return Err(ValidationError::new(
+            field,
+            ValidationKind::Missing,
+            format!("`{field}` must not be empty"),
+        ));
     }
     if id.len() > MAX_ID_LEN {
         return Err(ValidationError::new(
@@ -144,7 +175,10 @@ pub fn check_id(field: &str, id: &str) -> Result<(), ValidationError> {
             format!("`{field}` is {} bytes; at most {MAX_ID_LEN}", id.len()),
         ));
     }
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')) {
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    {
         return Err(ValidationError::new(
             field,
             ValidationKind::BadFormat,
@@ -159,15 +193,23 @@ pub fn check_event_type(event_type: &str) -> Result<(), ValidationError> {
     let ok = !event_type.is_empty()
         && event_type.len() <= MAX_ID_LEN
         && event_type.split('.').all(|s| {
-            !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         });
     if ok {
         Ok(())
     } else {
         Err(ValidationError::new(
             "type",
-            if event_type.is_empty() { ValidationKind::Missing } else { ValidationKind::BadFormat },
-            format!("event type `{event_type}` must be dot-separated lowercase words such as `backtest.progress`"),
+            if event_type.is_empty() {
+                ValidationKind::Missing
+            } else {
+                ValidationKind::BadFormat
+            },
+            format!(
+                "event type `{event_type}` must be dot-separated lowercase words such as `backtest.progress`"
+            ),
         ))
     }
 }
@@ -185,7 +227,11 @@ fn check_optional_text(field: &str, value: Option<&str>) -> Result<(), Validatio
 
 fn required(field: &str, value: &str) -> Result<(), ValidationError> {
     if value.trim().is_empty() {
-        Err(ValidationError::new(format!("data.{field}"), ValidationKind::Missing, format!("`{field}` must not be empty")))
+        Err(ValidationError::new(
+            format!("data.{field}"),
+            ValidationKind::Missing,
+            format!("`{field}` must not be empty"),
+        ))
     } else {
         check_optional_text(&format!("data.{field}"), Some(value))
     }
@@ -220,7 +266,10 @@ impl Decimal {
             Err(ValidationError::new(
                 format!("data.{field}"),
                 ValidationKind::BadFormat,
-                format!("`{field}` is `{}`; decimals are strings like \"101.25\" (kept exact in every language)", self.0),
+                format!(
+                    "`{field}` is `{}`; decimals are strings like \"101.25\" (kept exact in every language)",
+                    self.0
+                ),
             ))
         }
     }
@@ -573,6 +622,13 @@ data_struct!(
 );
 
 fn parse_data<T: EventData>(data: &RawValue) -> Result<T, ValidationError> {
+    if !data.get().trim_start().starts_with('{') {
+        return Err(ValidationError::new(
+            "data",
+            ValidationKind::WrongType,
+            format!("data of `{}` must be a JSON object", T::TYPE),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_str(data.get());
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -581,11 +637,27 @@ fn parse_data<T: EventData>(data: &RawValue) -> Result<T, ValidationError> {
         let msg = text.split(" at line ").next().unwrap_or(&text).to_owned();
         if let Some(rest) = msg.strip_prefix("missing field `") {
             let field = rest.trim_end_matches('`');
-            let full = if path == "." { format!("data.{field}") } else { format!("data.{path}.{field}") };
-            return ValidationError::new(full, ValidationKind::Missing, format!("`{field}` is required for `{}`", T::TYPE));
+            let full = if path == "." {
+                format!("data.{field}")
+            } else {
+                format!("data.{path}.{field}")
+            };
+            return ValidationError::new(
+                full,
+                ValidationKind::Missing,
+                format!("`{field}` is required for `{}`", T::TYPE),
+            );
         }
-        let field = if path == "." { "data".to_owned() } else { format!("data.{path}") };
-        ValidationError::new(field, ValidationKind::WrongType, format!("{msg} (in `{}` data)", T::TYPE))
+        let field = if path == "." {
+            "data".to_owned()
+        } else {
+            format!("data.{path}")
+        };
+        ValidationError::new(
+            field,
+            ValidationKind::WrongType,
+            format!("{msg} (in `{}` data)", T::TYPE),
+        )
     })?;
     value.check()?;
     Ok(value)
@@ -669,7 +741,9 @@ pub struct EventIdGenerator {
 impl EventIdGenerator {
     /// A generator seeded by the driver (from the OS or `crypto.getRandomValues`).
     pub fn new(seed: u64) -> Self {
-        Self { rng: rand_pcg::Pcg64Mcg::new(u128::from(seed) | 1 << 64) }
+        Self {
+            rng: rand_pcg::Pcg64Mcg::new(u128::from(seed) | 1 << 64),
+        }
     }
 
     /// The next id, for an event created at `unix_ms`.
@@ -677,8 +751,12 @@ impl EventIdGenerator {
         use rand_core::Rng;
         const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
         let random = (u128::from(self.rng.next_u64()) << 16) ^ u128::from(self.rng.next_u32());
-        let value: u128 = (u128::from(unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
-        (0..26).rev().map(|i| ALPHABET[((value >> (i * 5)) & 31) as usize] as char).collect()
+        let value: u128 =
+            (u128::from(unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
+        (0..26)
+            .rev()
+            .map(|i| ALPHABET[((value >> (i * 5)) & 31) as usize] as char)
+            .collect()
     }
 }
 
@@ -687,27 +765,54 @@ mod tests {
     use super::*;
 
     fn event(event_type: &str, data: serde_json::Value) -> Event {
-        Event::new("e1", event_type, ChannelName::new("backtest.a").unwrap(), &data, Metadata::default())
+        Event::new(
+            "e1",
+            event_type,
+            ChannelName::new("backtest.a").unwrap(),
+            &data,
+            Metadata::default(),
+        )
     }
 
     #[test]
     fn valid_progress() {
-        let e = event("backtest.progress", serde_json::json!({"backtest_id": "a", "percent": 50}));
+        let e = event(
+            "backtest.progress",
+            serde_json::json!({"backtest_id": "a", "percent": 50}),
+        );
         e.validate(DEFAULT_MAX_PAYLOAD_BYTES).unwrap();
-        assert!(matches!(e.typed(), Some(Ok(KnownEvent::BacktestProgress(_)))));
+        assert!(matches!(
+            e.typed(),
+            Some(Ok(KnownEvent::BacktestProgress(_)))
+        ));
     }
 
     #[test]
     fn errors_name_the_field() {
-        let e = event("backtest.progress", serde_json::json!({"backtest_id": "a", "percent": 150}));
+        let e = event(
+            "backtest.progress",
+            serde_json::json!({"backtest_id": "a", "percent": 150}),
+        );
         let err = e.validate(DEFAULT_MAX_PAYLOAD_BYTES).unwrap_err();
-        assert_eq!((err.field.as_str(), err.kind), ("data.percent", ValidationKind::OutOfRange));
+        assert_eq!(
+            (err.field.as_str(), err.kind),
+            ("data.percent", ValidationKind::OutOfRange)
+        );
         let e = event("backtest.progress", serde_json::json!({"percent": 1}));
         let err = e.validate(DEFAULT_MAX_PAYLOAD_BYTES).unwrap_err();
-        assert_eq!((err.field.as_str(), err.kind), ("data.backtest_id", ValidationKind::Missing));
-        let e = event("trade.executed", serde_json::json!({"trade_id": "t", "symbol": "X", "side": "buy", "quantity": 1, "price": "1"}));
+        assert_eq!(
+            (err.field.as_str(), err.kind),
+            ("data.backtest_id", ValidationKind::Missing)
+        );
+        let e = event(
+            "trade.executed",
+            serde_json::json!({"trade_id": "t", "symbol": "X", "side": "buy", "quantity": 1, "price": "1"}),
+        );
         let err = e.validate(DEFAULT_MAX_PAYLOAD_BYTES).unwrap_err();
-        assert_eq!((err.field.as_str(), err.kind), ("data.quantity", ValidationKind::WrongType));
+        assert_eq!(
+            (err.field.as_str(), err.kind),
+            ("data.quantity", ValidationKind::WrongType)
+        );
         let e = event("custom.thing", serde_json::json!({"x": "y".repeat(200)}));
         assert_eq!(e.validate(100).unwrap_err().kind, ValidationKind::TooLarge);
     }

@@ -133,7 +133,14 @@ pub struct ErrorFrame {
 impl ErrorFrame {
     /// An error frame with just a code and message.
     pub fn new(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { id, code, message: message.into(), retry_after_ms: None, limit_type: None, field: None }
+        Self {
+            id,
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+            limit_type: None,
+            field: None,
+        }
     }
 
     /// The same refusal as a core error value.
@@ -213,11 +220,21 @@ pub enum ServerFrame {
 }
 
 fn required<T>(value: Option<T>, op: &str, field: &str) -> Result<T, FrameError> {
-    value.ok_or_else(|| FrameError::Invalid { op: op.to_owned(), detail: format!("missing `{field}`") })
+    value.ok_or_else(|| FrameError::Invalid {
+        op: op.to_owned(),
+        detail: format!("missing `{field}`"),
+    })
 }
 
 fn check_len(text: &str, max: usize) -> Result<(), FrameError> {
-    if text.len() > max { Err(FrameError::TooLarge { len: text.len(), max }) } else { Ok(()) }
+    if text.len() > max {
+        Err(FrameError::TooLarge {
+            len: text.len(),
+            max,
+        })
+    } else {
+        Ok(())
+    }
 }
 
 /// Explains why `text` did not decode, after the fast path failed.
@@ -229,11 +246,19 @@ fn explain(text: &str, known: &[&str], err: serde_json::Error) -> FrameError {
     match serde_json::from_str::<OpOnly>(text) {
         Err(e) => FrameError::Malformed(e.to_string()),
         Ok(OpOnly { op: None }) => FrameError::MissingOp,
-        Ok(OpOnly { op: Some(serde_json::Value::String(op)) }) if known.contains(&op.as_str()) => {
-            FrameError::Invalid { op, detail: err.to_string() }
-        }
-        Ok(OpOnly { op: Some(serde_json::Value::String(op)) }) => FrameError::UnknownOp(op),
-        Ok(OpOnly { op: Some(other) }) => FrameError::Invalid { op: other.to_string(), detail: "`op` must be a string".into() },
+        Ok(OpOnly {
+            op: Some(serde_json::Value::String(op)),
+        }) if known.contains(&op.as_str()) => FrameError::Invalid {
+            op,
+            detail: err.to_string(),
+        },
+        Ok(OpOnly {
+            op: Some(serde_json::Value::String(op)),
+        }) => FrameError::UnknownOp(op),
+        Ok(OpOnly { op: Some(other) }) => FrameError::Invalid {
+            op: other.to_string(),
+            detail: "`op` must be a string".into(),
+        },
     }
 }
 
@@ -249,7 +274,15 @@ struct ClientWire {
     event: Option<Event>,
 }
 
-const CLIENT_OPS: &[&str] = &["connect", "subscribe", "unsubscribe", "publish", "refresh", "ping", "pong"];
+const CLIENT_OPS: &[&str] = &[
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "refresh",
+    "ping",
+    "pong",
+];
 
 impl ClientFrame {
     /// Decodes one frame, rejecting frames over `max_len` bytes.
@@ -258,17 +291,27 @@ impl ClientFrame {
         let w: ClientWire = serde_json::from_str(text).map_err(|e| explain(text, CLIENT_OPS, e))?;
         let op = w.op.as_str();
         Ok(match op {
-            "connect" => ClientFrame::Connect { token: required(w.token, op, "token")?, client: w.client },
+            "connect" => ClientFrame::Connect {
+                token: required(w.token, op, "token")?,
+                client: w.client,
+            },
             "subscribe" => ClientFrame::Subscribe {
                 id: required(w.id, op, "id")?,
                 channel: required(w.channel, op, "channel")?,
                 since: w.since,
             },
-            "unsubscribe" => {
-                ClientFrame::Unsubscribe { id: required(w.id, op, "id")?, channel: required(w.channel, op, "channel")? }
-            }
-            "publish" => ClientFrame::Publish { id: required(w.id, op, "id")?, event: required(w.event, op, "event")? },
-            "refresh" => ClientFrame::Refresh { id: required(w.id, op, "id")?, token: required(w.token, op, "token")? },
+            "unsubscribe" => ClientFrame::Unsubscribe {
+                id: required(w.id, op, "id")?,
+                channel: required(w.channel, op, "channel")?,
+            },
+            "publish" => ClientFrame::Publish {
+                id: required(w.id, op, "id")?,
+                event: required(w.event, op, "event")?,
+            },
+            "refresh" => ClientFrame::Refresh {
+                id: required(w.id, op, "id")?,
+                token: required(w.token, op, "token")?,
+            },
             "ping" => ClientFrame::Ping,
             "pong" => ClientFrame::Pong,
             _ => return Err(FrameError::UnknownOp(w.op)),
@@ -303,8 +346,17 @@ struct ServerWire {
     field: Option<String>,
 }
 
-const SERVER_OPS: &[&str] =
-    &["connected", "subscribed", "unsubscribed", "event", "ack", "refreshed", "error", "ping", "pong"];
+const SERVER_OPS: &[&str] = &[
+    "connected",
+    "subscribed",
+    "unsubscribed",
+    "event",
+    "ack",
+    "refreshed",
+    "error",
+    "ping",
+    "pong",
+];
 
 impl ServerFrame {
     /// Decodes one frame, rejecting frames over `max_len` bytes.
@@ -331,16 +383,19 @@ impl ServerFrame {
                 epoch: required(w.epoch, op, "epoch")?,
                 offset: required(w.offset, op, "offset")?,
             },
-            "unsubscribed" => {
-                ServerFrame::Unsubscribed { id: required(w.id, op, "id")?, channel: required(w.channel, op, "channel")? }
-            }
+            "unsubscribed" => ServerFrame::Unsubscribed {
+                id: required(w.id, op, "id")?,
+                channel: required(w.channel, op, "channel")?,
+            },
             "ack" => ServerFrame::Ack {
                 id: required(w.id, op, "id")?,
                 event_id: required(w.event_id, op, "event_id")?,
                 offset: required(w.offset, op, "offset")?,
                 duplicate: w.duplicate.unwrap_or(false),
             },
-            "refreshed" => ServerFrame::Refreshed { id: required(w.id, op, "id")? },
+            "refreshed" => ServerFrame::Refreshed {
+                id: required(w.id, op, "id")?,
+            },
             "error" => ServerFrame::Error(ErrorFrame {
                 id: w.id,
                 code: required(w.code, op, "code")?,
@@ -369,20 +424,46 @@ mod tests {
     fn round_trip_event() {
         let text = r#"{"op":"event","epoch":"e1","offset":7,"event":{"id":"x","type":"backtest.progress","channel":"backtest.a","data":{"backtest_id":"a","percent":5},"metadata":{"timestamp":1,"source":"s"}}}"#;
         let frame = ServerFrame::decode(text, DEFAULT_MAX_FRAME_BYTES).unwrap();
-        assert_eq!(ServerFrame::decode(&frame.encode(), DEFAULT_MAX_FRAME_BYTES).unwrap(), frame);
-        let ServerFrame::Event(d) = frame else { panic!("not an event") };
+        assert_eq!(
+            ServerFrame::decode(&frame.encode(), DEFAULT_MAX_FRAME_BYTES).unwrap(),
+            frame
+        );
+        let ServerFrame::Event(d) = frame else {
+            panic!("not an event")
+        };
         assert_eq!(d.event.data.get(), r#"{"backtest_id":"a","percent":5}"#);
     }
 
     #[test]
     fn errors_are_typed() {
         let max = DEFAULT_MAX_FRAME_BYTES;
-        assert_eq!(ServerFrame::decode(r#"{"op":"nope"}"#, max), Err(FrameError::UnknownOp("nope".into())));
-        assert_eq!(ServerFrame::decode(r#"{"id":1}"#, max), Err(FrameError::MissingOp));
-        assert!(matches!(ServerFrame::decode(r#"{"op":"ping"} x"#, max), Err(FrameError::Malformed(_))));
-        assert!(matches!(ServerFrame::decode(r#"{"op":"ack","id":1}"#, max), Err(FrameError::Invalid { .. })));
-        assert!(matches!(ClientFrame::decode(r#"{"op":"subscribe","id":1,"channel":"a..b"}"#, max), Err(FrameError::Invalid { .. })));
-        assert!(matches!(ClientFrame::decode(r#"{"op":"ping"}"#, 3), Err(FrameError::TooLarge { .. })));
-        assert!(matches!(ClientFrame::decode("[]", max), Err(FrameError::Malformed(_))));
+        assert_eq!(
+            ServerFrame::decode(r#"{"op":"nope"}"#, max),
+            Err(FrameError::UnknownOp("nope".into()))
+        );
+        assert_eq!(
+            ServerFrame::decode(r#"{"id":1}"#, max),
+            Err(FrameError::MissingOp)
+        );
+        assert!(matches!(
+            ServerFrame::decode(r#"{"op":"ping"} x"#, max),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            ServerFrame::decode(r#"{"op":"ack","id":1}"#, max),
+            Err(FrameError::Invalid { .. })
+        ));
+        assert!(matches!(
+            ClientFrame::decode(r#"{"op":"subscribe","id":1,"channel":"a..b"}"#, max),
+            Err(FrameError::Invalid { .. })
+        ));
+        assert!(matches!(
+            ClientFrame::decode(r#"{"op":"ping"}"#, 3),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            ClientFrame::decode("[]", max),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

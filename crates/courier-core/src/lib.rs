@@ -15,6 +15,7 @@
 pub mod backoff;
 pub mod channel;
 pub mod close;
+pub mod conformance;
 pub mod connection;
 pub mod error;
 pub mod event;
@@ -27,7 +28,9 @@ pub mod retry_budget;
 pub mod time;
 
 pub use channel::{ChannelName, ChannelPattern};
-pub use error::{Error, ErrorCode, FrameError, Refusal, UsageError, ValidationError, ValidationKind};
+pub use error::{
+    Error, ErrorCode, FrameError, Refusal, UsageError, ValidationError, ValidationKind,
+};
 pub use event::{Event, Metadata};
 pub use frame::{ClientFrame, Delivery, ErrorFrame, Limits, ServerFrame, StreamPosition};
 pub use time::{Duration, Instant};

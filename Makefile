@@ -1,0 +1,60 @@
+# Courier: the two set-up commands are `make demo` and `make test`.
+# Every target installs what it needs itself, idempotently (a second run costs seconds).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+export PATH := $(HOME)/.cargo/bin:$(CURDIR)/.tools/node_modules/.bin:$(PATH)
+export CARGO_TERM_COLOR ?= never
+
+WASM_BINDGEN_VERSION := 0.2.130
+WASM_PACK_VERSION := 0.15.1
+BINARYEN_VERSION := 132.0.0
+STAMP := .tools/stamps
+
+.PHONY: help test demo bench lint test-rust check-wasm tools-rust
+
+help:
+	@echo "make demo   - build, start the reference server, show Python -> TypeScript events"
+	@echo "make test   - install what is needed, then run every check and test"
+	@echo "make bench  - run the benchmarks and write docs/benchmarks.md"
+
+## --- tools (idempotent) ---------------------------------------------------------------
+
+$(STAMP):
+	mkdir -p $(STAMP)
+
+tools-rust: | $(STAMP)
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	@rustup target list --installed | grep -q '^wasm32-unknown-unknown$$' || rustup target add wasm32-unknown-unknown
+
+## --- test -------------------------------------------------------------------------------
+
+test: tools-rust lint test-rust check-wasm
+	@echo "make test: all checks passed"
+
+lint: tools-rust
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+test-rust: tools-rust
+	cargo test --workspace --locked
+
+# The core must build for browsers too.
+check-wasm: tools-rust
+	cargo build -p courier-core --target wasm32-unknown-unknown --locked
+
+## --- demo -------------------------------------------------------------------------------
+
+demo:
+	@echo "make demo will: build the reference server, the Python package and the TypeScript"
+	@echo "package; start courier-server on 127.0.0.1; run examples/python-publisher (a simulated"
+	@echo "backtest) and examples/node-subscriber (live progress in this terminal); and serve"
+	@echo "examples/browser-dashboard at a printed URL. It arrives with the demo issue."
+
+## --- bench ------------------------------------------------------------------------------
+
+bench: tools-rust
+	python3 tests/bench/run.py
