@@ -32,7 +32,13 @@ tools-rust: | $(STAMP)
 
 ## --- test -------------------------------------------------------------------------------
 
-test: tools-rust lint test-rust check-wasm
+# Each package adds its own checks to TEST_TARGETS from its own fragment.
+TEST_TARGETS := lint test-rust check-wasm
+-include python/python.mk
+-include npm/npm.mk
+
+test: tools-rust
+	@$(MAKE) --no-print-directory $(TEST_TARGETS)
 	@echo "make test: all checks passed"
 
 lint: tools-rust

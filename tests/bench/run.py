@@ -7,50 +7,36 @@ Each benchmark is a function returning a markdown section. They run one after an
 section, read back from docs/benchmarks.md).
 """
 import datetime
-import json
 import os
 import platform
 import re
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 
 
-def sh(cmd, **kw):
-    print(f"+ {cmd}", flush=True)
-    return subprocess.run(cmd, shell=True, cwd=ROOT, check=True, text=True, **kw)
+def load_benches():
+    """Every `tests/bench/bench_*.py` module with a `run()` returning a markdown section.
+
+    Modules run in file-name order; each package owns its own module."""
+    import importlib.util
+    benches = {}
+    here = os.path.dirname(os.path.abspath(__file__))
+    for fname in sorted(os.listdir(here)):
+        if fname.startswith("bench_") and fname.endswith(".py"):
+            name = fname[len("bench_"):-3]
+            spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(here, fname))
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            benches[name] = mod.run
+    return benches
 
 
-def criterion_estimate(group, name):
-    path = os.path.join(ROOT, "target", "criterion", group, name, "new", "estimates.json")
-    with open(path) as f:
-        est = json.load(f)
-    return est["mean"]["point_estimate"], est["mean"]["confidence_interval"]
-
-
-def bench_core_dispatch():
-    cmd = "cargo bench -p courier-core --bench dispatch"
-    sh(cmd)
-    mean_ns, ci = criterion_estimate("dispatch", "backtest_progress_frame")
-    rate = 1e9 / mean_ns
-    verdict = "meets" if rate >= 1_000_000 else "MISSES"
-    return (
-        "## Core: decode and dispatch one `backtest.progress` event frame\n\n"
-        f"Command: `{cmd}`\n\n"
-        "A 420-byte `event` frame is decoded and handed through the connection state machine "
-        "(duplicate check, position update) to the application output queue.\n\n"
-        "| measure | value |\n|---|---|\n"
-        f"| mean time per frame | {mean_ns:.0f} ns (95% CI {ci['lower_bound']:.0f}–{ci['upper_bound']:.0f} ns) |\n"
-        f"| frames per second, one core | {rate:,.0f} |\n"
-        f"| target | ≥ 1,000,000 frames/s: {verdict} |\n"
-    )
-
-
-BENCHES = {
-    "core_dispatch": bench_core_dispatch,
-}
+BENCHES = load_benches()
 
 
 def machine():

@@ -4,15 +4,23 @@
 //! functions, the host language's test runner reads a case, calls them and compares the
 //! answer with the case's expectation. The logic stays here, once; only the comparison is
 //! written per language.
+//!
+//! [`evaluate`] takes one case of one file and returns the same case with every expected
+//! field recomputed by the core; a runner asserts that the answer equals the case.
 
 use serde_json::{Value, json};
 
+use crate::backoff::{Backoff, BackoffConfig};
 use crate::close::classify_close;
 use crate::connection::{Connection, ConnectionConfig, Input, Output};
 use crate::error::FrameError;
 use crate::event::Event;
 use crate::frame::{ClientFrame, DEFAULT_MAX_FRAME_BYTES, ServerFrame};
+use crate::gcra::Gcra;
+use crate::rate_limit::{RateLimitInfo, parse_rate_limit_headers};
+use crate::retry_after::parse_retry_after;
 use crate::time::{Duration, Instant};
+use crate::time::{SystemTime, UNIX_EPOCH, as_millis_u64};
 
 fn text_of(value: &Value) -> String {
     match value {
@@ -124,4 +132,140 @@ fn output_json(output: &Output) -> Value {
         }
         other => serde_json::to_value(other).unwrap_or(Value::Null),
     }
+}
+
+/// The vector files [`evaluate`] understands, by file stem.
+pub const VECTOR_FILES: &[&str] = &[
+    "backoff",
+    "close_codes",
+    "events",
+    "frames",
+    "gcra",
+    "rate_limit_headers",
+    "retry_after",
+    "transcripts",
+];
+
+/// Recomputes every expectation of `case` from `tests/vectors/{file}.json` with the core.
+/// `origin` is any instant: vector times are offsets from it.
+pub fn evaluate(file: &str, case: &Value, origin: Instant) -> Result<Value, String> {
+    let mut out = case.clone();
+    match file {
+        "frames" => out["expect"] = decode_frame(case),
+        "events" => {
+            let mut v = validate_event(case);
+            if let Some(m) = v.as_object_mut() {
+                m.remove("message");
+            }
+            out["expect"] = v;
+        }
+        "close_codes" => out["action"] = close_action(case),
+        "retry_after" => {
+            let value = case["value"]
+                .as_str()
+                .ok_or("retry_after case without value")?;
+            let got = parse_retry_after(
+                value,
+                wall(&case["wall_now_unix_ms"]),
+                ms_field(&case["cap_ms"]),
+            );
+            out["delay_ms"] = json!(got.map(as_millis_u64));
+        }
+        "rate_limit_headers" => {
+            let headers: Vec<(String, String)> = serde_json::from_value(case["headers"].clone())
+                .map_err(|e| format!("bad headers: {e}"))?;
+            let info = parse_rate_limit_headers(
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                wall(&case["wall_now_unix_ms"]),
+                ms_field(&case["cap_ms"]),
+            );
+            out["expected"] = serde_json::to_value(&info).map_err(|e| e.to_string())?;
+            out["wait_ms"] = json!(info.wait().map(as_millis_u64));
+            out["is_empty"] = json!(info.is_empty());
+        }
+        "backoff" => {
+            let config: BackoffConfig = serde_json::from_value(case["config"].clone())
+                .map_err(|e| format!("bad config: {e}"))?;
+            let mut backoff = Backoff::new(config, case["seed"].as_u64().unwrap_or(0));
+            for step in out["steps"]
+                .as_array_mut()
+                .ok_or("backoff case without steps")?
+            {
+                match step["op"].as_str() {
+                    Some("next_delay") => {
+                        step["delay_ms"] = json!(as_millis_u64(backoff.next_delay()))
+                    }
+                    Some("connection_lasted") => {
+                        backoff.note_connection_lasted(ms_field(&step["lasted_ms"]))
+                    }
+                    Some("reset") => backoff.reset(),
+                    other => return Err(format!("unknown backoff op {other:?}")),
+                }
+                if step.get("attempts").is_some() {
+                    step["attempts"] = json!(backoff.attempts());
+                }
+            }
+        }
+        "gcra" => {
+            let mut gcra = match case["quota"].as_u64() {
+                Some(q) => Gcra::new(
+                    q,
+                    ms_field(&case["window_ms"]),
+                    case["burst"].as_u64().unwrap_or(0),
+                ),
+                None => Gcra::unlimited(),
+            };
+            let at = |v: &Value| origin + ms_field(v);
+            for step in out["steps"]
+                .as_array_mut()
+                .ok_or("gcra case without steps")?
+            {
+                match step["op"].as_str() {
+                    Some("check") => {
+                        let r = gcra.check(at(&step["at_ms"]));
+                        step["admitted"] = json!(r.is_ok());
+                        step["wait_ms"] = json!(r.err().map_or(0, ceil_ms));
+                    }
+                    Some("wait_time") => {
+                        step["wait_ms"] = json!(ceil_ms(gcra.wait_time(at(&step["at_ms"]))))
+                    }
+                    Some("block_until") => gcra.block_until(at(&step["until_ms"])),
+                    Some("learn") => {
+                        let info: RateLimitInfo = serde_json::from_value(step["info"].clone())
+                            .map_err(|e| format!("bad info: {e}"))?;
+                        gcra.learn(&info, at(&step["at_ms"]));
+                    }
+                    other => return Err(format!("unknown gcra op {other:?}")),
+                }
+            }
+        }
+        "transcripts" => {
+            let mut runner = TranscriptRunner::new(case, origin)?;
+            for step in out["steps"]
+                .as_array_mut()
+                .ok_or("transcript without steps")?
+            {
+                let got = runner.step(step)?;
+                step["expect"] = got["outputs"].clone();
+                if step.get("next_timeout_ms").is_some() {
+                    step["next_timeout_ms"] = got["next_timeout_ms"].clone();
+                }
+            }
+        }
+        other => return Err(format!("no vectors named {other:?}")),
+    }
+    Ok(out)
+}
+
+fn ms_field(v: &Value) -> Duration {
+    Duration::from_millis(v.as_u64().unwrap_or(0))
+}
+
+fn wall(v: &Value) -> SystemTime {
+    UNIX_EPOCH + ms_field(v)
+}
+
+/// Whole milliseconds rounded up: a wait is never reported shorter than it is.
+fn ceil_ms(d: Duration) -> u64 {
+    as_millis_u64(d).saturating_add(u64::from(d.subsec_nanos() % 1_000_000 != 0))
 }

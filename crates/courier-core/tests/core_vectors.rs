@@ -1,72 +1,86 @@
-//! Runs the shared vectors for frames, events, close codes and connection transcripts
-//! through `courier_core::conformance`, the same entry points the bindings expose.
+//! Runs every file in `tests/vectors/` through `courier_core::conformance::evaluate`, the same
+//! entry point the TypeScript and Python bindings expose, and compares each case with the
+//! core's answer.
 
-use courier_core::conformance::{TranscriptRunner, close_action, decode_frame, validate_event};
+use courier_core::conformance::{VECTOR_FILES, evaluate};
 use serde_json::Value;
 
-fn vectors(name: &str) -> Vec<Value> {
-    let path = format!("{}/../../tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+fn cases(file: &str) -> Vec<Value> {
+    let path = format!(
+        "{}/../../tests/vectors/{file}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let doc: Value = serde_json::from_str(&text).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(
+        doc["description"].as_str().is_some_and(|d| !d.is_empty()),
+        "{path}: no description"
+    );
     doc["cases"].as_array().expect("cases").clone()
 }
 
-fn check_all(file: &str, run: impl Fn(&Value) -> Value, expected: impl Fn(&Value) -> Value) {
-    let cases = vectors(file);
-    assert!(!cases.is_empty());
-    let failures: Vec<String> = cases
-        .iter()
-        .filter_map(|case| {
-            let (got, want) = (run(case), expected(case));
-            (got != want).then(|| format!("{}: expected {want}, got {got}", case["name"]))
-        })
+/// The first differing path between two JSON values, for readable failures.
+fn diff(path: &str, want: &Value, got: &Value) -> Option<String> {
+    match (want, got) {
+        (Value::Object(a), Value::Object(b)) => a.keys().chain(b.keys()).find_map(|k| {
+            diff(
+                &format!("{path}.{k}"),
+                a.get(k).unwrap_or(&Value::Null),
+                b.get(k).unwrap_or(&Value::Null),
+            )
+        }),
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| diff(&format!("{path}[{i}]"), x, y)),
+        _ if want == got => None,
+        _ => Some(format!("{path}: expected {want}, got {got}")),
+    }
+}
+
+#[test]
+fn every_vector_file_is_known_and_passes() {
+    let dir = format!("{}/../../tests/vectors", env!("CARGO_MANIFEST_DIR"));
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".json").map(str::to_owned))
         .collect();
-    assert!(failures.is_empty(), "{file}:\n{}", failures.join("\n"));
-}
-
-#[test]
-fn frames() {
-    check_all("frames.json", decode_frame, |c| c["expect"].clone());
-}
-
-#[test]
-fn events() {
-    check_all(
-        "events.json",
-        |c| {
-            let mut v = validate_event(c);
-            if let Some(m) = v.as_object_mut() {
-                m.remove("message");
-            }
-            v
-        },
-        |c| c["expect"].clone(),
+    on_disk.sort();
+    assert_eq!(
+        on_disk, VECTOR_FILES,
+        "a vector file has no runner, or a runner no file"
     );
-}
-
-#[test]
-fn close_codes() {
-    check_all("close_codes.json", close_action, |c| c["action"].clone());
-}
-
-#[test]
-fn transcripts() {
-    let cases = vectors("transcripts.json");
-    assert!(cases.len() >= 7);
-    let start = std::time::Instant::now();
-    for case in cases {
-        let name = &case["name"];
-        let mut runner = TranscriptRunner::new(&case, start).unwrap();
-        for (i, step) in case["steps"].as_array().unwrap().iter().enumerate() {
-            let got = runner.step(step).unwrap();
-            assert_eq!(
-                got["outputs"], step["expect"],
-                "{name} step {i} ({}): outputs",
-                step["input"]
-            );
-            if let Some(t) = step.get("next_timeout_ms") {
-                assert_eq!(&got["next_timeout_ms"], t, "{name} step {i}: next timeout");
+    let origin = std::time::Instant::now();
+    let mut failures = vec![];
+    let mut count = 0;
+    for file in VECTOR_FILES {
+        for case in cases(file) {
+            count += 1;
+            let got = evaluate(file, &case, origin)
+                .unwrap_or_else(|e| panic!("{file} {}: {e}", case["name"]));
+            if let Some(d) = diff("", &case, &got) {
+                failures.push(format!("{file} / {}: {d}", case["name"]));
             }
         }
     }
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(count > 150, "only {count} cases");
+}
+
+#[test]
+fn a_wrong_expectation_is_caught() {
+    let mut case = cases("retry_after").remove(0);
+    let origin = std::time::Instant::now();
+    case["delay_ms"] = Value::from(123_456_789u64);
+    assert_ne!(evaluate("retry_after", &case, origin).unwrap(), case);
+    let mut t = cases("transcripts").remove(0);
+    t["steps"][1]["expect"] = Value::Array(vec![]);
+    assert_ne!(evaluate("transcripts", &t, origin).unwrap(), t);
 }
