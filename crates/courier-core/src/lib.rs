@@ -33,6 +33,7 @@ pub use error::{
 };
 pub use event::{Event, Metadata};
 pub use frame::{ClientFrame, Delivery, ErrorFrame, Limits, ServerFrame, StreamPosition};
+pub use queue::{Priority, PublishOptions, PublishQueue, PublishResult, QueueConfig};
 pub use time::{Duration, Instant};
 
 /// The protocol version this crate speaks; sent by clients and servers in the handshake.

@@ -1,0 +1,2172 @@
+//! The publish queue: priorities, batching, idempotent retries, rate limits and dead letters.
+//!
+//! [`PublishQueue`] is a sans-IO state machine. It decides what to send and when; a driver
+//! (tokio + reqwest natively, `fetch` in the browser) only moves bytes and time:
+//!
+//! 1. [`PublishQueue::push`] events as the application publishes them; keep the [`Ticket`].
+//! 2. Drain [`PublishQueue::poll_transmit`] until `None`: each [`OutgoingBatch`] is one
+//!    `POST /publish/batch` ([`PUBLISH_BATCH_PATH`]) with `body` as its JSON. Send them
+//!    concurrently; at most `max_in_flight` are handed out at a time.
+//! 3. Report every answer (or failure, including the driver's own request timeout) with
+//!    [`PublishQueue::handle_response`], exactly once per batch.
+//! 4. Drain [`PublishQueue::poll_completion`] to resolve the application's futures.
+//! 5. Sleep until [`PublishQueue::poll_timeout`] (or until a push or a response arrives),
+//!    call [`PublishQueue::handle_timeout`], and go to 2. Extra calls are harmless.
+//!
+//! # What the queue decides
+//!
+//! - **Order.** High before normal before low; first in, first out within a priority
+//!   (a retried event goes back to its original place). A batch is filled in that order,
+//!   so it may carry several priorities, and high-priority events never wait behind
+//!   low-priority ones. The one exception: when retries are waiting for the
+//!   [retry budget](crate::retry_budget), first attempts (which need no token) may go
+//!   ahead of them.
+//! - **Batching.** At most `max_batch_events` events and `max_batch_bytes` of JSON per
+//!   request. A batch that is not full waits up to `linger_ms` after its oldest event
+//!   was pushed for company; a full one (or anything after [`close`](PublishQueue::close))
+//!   goes at once.
+//! - **Idempotency.** Every event keeps its id across retries; the server acknowledges a
+//!   repeated id as `duplicate` instead of delivering it twice.
+//! - **Retries.** Transport failures, unreadable answers, 408, 429 and 5xx, and per-event
+//!   results with a retryable code ([`ErrorCode::is_retryable`]: `RATE_LIMIT_EXCEEDED`,
+//!   `UNAVAILABLE`, `SHUTTING_DOWN`, `INTERNAL`, `SLOW_CONSUMER`) are retried, up to
+//!   `max_attempts` sends in all. Other refusals (400, 401, 403, 413, other 4xx, per-event
+//!   `INVALID_EVENT`, `FORBIDDEN_CHANNEL`, …) are final. An event published with
+//!   `retry: false` is never sent twice: any failure is final for it. Final failures
+//!   complete with the error and go to the [dead letters](PublishQueue::dead_letters).
+//! - **Backoff.** After a retryable failure the *whole queue* waits
+//!   [`Backoff::next_delay`] before sending again (a struggling server gets no new
+//!   traffic either, and order within a priority is kept). Batches that were already in
+//!   flight when the backoff grew and fail too do not grow it again. A success resets it.
+//! - **Retry budget.** A request that carries retried events costs one token of the
+//!   [`RetryBudget`]; successful requests deposit. With no token, retries wait for the
+//!   budget to refill; they are delayed, never dropped. (Only a budget configured never to
+//!   refill with time, `refill_per_sec: 0` or `capacity < 1`, can run dry for good: when
+//!   nothing is left that could earn a token, the waiting retries fail with their last
+//!   error instead of waiting forever, and `budget_exhausted` counts them.)
+//! - **Server limits.** Every response's headers (`Retry-After`, `X-RateLimit-*`,
+//!   `RateLimit`, `RateLimit-Policy`) and every `retry_after_ms` in a body feed the
+//!   client-side [`Gcra`]: nothing is sent before a `Retry-After` deadline (capped at
+//!   `retry_after_cap_ms`), and a learned quota paces requests (one cell per request)
+//!   so the server is not hit just to say no.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::error::{Error, ErrorCode, Refusal, UsageError, ValidationError, ValidationKind};
+use crate::event::{DEFAULT_MAX_PAYLOAD_BYTES, Event, EventIdGenerator};
+use crate::gcra::Gcra;
+use crate::rate_limit::parse_rate_limit_headers;
+use crate::retry_budget::{RetryBudget, RetryBudgetConfig};
+use crate::time::{Duration, Instant, SystemTime, as_millis_u64};
+
+/// The HTTP path batches are `POST`ed to.
+pub const PUBLISH_BATCH_PATH: &str = "/publish/batch";
+
+/// Default bound on the JSON body of one batch request, in bytes (1 MB).
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 1_000_000;
+
+/// Length of `{"events":[]}`, the body around the events.
+const BODY_OVERHEAD: usize = 13;
+
+// ---------------------------------------------------------------------------------------
+// Wire types of `POST /publish/batch`, shared with the reference server.
+// ---------------------------------------------------------------------------------------
+
+/// Request body of `POST /publish/batch`: `{"events":[Event, …]}`.
+///
+/// Each event serialises as `{"id","type","channel","data","metadata"}` ([`Event`]).
+/// The server answers `200` with a [`BatchResponseBody`] holding one result per event, in
+/// the same order, or refuses the whole request with an error status and an
+/// [`ErrorResponse`] body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BatchRequest {
+    /// The events to publish; their ids are the idempotency keys.
+    pub events: Vec<Event>,
+}
+
+/// Successful (`200`) response body of `POST /publish/batch`: `{"results":[…]}`.
+///
+/// Holds exactly one [`BatchItemResult`] per event of the request, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BatchResponseBody {
+    /// One result per event, in the order of the request.
+    pub results: Vec<BatchItemResult>,
+}
+
+/// What became of one event of a batch (wire form `"accepted"`, `"duplicate"`,
+/// `"rejected"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemStatus {
+    /// Stored and delivered to the channel's subscribers.
+    Accepted,
+    /// Its id was already accepted within the idempotency window; not delivered again.
+    /// `channel`, `epoch` and `offset` are those of the first acceptance.
+    Duplicate,
+    /// Refused; `error` says why and whether a retry may help.
+    Rejected,
+}
+
+/// The result for one event of a batch:
+/// `{"id","status","channel"?,"epoch"?,"offset"?,"error"?}`.
+///
+/// `channel`, `epoch` and `offset` are present when the status is `accepted` or
+/// `duplicate` (`channel` may also be present on `rejected`); `error` is present exactly
+/// when it is `rejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct BatchItemResult {
+    /// The event's id, as sent.
+    pub id: String,
+    /// What happened to it.
+    pub status: ItemStatus,
+    /// The channel it was published to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// The channel's history epoch at the time it was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// Its offset in the channel's history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Why it was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl BatchItemResult {
+    /// An `accepted` result.
+    pub fn accepted(
+        id: impl Into<String>,
+        channel: impl Into<String>,
+        epoch: impl Into<String>,
+        offset: u64,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            status: ItemStatus::Accepted,
+            channel: Some(channel.into()),
+            epoch: Some(epoch.into()),
+            offset: Some(offset),
+            error: None,
+        }
+    }
+
+    /// A `duplicate` result, carrying the position of the first acceptance.
+    pub fn duplicate(
+        id: impl Into<String>,
+        channel: impl Into<String>,
+        epoch: impl Into<String>,
+        offset: u64,
+    ) -> Self {
+        Self {
+            status: ItemStatus::Duplicate,
+            ..Self::accepted(id, channel, epoch, offset)
+        }
+    }
+
+    /// A `rejected` result.
+    pub fn rejected(id: impl Into<String>, channel: Option<String>, error: ErrorBody) -> Self {
+        Self {
+            id: id.into(),
+            status: ItemStatus::Rejected,
+            channel,
+            epoch: None,
+            offset: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// A machine-readable error: `{"code","message","field"?,"retry_after_ms"?}`.
+///
+/// Used for a rejected event inside a [`BatchItemResult`], and wrapped in an
+/// [`ErrorResponse`] as the body of a whole-request error status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    /// The reason, e.g. `INVALID_EVENT`; unknown codes read as [`ErrorCode::Unknown`].
+    pub code: ErrorCode,
+    /// A sentence for humans.
+    pub message: String,
+    /// The field at fault as a dotted path (`data.percent`), for validation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// How long to wait before trying again, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorBody {
+    /// An error with just a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// The same error as a core [`Refusal`], with the HTTP status it came with.
+    pub fn to_refusal(&self, status: Option<u16>) -> Refusal {
+        Refusal {
+            code: self.code,
+            message: self.message.clone(),
+            retry_after: self.retry_after_ms.map(Duration::from_millis),
+            field: self.field.clone(),
+            limit_type: None,
+            status,
+        }
+    }
+}
+
+impl From<&ValidationError> for ErrorBody {
+    fn from(e: &ValidationError) -> Self {
+        Self {
+            code: e.code(),
+            message: e.message.clone(),
+            field: Some(e.field.clone()),
+            retry_after_ms: None,
+        }
+    }
+}
+
+impl From<&Refusal> for ErrorBody {
+    fn from(r: &Refusal) -> Self {
+        Self {
+            code: r.code,
+            message: r.message.clone(),
+            field: r.field.clone(),
+            retry_after_ms: r.retry_after.map(as_millis_u64),
+        }
+    }
+}
+
+/// Body of a whole-request error status (400, 401, 403, 413, 429, 5xx):
+/// `{"error":{"code","message","field"?,"retry_after_ms"?}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+// ---------------------------------------------------------------------------------------
+// Options, configuration, outputs.
+// ---------------------------------------------------------------------------------------
+
+/// How urgently an event should be sent (wire form `"high"`, `"normal"`, `"low"`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Sent before anything else queued.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Sent when nothing more urgent is queued.
+    Low,
+}
+
+impl Priority {
+    /// Every priority, most urgent first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The wire spelling: `high`, `normal` or `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = ValidationError;
+
+    /// Parses `high`, `normal` or `low` (ASCII case ignored, surrounding spaces trimmed).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        Priority::ALL
+            .into_iter()
+            .find(|p| t.eq_ignore_ascii_case(p.as_str()))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "priority",
+                    ValidationKind::BadFormat,
+                    format!("unknown priority `{s}`; expected `high`, `normal` or `low`"),
+                )
+            })
+    }
+}
+
+/// Per-event publishing options; `{}` gives the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct PublishOptions {
+    /// How urgently to send it (default normal).
+    pub priority: Priority,
+    /// Whether the queue may send it again after a retryable failure (default `true`).
+    /// `false` for events that must never be sent twice, such as a payment: any failure
+    /// is final and the event goes to the dead letters.
+    pub retry: bool,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        Self {
+            priority: Priority::Normal,
+            retry: true,
+        }
+    }
+}
+
+impl PublishOptions {
+    /// The defaults with another priority.
+    pub fn with_priority(priority: Priority) -> Self {
+        Self {
+            priority,
+            ..Self::default()
+        }
+    }
+}
+
+/// Settings of a [`PublishQueue`]; every field has a default, so `{}` is valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueConfig {
+    /// Most events held at once, queued or in flight (default 10 000).
+    pub max_queued: usize,
+    /// Most events per batch request (default 100; 0 counts as 1).
+    pub max_batch_events: usize,
+    /// Most bytes of JSON body per batch request (default 1 000 000). A single event
+    /// larger than this is refused by [`PublishQueue::push`].
+    pub max_batch_bytes: usize,
+    /// How long a batch that is not full waits for company after its oldest event was
+    /// pushed, in milliseconds (default 2; 0 sends at once).
+    pub linger_ms: u64,
+    /// Most batch requests outstanding at once (default 4; 0 counts as 1).
+    pub max_in_flight: usize,
+    /// Most sends of one event, first attempt included (default 8; 0 counts as 1).
+    pub max_attempts: u32,
+    /// Delays between retries.
+    pub backoff: BackoffConfig,
+    /// The token bucket that bounds retries.
+    pub retry_budget: RetryBudgetConfig,
+    /// Upper bound on any server-requested delay, in milliseconds (default 300 000).
+    pub retry_after_cap_ms: u64,
+    /// Largest `data` accepted by [`PublishQueue::push`], in bytes (default 100 KB, the
+    /// server's default limit).
+    pub max_payload_bytes: usize,
+    /// How many dead letters are kept until taken; the oldest are dropped beyond this
+    /// (they were still reported through [`PublishQueue::poll_completion`]). Default 10 000.
+    pub max_dead_letters: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            max_queued: 10_000,
+            max_batch_events: 100,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            linger_ms: 2,
+            max_in_flight: 4,
+            max_attempts: 8,
+            backoff: BackoffConfig::default(),
+            retry_budget: RetryBudgetConfig::default(),
+            retry_after_cap_ms: 300_000,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_dead_letters: 10_000,
+        }
+    }
+}
+
+/// Identifies one pushed event, from 1 up; never reused by a queue.
+pub type Ticket = u64;
+
+/// Identifies one batch request handed out by [`PublishQueue::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BatchId(pub u64);
+
+/// A request to send: `POST` [`PUBLISH_BATCH_PATH`] with `Content-Type: application/json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a batch must be sent and its answer reported with handle_response"]
+pub struct OutgoingBatch {
+    /// Pass it back to [`PublishQueue::handle_response`].
+    pub id: BatchId,
+    /// The JSON of a [`BatchRequest`].
+    pub body: String,
+    /// How many events it carries.
+    pub count: usize,
+}
+
+/// What came back for a batch request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportResult {
+    /// The server answered (any status).
+    Http {
+        /// The HTTP status.
+        status: u16,
+        /// The response headers, names in any case.
+        headers: Vec<(String, String)>,
+        /// The response body as text.
+        body: String,
+    },
+    /// No answer: connection refused or reset, DNS, TLS, the driver's timeout. The server
+    /// may or may not have processed the request; retrying is safe thanks to the event ids.
+    Failed(String),
+}
+
+/// The acknowledgement of one published event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PublishResult {
+    /// The event's id.
+    pub id: String,
+    /// The channel it was published to.
+    pub channel: String,
+    /// The channel's history epoch.
+    pub epoch: String,
+    /// Its offset in the channel's history.
+    pub offset: u64,
+    /// Whether the server had already accepted this id (a retry whose first answer was
+    /// lost, or the same id published twice).
+    pub duplicate: bool,
+    /// How many times it was sent.
+    pub attempts: u32,
+}
+
+/// The final outcome of one pushed event; each ticket completes exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// The ticket [`PublishQueue::push`] returned.
+    pub ticket: Ticket,
+    /// The acknowledgement, or why the event was given up (it is then a dead letter too).
+    pub result: Result<PublishResult, Error>,
+}
+
+/// An event the queue gave up on, with the reason.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The ticket [`PublishQueue::push`] returned.
+    pub ticket: Ticket,
+    /// The event, exactly as it was sent.
+    pub event: Event,
+    /// Why it was given up: a [`Refusal`] (with its HTTP status) or the last
+    /// transport error.
+    pub reason: Error,
+    /// How many times it was sent.
+    pub attempts: u32,
+}
+
+impl DeadLetter {
+    /// The reason's code, e.g. `INVALID_EVENT`, `RATE_LIMIT_EXCEEDED`, `TRANSPORT`.
+    pub fn code(&self) -> &'static str {
+        self.reason.code()
+    }
+
+    /// The reason's message, without the code.
+    pub fn message(&self) -> String {
+        match &self.reason {
+            Error::Refused(r) => r.message.clone(),
+            Error::Transport(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The field at fault, for validation refusals.
+    pub fn field(&self) -> Option<&str> {
+        match &self.reason {
+            Error::Refused(r) => r.field.as_deref(),
+            Error::Invalid(e) => Some(&e.field),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status of the refusal, if it was one (for a per-event result, the status
+    /// its code maps to: [`ErrorCode::http_status`]).
+    pub fn status(&self) -> Option<u16> {
+        match &self.reason {
+            Error::Refused(r) => r.status,
+            _ => None,
+        }
+    }
+}
+
+/// Counters and gauges of a [`PublishQueue`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueueStats {
+    /// High-priority events waiting to be sent (first attempts and retries).
+    pub queued_high: usize,
+    /// Normal-priority events waiting to be sent.
+    pub queued_normal: usize,
+    /// Low-priority events waiting to be sent.
+    pub queued_low: usize,
+    /// Events in batches awaiting an answer.
+    pub in_flight: usize,
+    /// Batches awaiting an answer.
+    pub in_flight_batches: usize,
+    /// Queued events that failed before and wait to be sent again.
+    pub retrying: usize,
+    /// Events acknowledged (accepted or duplicate), in all.
+    pub acknowledged: u64,
+    /// Events given up (dead letters), in all.
+    pub dead: u64,
+    /// Times sending was held back by a server-announced limit (Retry-After, a learned
+    /// quota, an exhausted window).
+    pub rate_limit_waits: u64,
+    /// Events sent again after a retryable failure, in all.
+    pub retries: u64,
+    /// Times retries had to wait for the retry budget, plus retries given up because it
+    /// could never refill.
+    pub budget_exhausted: u64,
+    /// Tokens left in the retry budget.
+    pub retry_tokens: f64,
+}
+
+// ---------------------------------------------------------------------------------------
+// The queue.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Entry {
+    ticket: Ticket,
+    event: Event,
+    /// The event's JSON, as it goes into every body.
+    json: String,
+    options: PublishOptions,
+    /// Sends so far.
+    attempts: u32,
+    pushed_at: Instant,
+    /// Why the last send failed (for a retry).
+    last_error: Option<Error>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    entries: Vec<Entry>,
+    sent_at: Instant,
+}
+
+/// What the next batch may contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    /// Retries and first attempts, in priority order (costs a budget token).
+    WithRetries,
+    /// First attempts only.
+    FreshOnly,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    at: Instant,
+    pick: Pick,
+}
+
+/// Where the publisher's token stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenState {
+    /// Sends go out with the current token.
+    Valid,
+    /// The server said the token expired; the driver has not been asked yet.
+    Wanted,
+    /// The driver is getting a new token.
+    Requested,
+}
+
+/// The publish queue (see the module docs).
+#[derive(Debug)]
+pub struct PublishQueue {
+    config: QueueConfig,
+    ids: EventIdGenerator,
+    backoff: Backoff,
+    budget: RetryBudget,
+    gcra: Gcra,
+    /// First attempts, by priority, in push order.
+    fresh: [BTreeMap<Ticket, Entry>; 3],
+    /// Events waiting to be sent again, by priority, in push order.
+    retries: [BTreeMap<Ticket, Entry>; 3],
+    /// Sum over `fresh` of `json.len() + 1`.
+    fresh_bytes: usize,
+    in_flight: BTreeMap<BatchId, InFlight>,
+    in_flight_events: usize,
+    next_ticket: Ticket,
+    next_batch: u64,
+    /// Nothing is sent before this (the backoff after a failure).
+    backoff_until: Option<Instant>,
+    /// When the backoff last grew; failures of batches sent before it do not grow it again.
+    backoff_grown_at: Option<Instant>,
+    /// The end of the last server-limit hold already counted in `rate_limit_waits`.
+    limit_hold_counted: Option<Instant>,
+    /// The end of the last budget hold already counted in `budget_exhausted`.
+    budget_hold_counted: Option<Instant>,
+    completions: VecDeque<Completion>,
+    dead_letters: Vec<DeadLetter>,
+    closed: bool,
+    /// Where the publisher's token stands (a 401 TOKEN_EXPIRED holds every send).
+    token: TokenState,
+    /// The latest `now` seen, for [`PublishQueue::poll_timeout`].
+    last_now: Instant,
+    acknowledged: u64,
+    dead: u64,
+    rate_limit_waits: u64,
+    retried: u64,
+    budget_exhausted: u64,
+}
+
+impl PublishQueue {
+    /// An empty queue. `seed` seeds the event ids and the backoff jitter (drivers pass a
+    /// random one; tests a fixed one).
+    pub fn new(config: QueueConfig, seed: u64, now: Instant) -> Self {
+        Self {
+            ids: EventIdGenerator::new(seed),
+            backoff: Backoff::new(
+                config.backoff.clone(),
+                seed.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15,
+            ),
+            budget: RetryBudget::new(config.retry_budget, now),
+            gcra: Gcra::unlimited(),
+            config,
+            fresh: Default::default(),
+            retries: Default::default(),
+            fresh_bytes: 0,
+            in_flight: BTreeMap::new(),
+            in_flight_events: 0,
+            next_ticket: 1,
+            next_batch: 1,
+            backoff_until: None,
+            backoff_grown_at: None,
+            limit_hold_counted: None,
+            budget_hold_counted: None,
+            completions: VecDeque::new(),
+            dead_letters: Vec::new(),
+            token: TokenState::Valid,
+            closed: false,
+            last_now: now,
+            acknowledged: 0,
+            dead: 0,
+            rate_limit_waits: 0,
+            retried: 0,
+            budget_exhausted: 0,
+        }
+    }
+
+    /// A fresh event id (26 characters, sorting by time) for an event created at `unix_ms`.
+    pub fn next_event_id(&mut self, unix_ms: u64) -> String {
+        self.ids.next_id(unix_ms)
+    }
+
+    /// Validates and queues an event; its outcome arrives later as a [`Completion`] with
+    /// the returned ticket.
+    ///
+    /// Errors, with nothing queued: [`UsageError::Closed`] after [`close`](Self::close);
+    /// [`Error::Invalid`] when the event fails validation (its id must be set: see
+    /// [`next_event_id`](Self::next_event_id)); [`UsageError::QueueFull`] when
+    /// `max_queued` events are already held.
+    pub fn push(
+        &mut self,
+        event: Event,
+        options: PublishOptions,
+        now: Instant,
+    ) -> Result<Ticket, Error> {
+        self.observe(now);
+        if self.closed {
+            return Err(UsageError::Closed.into());
+        }
+        event.validate(self.config.max_payload_bytes)?;
+        let json = serde_json::to_string(&event).map_err(|e| {
+            ValidationError::new(
+                "data",
+                ValidationKind::BadFormat,
+                format!("cannot encode event: {e}"),
+            )
+        })?;
+        if json.len() + BODY_OVERHEAD > self.config.max_batch_bytes {
+            return Err(ValidationError::new(
+                "data",
+                ValidationKind::TooLarge,
+                format!(
+                    "the event is {} bytes of JSON, over the {}-byte batch limit; send a reference instead of the payload",
+                    json.len(),
+                    self.config.max_batch_bytes
+                ),
+            )
+            .into());
+        }
+        if self.pending() >= self.config.max_queued {
+            return Err(UsageError::QueueFull {
+                capacity: self.config.max_queued,
+            }
+            .into());
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.fresh_bytes += json.len() + 1;
+        let entry = Entry {
+            ticket,
+            event,
+            json,
+            options,
+            attempts: 0,
+            pushed_at: now,
+            last_error: None,
+        };
+        self.fresh[options.priority.index()].insert(ticket, entry);
+        Ok(ticket)
+    }
+
+    /// The next batch to send, if one may go at `now`; call until `None`.
+    ///
+    /// Never hands out a batch before a server-announced delay, the client-side rate
+    /// limit or the backoff allow it, nor more than `max_in_flight` at a time.
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<OutgoingBatch> {
+        self.observe(now);
+        self.expire_unfundable_retries();
+        let plan = self.plan(now)?;
+        self.note_holds(now);
+        if plan.at > now {
+            return None;
+        }
+        let entries = self.take_batch(plan.pick);
+        if entries.is_empty() {
+            return None;
+        }
+        let resent = entries.iter().filter(|e| e.attempts > 0).count();
+        if resent > 0 {
+            let withdrawn = self.budget.try_withdraw(now);
+            debug_assert!(withdrawn, "the plan checked the budget");
+            self.retried += resent as u64;
+        }
+        let admitted = self.gcra.check(now);
+        debug_assert!(admitted.is_ok(), "the plan checked the rate limit");
+
+        let mut body = String::with_capacity(
+            BODY_OVERHEAD + entries.iter().map(|e| e.json.len() + 1).sum::<usize>(),
+        );
+        body.push_str("{\"events\":[");
+        for (i, e) in entries.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&e.json);
+        }
+        body.push_str("]}");
+
+        let mut entries = entries;
+        for e in &mut entries {
+            e.attempts = e.attempts.saturating_add(1);
+        }
+        let id = BatchId(self.next_batch);
+        self.next_batch += 1;
+        let count = entries.len();
+        self.in_flight_events += count;
+        self.in_flight.insert(
+            id,
+            InFlight {
+                entries,
+                sent_at: now,
+            },
+        );
+        Some(OutgoingBatch { id, body, count })
+    }
+
+    /// Reports what came back for a batch handed out by
+    /// [`poll_transmit`](Self::poll_transmit). Unknown or already reported batches are
+    /// ignored. `wall_now` turns HTTP-dates in `Retry-After` into delays.
+    pub fn handle_response(
+        &mut self,
+        batch: BatchId,
+        response: TransportResult,
+        now: Instant,
+        wall_now: SystemTime,
+    ) {
+        self.observe(now);
+        let Some(flight) = self.in_flight.remove(&batch) else {
+            return;
+        };
+        self.in_flight_events -= flight.entries.len();
+        let cap = Duration::from_millis(self.config.retry_after_cap_ms);
+        match response {
+            TransportResult::Failed(message) => {
+                self.fail_batch(flight, &Error::Transport(message), now);
+            }
+            TransportResult::Http {
+                status,
+                headers,
+                body,
+            } => {
+                let info = parse_rate_limit_headers(
+                    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                    wall_now,
+                    cap,
+                );
+                self.gcra.learn(&info, now);
+                if (200..300).contains(&status) {
+                    match parse_results(&body, &flight.entries) {
+                        Ok(results) => self.settle(flight, results, now),
+                        Err(detail) => self.fail_batch(flight, &Error::Transport(detail), now),
+                    }
+                } else if (400..600).contains(&status) {
+                    let mut refusal = refusal_from_error_status(status, &body);
+                    let body_delay = refusal.retry_after.map(|d| d.min(cap));
+                    if let Some(d) = body_delay {
+                        self.block_for(now, d);
+                    }
+                    refusal.retry_after = info.retry_after.max(body_delay);
+                    if status == 401 && refusal.code == ErrorCode::TokenExpired {
+                        // Refused before any processing: safe to send again, even events
+                        // marked not to be retried, once the driver has a new token.
+                        self.await_token(flight, Error::Refused(refusal));
+                    } else if matches!(status, 408 | 429) || status >= 500 {
+                        self.fail_batch(flight, &Error::Refused(refusal), now);
+                    } else {
+                        let reason = Error::Refused(refusal);
+                        for entry in flight.entries {
+                            self.kill(entry, reason.clone());
+                        }
+                    }
+                } else {
+                    let reason = Error::Transport(format!(
+                        "unexpected HTTP status {status} from {PUBLISH_BATCH_PATH}"
+                    ));
+                    self.fail_batch(flight, &reason, now);
+                }
+            }
+        }
+        self.expire_unfundable_retries();
+    }
+
+    /// Lets the queue act on time passing. Sending itself happens in
+    /// [`poll_transmit`](Self::poll_transmit); extra calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.observe(now);
+        self.expire_unfundable_retries();
+    }
+
+    /// When [`poll_transmit`](Self::poll_transmit) will next have a batch to hand out
+    /// (a lingering batch filling up, a backoff or rate-limit delay ending, the retry
+    /// budget refilling), as of the latest `now` the queue was given. `None` when nothing
+    /// is queued, or when `max_in_flight` batches are out and only a response can help.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.plan(self.last_now).map(|p| p.at)
+    }
+
+    /// When the next batch may be sent, as seen at `now` (`now` itself if one may go
+    /// now); `None` as for [`poll_timeout`](Self::poll_timeout).
+    pub fn next_send_at(&self, now: Instant) -> Option<Instant> {
+        self.plan(now).map(|p| p.at)
+    }
+
+    /// The next final outcome of a pushed event, in the order they were decided.
+    #[must_use]
+    pub fn poll_completion(&mut self) -> Option<Completion> {
+        self.completions.pop_front()
+    }
+
+    /// True when every accepted event was acknowledged or given up (completions may still
+    /// wait in [`poll_completion`](Self::poll_completion)).
+    pub fn is_flushed(&self) -> bool {
+        self.pending() == 0
+    }
+
+    /// Events held, queued or in flight (what `max_queued` bounds).
+    pub fn pending(&self) -> usize {
+        self.queued_count() + self.in_flight_events
+    }
+
+    /// Counters and gauges at `now`.
+    pub fn stats(&self, now: Instant) -> QueueStats {
+        let queued = |p: usize| self.fresh[p].len() + self.retries[p].len();
+        QueueStats {
+            queued_high: queued(0),
+            queued_normal: queued(1),
+            queued_low: queued(2),
+            in_flight: self.in_flight_events,
+            in_flight_batches: self.in_flight.len(),
+            retrying: self.retry_count(),
+            acknowledged: self.acknowledged,
+            dead: self.dead,
+            rate_limit_waits: self.rate_limit_waits,
+            retries: self.retried,
+            budget_exhausted: self.budget_exhausted,
+            retry_tokens: self.budget.available(now),
+        }
+    }
+
+    /// The events given up so far (oldest first, at most `max_dead_letters`).
+    pub fn dead_letters(&self) -> &[DeadLetter] {
+        &self.dead_letters
+    }
+
+    /// Takes the dead letters, leaving none.
+    pub fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+        std::mem::take(&mut self.dead_letters)
+    }
+
+    /// Stops accepting events; what is queued still drains, without lingering.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// True once after the server answered 401 `TOKEN_EXPIRED`: the driver asks its token
+    /// provider (one request at a time) and answers with
+    /// [`handle_token`](Self::handle_token). Nothing is sent meanwhile.
+    #[must_use]
+    pub fn poll_token_request(&mut self) -> bool {
+        if self.token == TokenState::Wanted {
+            self.token = TokenState::Requested;
+            return true;
+        }
+        false
+    }
+
+    /// The token provider's answer after [`poll_token_request`](Self::poll_token_request):
+    /// `Ok` resumes sending with the new token; `Err` resumes after a backoff delay, so a
+    /// provider that keeps failing ends in dead letters after `max_attempts`, never a hang.
+    pub fn handle_token(&mut self, result: Result<(), String>, now: Instant) {
+        self.observe(now);
+        if self.token == TokenState::Valid {
+            return;
+        }
+        self.token = TokenState::Valid;
+        if result.is_err() {
+            self.grow_backoff(now, now);
+        }
+    }
+
+    /// True after [`close`](Self::close).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    // --- internals -----------------------------------------------------------------------
+
+    fn observe(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+    }
+
+    fn retry_count(&self) -> usize {
+        self.retries.iter().map(BTreeMap::len).sum()
+    }
+
+    fn fresh_count(&self) -> usize {
+        self.fresh.iter().map(BTreeMap::len).sum()
+    }
+
+    fn queued_count(&self) -> usize {
+        self.retry_count() + self.fresh_count()
+    }
+
+    fn max_batch_events(&self) -> usize {
+        self.config.max_batch_events.max(1)
+    }
+
+    /// The earliest time anything may be sent: after the backoff and the server's limits.
+    fn gate(&self, now: Instant) -> Option<Instant> {
+        if self.token != TokenState::Valid {
+            return None;
+        }
+        let mut gate = now;
+        if let Some(b) = self.backoff_until {
+            gate = gate.max(b);
+        }
+        let wait = self.gcra.wait_time(now);
+        if !wait.is_zero() {
+            gate = gate.max(now.checked_add(wait)?);
+        }
+        Some(gate)
+    }
+
+    /// When the retry budget will hold a token; `None` if time alone never refills it.
+    fn token_at(&self, now: Instant) -> Option<Instant> {
+        let available = self.budget.available(now);
+        if available >= 1.0 {
+            return Some(now);
+        }
+        let cfg = self.budget.config();
+        if !(cfg.refill_per_sec > 0.0 && cfg.capacity >= 1.0) {
+            return None;
+        }
+        let secs = (1.0 - available) / cfg.refill_per_sec;
+        let wait = Duration::try_from_secs_f64(secs).ok()?;
+        // Whole milliseconds plus one, so float rounding never leaves the bucket a hair short.
+        let ms = as_millis_u64(wait).saturating_add(2);
+        now.checked_add(Duration::from_millis(ms))
+    }
+
+    /// When the first attempts alone make a batch worth sending.
+    fn fresh_ready_at(&self, now: Instant) -> Option<Instant> {
+        let full = self.fresh_count() >= self.max_batch_events()
+            || self.fresh_bytes + BODY_OVERHEAD > self.config.max_batch_bytes;
+        if self.closed || full || self.config.linger_ms == 0 {
+            return Some(now);
+        }
+        let oldest = self
+            .fresh
+            .iter()
+            .filter_map(|m| m.first_key_value())
+            .map(|(_, e)| e.pushed_at)
+            .min()?;
+        oldest.checked_add(Duration::from_millis(self.config.linger_ms))
+    }
+
+    /// The next batch that can go and when; `None` when nothing can go without new input.
+    fn plan(&self, now: Instant) -> Option<Plan> {
+        let retrying = self.retry_count() > 0;
+        let fresh = self.fresh_count() > 0;
+        if !(retrying || fresh) || self.in_flight.len() >= self.config.max_in_flight.max(1) {
+            return None;
+        }
+        let gate = self.gate(now)?;
+        let with_retries = if retrying {
+            self.token_at(now).map(|t| t.max(gate))
+        } else {
+            None
+        };
+        let fresh_only = if fresh {
+            self.fresh_ready_at(now).map(|t| t.max(gate))
+        } else {
+            None
+        };
+        match (with_retries, fresh_only) {
+            (Some(r), Some(f)) if f < r => Some(Plan {
+                at: f,
+                pick: Pick::FreshOnly,
+            }),
+            (Some(r), _) => Some(Plan {
+                at: r,
+                pick: Pick::WithRetries,
+            }),
+            (None, Some(f)) => Some(Plan {
+                at: f,
+                pick: Pick::FreshOnly,
+            }),
+            (None, None) => None,
+        }
+    }
+
+    /// Counts holds by a server limit and by the retry budget, once per hold.
+    fn note_holds(&mut self, now: Instant) {
+        let wait = self.gcra.wait_time(now);
+        if !wait.is_zero() && self.limit_hold_counted.is_none_or(|t| t <= now) {
+            self.rate_limit_waits += 1;
+            self.limit_hold_counted = Some(now.checked_add(wait).unwrap_or(now));
+        }
+        if self.retry_count() > 0
+            && self.gate(now).is_some_and(|g| g <= now)
+            && self.budget.available(now) < 1.0
+            && self.budget_hold_counted.is_none_or(|t| t <= now)
+        {
+            self.budget_exhausted += 1;
+            self.budget_hold_counted = Some(self.token_at(now).unwrap_or(now));
+        }
+    }
+
+    /// Takes the next batch: by priority, then push order; stops at the first event that
+    /// does not fit (so nothing overtakes a more urgent event).
+    fn take_batch(&mut self, pick: Pick) -> Vec<Entry> {
+        let max_events = self.max_batch_events();
+        let max_bytes = self.config.max_batch_bytes;
+        let mut out: Vec<Entry> = Vec::new();
+        let mut bytes = BODY_OVERHEAD;
+        'priorities: for p in 0..3 {
+            loop {
+                let next_fresh = self.fresh[p].first_key_value().map(|(t, _)| *t);
+                let next_retry = match pick {
+                    Pick::WithRetries => self.retries[p].first_key_value().map(|(t, _)| *t),
+                    Pick::FreshOnly => None,
+                };
+                let from_retries = match (next_fresh, next_retry) {
+                    (None, None) => break,
+                    (Some(f), Some(r)) => r < f,
+                    (None, Some(_)) => true,
+                    (Some(_), None) => false,
+                };
+                let map = if from_retries {
+                    &mut self.retries[p]
+                } else {
+                    &mut self.fresh[p]
+                };
+                let Some(slot) = map.first_entry() else { break };
+                let add = slot.get().json.len() + usize::from(!out.is_empty());
+                if !out.is_empty() && bytes + add > max_bytes {
+                    break 'priorities;
+                }
+                let entry = slot.remove();
+                if !from_retries {
+                    self.fresh_bytes -= entry.json.len() + 1;
+                }
+                bytes += add;
+                out.push(entry);
+                if out.len() >= max_events {
+                    break 'priorities;
+                }
+            }
+        }
+        out
+    }
+
+    /// Applies a 200 answer, event by event.
+    fn settle(&mut self, flight: InFlight, results: Vec<BatchItemResult>, now: Instant) {
+        let cap = Duration::from_millis(self.config.retry_after_cap_ms);
+        let mut success = false;
+        let mut retrying = false;
+        for (entry, item) in flight.entries.into_iter().zip(results) {
+            match item.status {
+                ItemStatus::Accepted | ItemStatus::Duplicate => {
+                    success = true;
+                    let result = PublishResult {
+                        id: entry.event.id.clone(),
+                        channel: item
+                            .channel
+                            .unwrap_or_else(|| entry.event.channel.to_string()),
+                        epoch: item.epoch.unwrap_or_default(),
+                        offset: item.offset.unwrap_or(0),
+                        duplicate: item.status == ItemStatus::Duplicate,
+                        attempts: entry.attempts,
+                    };
+                    self.acknowledged += 1;
+                    self.completions.push_back(Completion {
+                        ticket: entry.ticket,
+                        result: Ok(result),
+                    });
+                }
+                ItemStatus::Rejected => {
+                    let error = item.error.unwrap_or_else(|| {
+                        ErrorBody::new(ErrorCode::Unknown, "rejected without a reason")
+                    });
+                    let mut refusal = error.to_refusal(Some(error.code.http_status()));
+                    refusal.retry_after = refusal.retry_after.map(|d| d.min(cap));
+                    if let Some(d) = refusal.retry_after {
+                        self.block_for(now, d);
+                    }
+                    if error.code.is_retryable() {
+                        retrying |= self.retry_or_kill(entry, Error::Refused(refusal));
+                    } else {
+                        self.kill(entry, Error::Refused(refusal));
+                    }
+                }
+            }
+        }
+        if success {
+            self.budget.deposit_success(now);
+            self.backoff.reset();
+        }
+        if retrying {
+            self.grow_backoff(flight.sent_at, now);
+        }
+    }
+
+    /// A retryable failure of the whole batch.
+    fn fail_batch(&mut self, flight: InFlight, reason: &Error, now: Instant) {
+        let mut retrying = false;
+        for entry in flight.entries {
+            retrying |= self.retry_or_kill(entry, reason.clone());
+        }
+        if retrying {
+            self.grow_backoff(flight.sent_at, now);
+        }
+    }
+
+    /// The token expired: the batch waits for a new one (attempts still count, so a token
+    /// the server never accepts ends in dead letters).
+    fn await_token(&mut self, flight: InFlight, reason: Error) {
+        if self.token == TokenState::Valid {
+            self.token = TokenState::Wanted;
+        }
+        for mut entry in flight.entries {
+            if entry.attempts >= self.config.max_attempts.max(1) {
+                self.kill(entry, reason.clone());
+            } else {
+                entry.last_error = Some(reason.clone());
+                self.retries[entry.options.priority.index()].insert(entry.ticket, entry);
+            }
+        }
+    }
+
+    /// Queues the event again, or gives it up if it may not be retried; true if queued.
+    fn retry_or_kill(&mut self, mut entry: Entry, reason: Error) -> bool {
+        if !entry.options.retry || entry.attempts >= self.config.max_attempts.max(1) {
+            self.kill(entry, reason);
+            return false;
+        }
+        entry.last_error = Some(reason);
+        self.retries[entry.options.priority.index()].insert(entry.ticket, entry);
+        true
+    }
+
+    /// Gives an event up: completes it with `reason` and keeps it as a dead letter.
+    fn kill(&mut self, entry: Entry, reason: Error) {
+        self.dead += 1;
+        self.completions.push_back(Completion {
+            ticket: entry.ticket,
+            result: Err(reason.clone()),
+        });
+        if self.config.max_dead_letters == 0 {
+            return;
+        }
+        if self.dead_letters.len() >= self.config.max_dead_letters {
+            self.dead_letters.remove(0);
+        }
+        self.dead_letters.push(DeadLetter {
+            ticket: entry.ticket,
+            event: entry.event,
+            reason,
+            attempts: entry.attempts,
+        });
+    }
+
+    fn grow_backoff(&mut self, sent_at: Instant, now: Instant) {
+        if self.backoff_grown_at.is_some_and(|grown| sent_at < grown) {
+            return;
+        }
+        let delay = self.backoff.next_delay();
+        self.backoff_grown_at = Some(now);
+        if let Some(until) = now.checked_add(delay) {
+            self.backoff_until = Some(self.backoff_until.map_or(until, |b| b.max(until)));
+        }
+    }
+
+    fn block_for(&mut self, now: Instant, delay: Duration) {
+        if let Some(until) = now.checked_add(delay) {
+            self.gcra.block_until(until);
+        }
+    }
+
+    /// With a budget that never refills by time: when nothing in flight or queued could
+    /// earn a token, the waiting retries fail with their last error.
+    fn expire_unfundable_retries(&mut self) {
+        let now = self.last_now;
+        if self.retry_count() == 0
+            || self.budget.available(now) >= 1.0
+            || self.token_at(now).is_some()
+            || !self.in_flight.is_empty()
+            || self.fresh_count() > 0
+        {
+            return;
+        }
+        for p in 0..3 {
+            for (_, mut entry) in std::mem::take(&mut self.retries[p]) {
+                self.budget_exhausted += 1;
+                let reason = entry
+                    .last_error
+                    .take()
+                    .unwrap_or_else(|| Error::Transport("retry budget exhausted".into()));
+                self.kill(entry, reason);
+            }
+        }
+    }
+}
+
+/// Reads a 2xx body: one result per event, same ids, same order.
+fn parse_results(body: &str, entries: &[Entry]) -> Result<Vec<BatchItemResult>, String> {
+    let parsed: BatchResponseBody = serde_json::from_str(body)
+        .map_err(|e| format!("unreadable response from {PUBLISH_BATCH_PATH}: {e}"))?;
+    if parsed.results.len() != entries.len() {
+        return Err(format!(
+            "response from {PUBLISH_BATCH_PATH} has {} results for {} events",
+            parsed.results.len(),
+            entries.len()
+        ));
+    }
+    if let Some((e, r)) = entries
+        .iter()
+        .zip(&parsed.results)
+        .find(|(e, r)| e.event.id != r.id)
+    {
+        return Err(format!(
+            "response from {PUBLISH_BATCH_PATH} answers `{}` where `{}` was sent",
+            r.id, e.event.id
+        ));
+    }
+    Ok(parsed.results)
+}
+
+/// The refusal a 4xx/5xx answer stands for: its [`ErrorResponse`] body if readable, else
+/// the code the status implies.
+fn refusal_from_error_status(status: u16, body: &str) -> Refusal {
+    if let Ok(parsed) = serde_json::from_str::<ErrorResponse>(body) {
+        return parsed.error.to_refusal(Some(status));
+    }
+    let code = match status {
+        400 => ErrorCode::BadRequest,
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::ForbiddenChannel,
+        413 => ErrorCode::PayloadTooLarge,
+        429 => ErrorCode::RateLimitExceeded,
+        502..=504 => ErrorCode::Unavailable,
+        500..=599 => ErrorCode::Internal,
+        _ => ErrorCode::Unknown,
+    };
+    let snippet: String = body.chars().take(200).collect();
+    let message = if snippet.trim().is_empty() {
+        format!("HTTP {status} from {PUBLISH_BATCH_PATH}")
+    } else {
+        format!("HTTP {status} from {PUBLISH_BATCH_PATH}: {snippet}")
+    };
+    let mut refusal = Refusal::new(code, message);
+    refusal.status = Some(status);
+    refusal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::ChannelName;
+    use crate::event::Metadata;
+    use crate::time::UNIX_EPOCH;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn event(id: &str) -> Event {
+        Event::new(
+            id,
+            "custom.thing",
+            ChannelName::new("global").unwrap(),
+            &serde_json::json!({"id": id}),
+            Metadata::default(),
+        )
+    }
+
+    fn ids_of(body: &str) -> Vec<String> {
+        let req: BatchRequest = serde_json::from_str(body).expect("body is a BatchRequest");
+        req.events.into_iter().map(|e| e.id).collect()
+    }
+
+    fn accept_all(body: &str) -> TransportResult {
+        let results = ids_of(body)
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| BatchItemResult::accepted(id, "global", "ep1", i as u64))
+            .collect();
+        http(
+            200,
+            &[],
+            &serde_json::to_string(&BatchResponseBody { results }).unwrap(),
+        )
+    }
+
+    fn http(status: u16, headers: &[(&str, &str)], body: &str) -> TransportResult {
+        TransportResult::Http {
+            status,
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: body.to_owned(),
+        }
+    }
+
+    fn error_body(code: ErrorCode, retry_after_ms: Option<u64>) -> String {
+        let mut e = ErrorBody::new(code, "nope");
+        e.retry_after_ms = retry_after_ms;
+        serde_json::to_string(&ErrorResponse { error: e }).unwrap()
+    }
+
+    /// A simulated driver: fake time, no sleeping.
+    struct Sim {
+        q: PublishQueue,
+        t0: Instant,
+        now: Instant,
+        n: u32,
+    }
+
+    impl Sim {
+        fn new(config: QueueConfig) -> Self {
+            let t0 = Instant::now();
+            Self {
+                q: PublishQueue::new(config, 42, t0),
+                t0,
+                now: t0,
+                n: 0,
+            }
+        }
+
+        fn quick() -> Self {
+            Self::new(QueueConfig {
+                linger_ms: 0,
+                ..QueueConfig::default()
+            })
+        }
+
+        fn push_with(&mut self, options: PublishOptions) -> Ticket {
+            self.n += 1;
+            let e = event(&format!("e{}", self.n));
+            self.q.push(e, options, self.now).unwrap()
+        }
+
+        fn push(&mut self, priority: Priority) -> Ticket {
+            self.push_with(PublishOptions::with_priority(priority))
+        }
+
+        fn at(&self) -> u64 {
+            (self.now - self.t0).as_millis() as u64
+        }
+
+        fn advance_to(&mut self, t: Instant) {
+            self.now = self.now.max(t);
+            self.q.handle_timeout(self.now);
+        }
+
+        fn advance(&mut self, d: Duration) {
+            self.advance_to(self.now + d);
+        }
+
+        /// Sleeps until the queue's timer and takes the batch that is then due.
+        fn wait_and_send(&mut self) -> OutgoingBatch {
+            if let Some(b) = self.q.poll_transmit(self.now) {
+                return b;
+            }
+            let t = self.q.poll_timeout().expect("a timer is set");
+            assert!(
+                t > self.now,
+                "poll_timeout in the past with nothing to send"
+            );
+            self.advance_to(t);
+            self.q.poll_transmit(self.now).expect("due at poll_timeout")
+        }
+
+        fn reply(&mut self, b: &OutgoingBatch, r: TransportResult) {
+            self.q.handle_response(
+                b.id,
+                r,
+                self.now,
+                UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            );
+        }
+
+        fn completions(&mut self) -> Vec<Completion> {
+            std::iter::from_fn(|| self.q.poll_completion()).collect()
+        }
+    }
+
+    #[test]
+    fn wire_types_are_exact() {
+        let req = BatchRequest {
+            events: vec![event("a1")],
+        };
+        let v: serde_json::Value = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"events": [{"id": "a1", "type": "custom.thing", "channel": "global", "data": {"id": "a1"}, "metadata": {"timestamp": 0, "source": ""}}]})
+        );
+        let body = r#"{"results":[
+            {"id":"a","status":"accepted","channel":"global","epoch":"E","offset":7},
+            {"id":"b","status":"duplicate","channel":"global","epoch":"E","offset":3},
+            {"id":"c","status":"rejected","channel":"global","error":{"code":"INVALID_EVENT","message":"bad","field":"data.percent"}},
+            {"id":"d","status":"rejected","error":{"code":"RATE_LIMIT_EXCEEDED","message":"slow","retry_after_ms":250}}]}"#;
+        let parsed: BatchResponseBody = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            parsed.results[0],
+            BatchItemResult::accepted("a", "global", "E", 7)
+        );
+        assert_eq!(
+            parsed.results[1],
+            BatchItemResult::duplicate("b", "global", "E", 3)
+        );
+        let mut err = ErrorBody::new(ErrorCode::InvalidEvent, "bad");
+        err.field = Some("data.percent".into());
+        assert_eq!(
+            parsed.results[2],
+            BatchItemResult::rejected("c", Some("global".into()), err)
+        );
+        assert_eq!(
+            parsed.results[3].error.as_ref().unwrap().retry_after_ms,
+            Some(250)
+        );
+        // Absent options are not serialised.
+        let out = serde_json::to_string(&BatchItemResult::rejected(
+            "x",
+            None,
+            ErrorBody::new(ErrorCode::Internal, "m"),
+        ))
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"{"id":"x","status":"rejected","error":{"code":"INTERNAL","message":"m"}}"#
+        );
+        let e: ErrorResponse =
+            serde_json::from_str(r#"{"error":{"code":"SOMETHING_NEW","message":"m"}}"#).unwrap();
+        assert_eq!(e.error.code, ErrorCode::Unknown);
+        let v = ValidationError::new("data.percent", ValidationKind::OutOfRange, "too big");
+        assert_eq!(ErrorBody::from(&v).code, ErrorCode::InvalidEvent);
+    }
+
+    #[test]
+    fn priority_options_and_config_parse() {
+        assert_eq!("high".parse::<Priority>().unwrap(), Priority::High);
+        assert_eq!(" Low ".parse::<Priority>().unwrap(), Priority::Low);
+        let err = "urgent".parse::<Priority>().unwrap_err();
+        assert_eq!(err.field, "priority");
+        assert!(
+            err.message.contains("`high`, `normal` or `low`"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            serde_json::to_string(&Priority::Normal).unwrap(),
+            "\"normal\""
+        );
+        let o: PublishOptions = serde_json::from_str("{}").unwrap();
+        assert_eq!(
+            o,
+            PublishOptions {
+                priority: Priority::Normal,
+                retry: true
+            }
+        );
+        let o: PublishOptions =
+            serde_json::from_str(r#"{"priority":"high","retry":false}"#).unwrap();
+        assert_eq!((o.priority, o.retry), (Priority::High, false));
+        let c: QueueConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(c, QueueConfig::default());
+        assert_eq!(
+            (
+                c.max_queued,
+                c.max_batch_events,
+                c.linger_ms,
+                c.max_in_flight,
+                c.max_attempts,
+                c.retry_after_cap_ms
+            ),
+            (10_000, 100, 2, 4, 8, 300_000)
+        );
+    }
+
+    #[test]
+    fn push_validates_bounds_and_closes() {
+        let mut s = Sim::new(QueueConfig {
+            max_queued: 2,
+            ..QueueConfig::default()
+        });
+        let err =
+            s.q.push(event(""), PublishOptions::default(), s.now)
+                .unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid(e) if e.field == "id"),
+            "{err:?}"
+        );
+        let bad = Event::new(
+            "x",
+            "backtest.progress",
+            ChannelName::new("global").unwrap(),
+            &serde_json::json!({"backtest_id": "b", "percent": 500}),
+            Metadata::default(),
+        );
+        assert!(
+            matches!(s.q.push(bad, PublishOptions::default(), s.now), Err(Error::Invalid(e)) if e.field == "data.percent")
+        );
+        s.push(Priority::Normal);
+        s.push(Priority::Normal);
+        let full =
+            s.q.push(event("z"), PublishOptions::default(), s.now)
+                .unwrap_err();
+        assert_eq!(full, Error::Usage(UsageError::QueueFull { capacity: 2 }));
+        s.q.close();
+        assert_eq!(
+            s.q.push(event("y"), PublishOptions::default(), s.now)
+                .unwrap_err(),
+            Error::Usage(UsageError::Closed)
+        );
+        // What was queued still drains, without lingering.
+        let b =
+            s.q.poll_transmit(s.now)
+                .expect("closed queue sends at once");
+        assert_eq!(b.count, 2);
+        let small = QueueConfig {
+            max_batch_bytes: 60,
+            ..QueueConfig::default()
+        };
+        let mut s = Sim::new(small);
+        let big =
+            s.q.push(
+                event("big-one-with-a-long-id"),
+                PublishOptions::default(),
+                s.now,
+            )
+            .unwrap_err();
+        assert!(matches!(big, Error::Invalid(e) if e.kind == ValidationKind::TooLarge));
+        assert_ne!(s.q.next_event_id(1), s.q.next_event_id(1));
+    }
+
+    #[test]
+    fn linger_then_full_batches() {
+        let mut s = Sim::new(QueueConfig {
+            linger_ms: 5,
+            max_batch_events: 3,
+            ..QueueConfig::default()
+        });
+        s.push(Priority::Normal);
+        assert!(s.q.poll_transmit(s.now).is_none());
+        assert_eq!(s.q.poll_timeout(), Some(s.t0 + ms(5)));
+        s.advance(ms(2));
+        s.push(Priority::Normal);
+        assert!(s.q.poll_transmit(s.now).is_none());
+        assert_eq!(
+            s.q.poll_timeout(),
+            Some(s.t0 + ms(5)),
+            "the oldest event sets the deadline"
+        );
+        s.advance(ms(3));
+        let b = s.q.poll_transmit(s.now).unwrap();
+        assert_eq!(ids_of(&b.body), ["e1", "e2"]);
+        assert!(s.q.poll_timeout().is_none());
+        // A full batch goes at once.
+        for _ in 0..4 {
+            s.push(Priority::Normal);
+        }
+        let b = s.q.poll_transmit(s.now).unwrap();
+        assert_eq!(ids_of(&b.body), ["e3", "e4", "e5"]);
+        assert!(s.q.poll_transmit(s.now).is_none(), "the rest lingers");
+        assert_eq!(s.q.poll_timeout(), Some(s.now + ms(5)));
+    }
+
+    #[test]
+    fn byte_limit_splits_batches() {
+        let one = serde_json::to_string(&event("e1")).unwrap().len();
+        let cfg = QueueConfig {
+            linger_ms: 0,
+            max_batch_bytes: BODY_OVERHEAD + 2 * one + 1,
+            ..QueueConfig::default()
+        };
+        let mut s = Sim::new(cfg);
+        for _ in 0..5 {
+            s.push(Priority::Normal);
+        }
+        let mut sizes = Vec::new();
+        while let Some(b) = s.q.poll_transmit(s.now) {
+            assert!(b.body.len() <= s.q.config().max_batch_bytes);
+            sizes.push(b.count);
+        }
+        assert_eq!(sizes, [2, 2, 1]);
+    }
+
+    #[test]
+    fn priority_first_then_fifo() {
+        let mut s = Sim::new(QueueConfig {
+            linger_ms: 0,
+            max_batch_events: 3,
+            ..QueueConfig::default()
+        });
+        s.push(Priority::Low);
+        s.push(Priority::Normal);
+        s.push(Priority::High);
+        s.push(Priority::Low);
+        s.push(Priority::High);
+        let b = s.q.poll_transmit(s.now).unwrap();
+        assert_eq!(ids_of(&b.body), ["e3", "e5", "e2"]);
+        let b2 = s.q.poll_transmit(s.now).unwrap();
+        assert_eq!(ids_of(&b2.body), ["e1", "e4"]);
+        // A retried high event goes back in front of a newer high one.
+        s.reply(&b, TransportResult::Failed("reset".into()));
+        s.push(Priority::High);
+        let b3 = s.wait_and_send();
+        assert_eq!(ids_of(&b3.body), ["e3", "e5", "e6"]);
+    }
+
+    #[test]
+    fn max_in_flight_is_respected() {
+        let mut s = Sim::new(QueueConfig {
+            linger_ms: 0,
+            max_batch_events: 1,
+            max_in_flight: 2,
+            ..QueueConfig::default()
+        });
+        for _ in 0..4 {
+            s.push(Priority::Normal);
+        }
+        let a = s.q.poll_transmit(s.now).unwrap();
+        let _b = s.q.poll_transmit(s.now).unwrap();
+        assert!(s.q.poll_transmit(s.now).is_none());
+        assert_eq!(s.q.poll_timeout(), None, "only a response can help");
+        assert_eq!(s.q.stats(s.now).in_flight_batches, 2);
+        s.reply(&a, accept_all(&a.body));
+        assert!(s.q.poll_transmit(s.now).is_some());
+        // A second answer for the same batch, or an unknown batch, is ignored.
+        s.reply(&a, TransportResult::Failed("late".into()));
+        s.q.handle_response(
+            BatchId(999),
+            TransportResult::Failed("?".into()),
+            s.now,
+            UNIX_EPOCH,
+        );
+        assert_eq!(s.completions().len(), 1);
+    }
+
+    #[test]
+    fn success_completes_with_position() {
+        let mut s = Sim::quick();
+        let t = s.push(Priority::Normal);
+        let b = s.q.poll_transmit(s.now).unwrap();
+        assert_eq!(b.count, 1);
+        assert!(!s.q.is_flushed());
+        s.reply(&b, http(200, &[], r#"{"results":[{"id":"e1","status":"duplicate","channel":"global","epoch":"E9","offset":41}]}"#));
+        let c = s.completions();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].ticket, t);
+        let r = c[0].result.clone().unwrap();
+        assert_eq!(
+            r,
+            PublishResult {
+                id: "e1".into(),
+                channel: "global".into(),
+                epoch: "E9".into(),
+                offset: 41,
+                duplicate: true,
+                attempts: 1
+            }
+        );
+        assert!(s.q.is_flushed());
+        assert_eq!(s.q.stats(s.now).acknowledged, 1);
+    }
+
+    #[test]
+    fn server_errors_are_retried_with_the_same_id_after_backoff() {
+        let mut s = Sim::quick();
+        s.push(Priority::Normal);
+        let b = s.q.poll_transmit(s.now).unwrap();
+        s.reply(
+            &b,
+            http(503, &[], &error_body(ErrorCode::ShuttingDown, None)),
+        );
+        assert!(s.q.poll_transmit(s.now).is_none(), "backoff first");
+        let due = s.q.poll_timeout().unwrap();
+        let wait = due - s.now;
+        assert!(wait >= ms(100) && wait <= ms(500), "{wait:?}");
+        assert_eq!(s.q.stats(s.now).retrying, 1);
+        s.advance(wait - ms(1));
+        assert!(s.q.poll_transmit(s.now).is_none(), "never early");
+        let b2 = s.wait_and_send();
+        assert_eq!(b2.body, b.body, "same event, same id");
+        s.reply(&b2, accept_all(&b2.body));
+        let c = s.completions();
+        assert_eq!(c[0].result.as_ref().unwrap().attempts, 2);
+        let st = s.q.stats(s.now);
+        assert_eq!((st.retries, st.acknowledged, st.retrying), (1, 1, 0));
+        assert_eq!(s.q.backoff.attempts(), 0, "success resets the backoff");
+    }
+
+    #[test]
+    fn transport_failures_and_bad_bodies_are_retried() {
+        let mut s = Sim::quick();
+        s.push(Priority::Normal);
+        let replies = [
+            TransportResult::Failed("connection reset".into()),
+            http(200, &[], "<html>oops</html>"),
+            http(200, &[], r#"{"results":[]}"#),
+            http(
+                200,
+                &[],
+                r#"{"results":[{"id":"other","status":"accepted"}]}"#,
+            ),
+            http(302, &[("Location", "/elsewhere")], ""),
+            http(502, &[], "Bad Gateway"),
+        ];
+        for r in replies {
+            let b = s.wait_and_send();
+            s.reply(&b, r);
+            assert!(s.completions().is_empty());
+        }
+        let b = s.wait_and_send();
+        s.reply(&b, accept_all(&b.body));
+        assert_eq!(s.completions()[0].result.as_ref().unwrap().attempts, 7);
+    }
+
+    #[test]
+    fn expired_token_holds_sends_until_the_driver_refreshes_it() {
+        let mut s = Sim::quick();
+        let payment = s.push_with(PublishOptions {
+            priority: Priority::High,
+            retry: false,
+        });
+        let b = s.wait_and_send();
+        s.reply(
+            &b,
+            http(401, &[], &error_body(ErrorCode::TokenExpired, None)),
+        );
+        assert!(
+            s.q.poll_completion().is_none(),
+            "nothing fails on an expired token"
+        );
+        assert!(s.q.poll_token_request());
+        assert!(!s.q.poll_token_request(), "one token request at a time");
+        assert!(s.q.poll_transmit(s.now).is_none());
+        assert_eq!(s.q.poll_timeout(), None, "only the token can unblock");
+        s.q.handle_token(Ok(()), s.now);
+        let again = s.wait_and_send();
+        assert_eq!(
+            ids_of(&again.body),
+            ids_of(&b.body),
+            "same id, so never published twice"
+        );
+        let reply = accept_all(&again.body);
+        s.reply(&again, reply);
+        let done = s.q.poll_completion().unwrap();
+        assert_eq!(done.ticket, payment);
+        assert_eq!(done.result.unwrap().attempts, 2);
+    }
+
+    #[test]
+    fn a_token_the_server_keeps_refusing_ends_in_dead_letters() {
+        let mut s = Sim::new(QueueConfig {
+            linger_ms: 0,
+            max_attempts: 3,
+            ..QueueConfig::default()
+        });
+        s.push(Priority::Normal);
+        for _ in 0..3 {
+            let b = s.wait_and_send();
+            s.reply(
+                &b,
+                http(401, &[], &error_body(ErrorCode::TokenExpired, None)),
+            );
+            if s.q.poll_token_request() {
+                s.q.handle_token(Err("provider down".into()), s.now);
+            }
+        }
+        let done = s.q.poll_completion().expect("given up");
+        assert_eq!(done.result.unwrap_err().code(), "TOKEN_EXPIRED");
+        assert!(s.q.is_flushed());
+        assert_eq!(s.q.dead_letters().len(), 1);
+    }
+
+    #[test]
+    fn retry_after_holds_every_send() {
+        let mut s = Sim::quick();
+        s.push(Priority::Normal);
+        let b = s.q.poll_transmit(s.now).unwrap();
+        s.reply(
+            &b,
+            http(
+                429,
+                &[("Retry-After", "3"), ("X-RateLimit-Remaining", "0")],
+                &error_body(ErrorCode::RateLimitExceeded, Some(1_000)),
+            ),
+        );
+        let deadline = s.now + ms(3_000);
+        s.push(Priority::High);
+        assert!(s.q.poll_transmit(s.now).is_none());
+        assert_eq!(s.q.poll_timeout(), Some(deadline));
+        assert_eq!(s.q.stats(s.now).rate_limit_waits, 1);
+        s.advance(ms(2_999));
+        assert!(s.q.poll_transmit(s.now).is_none());
+        assert_eq!(s.q.stats(s.now).rate_limit_waits, 1, "one hold counts once");
+        let b2 = s.wait_and_send();
+        assert_eq!(s.now, deadline);
+        assert_eq!(ids_of(&b2.body), ["e2", "e1"], "high first, then the retry");
+        s.reply(&b2, accept_all(&b2.body));
+        assert!(s.q.is_flushed());
+    }
+
+    #[test]
+    fn retry_after_http_date_uses_the_wall_clock() {
+        let mut s = Sim::quick();
+        s.push(Priority::Normal);
+        let b = s.q.poll_transmit(s.now).unwrap();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let date = httpdate::fmt_http_date(wall + Duration::from_secs(10));
+        s.q.handle_response(b.id, http(503, &[("retry-after", &date)], ""), s.now, wall);
+        assert_eq!(s.q.poll_timeout(), Some(s.now + ms(10_000)));
+        let c = s.q.poll_timeout().unwrap();
+        s.advance_to(c);
+        assert!(s.q.poll_transmit(s.now).is_some());
+    }
+
+    #[test]
+    fn refused_requests_become_dead_letters() {
+        for (status, code) in [
+            (400, ErrorCode::InvalidEvent),
+            (401, ErrorCode::Unauthorized),
+            (403, ErrorCode::ForbiddenChannel),
+            (413, ErrorCode::PayloadTooLarge),
+        ] {
+            let mut s = Sim::quick();
+            let t = s.push(Priority::Normal);
+            let b = s.q.poll_transmit(s.now).unwrap();
+            let mut e = ErrorBody::new(code, "no way");
+            e.field = Some("data.percent".into());
+            s.reply(
+                &b,
+                http(
+                    status,
+                    &[],
+                    &serde_json::to_string(&ErrorResponse { error: e }).unwrap(),
+                ),
+            );
+            let c = s.completions();
+            let Err(Error::Refused(r)) = &c[0].result else {
+                panic!("{c:?}")
+            };
+            assert_eq!(
+                (c[0].ticket, r.code, r.status, r.field.as_deref()),
+                (t, code, Some(status), Some("data.percent"))
+            );
+            assert!(s.q.is_flushed());
+            assert!(s.q.poll_timeout().is_none());
+            let d = &s.q.dead_letters()[0];
+            assert_eq!(
+                (
+                    d.code(),
+                    d.message().as_str(),
+                    d.field(),
+                    d.status(),
+                    d.attempts
+                ),
+                (
+                    code.as_str(),
+                    "no way",
+                    Some("data.percent"),
+                    Some(status),
+                    1
+                )
+            );
+            assert_eq!(s.q.take_dead_letters().len(), 1);
+            assert!(s.q.dead_letters().is_empty());
+            assert_eq!(s.q.stats(s.now).dead, 1);
+        }
+        // No readable body: the status decides the code.
+        let mut s = Sim::quick();
+        s.push(Priority::Normal);
+        let b = s.q.poll_transmit(s.now).unwrap();
+        s.reply(&b, http(401, &[], ""));
+        assert_eq!(s.q.dead_letters()[0].code(), "UNAUTHORIZED");
+    }
+
+    #[test]
+    fn mixed_item_results() {
+        let mut s = Sim::quick();
+        for _ in 0..4 {
+            s.push(Priority::Normal);
+        }
+        let b = s.q.poll_transmit(s.now).unwrap();
+        let mut invalid = ErrorBody::new(ErrorCode::InvalidEvent, "percent over 100");
+        invalid.field = Some("data.percent".into());
+        let mut slow = ErrorBody::new(ErrorCode::RateLimitExceeded, "slow down");
+        slow.retry_after_ms = Some(2_500);
+        let body = BatchResponseBody {
+            results: vec![
+                BatchItemResult::accepted("e1", "global", "E", 1),
+                BatchItemResult::duplicate("e2", "global", "E", 0),
+                BatchItemResult::rejected("e3", Some("global".into()), invalid),
+                BatchItemResult::rejected("e4", None, slow),
+            ],
+        };
+        s.reply(&b, http(200, &[], &serde_json::to_string(&body).unwrap()));
+        let c = s.completions();
+        assert_eq!(c.len(), 3);
+        assert!(!c[0].result.as_ref().unwrap().duplicate);
+        assert!(c[1].result.as_ref().unwrap().duplicate);
+        let Err(Error::Refused(r)) = &c[2].result else {
+            panic!()
+        };
+        assert_eq!(
+            (r.code, r.status, r.field.as_deref()),
+            (ErrorCode::InvalidEvent, Some(400), Some("data.percent"))
+        );
+        assert_eq!(
+            s.q.poll_timeout(),
+            Some(s.now + ms(2_500)),
+            "the item's retry_after_ms holds sending"
+        );
+        let start = s.now;
+        let b2 = s.wait_and_send();
+        assert!(s.now - start >= ms(2_500));
+        assert_eq!(ids_of(&b2.body), ["e4"]);
+        s.reply(&b2, accept_all(&b2.body));
+        assert!(s.q.is_flushed());
+        assert_eq!(s.q.stats(s.now).acknowledged, 3);
+    }
+
+    #[test]
+    fn no_retry_events_are_never_sent_twice() {
+        let mut s = Sim::quick();
+        let t = s.push_with(PublishOptions {
+            priority: Priority::High,
+            retry: false,
+        });
+        let b = s.q.poll_transmit(s.now).unwrap();
+        s.reply(&b, TransportResult::Failed("timeout".into()));
+        let c = s.completions();
+        assert_eq!(
+            (c[0].ticket, c[0].result.clone().unwrap_err()),
+            (t, Error::Transport("timeout".into()))
+        );
+        assert_eq!(s.q.dead_letters()[0].code(), "TRANSPORT");
+        assert!(s.q.poll_timeout().is_none() && s.q.is_flushed());
+    }
+
+    #[test]
+    fn max_attempts_then_dead_letter() {
+        let mut s = Sim::new(QueueConfig {
+            linger_ms: 0,
+            max_attempts: 3,
+            ..QueueConfig::default()
+        });
+        s.push(Priority::Normal);
+        for _ in 0..3 {
+            let b = s.wait_and_send();
+            s.reply(&b, http(500, &[], ""));
+        }
+        let d = &s.q.dead_letters()[0];
+        assert_eq!(
+            (d.attempts, d.code(), d.status()),
+            (3, "INTERNAL", Some(500))
+        );
+        assert!(s.q.is_flushed() && s.q.poll_timeout().is_none());
+        assert_eq!(s.q.stats(s.now).retries, 2);
+    }
+
+    #[test]
+    fn empty_budget_delays_retries_and_lets_first_attempts_through() {
+        let cfg = QueueConfig {
+            linger_ms: 0,
+            backoff: BackoffConfig {
+                min_delay_ms: 10,
+                base_delay_ms: 10,
+                max_delay_ms: 10,
+                ..BackoffConfig::default()
+            },
+            retry_budget: RetryBudgetConfig {
+                capacity: 1.0,
+                refill_per_sec: 1.0,
+                deposit_per_success: 0.0,
+            },
+            ..QueueConfig::default()
+        };
+        let mut s = Sim::new(cfg);
+        s.push(Priority::High);
+        let b = s.wait_and_send();
+        s.reply(&b, TransportResult::Failed("x".into()));
+        let b = s.wait_and_send(); // takes the only token
+        assert_eq!(s.at(), 10);
+        s.reply(&b, TransportResult::Failed("x".into()));
+        s.advance(ms(10));
+        assert!(s.q.poll_transmit(s.now).is_none(), "no token");
+        assert_eq!(s.q.stats(s.now).budget_exhausted, 1);
+        let due = s.q.poll_timeout().unwrap();
+        assert!(due - s.t0 >= ms(1_010), "{:?}", due - s.t0);
+        // A first attempt needs no token and goes ahead.
+        s.push(Priority::Low);
+        let fresh = s.q.poll_transmit(s.now).unwrap();
+        assert_eq!(ids_of(&fresh.body), ["e2"]);
+        s.reply(&fresh, accept_all(&fresh.body));
+        let b = s.wait_and_send();
+        assert!(s.now >= due);
+        assert_eq!(ids_of(&b.body), ["e1"]);
+        s.reply(&b, accept_all(&b.body));
+        assert!(s.q.is_flushed());
+        assert_eq!(s.q.stats(s.now).dead, 0, "delayed, never dropped");
+    }
+
+    #[test]
+    fn a_budget_that_never_refills_fails_retries_instead_of_hanging() {
+        let cfg = QueueConfig {
+            linger_ms: 0,
+            retry_budget: RetryBudgetConfig {
+                capacity: 1.0,
+                refill_per_sec: 0.0,
+                deposit_per_success: 0.0,
+            },
+            ..QueueConfig::default()
+        };
+        let mut s = Sim::new(cfg);
+        s.push(Priority::Normal);
+        let b = s.wait_and_send();
+        s.reply(&b, http(503, &[], ""));
+        let b = s.wait_and_send();
+        s.reply(&b, http(503, &[], ""));
+        assert!(s.q.is_flushed());
+        let d = &s.q.dead_letters()[0];
+        assert_eq!((d.code(), d.attempts), ("UNAVAILABLE", 2));
+        assert_eq!(s.q.stats(s.now).budget_exhausted, 1);
+    }
+
+    #[test]
+    fn concurrent_failures_grow_the_backoff_once() {
+        let mut s = Sim::new(QueueConfig {
+            linger_ms: 0,
+            max_batch_events: 1,
+            ..QueueConfig::default()
+        });
+        for _ in 0..4 {
+            s.push(Priority::Normal);
+        }
+        let batches: Vec<_> = std::iter::from_fn(|| s.q.poll_transmit(s.now)).collect();
+        assert_eq!(batches.len(), 4);
+        for b in &batches {
+            s.advance(ms(1));
+            s.reply(b, http(503, &[], ""));
+        }
+        assert_eq!(s.q.backoff.attempts(), 1);
+        let b = s.wait_and_send();
+        s.reply(&b, http(503, &[], ""));
+        assert_eq!(s.q.backoff.attempts(), 2);
+    }
+
+    #[test]
+    fn rate_limit_headers_pre_throttle() {
+        let mut s = Sim::new(QueueConfig {
+            linger_ms: 0,
+            max_batch_events: 1,
+            ..QueueConfig::default()
+        });
+        s.push(Priority::Normal);
+        let b = s.q.poll_transmit(s.now).unwrap();
+        let mut reply = accept_all(&b.body);
+        if let TransportResult::Http { headers, .. } = &mut reply {
+            headers.push(("RateLimit-Policy".into(), "2;w=1".into()));
+        }
+        s.reply(&b, reply);
+        for _ in 0..3 {
+            s.push(Priority::Normal);
+        }
+        // Learned 2 per second: one request every 500 ms.
+        let mut sent_at = Vec::new();
+        for _ in 0..3 {
+            let b = s.wait_and_send();
+            sent_at.push(s.at());
+            s.reply(&b, accept_all(&b.body));
+        }
+        assert_eq!(sent_at, [0, 500, 1_000]);
+        assert_eq!(s.q.stats(s.now).rate_limit_waits, 2);
+    }
+}
