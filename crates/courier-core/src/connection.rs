@@ -293,7 +293,7 @@ impl Connection {
                 last_rx,
                 ping_interval,
                 ..
-            } => Some(last_rx + ping_interval + self.grace()),
+            } => Some(later(last_rx, ping_interval + self.grace())),
             Phase::Backoff { until } => Some(until),
             Phase::Idle | Phase::AwaitingToken | Phase::Closed => None,
         };
@@ -479,7 +479,7 @@ impl Connection {
 
     fn open(&mut self, now: Instant) {
         self.phase = Phase::Opening {
-            deadline: now + Duration::from_millis(self.config.connect_timeout_ms),
+            deadline: later(now, Duration::from_millis(self.config.connect_timeout_ms)),
         };
         self.last_error = None;
         self.outputs.push_back(Output::OpenTransport);
@@ -549,7 +549,7 @@ impl Connection {
     }
 
     fn schedule_reconnect(&mut self, now: Instant) {
-        let mut until = now + self.backoff.next_delay();
+        let mut until = later(now, self.backoff.next_delay());
         if let Some(t) = self.not_before.take() {
             if t > until {
                 until = t;
@@ -582,7 +582,7 @@ impl Connection {
                 last_rx,
                 ping_interval,
                 ..
-            } if now >= last_rx + ping_interval + self.grace() => {
+            } if now >= later(last_rx, ping_interval + self.grace()) => {
                 self.stats.heartbeat_timeouts += 1;
                 self.outputs.push_back(Output::Error(Error::Transport(
                     "heartbeat timeout: server silent".into(),
@@ -728,7 +728,7 @@ impl Connection {
                     self.stats.duplicates_dropped += 1;
                     return;
                 }
-                if delivery.offset > pos.offset + 1 {
+                if delivery.offset > pos.offset.saturating_add(1) {
                     gap = Some((Some(pos.clone()), GapReason::OffsetSkipped));
                 }
                 pos.offset = delivery.offset;
@@ -777,10 +777,8 @@ impl Connection {
                 return;
             };
             if error.code.is_retryable() {
-                let not_before = now
-                    + delay.unwrap_or_else(|| {
-                        Duration::from_millis(self.backoff.config().min_delay_ms.max(1))
-                    });
+                let min = Duration::from_millis(self.backoff.config().min_delay_ms.max(1));
+                let not_before = later(now, delay.unwrap_or(min));
                 self.stats.rate_limit_waits +=
                     u64::from(error.code == ErrorCode::RateLimitExceeded);
                 if let Some(sub) = self.subs.get_mut(&channel) {
@@ -805,7 +803,7 @@ impl Connection {
             }
             ErrorCode::RateLimitExceeded | ErrorCode::ShuttingDown | ErrorCode::Unavailable => {
                 if let Some(d) = delay {
-                    self.not_before = Some(now + d);
+                    self.not_before = Some(later(now, d));
                 }
             }
             _ => {}
@@ -814,6 +812,15 @@ impl Connection {
             .push_back(Output::Error(Error::Refused(error.to_refusal())));
         self.last_error = Some(error);
     }
+}
+
+/// The longest any timer of the connection waits: server-sent or configured durations
+/// beyond it are clamped, so no input can overflow `Instant` arithmetic.
+const MAX_WAIT: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `now + d`, clamped to [`MAX_WAIT`] and never panicking.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d.min(MAX_WAIT)).unwrap_or(now)
 }
 
 /// The error code a terminal close means when no error frame explained it.

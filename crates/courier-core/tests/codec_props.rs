@@ -55,3 +55,40 @@ proptest! {
         let _ = conformance::validate_event(&serde_json::json!({ "event": text }));
     }
 }
+
+mod hostile_server {
+    use std::time::Instant;
+
+    use courier_core::ChannelName;
+    use courier_core::connection::{Connection, ConnectionConfig};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever a server sends (huge intervals, offsets at u64::MAX, junk), the
+        /// connection never panics and keeps answering poll_timeout.
+        #[test]
+        fn connection_survives_any_frames(
+            ping in any::<u64>(),
+            offsets in prop::collection::vec(any::<u64>(), 0..8),
+            retry in any::<u64>(),
+        ) {
+            let now = Instant::now();
+            let mut c = Connection::new(ConnectionConfig { connect_timeout_ms: u64::MAX, ..Default::default() }, 1);
+            c.subscribe(ChannelName::new("a").unwrap(), None, now).unwrap();
+            c.connect(now);
+            c.handle_token(Ok("t".into()), now);
+            c.handle_transport_open(now);
+            c.handle_text(&format!(r#"{{"op":"connected","session":"s","epoch":"e","ping_interval_ms":{ping}}}"#), now);
+            c.handle_text(&format!(r#"{{"op":"error","id":1,"code":"RATE_LIMIT_EXCEEDED","message":"m","retry_after_ms":{retry}}}"#), now);
+            c.handle_timeout(now);
+            c.handle_text(r#"{"op":"subscribed","id":1,"channel":"a","recovered":true,"epoch":"e","offset":18446744073709551615}"#, now);
+            for o in offsets {
+                c.handle_text(&format!(r#"{{"op":"event","epoch":"e","offset":{o},"event":{{"id":"x","type":"t","channel":"a","data":1}}}}"#), now);
+            }
+            c.handle_text(&format!(r#"{{"op":"error","code":"RATE_LIMIT_EXCEEDED","message":"m","retry_after_ms":{retry}}}"#), now);
+            c.handle_transport_closed(Some(4029), "", now);
+            let _ = c.poll_timeout();
+            while c.poll().is_some() {}
+        }
+    }
+}
