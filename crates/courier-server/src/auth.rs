@@ -1,0 +1,208 @@
+//! JWT verification with the algorithm pinned, claims, and channel authorization.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use courier_core::{ChannelName, ChannelPattern, ErrorCode};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthConfig;
+
+/// The role a token grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A person: reads `global`, `user.{sub}` and granted channels.
+    #[default]
+    User,
+    /// A backend service: publishes and reads anywhere.
+    Service,
+}
+
+/// The claims Courier reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject: the user or service id.
+    pub sub: String,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Issued at, Unix seconds.
+    #[serde(default)]
+    pub iat: u64,
+    /// `user` (default) or `service`.
+    #[serde(default)]
+    pub role: Role,
+    /// Patterns granted for reading.
+    #[serde(default)]
+    pub channels: Vec<ChannelPattern>,
+    /// Patterns granted for publishing (users only; services publish anywhere).
+    #[serde(default)]
+    pub publish: Vec<ChannelPattern>,
+    /// Rate-limit tier: `standard`, `premium`, `service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+impl Claims {
+    /// The rate-limit tier: the claim, else `service` for services, else `standard`.
+    pub fn tier(&self) -> &str {
+        match (&self.tier, self.role) {
+            (Some(t), _) => t,
+            (None, Role::Service) => "service",
+            (None, Role::User) => "standard",
+        }
+    }
+
+    /// Whether this token may read `channel`.
+    pub fn can_read(&self, channel: &ChannelName) -> bool {
+        self.role == Role::Service
+            || channel.as_str() == "global"
+            || channel.user_id() == Some(self.sub.as_str())
+            || self.channels.iter().any(|p| p.matches(channel))
+    }
+
+    /// Whether this token may publish to `channel`.
+    pub fn can_publish(&self, channel: &ChannelName) -> bool {
+        self.role == Role::Service || self.publish.iter().any(|p| p.matches(channel))
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthError {
+    /// `UNAUTHORIZED` or `TOKEN_EXPIRED`.
+    pub code: ErrorCode,
+    /// What was wrong (never the token itself).
+    pub message: String,
+}
+
+impl AuthError {
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::Unauthorized,
+            message: message.into(),
+        }
+    }
+}
+
+/// Verifies tokens; one key per accepted algorithm, chosen by the header's `alg` and never
+/// by anything else, so a token cannot pick how it is checked.
+pub struct Verifier {
+    hs256: Option<DecodingKey>,
+    rs256: Option<DecodingKey>,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("hs256", &self.hs256.is_some())
+            .field("rs256", &self.rs256.is_some())
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// Builds the verifier; fails if RS256 is listed with an unreadable key.
+    pub fn new(config: &AuthConfig) -> Result<Self, String> {
+        let wants = |alg: &str| {
+            config
+                .algorithms
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(alg))
+        };
+        for alg in &config.algorithms {
+            if !alg.eq_ignore_ascii_case("HS256") && !alg.eq_ignore_ascii_case("RS256") {
+                return Err(format!(
+                    "unsupported JWT algorithm `{alg}`: use HS256 and/or RS256"
+                ));
+            }
+        }
+        let hs256 = (wants("HS256") && !config.jwt_secret.is_empty())
+            .then(|| DecodingKey::from_secret(config.jwt_secret.as_bytes()));
+        let rs256 = match (&config.rsa_public_key_pem, wants("RS256")) {
+            (Some(pem), true) => Some(
+                DecodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| format!("invalid RSA public key: {e}"))?,
+            ),
+            _ => None,
+        };
+        if hs256.is_none() && rs256.is_none() {
+            return Err(
+                "no JWT algorithm is usable: set auth.jwt_secret or an RSA public key".into(),
+            );
+        }
+        Ok(Self {
+            hs256,
+            rs256,
+            leeway: config.leeway_secs,
+        })
+    }
+
+    /// Verifies `token` and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            AuthError::unauthorized("token is malformed or uses an unsupported algorithm")
+        })?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            Algorithm::RS256 => self.rs256.as_ref(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            AuthError::unauthorized(format!("algorithm {:?} is not accepted", header.alg))
+        })?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = self.leeway;
+        validation.validate_exp = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError {
+                code: ErrorCode::TokenExpired,
+                message: "token has expired".into(),
+            },
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                AuthError::unauthorized("token signature is invalid")
+            }
+            _ => AuthError::unauthorized(format!("token is invalid: {e}")),
+        })?;
+        if data.claims.sub.is_empty() {
+            return Err(AuthError::unauthorized("token has an empty `sub`"));
+        }
+        Ok(data.claims)
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Signs an HS256 token (for `courier-server token`, tests and the demo).
+pub fn sign_hs256(secret: &str, claims: &Claims) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
+/// Claims for `sub` valid for `ttl_secs`.
+pub fn claims_for(sub: &str, role: Role, channels: Vec<ChannelPattern>, ttl_secs: u64) -> Claims {
+    let now = unix_now();
+    Claims {
+        sub: sub.to_owned(),
+        exp: now + ttl_secs,
+        iat: now,
+        role,
+        channels,
+        publish: Vec::new(),
+        tier: None,
+    }
+}

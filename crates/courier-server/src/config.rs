@@ -1,0 +1,515 @@
+//! Server configuration: embedded defaults, a TOML file, then `COURIER_*` environment
+//! variables, each overriding the one before.
+//!
+//! Environment variables name a key by its path, upper-cased, with `__` between sections:
+//! `COURIER_WS__PING_INTERVAL_MS=500`, `COURIER_RATE_LIMITS__ENABLED=false`. A few common keys
+//! have short aliases: `COURIER_LISTEN`, `COURIER_JWT_SECRET`, `COURIER_LOG_FORMAT`,
+//! `COURIER_LOG_LEVEL`, `COURIER_ALLOW_DEV_SECRET`, `COURIER_ENABLE_FAULT_INJECTION`.
+//! Values are read as TOML scalars or arrays (`true`, `5`, `["a","b"]`); anything else is a
+//! string. A comma-separated value is accepted for list keys (`COURIER_CORS_ORIGINS=a,b`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The development secret the server starts with when none is configured. It is refused on
+/// a non-loopback address unless `allow_dev_secret` is set.
+pub const DEV_JWT_SECRET: &str = "courier-development-secret-change-me";
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8766";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (`127.0.0.1:8766`); port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Allow the development JWT secret on a non-loopback address.
+    pub allow_dev_secret: bool,
+    /// Switch on the fault-injection endpoints (refused unless listening on loopback).
+    pub enable_fault_injection: bool,
+    /// `human` or `json`.
+    pub log_format: String,
+    /// A `tracing` filter such as `info` or `courier_server=debug`.
+    pub log_level: String,
+    /// Origins allowed by CORS; `["*"]` allows any.
+    pub cors_origins: Vec<String>,
+    /// Largest event `data`, in bytes.
+    pub max_payload_bytes: usize,
+    /// Largest WebSocket frame or single-publish HTTP body, in bytes.
+    pub max_frame_bytes: usize,
+    /// Largest `POST /publish/batch` body, in bytes.
+    pub max_batch_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+    /// JWT settings.
+    pub auth: AuthConfig,
+    /// WebSocket settings.
+    pub ws: WsConfig,
+    /// Connection limits.
+    pub connections: ConnectionLimits,
+    /// Channel history.
+    pub history: HistoryConfig,
+    /// The idempotency window.
+    pub idempotency: IdempotencyConfig,
+    /// Rate limits.
+    pub rate_limits: RateLimitConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            allow_dev_secret: false,
+            enable_fault_injection: false,
+            log_format: "human".into(),
+            log_level: "info".into(),
+            cors_origins: vec!["*".into()],
+            max_payload_bytes: courier_core::event::DEFAULT_MAX_PAYLOAD_BYTES,
+            max_frame_bytes: courier_core::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_batch_bytes: 1024 * 1024,
+            max_batch_events: 100,
+            auth: AuthConfig::default(),
+            ws: WsConfig::default(),
+            connections: ConnectionLimits::default(),
+            history: HistoryConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// JWT verification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The HS256 secret.
+    pub jwt_secret: String,
+    /// PEM of the RSA public key for RS256 tokens.
+    pub rsa_public_key_pem: Option<String>,
+    /// File holding the RSA public key (PEM), read at start.
+    pub rsa_public_key_file: Option<String>,
+    /// Algorithms accepted: any of `HS256`, `RS256`. RS256 needs a public key.
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: DEV_JWT_SECRET.into(),
+            rsa_public_key_pem: None,
+            rsa_public_key_file: None,
+            algorithms: vec!["HS256".into(), "RS256".into()],
+            leeway_secs: 0,
+        }
+    }
+}
+
+/// WebSocket protocol settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Deadline for the first (`connect`) frame.
+    pub auth_timeout_ms: u64,
+    /// The server pings this often.
+    pub ping_interval_ms: u64,
+    /// A client that has not answered a ping with `pong` this long after it is closed (4030).
+    pub pong_timeout_ms: u64,
+    /// Frames queued for one connection before it counts as a slow consumer (4008).
+    pub outbound_queue: usize,
+    /// Most channels one connection may subscribe to.
+    pub max_subscriptions: usize,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            auth_timeout_ms: 5_000,
+            ping_interval_ms: 15_000,
+            pong_timeout_ms: 10_000,
+            outbound_queue: 1024,
+            max_subscriptions: 1024,
+        }
+    }
+}
+
+/// Connection limits; 0 means unlimited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// All WebSocket connections.
+    pub max_total: usize,
+    /// Connections of one `sub`.
+    pub max_per_user: usize,
+    /// Subscribers of one channel.
+    pub max_per_channel: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_total: 10_000,
+            max_per_user: 5,
+            max_per_channel: 0,
+        }
+    }
+}
+
+/// Per-channel history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept per channel.
+    pub max_events_per_channel: usize,
+    /// Events older than this are dropped.
+    pub max_age_secs: u64,
+    /// Channels with history kept; the least recently written is dropped beyond this.
+    pub max_channels: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            max_events_per_channel: 1000,
+            max_age_secs: 3600,
+            max_channels: 100_000,
+        }
+    }
+}
+
+/// The idempotency window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long an event id is remembered.
+    pub window_secs: u64,
+    /// Most ids remembered; the oldest is forgotten first.
+    pub max_entries: usize,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            window_secs: 300,
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// One GCRA bucket: `limit` requests per `window_secs`, `burst` back to back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitRule {
+    /// Requests per window.
+    pub limit: u64,
+    /// Window length in seconds.
+    pub window_secs: u64,
+    /// Requests allowed back to back from idle; defaults to `limit`.
+    pub burst: Option<u64>,
+    /// Count and send headers but refuse nothing.
+    pub shadow: bool,
+}
+
+impl Default for LimitRule {
+    fn default() -> Self {
+        Self {
+            limit: 100,
+            window_secs: 60,
+            burst: None,
+            shadow: false,
+        }
+    }
+}
+
+impl LimitRule {
+    /// `limit` per minute.
+    pub fn per_minute(limit: u64) -> Self {
+        Self {
+            limit,
+            ..Self::default()
+        }
+    }
+}
+
+/// Rate limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// One switch: false turns every limit off (no headers either).
+    pub enabled: bool,
+    /// Every publish of one user.
+    pub user: LimitRule,
+    /// Per (user, event type), keyed by event-type prefix (`trade` matches `trade` and
+    /// `trade.executed`; the longest matching prefix wins).
+    pub types: BTreeMap<String, LimitRule>,
+    /// Per (user, event type) for types no entry of `types` matches.
+    pub fallback: LimitRule,
+    /// Multiplier on every limit and burst by the token's `tier` claim.
+    pub tiers: BTreeMap<String, f64>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        let types = [
+            ("trade", 50),
+            ("candles", 100),
+            ("strategy", 10),
+            ("subscription", 5),
+            ("payment", 5),
+            ("deposit", 5),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), LimitRule::per_minute(v)))
+        .collect();
+        let tiers = [("standard", 1.0), ("premium", 5.0), ("service", 20.0)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        Self {
+            enabled: true,
+            user: LimitRule::per_minute(600),
+            types,
+            fallback: LimitRule::per_minute(300),
+            tiers,
+        }
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// After the signal, keep serving with `/health/ready` at 503 this long before closing
+    /// (lets a load balancer notice).
+    pub drain_delay_ms: u64,
+    /// Exit at the latest this long after the signal.
+    pub deadline_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_delay_ms: 0,
+            deadline_ms: 10_000,
+        }
+    }
+}
+
+/// A configuration that could not be loaded or is unsafe.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML or an override is invalid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// The development secret on a public address.
+    #[error(
+        "refusing the development JWT secret on non-loopback address {0}: set COURIER_JWT_SECRET (or auth.jwt_secret), or pass --allow-dev-secret"
+    )]
+    DevSecretOnPublicAddress(SocketAddr),
+    /// Fault injection on a public address.
+    #[error("fault injection is only allowed on a loopback address, not {0}")]
+    FaultInjectionOnPublicAddress(SocketAddr),
+}
+
+const ALIASES: &[(&str, &str)] = &[
+    ("COURIER_JWT_SECRET", "auth.jwt_secret"),
+    ("COURIER_RSA_PUBLIC_KEY_FILE", "auth.rsa_public_key_file"),
+];
+
+const LIST_KEYS: &[&str] = &["cors_origins", "auth.algorithms"];
+
+impl Config {
+    /// Defaults, then `file` (if any), then the `COURIER_*` variables in `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let file_value: toml::Value = toml::from_str(&text)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            merge(&mut value, file_value);
+        }
+        for (name, raw) in env {
+            let Some(path) = env_key(&name) else { continue };
+            let parsed = parse_env_value(&path, &raw);
+            set_path(&mut value, &path, parsed)?;
+        }
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// Reads the RSA key file, if one is named.
+    pub fn resolve_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.auth.rsa_public_key_file {
+            let pem = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            self.auth.rsa_public_key_pem = Some(pem);
+        }
+        Ok(())
+    }
+
+    /// Refuses unsafe combinations for the address actually bound.
+    pub fn check_safety(&self, addr: SocketAddr) -> Result<(), ConfigError> {
+        let loopback = addr.ip().is_loopback();
+        if !loopback && self.auth.jwt_secret == DEV_JWT_SECRET && !self.allow_dev_secret {
+            return Err(ConfigError::DevSecretOnPublicAddress(addr));
+        }
+        if !loopback && self.enable_fault_injection {
+            return Err(ConfigError::FaultInjectionOnPublicAddress(addr));
+        }
+        Ok(())
+    }
+
+    /// The ping interval.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ws.ping_interval_ms.max(1))
+    }
+}
+
+fn env_key(name: &str) -> Option<String> {
+    if let Some((_, path)) = ALIASES.iter().find(|(alias, _)| *alias == name) {
+        return Some((*path).to_owned());
+    }
+    let rest = name.strip_prefix("COURIER_")?;
+    if rest.is_empty() {
+        return None;
+    }
+    Some(
+        rest.split("__")
+            .map(str::to_ascii_lowercase)
+            .collect::<Vec<_>>()
+            .join("."),
+    )
+}
+
+fn parse_env_value(path: &str, raw: &str) -> toml::Value {
+    #[derive(Deserialize)]
+    struct Wrap {
+        v: toml::Value,
+    }
+    if let Ok(Wrap { v }) = toml::from_str::<Wrap>(&format!("v = {raw}")) {
+        if LIST_KEYS.contains(&path) && !v.is_array() {
+            return toml::Value::Array(vec![v]);
+        }
+        return v;
+    }
+    if LIST_KEYS.contains(&path) {
+        return toml::Value::Array(
+            raw.split(',')
+                .map(|s| toml::Value::String(s.trim().to_owned()))
+                .filter(|v| v.as_str() != Some(""))
+                .collect(),
+        );
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+fn set_path(root: &mut toml::Value, path: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let mut cur = root;
+    let parts: Vec<&str> = path.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let table = cur.as_table_mut().ok_or_else(|| {
+            ConfigError::Invalid(format!("`{path}` does not name a configuration key"))
+        })?;
+        if i + 1 == parts.len() {
+            // A string where the default is a number or bool: keep the TOML parse error
+            // clear by letting deserialization report it.
+            table.insert((*part).to_owned(), value);
+            return Ok(());
+        }
+        cur = table
+            .entry((*part).to_owned())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    Ok(())
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_table() && v.is_table() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_defaults_and_file() {
+        let dir = std::env::temp_dir().join(format!("courier-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:0\"\n[ws]\nping_interval_ms = 99\n[rate_limits.types.trade]\nlimit = 7\n").unwrap();
+        let env = vec![
+            ("COURIER_JWT_SECRET".to_owned(), "s3cret".to_owned()),
+            ("COURIER_WS__OUTBOUND_QUEUE".to_owned(), "8".to_owned()),
+            (
+                "COURIER_CORS_ORIGINS".to_owned(),
+                "http://a,http://b".to_owned(),
+            ),
+            (
+                "COURIER_RATE_LIMITS__ENABLED".to_owned(),
+                "false".to_owned(),
+            ),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ];
+        let c = Config::load(Some(&file), env).unwrap();
+        assert_eq!(c.auth.jwt_secret, "s3cret");
+        assert_eq!(c.ws.ping_interval_ms, 99);
+        assert_eq!(c.ws.outbound_queue, 8);
+        assert_eq!(c.cors_origins, vec!["http://a", "http://b"]);
+        assert!(!c.rate_limits.enabled);
+        assert_eq!(c.rate_limits.types["trade"].limit, 7);
+        assert_eq!(c.rate_limits.types["payment"].limit, 5);
+        assert!(Config::load(None, vec![("COURIER_NOPE".into(), "1".into())]).is_err());
+    }
+
+    #[test]
+    fn dev_secret_refused_on_public_address() {
+        let c = Config::default();
+        assert!(c.check_safety("127.0.0.1:1".parse().unwrap()).is_ok());
+        assert!(c.check_safety("0.0.0.0:1".parse().unwrap()).is_err());
+        let c = Config {
+            allow_dev_secret: true,
+            ..Config::default()
+        };
+        assert!(c.check_safety("0.0.0.0:1".parse().unwrap()).is_ok());
+    }
+}

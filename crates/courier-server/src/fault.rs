@@ -1,0 +1,175 @@
+//! Fault injection for SDK test suites: off by default, only on loopback, switched on by
+//! `--enable-fault-injection`.
+//!
+//! Faults apply to the API routes (`/publish*` and `/ws*`), never to `/_fault`, health,
+//! stats, metrics or the OpenAPI document.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::http::ApiError;
+use courier_core::ErrorCode;
+
+/// The active faults.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct FaultState {
+    /// Requests still to be failed, with the status and Retry-After.
+    pub fail: Option<FailRule>,
+    /// Delay added to requests.
+    pub delay: Option<DelayRule>,
+    /// How many times every WebSocket was dropped.
+    pub drops: u64,
+}
+
+/// Answer the next `count` requests with `status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailRule {
+    /// 429 or 503.
+    pub status: u16,
+    /// How many requests.
+    pub count: u64,
+    /// `Retry-After` in seconds (429 and 503).
+    #[serde(default)]
+    pub retry_after_secs: Option<u64>,
+}
+
+/// Delay requests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DelayRule {
+    /// Added before the request is handled.
+    pub delay_ms: u64,
+    /// How many requests; absent means until reset.
+    #[serde(default)]
+    pub count: Option<u64>,
+}
+
+/// Fault switches shared by the handlers.
+#[derive(Default)]
+pub struct Faults {
+    state: Mutex<FaultState>,
+}
+
+impl Faults {
+    /// A snapshot.
+    pub fn snapshot(&self) -> FaultState {
+        self.state.lock().expect("fault lock").clone()
+    }
+
+    fn take(&self) -> (Option<FailRule>, Option<Duration>) {
+        let mut s = self.state.lock().expect("fault lock");
+        let fail = match &mut s.fail {
+            Some(rule) if rule.count > 0 => {
+                rule.count -= 1;
+                let out = rule.clone();
+                if rule.count == 0 {
+                    s.fail = None;
+                }
+                Some(out)
+            }
+            _ => None,
+        };
+        let delay = match &mut s.delay {
+            Some(rule) => {
+                let d = Duration::from_millis(rule.delay_ms);
+                if let Some(c) = &mut rule.count {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 {
+                        s.delay = None;
+                    }
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        (fail, delay)
+    }
+}
+
+/// Middleware applying the faults to API routes.
+pub(crate) async fn middleware(
+    State(state): State<crate::SharedState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if !(path.starts_with("/publish") || path.starts_with("/ws")) {
+        return next.run(req).await;
+    }
+    let (fail, delay) = state.faults.take();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    if let Some(rule) = fail {
+        let code = if rule.status == 429 {
+            ErrorCode::RateLimitExceeded
+        } else {
+            ErrorCode::Unavailable
+        };
+        let mut err = ApiError::new(code, "injected fault");
+        err.status = StatusCode::from_u16(rule.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        if let Some(secs) = rule.retry_after_secs {
+            err.retry_after_ms = Some(secs * 1000);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                err.headers.insert("retry-after", v);
+            }
+        }
+        return err.into_response();
+    }
+    next.run(req).await
+}
+
+/// `GET /_fault`: the active faults.
+pub(crate) async fn get(State(state): State<crate::SharedState>) -> Json<FaultState> {
+    Json(state.faults.snapshot())
+}
+
+/// `POST /_fault/drop`: drops every WebSocket without a close frame.
+pub(crate) async fn drop_all(State(state): State<crate::SharedState>) -> Json<serde_json::Value> {
+    let dropped = state
+        .metrics
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    state.faults.state.lock().expect("fault lock").drops += 1;
+    state.drop_tx.send_modify(|n| *n += 1);
+    Json(serde_json::json!({ "dropped": dropped }))
+}
+
+/// `POST /_fault/fail {status, count, retry_after_secs?}`.
+pub(crate) async fn fail(
+    State(state): State<crate::SharedState>,
+    Json(rule): Json<FailRule>,
+) -> Response {
+    if rule.status != 429 && rule.status != 503 {
+        return ApiError::new(ErrorCode::BadRequest, "status must be 429 or 503")
+            .with_field("status")
+            .into_response();
+    }
+    let mut s = state.faults.state.lock().expect("fault lock");
+    s.fail = (rule.count > 0).then_some(rule);
+    Json(s.clone()).into_response()
+}
+
+/// `POST /_fault/delay {delay_ms, count?}`.
+pub(crate) async fn delay(
+    State(state): State<crate::SharedState>,
+    Json(rule): Json<DelayRule>,
+) -> Response {
+    let mut s = state.faults.state.lock().expect("fault lock");
+    s.delay = (rule.delay_ms > 0 && rule.count != Some(0)).then_some(rule);
+    Json(s.clone()).into_response()
+}
+
+/// `POST /_fault/reset`: clears every fault.
+pub(crate) async fn reset(State(state): State<crate::SharedState>) -> Json<FaultState> {
+    let mut s = state.faults.state.lock().expect("fault lock");
+    s.fail = None;
+    s.delay = None;
+    Json(s.clone())
+}

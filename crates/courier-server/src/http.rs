@@ -1,0 +1,732 @@
+//! HTTP handlers, the shared publish path, and the error type every handler answers with.
+
+// `ApiError` carries its response headers inline; it is built once per refused request, on
+// the cold path, so boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use courier_core::event::check_event_type;
+use courier_core::frame::{Delivery, ServerFrame};
+use courier_core::{ChannelName, ErrorCode, Event, ValidationError};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::SharedState;
+use crate::auth::{AuthError, Claims};
+use crate::store::{Claim, PublishRecord, Published};
+
+/// Unix milliseconds now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The body of every HTTP error: `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// One error: code, message and, where they apply, the field, the delay and the limit.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `INVALID_EVENT`.
+    #[schema(value_type = String)]
+    pub code: ErrorCode,
+    /// What was wrong and what to do.
+    pub message: String,
+    /// The field at fault, as a dotted path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// How long to wait before trying again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// Which connection limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_type: Option<String>,
+}
+
+/// An error answer: status, body and headers (rate-limit headers travel here too).
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The code.
+    pub code: ErrorCode,
+    /// The message.
+    pub message: String,
+    /// The field at fault.
+    pub field: Option<String>,
+    /// Delay before retrying.
+    pub retry_after_ms: Option<u64>,
+    /// Which limit.
+    pub limit_type: Option<String>,
+    /// Extra headers.
+    pub headers: HeaderMap,
+}
+
+impl ApiError {
+    /// An error with the code's usual status.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code,
+            message: message.into(),
+            field: None,
+            retry_after_ms: None,
+            limit_type: None,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// Names the field at fault.
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// The error as it travels in bodies and frames.
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code,
+            message: self.message.clone(),
+            field: self.field.clone(),
+            retry_after_ms: self.retry_after_ms,
+            limit_type: self.limit_type.clone(),
+        }
+    }
+
+    /// The same error as a WebSocket error frame answering request `id`.
+    pub fn to_frame(&self, id: Option<u64>) -> courier_core::ErrorFrame {
+        let mut f = courier_core::ErrorFrame::new(id, self.code, self.message.clone());
+        f.retry_after_ms = self.retry_after_ms;
+        f.field = self.field.clone();
+        f.limit_type = self.limit_type.clone();
+        f
+    }
+
+    fn store(e: crate::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store failed");
+        Self::new(
+            ErrorCode::Unavailable,
+            "a backend is unavailable; retry later",
+        )
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        Self::new(e.code(), e.message.clone()).with_field(e.field)
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        Self::new(e.code, e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.detail(),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().extend(self.headers);
+        response
+    }
+}
+
+/// A publish that was accepted, or recognised as a duplicate.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PublishResponse {
+    /// The event id (server-generated when the request had none).
+    pub id: String,
+    /// The channel.
+    pub channel: String,
+    /// The history epoch.
+    pub epoch: String,
+    /// The event's offset in its channel.
+    pub offset: u64,
+    /// True when the id was seen within the idempotency window (not delivered again).
+    pub duplicate: bool,
+}
+
+/// `POST /publish/batch` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct BatchRequest {
+    /// The events, each as for `POST /publish`.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Box<RawValue>>,
+}
+
+/// One event's outcome in a batch.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchItemResult {
+    /// The event id (empty if the event was unreadable).
+    pub id: String,
+    /// `accepted`, `duplicate` or `rejected`.
+    pub status: String,
+    /// The channel (empty if unreadable).
+    pub channel: String,
+    /// The history epoch (absent when rejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The offset (absent when rejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Why it was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
+}
+
+/// `POST /publish/batch` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchResponseBody {
+    /// One result per event, in order.
+    pub results: Vec<BatchItemResult>,
+}
+
+/// Reads the bearer token.
+pub(crate) fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<Claims, ApiError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing `Authorization: Bearer <token>`",
+            )
+        })?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "the Authorization scheme must be Bearer",
+            )
+        })?;
+    Ok(state.verifier.verify(token.trim())?)
+}
+
+/// Parses an event from JSON text, naming the field at fault.
+pub(crate) fn parse_event(text: &str) -> Result<Event, ApiError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let event: Event = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let msg = inner.split(" at line ").next().unwrap_or(&inner).to_owned();
+        if let Some(rest) = msg.strip_prefix("missing field `") {
+            let field = rest.trim_end_matches('`');
+            let full = if path == "." {
+                field.to_owned()
+            } else {
+                format!("{path}.{field}")
+            };
+            return ApiError::new(ErrorCode::InvalidEvent, format!("`{full}` is required"))
+                .with_field(full);
+        }
+        let field = if path == "." { "body".to_owned() } else { path };
+        ApiError::new(ErrorCode::InvalidEvent, msg).with_field(field)
+    })?;
+    de.end().map_err(|_| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            "trailing characters after the JSON body",
+        )
+        .with_field("body")
+    })?;
+    Ok(event)
+}
+
+/// Rate-limits one publish; `Ok` carries the headers for the answer.
+pub(crate) async fn rate_limit(
+    state: &SharedState,
+    claims: &Claims,
+    event_type: &str,
+) -> Result<HeaderMap, ApiError> {
+    let event_type = if check_event_type(event_type).is_ok() {
+        event_type
+    } else {
+        "_invalid"
+    };
+    let decision = state
+        .limiter
+        .check(claims, event_type)
+        .await
+        .map_err(ApiError::store)?;
+    for (rule, shadow) in &decision.hits {
+        state.metrics.rate_limit_hit(rule, *shadow);
+    }
+    if decision.allowed {
+        return Ok(decision.headers);
+    }
+    let wait = decision.retry_after.unwrap_or(Duration::from_secs(1));
+    let mut err = ApiError::new(
+        ErrorCode::RateLimitExceeded,
+        format!(
+            "rate limit exceeded for `{event_type}`; retry after {} ms",
+            wait.as_millis()
+        ),
+    );
+    err.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+    err.headers = decision.headers;
+    Err(err)
+}
+
+/// Authorizes, stamps, validates, deduplicates, stores and fans out one event.
+pub(crate) async fn publish_event(
+    state: &SharedState,
+    claims: &Claims,
+    mut event: Event,
+) -> Result<PublishResponse, ApiError> {
+    if !claims.can_publish(&event.channel) {
+        return Err(ApiError::new(
+            ErrorCode::ForbiddenChannel,
+            format!("this token may not publish to `{}`", event.channel),
+        )
+        .with_field("channel"));
+    }
+    let dedupe = !event.id.is_empty();
+    if !dedupe {
+        event.id = state.next_event_id();
+    }
+    if event.metadata.timestamp == 0 {
+        event.metadata.timestamp = unix_ms();
+    }
+    if event.metadata.source.is_empty() {
+        event.metadata.source = claims.sub.clone();
+    }
+    if let Err(e) = event.validate(state.config.max_payload_bytes) {
+        state.metrics.validation_failure(&e.field);
+        return Err(e.into());
+    }
+    let key = format!("{}:{}", claims.sub, event.id);
+    if dedupe {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match state
+                .idempotency
+                .claim(&key)
+                .await
+                .map_err(ApiError::store)?
+            {
+                Claim::New => break,
+                Claim::Done(r) => {
+                    state.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Ok(PublishResponse {
+                        id: event.id,
+                        channel: r.channel,
+                        epoch: r.epoch,
+                        offset: r.offset,
+                        duplicate: true,
+                    });
+                }
+                Claim::Pending if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Claim::Pending => {
+                    return Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "a publish with this id is still in progress; retry",
+                    ));
+                }
+            }
+        }
+    }
+    let id = event.id.clone();
+    let channel = event.channel.clone();
+    let stored = async {
+        let _order = state.order_lock(&channel).lock().await;
+        let stored = state.history.append(event).await?;
+        let frame = ServerFrame::Event(Delivery {
+            epoch: stored.epoch.to_string(),
+            offset: stored.offset,
+            event: (*stored.event).clone(),
+        })
+        .encode();
+        let message = Published {
+            channel: channel.clone(),
+            offset: stored.offset,
+            frame: frame.into(),
+            accepted_at: std::time::Instant::now(),
+        };
+        state.broker.publish(Arc::new(message)).await?;
+        Ok::<_, crate::store::StoreError>(stored)
+    }
+    .await;
+    match stored {
+        Ok(stored) => {
+            state.metrics.published.fetch_add(1, Ordering::Relaxed);
+            let record = PublishRecord {
+                channel: channel.to_string(),
+                epoch: stored.epoch.to_string(),
+                offset: stored.offset,
+            };
+            if dedupe {
+                state
+                    .idempotency
+                    .complete(&key, record.clone())
+                    .await
+                    .map_err(ApiError::store)?;
+            }
+            Ok(PublishResponse {
+                id,
+                channel: record.channel,
+                epoch: record.epoch,
+                offset: record.offset,
+                duplicate: false,
+            })
+        }
+        Err(e) => {
+            if dedupe {
+                state.idempotency.release(&key).await;
+            }
+            Err(ApiError::store(e))
+        }
+    }
+}
+
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the request body is over the server's limit",
+            )
+            .with_field("body")
+        } else {
+            ApiError::new(ErrorCode::BadRequest, rejection.body_text()).with_field("body")
+        }
+    })
+}
+
+/// Reads `type` from a JSON object for rate limiting before full validation.
+fn peek_type(text: &str) -> String {
+    #[derive(Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "type")]
+        event_type: Option<serde_json::Value>,
+    }
+    serde_json::from_str::<TypeOnly>(text)
+        .ok()
+        .and_then(|t| t.event_type)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+async fn publish_text(state: &SharedState, headers: &HeaderMap, text: &str) -> Response {
+    let claims = match authenticate(state, headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let rl_headers = match rate_limit(state, &claims, &peek_type(text)).await {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    let result = match parse_event(text) {
+        Ok(event) => publish_event(state, &claims, event).await,
+        Err(e) => {
+            state
+                .metrics
+                .validation_failure(e.field.as_deref().unwrap_or("body"));
+            Err(e)
+        }
+    };
+    let mut response = match result {
+        Ok(ok) => Json(ok).into_response(),
+        Err(e) => e.into_response(),
+    };
+    response.headers_mut().extend(rl_headers);
+    response
+}
+
+/// `POST /publish`.
+#[utoipa::path(post, path = "/publish", tag = "publish",
+    request_body(content = Object, description = "An event: `{id?, type, channel, data, metadata?}`"),
+    responses(
+        (status = 200, description = "Accepted or duplicate", body = PublishResponse),
+        (status = 400, description = "Invalid event; `error.field` names the field", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 403, description = "The token may not publish to the channel", body = ErrorBody),
+        (status = 413, description = "Over the payload limit", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn publish(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match std::str::from_utf8(&body) {
+        Ok(text) => publish_text(&state, &headers, text).await,
+        Err(_) => ApiError::new(ErrorCode::BadRequest, "the body is not UTF-8")
+            .with_field("body")
+            .into_response(),
+    }
+}
+
+/// `POST /publish/{channel}`: the channel comes from the path.
+#[utoipa::path(post, path = "/publish/{channel}", tag = "publish",
+    params(("channel" = String, Path, description = "The channel")),
+    request_body(content = Object, description = "An event without `channel`: `{id?, type, data, metadata?}`"),
+    responses(
+        (status = 200, description = "Accepted or duplicate", body = PublishResponse),
+        (status = 400, description = "Invalid event", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 403, description = "Forbidden channel", body = ErrorBody),
+        (status = 413, description = "Too large", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn publish_to_channel(
+    State(state): State<SharedState>,
+    Path(channel): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let result = (|| {
+        let body = body_or_error(body)?;
+        let channel = ChannelName::new(channel).map_err(ApiError::from)?;
+        let mut value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(ErrorCode::BadRequest, format!("body is not JSON: {e}"))
+                .with_field("body")
+        })?;
+        let obj = value.as_object_mut().ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidEvent, "the body must be a JSON object")
+                .with_field("body")
+        })?;
+        match obj.get("channel") {
+            None => {
+                obj.insert(
+                    "channel".into(),
+                    serde_json::Value::String(channel.to_string()),
+                );
+            }
+            Some(serde_json::Value::String(c)) if c == channel.as_str() => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidEvent,
+                    "`channel` in the body differs from the path",
+                )
+                .with_field("channel"));
+            }
+        }
+        Ok(value.to_string())
+    })();
+    match result {
+        Ok(text) => publish_text(&state, &headers, &text).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /publish/batch`: one result per event, in order.
+#[utoipa::path(post, path = "/publish/batch", tag = "publish",
+    request_body(content = BatchRequest),
+    responses(
+        (status = 200, description = "One result per event", body = BatchResponseBody),
+        (status = 400, description = "The body is not a batch", body = ErrorBody),
+        (status = 401, description = "Unauthorized", body = ErrorBody),
+        (status = 413, description = "Too large or too many events", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn publish_batch(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let claims = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let body = match body_or_error(body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(
+                ErrorCode::BadRequest,
+                format!("expected {{\"events\": [...]}}: {e}"),
+            )
+            .with_field("events")
+            .into_response();
+        }
+    };
+    if batch.events.len() > state.config.max_batch_events {
+        return ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("at most {} events per batch", state.config.max_batch_events),
+        )
+        .with_field("events")
+        .into_response();
+    }
+    let mut results = Vec::with_capacity(batch.events.len());
+    let mut last_headers = HeaderMap::new();
+    for (i, raw) in batch.events.iter().enumerate() {
+        let text = raw.get();
+        #[derive(Deserialize, Default)]
+        struct Peek {
+            #[serde(default)]
+            id: serde_json::Value,
+            #[serde(default)]
+            channel: serde_json::Value,
+        }
+        let peek: Peek = serde_json::from_str(text).unwrap_or_default();
+        let outcome = async {
+            let headers = rate_limit(&state, &claims, &peek_type(text)).await?;
+            last_headers = headers;
+            let event = parse_event(text).inspect_err(|e| {
+                state
+                    .metrics
+                    .validation_failure(e.field.as_deref().unwrap_or("body"))
+            })?;
+            publish_event(&state, &claims, event).await
+        }
+        .await;
+        results.push(match outcome {
+            Ok(ok) => BatchItemResult {
+                id: ok.id,
+                status: if ok.duplicate {
+                    "duplicate"
+                } else {
+                    "accepted"
+                }
+                .into(),
+                channel: ok.channel,
+                epoch: Some(ok.epoch),
+                offset: Some(ok.offset),
+                error: None,
+            },
+            Err(mut e) => {
+                if let Some(f) = &e.field {
+                    e.field = Some(format!("events[{i}].{f}"));
+                }
+                if !e.headers.is_empty() {
+                    last_headers = std::mem::take(&mut e.headers);
+                }
+                BatchItemResult {
+                    id: peek.id.as_str().unwrap_or_default().to_owned(),
+                    status: "rejected".into(),
+                    channel: peek.channel.as_str().unwrap_or_default().to_owned(),
+                    epoch: None,
+                    offset: None,
+                    error: Some(e.detail()),
+                }
+            }
+        });
+    }
+    let mut response = Json(BatchResponseBody { results }).into_response();
+    last_headers.remove(header::RETRY_AFTER);
+    response.headers_mut().extend(last_headers);
+    response
+}
+
+fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// `GET /health`.
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "Status, uptime, version, connections, channels, memory", body = Object)))]
+pub(crate) async fn health(State(state): State<SharedState>) -> Json<serde_json::Value> {
+    let history = state.history.stats().await;
+    Json(serde_json::json!({
+        "status": if state.is_draining() { "draining" } else { "ok" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": state.uptime().as_secs(),
+        "epoch": &*state.history.epoch(),
+        "connections": state.connections.total(),
+        "users": state.connections.users(),
+        "channels": state.broker.channel_count(),
+        "history": history,
+        "memory": {
+            "rss_bytes": rss_bytes(),
+            "idempotency_entries": state.idempotency.entries(),
+            "history_events": history.events,
+        },
+    }))
+}
+
+/// `GET /health/live`: the process is up.
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "Alive")))]
+pub(crate) async fn live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /health/ready`: 503 while draining.
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200, description = "Ready"), (status = 503, description = "Draining")))]
+pub(crate) async fn ready(State(state): State<SharedState>) -> Response {
+    if state.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "draining"})),
+        )
+            .into_response()
+    } else {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    }
+}
+
+/// `GET /stats`.
+#[utoipa::path(get, path = "/stats", tag = "health", responses((status = 200, description = "Counters", body = Object)))]
+pub(crate) async fn stats(State(state): State<SharedState>) -> Json<serde_json::Value> {
+    let m = &state.metrics;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let history = state.history.stats().await;
+    Json(serde_json::json!({
+        "uptime_secs": state.uptime().as_secs(),
+        "connections": state.connections.total(),
+        "connections_opened": load(&m.connections_opened),
+        "channels": state.broker.channel_count(),
+        "history": history,
+        "published": load(&m.published),
+        "duplicates": load(&m.duplicates),
+        "delivered": load(&m.delivered),
+        "slow_consumers": load(&m.slow_consumers),
+        "rate_limit_hits": m.family_total("rl"),
+        "connection_rejections": m.family_total("conn"),
+        "validation_failures": m.family_total("val"),
+        "idempotency_entries": state.idempotency.entries(),
+        "draining": state.is_draining(),
+    }))
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<SharedState>) -> Response {
+    let history = state.history.stats().await;
+    let text = state.metrics.render(
+        state.broker.channel_count(),
+        history.events,
+        state.is_draining(),
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}

@@ -1,0 +1,419 @@
+//! The Courier reference server: WebSocket protocol v1 and HTTP publish, JWT auth with the
+//! algorithm pinned, channel authorization, GCRA rate limits, connection limits, per-channel
+//! history with resume, the idempotency window, health and Prometheus metrics, graceful
+//! shutdown and opt-in fault injection.
+//!
+//! Tests and other crates start it in-process with [`start`] on a listener bound to port 0;
+//! the binary calls [`serve`], which runs until SIGTERM or SIGINT.
+
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Request};
+use axum::routing::{get, post};
+use courier_core::ChannelName;
+use courier_core::event::EventIdGenerator;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub mod auth;
+pub mod config;
+pub mod connections;
+pub mod fault;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+pub mod ratelimit;
+pub mod store;
+pub mod ws;
+
+pub use config::Config;
+
+use crate::auth::Verifier;
+use crate::connections::ConnectionRegistry;
+use crate::fault::Faults;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::store::{
+    Broker, HistoryStore, IdempotencyStore, MemoryBroker, MemoryHistory, MemoryIdempotency,
+    MemoryRateLimits, RateLimitStore,
+};
+
+/// The state shared by every handler.
+pub type SharedState = Arc<AppState>;
+
+/// The backends; [`Stores::in_memory`] for one instance.
+#[derive(Clone)]
+pub struct Stores {
+    /// Channel history (assigns offsets, owns the epoch).
+    pub history: Arc<dyn HistoryStore>,
+    /// Fan-out.
+    pub broker: Arc<dyn Broker>,
+    /// GCRA buckets.
+    pub rate_limits: Arc<dyn RateLimitStore>,
+    /// The idempotency window.
+    pub idempotency: Arc<dyn IdempotencyStore>,
+}
+
+impl Stores {
+    /// In-process stores sized by `config`.
+    pub fn in_memory(config: &Config) -> Self {
+        Self {
+            history: Arc::new(MemoryHistory::new(
+                config.history.max_events_per_channel,
+                Duration::from_secs(config.history.max_age_secs),
+                config.history.max_channels,
+            )),
+            broker: Arc::new(MemoryBroker::new()),
+            rate_limits: Arc::new(MemoryRateLimits::new()),
+            idempotency: Arc::new(MemoryIdempotency::new(
+                Duration::from_secs(config.idempotency.window_secs),
+                config.idempotency.max_entries,
+            )),
+        }
+    }
+}
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is invalid or unsafe.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A JWT key is unusable.
+    #[error("auth configuration: {0}")]
+    Auth(String),
+    /// Binding or serving failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+const ORDER_SHARDS: usize = 64;
+
+/// Everything the handlers share.
+pub struct AppState {
+    /// The configuration.
+    pub config: Config,
+    /// JWT verification.
+    pub verifier: Verifier,
+    /// History.
+    pub history: Arc<dyn HistoryStore>,
+    /// Fan-out.
+    pub broker: Arc<dyn Broker>,
+    /// Idempotency.
+    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Rate limits.
+    pub limiter: RateLimiter,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Connection limits.
+    pub connections: Arc<ConnectionRegistry>,
+    /// Fault injection switches.
+    pub faults: Faults,
+    started: Instant,
+    draining: AtomicBool,
+    shutdown_tx: watch::Sender<bool>,
+    drop_tx: watch::Sender<u64>,
+    ws_tracker: TaskTracker,
+    sessions: AtomicU64,
+    ids: std::sync::Mutex<EventIdGenerator>,
+    order: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl AppState {
+    /// State for `config` over `stores`.
+    pub fn new(config: Config, stores: Stores) -> Result<Self, ServerError> {
+        let verifier = Verifier::new(&config.auth).map_err(ServerError::Auth)?;
+        let seed = u64::from_le_bytes(
+            uuid::Uuid::new_v4().as_bytes()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        Ok(Self {
+            verifier,
+            history: stores.history,
+            broker: stores.broker,
+            idempotency: stores.idempotency,
+            limiter: RateLimiter::new(config.rate_limits.clone(), stores.rate_limits),
+            metrics: Metrics::default(),
+            connections: Arc::new(ConnectionRegistry::new(config.connections.clone())),
+            faults: Faults::default(),
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            shutdown_tx: watch::channel(false).0,
+            drop_tx: watch::channel(0).0,
+            ws_tracker: TaskTracker::new(),
+            sessions: AtomicU64::new(0),
+            ids: std::sync::Mutex::new(EventIdGenerator::new(seed)),
+            order: (0..ORDER_SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            config,
+        })
+    }
+
+    /// True once shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Seconds since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub(crate) fn next_event_id(&self) -> String {
+        self.ids.lock().expect("id lock").next_id(http::unix_ms())
+    }
+
+    pub(crate) fn next_session(&self) -> String {
+        format!(
+            "s{}-{}",
+            self.sessions.fetch_add(1, Ordering::Relaxed) + 1,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        )
+    }
+
+    /// Serialises append + fan-out per channel so subscribers see offsets in order.
+    pub(crate) fn order_lock(&self, channel: &ChannelName) -> &tokio::sync::Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        channel.hash(&mut h);
+        &self.order[(h.finish() as usize) % ORDER_SHARDS]
+    }
+}
+
+/// The router over `state`.
+pub fn app(state: SharedState) -> Router {
+    let single_limit = DefaultBodyLimit::max(state.config.max_frame_bytes);
+    let batch_limit = DefaultBodyLimit::max(state.config.max_batch_bytes);
+    let mut router = Router::new()
+        .route("/publish", post(http::publish).layer(single_limit))
+        .route(
+            "/publish/batch",
+            post(http::publish_batch).layer(batch_limit),
+        )
+        .route(
+            "/publish/{channel}",
+            post(http::publish_to_channel).layer(single_limit),
+        )
+        .route("/ws", get(ws::ws_root))
+        .route("/ws/{channel}", get(ws::ws_channel))
+        .route("/health", get(http::health))
+        .route("/health/live", get(http::live))
+        .route("/health/ready", get(http::ready))
+        .route("/stats", get(http::stats))
+        .route("/metrics", get(http::metrics))
+        .route("/openapi.json", get(openapi::openapi_json));
+    if state.config.enable_fault_injection {
+        router = router
+            .route("/_fault", get(fault::get))
+            .route("/_fault/drop", post(fault::drop_all))
+            .route("/_fault/fail", post(fault::fail))
+            .route("/_fault/delay", post(fault::delay))
+            .route("/_fault/reset", post(fault::reset))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                fault::middleware,
+            ));
+    }
+    let exposed: Vec<HeaderName> = [
+        "retry-after",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "ratelimit",
+        "ratelimit-policy",
+        "x-request-id",
+    ]
+    .into_iter()
+    .map(HeaderName::from_static)
+    .collect();
+    let origins = &state.config.cors_origins;
+    let cors = CorsLayer::new()
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .expose_headers(exposed);
+    let cors = if origins.iter().any(|o| o == "*") {
+        cors.allow_origin(Any)
+    } else {
+        cors.allow_origin(AllowOrigin::list(
+            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+        ))
+    };
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        // Headers are not logged: Authorization carries the token.
+        tracing::info_span!(
+            "http",
+            method = %req.method(),
+            path = %req.uri().path(),
+            request_id = %header("x-request-id"),
+            correlation_id = %header("x-correlation-id"),
+        )
+    });
+    router
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// A running server started by [`start`].
+pub struct ServerHandle {
+    addr: SocketAddr,
+    state: SharedState,
+    trigger: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    /// The bound address (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared state (metrics, stores), for tests.
+    pub fn state(&self) -> &SharedState {
+        &self.state
+    }
+
+    /// Begins graceful shutdown; [`ServerHandle::wait`] returns when it is done.
+    pub fn shutdown(&self) {
+        self.trigger.cancel();
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(ServerError::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+/// Starts serving on `listener` with in-memory stores; returns at once.
+pub async fn start(config: Config, listener: TcpListener) -> Result<ServerHandle, ServerError> {
+    let stores = Stores::in_memory(&config);
+    start_with_stores(config, stores, listener).await
+}
+
+/// Starts serving on `listener` with the given stores; returns at once.
+pub async fn start_with_stores(
+    mut config: Config,
+    stores: Stores,
+    listener: TcpListener,
+) -> Result<ServerHandle, ServerError> {
+    let addr = listener.local_addr()?;
+    config.resolve_files()?;
+    config.check_safety(addr)?;
+    let state: SharedState = Arc::new(AppState::new(config, stores)?);
+    let trigger = CancellationToken::new();
+    let task = tokio::spawn(run(state.clone(), listener, trigger.clone()));
+    Ok(ServerHandle {
+        addr,
+        state,
+        trigger,
+        task,
+    })
+}
+
+async fn run(
+    state: SharedState,
+    listener: TcpListener,
+    trigger: CancellationToken,
+) -> Result<(), ServerError> {
+    let stop_accepting = CancellationToken::new();
+    let router = app(state.clone());
+    let server = {
+        let stop = stop_accepting.clone();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        })
+    };
+    trigger.cancelled().await;
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_millis(state.config.shutdown.deadline_ms);
+    tracing::info!("shutting down: readiness now 503");
+    state.draining.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(state.config.shutdown.drain_delay_ms)).await;
+    stop_accepting.cancel();
+    state.shutdown_tx.send_replace(true);
+    state.ws_tracker.close();
+    let abort = server.abort_handle();
+    let finished = tokio::time::timeout_at(deadline, async {
+        let served = server.await;
+        state.ws_tracker.wait().await;
+        served
+    })
+    .await;
+    match finished {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ok(Ok(Err(e))) => Err(ServerError::Io(e)),
+        Ok(Err(e)) => Err(ServerError::Io(std::io::Error::other(e))),
+        Err(_) => {
+            tracing::warn!("shutdown deadline reached; dropping what is left");
+            abort.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, printing `listening on <addr>` once bound.
+pub async fn serve(config: Config, listener: TcpListener) -> Result<(), ServerError> {
+    let handle = start(config, listener).await?;
+    println!("listening on {}", handle.local_addr());
+    {
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+    }
+    tracing::info!(addr = %handle.local_addr(), "listening");
+    shutdown_signal().await;
+    handle.shutdown();
+    handle.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,183 @@
+//! `courier-server`: the Courier reference server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use courier_core::ChannelPattern;
+use courier_server::Config;
+use courier_server::auth::{Role, claims_for, sign_hs256};
+
+#[derive(Parser)]
+#[command(name = "courier-server", version, about = "Courier reference server")]
+struct Cli {
+    /// A TOML configuration file.
+    #[arg(long, global = true, env = "COURIER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Default, Clone)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Switch on the fault-injection endpoints (loopback only).
+    #[arg(long)]
+    enable_fault_injection: bool,
+    /// Allow the development JWT secret on a non-loopback address.
+    #[arg(long)]
+    allow_dev_secret: bool,
+    /// Log format: human or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Print a signed HS256 token for the configured secret.
+    Token {
+        /// The subject (user or service id).
+        #[arg(long)]
+        sub: String,
+        /// `user` or `service`.
+        #[arg(long, default_value = "user")]
+        role: String,
+        /// Channel patterns granted for reading, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<String>,
+        /// Channel patterns granted for publishing (users), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        publish: Vec<String>,
+        /// Rate-limit tier: standard, premium, service.
+        #[arg(long)]
+        tier: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+fn load(cli_config: Option<&PathBuf>, args: &ServeArgs) -> Result<Config, String> {
+    let mut config = Config::load(cli_config.map(PathBuf::as_path), std::env::vars())
+        .map_err(|e| e.to_string())?;
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if args.enable_fault_injection {
+        config.enable_fault_injection = true;
+    }
+    if args.allow_dev_secret {
+        config.allow_dev_secret = true;
+    }
+    if let Some(f) = &args.log_format {
+        config.log_format = f.clone();
+    }
+    Ok(config)
+}
+
+fn init_logs(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COURIER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format.eq_ignore_ascii_case("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn token(
+    config: &Config,
+    sub: String,
+    role: &str,
+    channels: Vec<String>,
+    publish: Vec<String>,
+    tier: Option<String>,
+    ttl: u64,
+) -> Result<String, String> {
+    let role = match role {
+        "user" => Role::User,
+        "service" => Role::Service,
+        other => return Err(format!("--role must be user or service, not `{other}`")),
+    };
+    let patterns = |list: Vec<String>| -> Result<Vec<ChannelPattern>, String> {
+        list.into_iter()
+            .filter(|s| !s.is_empty())
+            .map(|p| ChannelPattern::new(p).map_err(|e| e.to_string()))
+            .collect()
+    };
+    let mut claims = claims_for(&sub, role, patterns(channels)?, ttl);
+    claims.publish = patterns(publish)?;
+    claims.tier = tier;
+    Ok(sign_hs256(&config.auth.jwt_secret, &claims))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (args, token_cmd) = match cli.command {
+        None => (cli.serve.clone(), None),
+        Some(Command::Serve(a)) => (a, None),
+        Some(t @ Command::Token { .. }) => (cli.serve.clone(), Some(t)),
+    };
+    let config = match load(cli.config.as_ref(), &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("courier-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(Command::Token {
+        sub,
+        role,
+        channels,
+        publish,
+        tier,
+        ttl,
+    }) = token_cmd
+    {
+        return match token(&config, sub, &role, channels, publish, tier, ttl) {
+            Ok(t) => {
+                println!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("courier-server: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    init_logs(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("courier-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        if let Err(e) = config.check_safety(config.listen) {
+            return Err(e.to_string());
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        courier_server::serve(config, listener)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("courier-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! The four stores behind narrow, object-safe async traits, and their in-memory
+//! implementations. A Redis backend (several instances) implements the same traits:
+//!
+//! - [`HistoryStore`] assigns offsets and owns the epoch (Redis: a stream or list per
+//!   channel plus `INCR`; the epoch is a key set once).
+//! - [`Broker`] fans published events out to this instance's subscribers (Redis: pub/sub,
+//!   one subscription per channel with local subscribers).
+//! - [`RateLimitStore`] runs GCRA atomically over a set of buckets (Redis: one Lua script).
+//! - [`IdempotencyStore`] claims an event id for the window (Redis: `SET NX PX`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use courier_core::{ChannelName, Event};
+
+/// A store failed (a backend is down); the request may be retried.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// An event stored in a channel's history.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// The history's epoch.
+    pub epoch: Arc<str>,
+    /// The event's offset (1, 2, …) in its channel.
+    pub offset: u64,
+    /// The event, as accepted (id and metadata stamped).
+    pub event: Arc<Event>,
+}
+
+/// What a resume can replay.
+#[derive(Debug, Clone)]
+pub enum Replay {
+    /// Every event after the asked offset, in order (possibly none).
+    Complete(Vec<StoredEvent>),
+    /// History no longer holds the event right after the asked offset.
+    Gap,
+}
+
+/// Sizes, for `/health` and `/stats`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct HistoryStats {
+    /// Channels with history.
+    pub channels: usize,
+    /// Events held in all.
+    pub events: usize,
+}
+
+/// Per-channel history with server-assigned offsets.
+#[async_trait]
+pub trait HistoryStore: Send + Sync + 'static {
+    /// The epoch, chosen when the history was created; it changes when history is lost.
+    fn epoch(&self) -> Arc<str>;
+    /// Appends `event` to its channel and returns it with its offset.
+    async fn append(&self, event: Event) -> Result<StoredEvent, StoreError>;
+    /// The channel's latest offset (0 when it never had an event).
+    async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError>;
+    /// The events with offset greater than `after`, or [`Replay::Gap`].
+    async fn read_after(&self, channel: &ChannelName, after: u64) -> Result<Replay, StoreError>;
+    /// Sizes.
+    async fn stats(&self) -> HistoryStats;
+}
+
+/// A published event on its way to subscribers, with its frame encoded once.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The channel.
+    pub channel: ChannelName,
+    /// The event's offset in its channel.
+    pub offset: u64,
+    /// The encoded `event` frame.
+    pub frame: Arc<str>,
+    /// When the server accepted it (for the publish-to-deliver histogram).
+    pub accepted_at: Instant,
+}
+
+/// Something that receives a channel's events. `deliver` must not block: a subscriber that
+/// cannot keep up closes its own connection (slow consumer).
+pub trait Subscriber: Send + Sync + 'static {
+    /// One event, in offset order per channel.
+    fn deliver(&self, message: &Arc<Published>);
+}
+
+/// Identifies one subscription in a [`Broker`].
+pub type SubscriptionId = u64;
+
+/// Fans events out to subscribers.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Delivers to every subscriber of the channel (on every instance, for shared brokers).
+    async fn publish(&self, message: Arc<Published>) -> Result<(), StoreError>;
+    /// Adds a subscriber.
+    async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Result<SubscriptionId, StoreError>;
+    /// Removes a subscriber.
+    async fn unsubscribe(&self, channel: &ChannelName, id: SubscriptionId);
+    /// Subscribers of `channel` on this instance.
+    fn subscriber_count(&self, channel: &ChannelName) -> usize;
+    /// Channels with at least one subscriber on this instance.
+    fn channel_count(&self) -> usize;
+}
+
+/// One GCRA bucket to check.
+#[derive(Debug, Clone)]
+pub struct BucketRequest {
+    /// The bucket's key, e.g. `user:alice`.
+    pub key: String,
+    /// `T = window / limit`.
+    pub emission_interval: Duration,
+    /// Requests back to back from idle (at least 1).
+    pub burst: u64,
+    /// A shadow bucket never refuses.
+    pub shadow: bool,
+}
+
+/// The state of one bucket after a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketDecision {
+    /// This bucket alone would admit the request.
+    pub allowed: bool,
+    /// Requests still admissible back to back after this one.
+    pub remaining: u64,
+    /// Until the bucket is full again.
+    pub reset_after: Duration,
+    /// Until a refused request would be admitted (zero when allowed).
+    pub retry_after: Duration,
+}
+
+/// GCRA state. `check` is atomic over all the buckets: the request is admitted when every
+/// non-shadow bucket admits it, and only then are the buckets updated.
+#[async_trait]
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// Checks (and, when admitted, records) one request against `buckets`.
+    async fn check(&self, buckets: &[BucketRequest]) -> Result<Vec<BucketDecision>, StoreError>;
+}
+
+/// What an earlier publish of the same id produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRecord {
+    /// The channel.
+    pub channel: String,
+    /// The history epoch.
+    pub epoch: String,
+    /// The offset it got.
+    pub offset: u64,
+}
+
+/// The answer to [`IdempotencyStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// First time: publish, then `complete` (or `release` on failure).
+    New,
+    /// Published already within the window.
+    Done(PublishRecord),
+    /// Another request with this id is being published right now.
+    Pending,
+}
+
+/// Remembers event ids for the idempotency window.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `key` for the window.
+    async fn claim(&self, key: &str) -> Result<Claim, StoreError>;
+    /// Records the outcome of a claimed key.
+    async fn complete(&self, key: &str, record: PublishRecord) -> Result<(), StoreError>;
+    /// Forgets a claim whose publish failed.
+    async fn release(&self, key: &str);
+    /// Ids remembered now.
+    fn entries(&self) -> usize;
+}
+
+// ----------------------------------------------------------------------------------------
+// In-memory history
+
+struct ChannelHistory {
+    latest: u64,
+    events: VecDeque<(Instant, StoredEvent)>,
+    last_write: u64,
+}
+
+/// History in process memory, bounded by count and age per channel and by channel count.
+pub struct MemoryHistory {
+    epoch: Arc<str>,
+    max_events: usize,
+    max_age: Duration,
+    max_channels: usize,
+    writes: AtomicU64,
+    channels: Mutex<HashMap<ChannelName, ChannelHistory>>,
+}
+
+impl MemoryHistory {
+    /// An empty history with a fresh epoch.
+    pub fn new(max_events: usize, max_age: Duration, max_channels: usize) -> Self {
+        let epoch = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        Self {
+            epoch: epoch.into(),
+            max_events: max_events.max(1),
+            max_age,
+            max_channels: max_channels.max(1),
+            writes: AtomicU64::new(0),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn trim(&self, h: &mut ChannelHistory, now: Instant) {
+        while h.events.len() > self.max_events {
+            h.events.pop_front();
+        }
+        while let Some((at, _)) = h.events.front() {
+            if now.duration_since(*at) > self.max_age {
+                h.events.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl HistoryStore for MemoryHistory {
+    fn epoch(&self) -> Arc<str> {
+        self.epoch.clone()
+    }
+
+    async fn append(&self, event: Event) -> Result<StoredEvent, StoreError> {
+        let now = Instant::now();
+        let write = self.writes.fetch_add(1, Ordering::Relaxed);
+        let mut channels = self.channels.lock().expect("history lock");
+        if !channels.contains_key(&event.channel) && channels.len() >= self.max_channels {
+            // Forget the events of the least recently written channel but keep its latest
+            // offset, so offsets never restart within an epoch (a resume then reports a gap).
+            if let Some(oldest) = channels
+                .iter()
+                .filter(|(_, h)| !h.events.is_empty())
+                .min_by_key(|(_, h)| h.last_write)
+                .map(|(k, _)| k.clone())
+            {
+                if let Some(h) = channels.get_mut(&oldest) {
+                    h.events.clear();
+                }
+            }
+        }
+        let h = channels
+            .entry(event.channel.clone())
+            .or_insert_with(|| ChannelHistory {
+                latest: 0,
+                events: VecDeque::new(),
+                last_write: write,
+            });
+        h.latest += 1;
+        h.last_write = write;
+        let stored = StoredEvent {
+            epoch: self.epoch.clone(),
+            offset: h.latest,
+            event: Arc::new(event),
+        };
+        h.events.push_back((now, stored.clone()));
+        self.trim(h, now);
+        Ok(stored)
+    }
+
+    async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError> {
+        Ok(self
+            .channels
+            .lock()
+            .expect("history lock")
+            .get(channel)
+            .map_or(0, |h| h.latest))
+    }
+
+    async fn read_after(&self, channel: &ChannelName, after: u64) -> Result<Replay, StoreError> {
+        let now = Instant::now();
+        let mut channels = self.channels.lock().expect("history lock");
+        let Some(h) = channels.get_mut(channel) else {
+            return Ok(if after == 0 {
+                Replay::Complete(Vec::new())
+            } else {
+                Replay::Gap
+            });
+        };
+        self.trim(h, now);
+        if h.latest <= after {
+            return Ok(Replay::Complete(Vec::new()));
+        }
+        let first = h.events.front().map_or(h.latest + 1, |(_, e)| e.offset);
+        if first > after + 1 {
+            return Ok(Replay::Gap);
+        }
+        Ok(Replay::Complete(
+            h.events
+                .iter()
+                .filter(|(_, e)| e.offset > after)
+                .map(|(_, e)| e.clone())
+                .collect(),
+        ))
+    }
+
+    async fn stats(&self) -> HistoryStats {
+        let channels = self.channels.lock().expect("history lock");
+        HistoryStats {
+            channels: channels.len(),
+            events: channels.values().map(|h| h.events.len()).sum(),
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// In-memory broker
+
+type SubscriberMap = HashMap<SubscriptionId, Arc<dyn Subscriber>>;
+
+/// Fans out within this process.
+#[derive(Default)]
+pub struct MemoryBroker {
+    next_id: AtomicU64,
+    channels: RwLock<HashMap<ChannelName, SubscriberMap>>,
+}
+
+impl MemoryBroker {
+    /// An empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, message: Arc<Published>) -> Result<(), StoreError> {
+        let subscribers: Vec<Arc<dyn Subscriber>> = {
+            let channels = self.channels.read().expect("broker lock");
+            channels
+                .get(&message.channel)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default()
+        };
+        for s in subscribers {
+            s.deliver(&message);
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Result<SubscriptionId, StoreError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.channels
+            .write()
+            .expect("broker lock")
+            .entry(channel.clone())
+            .or_default()
+            .insert(id, subscriber);
+        Ok(id)
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName, id: SubscriptionId) {
+        let mut channels = self.channels.write().expect("broker lock");
+        if let Some(m) = channels.get_mut(channel) {
+            m.remove(&id);
+            if m.is_empty() {
+                channels.remove(channel);
+            }
+        }
+    }
+
+    fn subscriber_count(&self, channel: &ChannelName) -> usize {
+        self.channels
+            .read()
+            .expect("broker lock")
+            .get(channel)
+            .map_or(0, HashMap::len)
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.read().expect("broker lock").len()
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// In-memory GCRA
+
+/// GCRA buckets in process memory; idle buckets are dropped.
+pub struct MemoryRateLimits {
+    origin: Instant,
+    /// Theoretical arrival times, in nanoseconds since `origin`.
+    tats: Mutex<HashMap<String, u128>>,
+    checks: AtomicU64,
+}
+
+impl Default for MemoryRateLimits {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            tats: Mutex::new(HashMap::new()),
+            checks: AtomicU64::new(0),
+        }
+    }
+}
+
+impl MemoryRateLimits {
+    /// No buckets yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn gcra_decide(tat: Option<u128>, now: u128, req: &BucketRequest) -> (BucketDecision, u128) {
+    let t = req.emission_interval.as_nanos().max(1);
+    let tau = t * u128::from(req.burst.max(1) - 1);
+    let tat = tat.unwrap_or(now).max(now);
+    let allowed = tat <= now + tau;
+    let new_tat = if allowed { tat + t } else { tat };
+    // Remaining back-to-back requests after this decision.
+    let remaining = (now + tau + t).saturating_sub(new_tat) / t;
+    let reset_after = Duration::from_nanos(u64::try_from(new_tat - now).unwrap_or(u64::MAX));
+    let retry_after = if allowed {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(u64::try_from(tat - tau - now).unwrap_or(u64::MAX))
+    };
+    let remaining = u64::try_from(remaining).unwrap_or(u64::MAX).min(req.burst);
+    (
+        BucketDecision {
+            allowed,
+            remaining,
+            reset_after,
+            retry_after,
+        },
+        new_tat,
+    )
+}
+
+#[async_trait]
+impl RateLimitStore for MemoryRateLimits {
+    async fn check(&self, buckets: &[BucketRequest]) -> Result<Vec<BucketDecision>, StoreError> {
+        let now = self.origin.elapsed().as_nanos();
+        let mut tats = self.tats.lock().expect("rate-limit lock");
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
+            tats.retain(|_, tat| *tat > now);
+        }
+        let decided: Vec<(BucketDecision, u128)> = buckets
+            .iter()
+            .map(|b| gcra_decide(tats.get(&b.key).copied(), now, b))
+            .collect();
+        let admitted = buckets
+            .iter()
+            .zip(&decided)
+            .all(|(b, (d, _))| d.allowed || b.shadow);
+        if admitted {
+            for (b, (d, new_tat)) in buckets.iter().zip(&decided) {
+                if d.allowed {
+                    tats.insert(b.key.clone(), *new_tat);
+                }
+            }
+        }
+        Ok(decided.into_iter().map(|(d, _)| d).collect())
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// In-memory idempotency
+
+enum IdemEntry {
+    Pending,
+    Done(PublishRecord),
+}
+
+struct IdemInner {
+    entries: HashMap<String, (Instant, IdemEntry)>,
+    order: VecDeque<(Instant, String)>,
+}
+
+/// Event ids in process memory for the window, at most `max_entries` of them.
+pub struct MemoryIdempotency {
+    window: Duration,
+    max_entries: usize,
+    inner: Mutex<IdemInner>,
+}
+
+impl MemoryIdempotency {
+    /// An empty store.
+    pub fn new(window: Duration, max_entries: usize) -> Self {
+        Self {
+            window,
+            max_entries: max_entries.max(1),
+            inner: Mutex::new(IdemInner {
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryIdempotency {
+    async fn claim(&self, key: &str) -> Result<Claim, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.inner.lock().expect("idempotency lock");
+        let IdemInner { entries, order } = &mut *inner;
+        while let Some((at, k)) = order.front() {
+            let expired = now.duration_since(*at) > self.window;
+            if expired || entries.len() >= self.max_entries {
+                // The queue may hold stale keys (released or re-inserted); remove only the
+                // entry inserted at this time.
+                if entries.get(k).is_some_and(|(t, _)| t == at) {
+                    entries.remove(k);
+                }
+                order.pop_front();
+            } else {
+                break;
+            }
+        }
+        match entries.get(key) {
+            Some((at, _)) if now.duration_since(*at) > self.window => {}
+            Some((_, IdemEntry::Pending)) => return Ok(Claim::Pending),
+            Some((_, IdemEntry::Done(r))) => return Ok(Claim::Done(r.clone())),
+            None => {}
+        }
+        entries.insert(key.to_owned(), (now, IdemEntry::Pending));
+        order.push_back((now, key.to_owned()));
+        Ok(Claim::New)
+    }
+
+    async fn complete(&self, key: &str, record: PublishRecord) -> Result<(), StoreError> {
+        let mut inner = self.inner.lock().expect("idempotency lock");
+        if let Some((_, entry)) = inner.entries.get_mut(key) {
+            *entry = IdemEntry::Done(record);
+        }
+        Ok(())
+    }
+
+    async fn release(&self, key: &str) {
+        self.inner
+            .lock()
+            .expect("idempotency lock")
+            .entries
+            .remove(key);
+    }
+
+    fn entries(&self) -> usize {
+        self.inner.lock().expect("idempotency lock").entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(key: &str, per_sec: u64, burst: u64) -> BucketRequest {
+        BucketRequest {
+            key: key.into(),
+            emission_interval: Duration::from_secs(1) / per_sec as u32,
+            burst,
+            shadow: false,
+        }
+    }
+
+    #[test]
+    fn gcra_admits_burst_then_refuses() {
+        let b = bucket("k", 1, 3);
+        let mut tat = None;
+        let now = 1_000_000_000u128;
+        for expected_remaining in [2, 1, 0] {
+            let (d, t) = gcra_decide(tat, now, &b);
+            assert!(d.allowed);
+            assert_eq!(d.remaining, expected_remaining);
+            tat = Some(t);
+        }
+        let (d, _) = gcra_decide(tat, now, &b);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_secs(1));
+        let (d, _) = gcra_decide(tat, now + 1_000_000_000, &b);
+        assert!(d.allowed);
+    }
+
+    #[tokio::test]
+    async fn history_gap_and_replay() {
+        let h = MemoryHistory::new(2, Duration::from_secs(60), 10);
+        let ch = ChannelName::new("a").unwrap();
+        for i in 0..3 {
+            let e = Event::new(
+                format!("e{i}"),
+                "x",
+                ch.clone(),
+                &serde_json::json!({}),
+                Default::default(),
+            );
+            assert_eq!(h.append(e).await.unwrap().offset, i + 1);
+        }
+        assert!(matches!(h.read_after(&ch, 0).await.unwrap(), Replay::Gap));
+        let Replay::Complete(v) = h.read_after(&ch, 1).await.unwrap() else {
+            panic!("gap")
+        };
+        assert_eq!(v.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(matches!(h.read_after(&ch, 3).await.unwrap(), Replay::Complete(v) if v.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn idempotency_claims_once() {
+        let s = MemoryIdempotency::new(Duration::from_secs(60), 2);
+        assert_eq!(s.claim("a").await.unwrap(), Claim::New);
+        assert_eq!(s.claim("a").await.unwrap(), Claim::Pending);
+        let r = PublishRecord {
+            channel: "c".into(),
+            epoch: "e".into(),
+            offset: 1,
+        };
+        s.complete("a", r.clone()).await.unwrap();
+        assert_eq!(s.claim("a").await.unwrap(), Claim::Done(r));
+        assert_eq!(s.claim("b").await.unwrap(), Claim::New);
+        assert_eq!(s.claim("c").await.unwrap(), Claim::New);
+        assert!(s.entries() <= 2);
+    }
+}

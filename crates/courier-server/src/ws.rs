@@ -1,0 +1,672 @@
+//! WebSocket protocol v1.
+//!
+//! Each connection has a reader (this task: frames, timers) and a writer task draining a
+//! bounded outbound queue. Fan-out never blocks: a full queue closes the connection with
+//! 4008 (slow consumer); the client resumes from history. Close requests that must follow
+//! an error frame travel through the queue, so the error is written first.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use courier_core::close;
+use courier_core::frame::{Limits, ServerFrame};
+use courier_core::{ChannelName, ClientFrame, ErrorCode, ErrorFrame, FrameError, StreamPosition};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::SharedState;
+use crate::auth::{AuthError, Claims, unix_now};
+use crate::connections::ConnectionGuard;
+use crate::http::{ApiError, publish_event, rate_limit};
+use crate::store::{Published, Replay, Subscriber, SubscriptionId};
+
+/// `GET /ws`.
+pub(crate) async fn ws_root(State(state): State<SharedState>, ws: WebSocketUpgrade) -> Response {
+    upgrade(state, ws, None)
+}
+
+/// `GET /ws/{channel}`: subscribes to `channel` (request id 0) right after `connect`.
+pub(crate) async fn ws_channel(
+    State(state): State<SharedState>,
+    Path(channel): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    match ChannelName::new(channel) {
+        Ok(c) => upgrade(state, ws, Some(c)),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName>) -> Response {
+    if state.is_draining() {
+        return ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
+            .into_response();
+    }
+    let tracker = state.ws_tracker.clone();
+    let max = state
+        .config
+        .max_frame_bytes
+        .saturating_mul(2)
+        .max(64 * 1024);
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(run(state, socket, channel)))
+}
+
+enum Outbound {
+    Frame(String),
+    Event(Arc<Published>),
+    Replayed(String),
+    Close(u16, String),
+}
+
+struct Conn {
+    out: mpsc::Sender<Outbound>,
+    close: watch::Sender<Option<(u16, String)>>,
+    state: SharedState,
+}
+
+impl Conn {
+    /// Closes now, skipping anything queued (slow consumer).
+    fn close_now(&self, code: u16, reason: &str) {
+        self.close.send_if_modified(|c| {
+            if c.is_none() {
+                *c = Some((code, reason.to_owned()));
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn slow(&self) {
+        if self.close.borrow().is_none() {
+            self.state
+                .metrics
+                .slow_consumers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("closing slow consumer");
+        }
+        self.close_now(
+            close::SLOW_CONSUMER,
+            "slow consumer: outbound queue full; resume from history",
+        );
+    }
+
+    fn push(&self, item: Outbound) {
+        match self.out.try_send(item) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.slow(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn send(&self, frame: &ServerFrame) {
+        self.push(Outbound::Frame(frame.encode()));
+    }
+
+    fn error(&self, frame: ErrorFrame) {
+        self.send(&ServerFrame::Error(frame));
+    }
+
+    /// Closes after what is queued (so a preceding error frame is written first).
+    fn close_after_queue(&self, code: u16, reason: &str) {
+        if self
+            .out
+            .try_send(Outbound::Close(code, reason.to_owned()))
+            .is_err()
+        {
+            self.close_now(code, reason);
+        }
+    }
+}
+
+enum Phase {
+    Buffering(Vec<Arc<Published>>),
+    Live(u64),
+}
+
+/// One channel subscription of one connection.
+struct ChannelSub {
+    conn: Arc<Conn>,
+    phase: Mutex<Phase>,
+    buffer_cap: usize,
+}
+
+impl Subscriber for ChannelSub {
+    fn deliver(&self, message: &Arc<Published>) {
+        let mut phase = self.phase.lock().expect("subscription lock");
+        match &mut *phase {
+            Phase::Buffering(buf) => {
+                if buf.len() >= self.buffer_cap {
+                    self.conn.slow();
+                } else {
+                    buf.push(message.clone());
+                }
+            }
+            Phase::Live(last) => {
+                if message.offset > *last {
+                    *last = message.offset;
+                    self.conn.push(Outbound::Event(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+impl ChannelSub {
+    /// Ends replay: sends buffered live events after `last`, then goes live.
+    fn go_live(&self, mut last: u64) {
+        let mut phase = self.phase.lock().expect("subscription lock");
+        if let Phase::Buffering(buf) = std::mem::replace(&mut *phase, Phase::Live(0)) {
+            for m in buf {
+                if m.offset > last {
+                    last = m.offset;
+                    self.conn.push(Outbound::Event(m));
+                }
+            }
+        }
+        *phase = Phase::Live(last);
+    }
+}
+
+async fn writer(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    close_tx: watch::Sender<Option<(u16, String)>>,
+    state: SharedState,
+) {
+    let mut close_rx = close_tx.subscribe();
+    let close = loop {
+        let item = tokio::select! {
+            biased;
+            _ = close_rx.changed() => break close_rx.borrow().clone(),
+            item = rx.recv() => item,
+        };
+        let (text, accepted_at) = match item {
+            None => break None,
+            Some(Outbound::Close(code, reason)) => {
+                close_tx.send_if_modified(|c| {
+                    if c.is_none() {
+                        *c = Some((code, reason.clone()));
+                        true
+                    } else {
+                        false
+                    }
+                });
+                break close_tx.borrow().clone();
+            }
+            Some(Outbound::Frame(t)) => (t, None),
+            Some(Outbound::Replayed(t)) => {
+                state
+                    .metrics
+                    .delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                (t, None)
+            }
+            Some(Outbound::Event(p)) => (p.frame.to_string(), Some(p.accepted_at)),
+        };
+        if sink.send(Message::Text(text.into())).await.is_err() {
+            return;
+        }
+        if let Some(at) = accepted_at {
+            state
+                .metrics
+                .delivered
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.metrics.observe_latency(at.elapsed());
+        }
+    };
+    if let Some((code, reason)) = close {
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+        let _ = sink.flush().await;
+    }
+}
+
+/// Reads the next text frame; `None` when the peer is gone or closed.
+async fn next_text(stream: &mut SplitStream<WebSocket>) -> Option<Result<String, ()>> {
+    loop {
+        match stream.next().await? {
+            Ok(Message::Text(t)) => return Some(Ok(t.to_string())),
+            Ok(Message::Binary(_)) => return Some(Err(())),
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Close(_)) | Err(_) => return None,
+        }
+    }
+}
+
+struct Session {
+    state: SharedState,
+    conn: Arc<Conn>,
+    claims: Claims,
+    expires_at: Instant,
+    subs: HashMap<ChannelName, (SubscriptionId, Arc<ChannelSub>)>,
+    _guard: ConnectionGuard,
+}
+
+fn expiry(exp: u64, leeway: u64) -> Instant {
+    let left = (exp + leeway).saturating_sub(unix_now());
+    Instant::now() + Duration::from_secs(left.min(10 * 365 * 24 * 3600))
+}
+
+async fn run(state: SharedState, socket: WebSocket, channel: Option<ChannelName>) {
+    let (sink, mut stream) = socket.split();
+    let (out_tx, out_rx) = mpsc::channel(state.config.ws.outbound_queue.max(1));
+    let (close_tx, mut close_rx) = watch::channel(None);
+    let conn = Arc::new(Conn {
+        out: out_tx,
+        close: close_tx.clone(),
+        state: state.clone(),
+    });
+    let mut writer_task = tokio::spawn(writer(sink, out_rx, close_tx, state.clone()));
+    let mut drop_rx = state.drop_tx.subscribe();
+    let mut shutdown_rx = state.shutdown_tx.subscribe();
+
+    match authenticate(&state, &conn, &mut stream, &mut drop_rx).await {
+        Some((claims, guard)) => {
+            let mut session = Session {
+                expires_at: expiry(claims.exp, state.config.auth.leeway_secs),
+                state: state.clone(),
+                conn: conn.clone(),
+                claims,
+                subs: HashMap::new(),
+                _guard: guard,
+            };
+            state
+                .metrics
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state
+                .metrics
+                .connections_opened
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(ch) = channel {
+                session.subscribe(0, ch, None).await;
+            }
+            let dropped = session
+                .run(&mut stream, &mut close_rx, &mut drop_rx, &mut shutdown_rx)
+                .await;
+            for (ch, (id, _)) in session.subs.drain() {
+                state.broker.unsubscribe(&ch, id).await;
+            }
+            state
+                .metrics
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            drop(session);
+            if dropped {
+                writer_task.abort();
+                return;
+            }
+        }
+        None if *drop_rx.borrow_and_update() > 0 && conn.close.borrow().is_none() => {
+            writer_task.abort();
+            return;
+        }
+        None => {}
+    }
+    // Closing: let the writer send what is queued and the close frame, then give the
+    // client a moment to answer the close handshake.
+    drop(conn);
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer_task)
+        .await
+        .is_err()
+    {
+        writer_task.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while stream.next().await.is_some() {}
+    })
+    .await;
+}
+
+/// The first frame must be `connect` with a valid token, within the deadline.
+async fn authenticate(
+    state: &SharedState,
+    conn: &Arc<Conn>,
+    stream: &mut SplitStream<WebSocket>,
+    drop_rx: &mut watch::Receiver<u64>,
+) -> Option<(Claims, ConnectionGuard)> {
+    let fail = |code: ErrorCode, close_code: u16, message: &str| {
+        conn.error(ErrorFrame::new(None, code, message));
+        conn.close_after_queue(close_code, message);
+    };
+    let deadline = Duration::from_millis(state.config.ws.auth_timeout_ms);
+    drop_rx.borrow_and_update();
+    let first = tokio::select! {
+        r = tokio::time::timeout(deadline, next_text(stream)) => r,
+        _ = drop_rx.changed() => return None,
+    };
+    let text = match first {
+        Err(_) => {
+            fail(
+                ErrorCode::AuthTimeout,
+                close::AUTH_TIMEOUT,
+                "no connect frame within the authentication deadline",
+            );
+            return None;
+        }
+        Ok(None) => return None,
+        Ok(Some(Err(()))) => {
+            fail(
+                ErrorCode::BadRequest,
+                close::BAD_REQUEST,
+                "frames are JSON text; the first must be connect",
+            );
+            return None;
+        }
+        Ok(Some(Ok(t))) => t,
+    };
+    let token = match ClientFrame::decode(&text, state.config.max_frame_bytes) {
+        Ok(ClientFrame::Connect { token, .. }) => token,
+        Ok(_) => {
+            fail(
+                ErrorCode::BadRequest,
+                close::BAD_REQUEST,
+                "the first frame must be connect",
+            );
+            return None;
+        }
+        Err(e) => {
+            fail(
+                ErrorCode::BadRequest,
+                close::BAD_REQUEST,
+                &format!("the first frame must be connect: {e}"),
+            );
+            return None;
+        }
+    };
+    let claims = match state.verifier.verify(&token) {
+        Ok(c) => c,
+        Err(AuthError { code, message }) => {
+            let close_code = if code == ErrorCode::TokenExpired {
+                close::TOKEN_EXPIRED
+            } else {
+                close::UNAUTHORIZED
+            };
+            fail(code, close_code, &message);
+            return None;
+        }
+    };
+    let guard = match state.connections.acquire(&claims.sub) {
+        Ok(g) => g,
+        Err(limit_type) => {
+            reject_limit(state, conn, None, limit_type);
+            return None;
+        }
+    };
+    let session = state.next_session();
+    tracing::info!(session = %session, sub = %claims.sub, "connected");
+    conn.send(&ServerFrame::Connected {
+        session,
+        epoch: state.history.epoch().to_string(),
+        ping_interval_ms: state.config.ws.ping_interval_ms,
+        limits: Limits {
+            max_payload_bytes: state.config.max_payload_bytes,
+            max_frame_bytes: state.config.max_frame_bytes,
+            max_subscriptions: state.config.ws.max_subscriptions,
+        },
+    });
+    Some((claims, guard))
+}
+
+fn reject_limit(state: &SharedState, conn: &Conn, id: Option<u64>, limit_type: &str) {
+    state.metrics.connection_rejected(limit_type);
+    let mut frame = ErrorFrame::new(
+        id,
+        ErrorCode::ConnectionLimitExceeded,
+        format!("connection limit reached ({limit_type})"),
+    );
+    frame.limit_type = Some(limit_type.to_owned());
+    conn.error(frame);
+    conn.close_after_queue(close::POLICY_VIOLATION, "connection limit reached");
+}
+
+/// The request id of a frame that failed to decode, if it has one.
+fn id_of(text: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        id: Option<u64>,
+    }
+    serde_json::from_str::<IdOnly>(text).ok().and_then(|i| i.id)
+}
+
+impl Session {
+    /// Runs until the connection ends; true when it was dropped by fault injection.
+    async fn run(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        close_rx: &mut watch::Receiver<Option<(u16, String)>>,
+        drop_rx: &mut watch::Receiver<u64>,
+        shutdown_rx: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let ping_every = self.state.config.ping_interval();
+        let pong_timeout = Duration::from_millis(self.state.config.ws.pong_timeout_ms);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pong_deadline: Option<Instant> = None;
+        if *shutdown_rx.borrow_and_update() {
+            self.conn
+                .close_after_queue(close::GOING_AWAY, "server shutting down");
+            return false;
+        }
+        loop {
+            let pong_wait = async {
+                match pong_deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = drop_rx.changed() => return true,
+                _ = close_rx.changed() => return false,
+                _ = shutdown_rx.changed() => {
+                    self.conn.close_after_queue(close::GOING_AWAY, "server shutting down");
+                    return false;
+                }
+                _ = tokio::time::sleep_until(self.expires_at) => {
+                    self.conn.error(ErrorFrame::new(None, ErrorCode::TokenExpired, "token expired; refresh it and reconnect"));
+                    self.conn.close_after_queue(close::TOKEN_EXPIRED, "token expired");
+                    return false;
+                }
+                _ = pong_wait => {
+                    self.conn.close_after_queue(close::HEARTBEAT_TIMEOUT, "no pong in time");
+                    return false;
+                }
+                _ = ping.tick() => {
+                    if pong_deadline.is_none() {
+                        self.conn.send(&ServerFrame::Ping);
+                        pong_deadline = Some(Instant::now() + pong_timeout);
+                    }
+                }
+                msg = next_text(stream) => match msg {
+                    None => return false,
+                    Some(Err(())) => self.conn.error(ErrorFrame::new(None, ErrorCode::BadRequest, "frames are JSON text")),
+                    Some(Ok(text)) => {
+                        if self.handle(&text, &mut pong_deadline).await {
+                            return false;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles one frame; true when the connection is closing.
+    async fn handle(&mut self, text: &str, pong_deadline: &mut Option<Instant>) -> bool {
+        let frame = match ClientFrame::decode(text, self.state.config.max_frame_bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                let code = e.code();
+                let id = if matches!(e, FrameError::TooLarge { .. }) {
+                    None
+                } else {
+                    id_of(text)
+                };
+                self.conn.error(ErrorFrame::new(id, code, e.to_string()));
+                return false;
+            }
+        };
+        match frame {
+            ClientFrame::Ping => self.conn.send(&ServerFrame::Pong),
+            ClientFrame::Pong => *pong_deadline = None,
+            ClientFrame::Connect { .. } => {
+                self.conn.error(ErrorFrame::new(
+                    None,
+                    ErrorCode::BadRequest,
+                    "already connected; use refresh to replace the token",
+                ));
+            }
+            ClientFrame::Subscribe { id, channel, since } => {
+                return self.subscribe(id, channel, since).await;
+            }
+            ClientFrame::Unsubscribe { id, channel } => {
+                if let Some((sid, _)) = self.subs.remove(&channel) {
+                    self.state.broker.unsubscribe(&channel, sid).await;
+                }
+                self.conn.send(&ServerFrame::Unsubscribed { id, channel });
+            }
+            ClientFrame::Publish { id, event } => {
+                let result = async {
+                    rate_limit(&self.state, &self.claims, &event.event_type).await?;
+                    publish_event(&self.state, &self.claims, event).await
+                }
+                .await;
+                match result {
+                    Ok(ok) => self.conn.send(&ServerFrame::Ack {
+                        id,
+                        event_id: ok.id,
+                        offset: ok.offset,
+                        duplicate: ok.duplicate,
+                    }),
+                    Err(e) => self.conn.error(e.to_frame(Some(id))),
+                }
+            }
+            ClientFrame::Refresh { id, token } => match self.state.verifier.verify(&token) {
+                Ok(claims) if claims.sub == self.claims.sub => {
+                    self.expires_at = expiry(claims.exp, self.state.config.auth.leeway_secs);
+                    self.claims = claims;
+                    self.conn.send(&ServerFrame::Refreshed { id });
+                }
+                Ok(_) => self.conn.error(ErrorFrame::new(
+                    Some(id),
+                    ErrorCode::Unauthorized,
+                    "a refreshed token must have the same `sub`",
+                )),
+                Err(e) => self
+                    .conn
+                    .error(ErrorFrame::new(Some(id), e.code, e.message)),
+            },
+            _ => self.conn.error(ErrorFrame::new(
+                None,
+                ErrorCode::UnknownOp,
+                "unsupported op",
+            )),
+        }
+        false
+    }
+
+    /// Subscribes, replays what `since` missed, then goes live; true when closing.
+    async fn subscribe(
+        &mut self,
+        id: u64,
+        channel: ChannelName,
+        since: Option<StreamPosition>,
+    ) -> bool {
+        if !self.claims.can_read(&channel) {
+            self.conn.error(ErrorFrame::new(
+                Some(id),
+                ErrorCode::ForbiddenChannel,
+                format!("this token may not read `{channel}`"),
+            ));
+            return false;
+        }
+        if let Some((sid, _)) = self.subs.remove(&channel) {
+            self.state.broker.unsubscribe(&channel, sid).await;
+        } else if self.subs.len() >= self.state.config.ws.max_subscriptions {
+            self.conn.error(ErrorFrame::new(
+                Some(id),
+                ErrorCode::BadRequest,
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.state.config.ws.max_subscriptions
+                ),
+            ));
+            return false;
+        }
+        let max_per_channel = self.state.connections.max_per_channel();
+        if max_per_channel > 0 && self.state.broker.subscriber_count(&channel) >= max_per_channel {
+            reject_limit(&self.state, &self.conn, Some(id), "channel");
+            return true;
+        }
+        let sub = Arc::new(ChannelSub {
+            conn: self.conn.clone(),
+            phase: Mutex::new(Phase::Buffering(Vec::new())),
+            buffer_cap: self.state.config.ws.outbound_queue.max(1),
+        });
+        let result = async {
+            let sid = self.state.broker.subscribe(&channel, sub.clone()).await?;
+            let latest = self.state.history.latest(&channel).await?;
+            let epoch = self.state.history.epoch();
+            let (recovered, replay) = match &since {
+                None => (true, Vec::new()),
+                Some(pos) if *pos.epoch != *epoch => (false, Vec::new()),
+                Some(pos) if latest <= pos.offset => (true, Vec::new()),
+                Some(pos) => match self.state.history.read_after(&channel, pos.offset).await? {
+                    Replay::Complete(events) => (true, events),
+                    Replay::Gap => (false, Vec::new()),
+                },
+            };
+            Ok::<_, crate::store::StoreError>((sid, latest, epoch, recovered, replay))
+        }
+        .await;
+        let (sid, latest, epoch, recovered, replay) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "subscribe failed");
+                self.conn.error(ErrorFrame::new(
+                    Some(id),
+                    ErrorCode::Unavailable,
+                    "history is unavailable; retry",
+                ));
+                return false;
+            }
+        };
+        self.subs.insert(channel.clone(), (sid, sub.clone()));
+        self.conn.send(&ServerFrame::Subscribed {
+            id,
+            channel,
+            recovered,
+            epoch: epoch.to_string(),
+            offset: latest,
+        });
+        let mut last = latest;
+        for stored in replay {
+            last = last.max(stored.offset);
+            let frame = ServerFrame::Event(courier_core::Delivery {
+                epoch: stored.epoch.to_string(),
+                offset: stored.offset,
+                event: (*stored.event).clone(),
+            })
+            .encode();
+            // Replay waits for room in the queue instead of failing: the client asked for it.
+            if self.conn.out.send(Outbound::Replayed(frame)).await.is_err() {
+                return true;
+            }
+        }
+        sub.go_live(last);
+        false
+    }
+}

@@ -1,0 +1,16 @@
+//! Integration tests of the reference server, started in-process on 127.0.0.1:0 and driven
+//! with reqwest and tokio-tungstenite. One binary (see Cargo.toml) to keep link times low.
+
+#[path = "api/util.rs"]
+mod util;
+
+#[path = "api/auth.rs"]
+mod auth;
+#[path = "api/faults.rs"]
+mod faults;
+#[path = "api/limits.rs"]
+mod limits;
+#[path = "api/ops.rs"]
+mod ops;
+#[path = "api/publish.rs"]
+mod publish;

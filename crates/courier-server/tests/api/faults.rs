@@ -1,0 +1,138 @@
+//! Fault injection: off by default; fail N requests with 429/503, delay, drop WebSockets.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+#[tokio::test]
+async fn off_by_default_and_refused_off_loopback() {
+    let server = start_with(|c| c.enable_fault_injection = false).await;
+    assert_eq!(
+        server.post("/_fault/drop", None, &json!({})).await.status(),
+        404
+    );
+    server.shutdown().await;
+    let mut c = config();
+    c.listen = "0.0.0.0:0".parse().unwrap();
+    let listener = tokio::net::TcpListener::bind(c.listen).await.unwrap();
+    assert!(courier_server::start(c, listener).await.is_err());
+}
+
+#[tokio::test]
+async fn fail_next_requests_with_429_or_503() {
+    let server = start().await;
+    let svc = service("svc");
+    let r = server
+        .post(
+            "/_fault/fail",
+            None,
+            &json!({"status": 429, "count": 2, "retry_after_secs": 3}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    for _ in 0..2 {
+        let r = server
+            .post("/publish", Some(&svc), &event("", "global", 1))
+            .await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["retry-after"], "3");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(
+            (
+                e["error"]["code"].as_str(),
+                e["error"]["retry_after_ms"].as_u64()
+            ),
+            (Some("RATE_LIMIT_EXCEEDED"), Some(3000))
+        );
+    }
+    assert_eq!(
+        server
+            .post("/publish", Some(&svc), &event("", "global", 1))
+            .await
+            .status(),
+        200
+    );
+    // 503, also for WebSocket upgrades; health is never affected.
+    server
+        .post("/_fault/fail", None, &json!({"status": 503, "count": 2}))
+        .await;
+    assert_eq!(server.get("/health/ready").await.status(), 200);
+    let r = server
+        .post(
+            "/publish/global",
+            Some(&svc),
+            &json!({"type": "x", "data": {}}),
+        )
+        .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "UNAVAILABLE"
+    );
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    assert_eq!(
+        server
+            .post("/publish", Some(&svc), &event("", "global", 1))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        server
+            .post("/_fault/fail", None, &json!({"status": 500, "count": 1}))
+            .await
+            .status(),
+        400
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn delay_and_reset() {
+    let server = start().await;
+    let svc = service("svc");
+    server
+        .post("/_fault/delay", None, &json!({"delay_ms": 250}))
+        .await;
+    let t = Instant::now();
+    assert_eq!(
+        server
+            .post("/publish", Some(&svc), &event("", "global", 1))
+            .await
+            .status(),
+        200
+    );
+    assert!(t.elapsed() >= Duration::from_millis(250));
+    let state: Value = server.get("/_fault").await.json().await.unwrap();
+    assert_eq!(state["delay"]["delay_ms"], 250);
+    server.post("/_fault/reset", None, &json!({})).await;
+    let state: Value = server.get("/_fault").await.json().await.unwrap();
+    assert!(state["delay"].is_null() && state["fail"].is_null());
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn drop_every_websocket_without_a_close_frame() {
+    let server = start().await;
+    let (mut a, _) = server.connect(&user("alice")).await;
+    let (mut b, _) = server.connect(&user("bob")).await;
+    let r: Value = server
+        .post("/_fault/drop", None, &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["dropped"], 2);
+    assert_eq!(a.until_end().await.1, End::Dropped);
+    assert_eq!(b.until_end().await.1, End::Dropped);
+    // New connections work afterwards.
+    let (mut c, _) = server.connect(&user("carol")).await;
+    c.send(json!({"op": "ping"})).await;
+    assert_eq!(c.recv().await["op"], "pong");
+    server.shutdown().await;
+}

@@ -1,0 +1,354 @@
+//! Rate limits, connection limits, slow consumers and heartbeats.
+
+use courier_server::auth::{Claims, sign_hs256};
+use courier_server::config::LimitRule;
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+fn typed(kind: &str, channel: &str) -> Value {
+    json!({"type": kind, "channel": channel, "data": {"n": 1}})
+}
+
+#[tokio::test]
+async fn http_429_with_headers_and_the_limit_holds_under_a_burst() {
+    let server = start_with(|c| {
+        c.rate_limits
+            .types
+            .insert("candles".into(), LimitRule::per_minute(5));
+    })
+    .await;
+    let svc = service("svc");
+    let body = typed("candles.update", "global");
+    let posts = (0..12).map(|_| server.post("/publish", Some(&svc), &body));
+    let responses = futures_util::future::join_all(posts).await;
+    let ok = responses.iter().filter(|r| r.status() == 200).count();
+    let limited: Vec<_> = responses.iter().filter(|r| r.status() == 429).collect();
+    // Service tier multiplies limits by 20: 100 per minute, so all pass for `svc`...
+    assert_eq!(ok, 12);
+    assert!(limited.is_empty());
+    // ...while a standard-tier user gets exactly 5.
+    let user = user_with("alice", &[], &["global"]);
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(
+            server
+                .post("/publish", Some(&user), &typed("candles.update", "global"))
+                .await,
+        );
+    }
+    assert_eq!(statuses.iter().filter(|r| r.status() == 200).count(), 5);
+    let first = &statuses[0];
+    assert_eq!(first.headers()["x-ratelimit-limit"], "5");
+    assert_eq!(first.headers()["x-ratelimit-remaining"], "4");
+    assert!(
+        first.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .contains("\"candles\";q=5;w=60")
+    );
+    let last = statuses.pop().unwrap();
+    assert_eq!(last.status(), 429);
+    let h = last.headers().clone();
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=12).contains(&retry), "{retry}");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    assert!(
+        h["ratelimit"]
+            .to_str()
+            .unwrap()
+            .contains("\"candles\";r=0;t=")
+    );
+    let e: Value = last.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "RATE_LIMIT_EXCEEDED");
+    assert!(e["error"]["retry_after_ms"].as_u64().unwrap() > 0);
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics
+            .contains("courier_rate_limit_hits_total{event_type=\"candles\",shadow=\"false\"} 3"),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn per_type_limits_tiers_shadow_and_switch() {
+    let server = start_with(|c| {
+        c.rate_limits.types.get_mut("strategy").unwrap().shadow = true;
+    })
+    .await;
+    let alice = user_with("alice", &[], &["global"]);
+    // payment: 5 per minute for a standard user; trade is a separate bucket.
+    let mut ok = 0;
+    for _ in 0..7 {
+        if server
+            .post("/publish", Some(&alice), &typed("payment.made", "global"))
+            .await
+            .status()
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 5);
+    assert_eq!(
+        server
+            .post("/publish", Some(&alice), &typed("trade.signal", "global"))
+            .await
+            .status(),
+        200
+    );
+    // Another user has their own buckets.
+    let bob = user_with("bob", &[], &["global"]);
+    assert_eq!(
+        server
+            .post("/publish", Some(&bob), &typed("payment.made", "global"))
+            .await
+            .status(),
+        200
+    );
+    // Premium tier: 5 x 5 = 25.
+    let premium = sign_hs256(
+        SECRET,
+        &Claims {
+            tier: Some("premium".into()),
+            publish: vec![courier_core::ChannelPattern::new("global").unwrap()],
+            ..claims("carol")
+        },
+    );
+    let mut ok = 0;
+    for _ in 0..27 {
+        if server
+            .post("/publish", Some(&premium), &typed("deposit.made", "global"))
+            .await
+            .status()
+            == 200
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 25);
+    // Shadow bucket (strategy: 10/min): counted, headers say 0 left, nothing refused.
+    let mut last = None;
+    for _ in 0..12 {
+        let r = server
+            .post("/publish", Some(&alice), &typed("strategy.tick", "global"))
+            .await;
+        assert_eq!(r.status(), 200);
+        last = Some(r);
+    }
+    assert!(
+        last.unwrap().headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .contains("\"strategy\";r=0")
+    );
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("event_type=\"strategy\",shadow=\"true\"} 2"),
+        "{metrics}"
+    );
+    server.shutdown().await;
+
+    // One switch turns limiting off.
+    let server = start_with(|c| c.rate_limits.enabled = false).await;
+    for _ in 0..8 {
+        let r = server
+            .post("/publish", Some(&alice), &typed("payment.made", "global"))
+            .await;
+        assert_eq!(r.status(), 200);
+        assert!(!r.headers().contains_key("x-ratelimit-limit"));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn ws_rate_limit_answers_an_error_frame_and_stays_open() {
+    let server = start_with(|c| {
+        c.rate_limits
+            .types
+            .insert("subscription".into(), LimitRule::per_minute(2));
+    })
+    .await;
+    let token = user_with("alice", &[], &["user.alice"]);
+    let (mut ws, _) = server.connect(&token).await;
+    for id in 1..=3 {
+        ws.send(json!({"op": "publish", "id": id, "event": typed("subscription.renewed", "user.alice")})).await;
+    }
+    assert_eq!(ws.recv().await["op"], "ack");
+    assert_eq!(ws.recv().await["op"], "ack");
+    let f = ws.recv().await;
+    assert_eq!(
+        (f["code"].as_str(), f["id"].as_u64()),
+        (Some("RATE_LIMIT_EXCEEDED"), Some(3))
+    );
+    assert!(f["retry_after_ms"].as_u64().unwrap() > 1000);
+    ws.send(json!({"op": "ping"})).await;
+    assert_eq!(ws.recv().await["op"], "pong");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connection_limits_per_user_total_and_channel() {
+    let server = start_with(|c| {
+        c.connections.max_per_user = 2;
+        c.connections.max_total = 3;
+        c.connections.max_per_channel = 1;
+    })
+    .await;
+    let (_a1, _) = server.connect(&user("alice")).await;
+    let (_a2, _) = server.connect(&user("alice")).await;
+    let mut a3 = server.open("/ws").await;
+    a3.send(json!({"op": "connect", "token": user("alice")}))
+        .await;
+    let (frames, end) = a3.until_end().await;
+    assert_eq!(
+        (frames[0]["code"].as_str(), frames[0]["limit_type"].as_str()),
+        (Some("CONNECTION_LIMIT_EXCEEDED"), Some("user"))
+    );
+    assert_eq!(end, End::Close(1008));
+
+    let (mut b1, _) = server.connect(&user("bob")).await;
+    let mut c1 = server.open("/ws").await;
+    c1.send(json!({"op": "connect", "token": user("carol")}))
+        .await;
+    let (frames, end) = c1.until_end().await;
+    assert_eq!(
+        (frames[0]["limit_type"].as_str(), end),
+        (Some("total"), End::Close(1008))
+    );
+
+    // Per channel: bob holds the only place on `global`.
+    assert_eq!(b1.subscribe(1, "global", None).await["op"], "subscribed");
+    drop(_a1);
+    let (mut a, _) = {
+        // Wait until alice's closed connection has been counted out.
+        let deadline = tokio::time::Instant::now() + STEP;
+        while server.state().connections.total() >= 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "connection not released"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        server.connect(&user("alice")).await
+    };
+    let f = a.subscribe(2, "global", None).await;
+    assert_eq!(
+        (
+            f["code"].as_str(),
+            f["limit_type"].as_str(),
+            f["id"].as_u64()
+        ),
+        (Some("CONNECTION_LIMIT_EXCEEDED"), Some("channel"), Some(2))
+    );
+    assert_eq!(a.until_end().await.1, End::Close(1008));
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    for t in ["user", "total", "channel"] {
+        assert!(
+            metrics.contains(&format!(
+                "courier_connection_rejections_total{{limit_type=\"{t}\"}} 1"
+            )),
+            "{metrics}"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_with_4008_and_can_resume() {
+    let server = start_with(|c| {
+        c.ws.outbound_queue = 4;
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let svc = service("svc");
+    let (mut slow, connected) = server.connect(&user("alice")).await;
+    slow.subscribe(1, "global", None).await;
+    let blob = "x".repeat(60 * 1024);
+    let mut sent = 0u64;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server
+        .state()
+        .metrics
+        .slow_consumers
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never detected as slow"
+        );
+        let r = server
+            .post(
+                "/publish",
+                Some(&svc),
+                &json!({"type": "custom.blob", "channel": "global", "data": {"b": blob}}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        sent += 1;
+    }
+    let (frames, end) = slow.until_end().await;
+    assert_eq!(end, End::Close(4008));
+    // Nothing silently dropped: what was delivered is a prefix, and the rest is in history.
+    let offsets: Vec<u64> = frames
+        .iter()
+        .filter(|f| f["op"] == "event")
+        .map(|f| f["offset"].as_u64().unwrap())
+        .collect();
+    assert!(offsets.iter().enumerate().all(|(i, o)| *o == i as u64 + 1));
+    let last = offsets.last().copied().unwrap_or(0);
+    let (mut again, _) = server.connect(&user("alice")).await;
+    let f = again
+        .subscribe(
+            1,
+            "global",
+            Some(json!({"epoch": connected["epoch"], "offset": last})),
+        )
+        .await;
+    assert_eq!(f["recovered"], true);
+    for expected in last + 1..=sent {
+        assert_eq!(again.recv().await["offset"].as_u64(), Some(expected));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn heartbeat_closes_a_silent_client_with_4030() {
+    let server = start_with(|c| {
+        c.ws.ping_interval_ms = 100;
+        c.ws.pong_timeout_ms = 200;
+    })
+    .await;
+    let (mut ws, connected) = server.connect(&user("alice")).await;
+    assert_eq!(connected["ping_interval_ms"], 100);
+    // Read raw frames without answering pings.
+    use futures_util::StreamExt;
+    let mut saw_ping = false;
+    let code = loop {
+        match tokio::time::timeout(STEP, ws.s.next())
+            .await
+            .expect("no close in time")
+        {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                saw_ping |= t.contains("\"ping\"")
+            }
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f)))) => {
+                break u16::from(f.code);
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    };
+    assert!(saw_ping);
+    assert_eq!(code, 4030);
+    // A client that answers stays connected across several ping intervals.
+    let (mut ws, _) = server.connect(&user("bob")).await;
+    for _ in 0..5 {
+        ws.send(json!({"op": "ping"})).await;
+        assert_eq!(ws.recv().await["op"], "pong"); // `recv` answers server pings
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    server.shutdown().await;
+}

@@ -1,0 +1,172 @@
+//! Health, stats, metrics, OpenAPI, CORS and graceful shutdown.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+#[tokio::test]
+async fn health_stats_metrics_openapi() {
+    let server = start().await;
+    let (_ws, _) = server.connect(&user("alice")).await;
+    let h: Value = server.get("/health").await.json().await.unwrap();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["connections"], 1);
+    for k in ["uptime_secs", "version", "channels", "memory"] {
+        assert!(h.get(k).is_some(), "{k}: {h}");
+    }
+    assert_eq!(server.get("/health/live").await.status(), 200);
+    assert_eq!(server.get("/health/ready").await.status(), 200);
+    server
+        .post("/publish", Some(&service("svc")), &event("m1", "global", 1))
+        .await;
+    let s: Value = server.get("/stats").await.json().await.unwrap();
+    assert_eq!(s["published"], 1);
+    let m = server.get("/metrics").await;
+    assert!(
+        m.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = m.text().await.unwrap();
+    for name in [
+        "courier_connections 1",
+        "courier_events_published_total 1",
+        "courier_events_delivered_total",
+        "# TYPE courier_rate_limit_hits_total counter",
+        "# TYPE courier_connection_rejections_total counter",
+        "# TYPE courier_validation_failures_total counter",
+        "courier_publish_to_deliver_seconds_bucket{le=\"+Inf\"}",
+    ] {
+        assert!(text.contains(name), "{name} missing:\n{text}");
+    }
+    let doc: Value = server.get("/openapi.json").await.json().await.unwrap();
+    for p in [
+        "/publish",
+        "/publish/{channel}",
+        "/publish/batch",
+        "/health/ready",
+        "/metrics",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p}");
+    }
+    // Every response carries a request id; CORS answers preflights.
+    let r = server.get("/health/live").await;
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = server
+        .http
+        .request(reqwest::Method::OPTIONS, server.url("/publish"))
+        .header("origin", "http://example.test")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_drains_closes_1001_and_finishes_in_flight_publishes() {
+    let mut server = start_with(|c| c.shutdown.drain_delay_ms = 400).await;
+    let svc = service("svc");
+    let (mut ws, _) = server.connect(&user("alice")).await;
+    // An in-flight publish, held back by an injected delay.
+    server
+        .post("/_fault/delay", None, &json!({"delay_ms": 300, "count": 1}))
+        .await;
+    let in_flight = {
+        let http = server.http.clone();
+        let url = server.url("/publish");
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(svc)
+                .json(&event("late", "global", 1))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    // Wait until the request is inside the server (the delay consumed the fault).
+    let deadline = tokio::time::Instant::now() + STEP;
+    while server.state().faults.snapshot().delay.is_some() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let handle = server.handle.take().unwrap();
+    handle.shutdown();
+    // Readiness turns 503 while draining.
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let r = server
+            .http
+            .get(server.url("/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        tokio::time::timeout(STEP, in_flight)
+            .await
+            .unwrap()
+            .unwrap(),
+        200
+    );
+    let (_, end) = ws.until_end().await;
+    assert_eq!(end, End::Close(1001));
+    tokio::time::timeout(STEP, handle.wait())
+        .await
+        .expect("exit within deadline")
+        .unwrap();
+    // No longer accepting.
+    assert!(
+        server
+            .http
+            .get(server.url("/health/live"))
+            .send()
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_deadline_bounds_exit() {
+    let mut server = start_with(|c| c.shutdown.deadline_ms = 300).await;
+    server
+        .post(
+            "/_fault/delay",
+            None,
+            &json!({"delay_ms": 60_000, "count": 1}),
+        )
+        .await;
+    let http = server.http.clone();
+    let url = server.url("/publish");
+    let svc = service("svc");
+    let stuck = tokio::spawn(async move {
+        http.post(url)
+            .bearer_auth(svc)
+            .json(&event("x", "global", 1))
+            .send()
+            .await
+    });
+    let deadline = tokio::time::Instant::now() + STEP;
+    while server.state().faults.snapshot().delay.is_some() {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let handle = server.handle.take().unwrap();
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), handle.wait())
+        .await
+        .expect("deadline not enforced")
+        .unwrap();
+    stuck.abort();
+}

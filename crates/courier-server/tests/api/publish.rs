@@ -1,0 +1,362 @@
+//! Publish and delivery, history resume, idempotency, validation, payload limits, batches.
+
+use serde_json::{Value, json};
+
+use crate::util::*;
+
+#[tokio::test]
+async fn publish_http_delivers_over_ws_and_ws_publish_acks() {
+    let server = start().await;
+    let svc = service("svc");
+    let (mut a, connected) = server.connect(&user("alice")).await;
+    assert!(connected["session"].is_string() && connected["epoch"].is_string());
+    assert_eq!(connected["limits"]["max_payload_bytes"], 100 * 1024);
+    let f = a.subscribe(1, "global", None).await;
+    assert_eq!(
+        (f["recovered"].as_bool(), f["offset"].as_u64()),
+        (Some(true), Some(0))
+    );
+
+    let r = server
+        .post("/publish", Some(&svc), &event("e1", "global", 5))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-ratelimit-limit"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            body["id"].as_str(),
+            body["offset"].as_u64(),
+            body["duplicate"].as_bool()
+        ),
+        (Some("e1"), Some(1), Some(false))
+    );
+    let d = a.recv().await;
+    assert_eq!(
+        (d["op"].as_str(), d["offset"].as_u64()),
+        (Some("event"), Some(1))
+    );
+    assert_eq!(d["epoch"], connected["epoch"]);
+    assert_eq!(d["event"]["id"], "e1");
+    assert_eq!(d["event"]["metadata"]["source"], "svc");
+    assert!(d["event"]["metadata"]["timestamp"].as_u64().unwrap() > 0);
+
+    // Path channel, and a server-generated id when none is given.
+    let r = server
+        .post(
+            "/publish/global",
+            Some(&svc),
+            &json!({"type": "custom.thing", "data": {"x": 1}}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["id"].as_str().unwrap().len(), 26);
+    assert_eq!(a.recv().await["event"]["id"], body["id"]);
+
+    // WS publish from a service reaches a /ws/{channel} subscriber (request id 0).
+    let (mut b, _) = server.connect_path("/ws/global", &user("bob")).await;
+    let f = b.recv().await;
+    assert_eq!(
+        (f["op"].as_str(), f["id"].as_u64(), f["offset"].as_u64()),
+        (Some("subscribed"), Some(0), Some(2))
+    );
+    let (mut s, _) = server.connect(&svc).await;
+    s.send(json!({"op": "publish", "id": 7, "event": event("w1", "global", 1)}))
+        .await;
+    assert_eq!(
+        s.recv().await,
+        json!({"op": "ack", "id": 7, "event_id": "w1", "offset": 3, "duplicate": false})
+    );
+    assert_eq!(a.recv().await["offset"], 3);
+    assert_eq!(b.recv().await["event"]["id"], "w1");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn duplicate_id_is_acknowledged_and_delivered_once() {
+    let server = start().await;
+    let svc = service("svc");
+    let (mut a, _) = server.connect(&user("alice")).await;
+    a.subscribe(1, "global", None).await;
+    let first: Value = server
+        .post("/publish", Some(&svc), &event("dup", "global", 1))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let again: Value = server
+        .post("/publish", Some(&svc), &event("dup", "global", 1))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["offset"].clone(), again["duplicate"].as_bool()),
+        (first["offset"].clone(), Some(true))
+    );
+    let (mut s, _) = server.connect(&svc).await;
+    s.send(json!({"op": "publish", "id": 1, "event": event("dup", "global", 1)}))
+        .await;
+    assert_eq!(s.recv().await["duplicate"], true);
+    server
+        .post("/publish", Some(&svc), &event("after", "global", 1))
+        .await;
+    assert_eq!(a.recv().await["event"]["id"], "dup");
+    assert_eq!(a.recv().await["event"]["id"], "after");
+    // Concurrent duplicates: exactly one is new.
+    let body = event("race", "global", 1);
+    let posts = (0..8).map(|_| server.post("/publish", Some(&svc), &body));
+    let results: Vec<Value> = futures_util::future::join_all(
+        posts.map(|f| async { f.await.json::<Value>().await.unwrap() }),
+    )
+    .await;
+    assert_eq!(
+        results.iter().filter(|r| r["duplicate"] == false).count(),
+        1
+    );
+    assert!(results.iter().all(|r| r["offset"] == results[0]["offset"]));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_resume_replays_in_order_or_reports_a_gap() {
+    let server = start_with(|c| c.history.max_events_per_channel = 3).await;
+    let svc = service("svc");
+    let (mut a, connected) = server.connect(&user("alice")).await;
+    let epoch = connected["epoch"].clone();
+    for i in 1..=3 {
+        server
+            .post(
+                "/publish",
+                Some(&svc),
+                &event(&format!("h{i}"), "global", i),
+            )
+            .await;
+    }
+    // Resume after offset 1: replays 2 and 3, then live events follow.
+    let f = a
+        .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 1})))
+        .await;
+    assert_eq!(
+        (f["recovered"].as_bool(), f["offset"].as_u64()),
+        (Some(true), Some(3))
+    );
+    assert_eq!(a.recv().await["offset"], 2);
+    assert_eq!(a.recv().await["offset"], 3);
+    server
+        .post("/publish", Some(&svc), &event("h4", "global", 4))
+        .await;
+    assert_eq!(a.recv().await["offset"], 4);
+    // Nothing missed.
+    let (mut b, _) = server.connect(&user("bob")).await;
+    let f = b
+        .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 4})))
+        .await;
+    assert_eq!(f["recovered"], true);
+    // History holds 2..4 now: offset 0 is a gap, and so is a foreign epoch.
+    let (mut c, _) = server.connect(&user("carol")).await;
+    let f = c
+        .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 0})))
+        .await;
+    assert_eq!(
+        (f["recovered"].as_bool(), f["offset"].as_u64()),
+        (Some(false), Some(4))
+    );
+    let f = c
+        .subscribe(2, "global", Some(json!({"epoch": "other", "offset": 3})))
+        .await;
+    assert_eq!(f["recovered"], false);
+    server
+        .post("/publish", Some(&svc), &event("h5", "global", 5))
+        .await;
+    assert_eq!(c.recv().await["offset"], 5);
+    assert_eq!(b.recv().await["offset"], 5);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn replay_races_live_publishes_without_holes_or_duplicates() {
+    let server = start().await;
+    let svc = service("svc");
+    for i in 1..=50 {
+        server
+            .post(
+                "/publish",
+                Some(&svc),
+                &event(&format!("r{i}"), "backtest.race", i),
+            )
+            .await;
+    }
+    let (mut a, connected) = server.connect(&service("reader")).await;
+    let epoch = connected["epoch"].clone();
+    let publisher = {
+        let http = server.http.clone();
+        let url = server.url("/publish");
+        tokio::spawn(async move {
+            for i in 51..=150 {
+                http.post(&url)
+                    .bearer_auth(&svc)
+                    .json(&event(&format!("r{i}"), "backtest.race", i))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let f = a
+        .subscribe(
+            1,
+            "backtest.race",
+            Some(json!({"epoch": epoch, "offset": 10})),
+        )
+        .await;
+    assert_eq!(f["recovered"], true);
+    for expected in 11..=150u64 {
+        assert_eq!(a.recv().await["offset"].as_u64(), Some(expected));
+    }
+    publisher.await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_events_name_the_field() {
+    let server = start().await;
+    let svc = service("svc");
+    let cases = [
+        (json!({"channel": "global", "data": {}}), "type"),
+        (
+            json!({"type": "backtest.progress", "channel": "global"}),
+            "data",
+        ),
+        (
+            json!({"type": "x", "channel": "a..b", "data": {}}),
+            "channel",
+        ),
+        (
+            json!({"type": "Bad Type", "channel": "global", "data": {}}),
+            "type",
+        ),
+        (
+            json!({"type": "backtest.progress", "channel": "global", "data": {"backtest_id": "b", "percent": 150}}),
+            "data.percent",
+        ),
+        (
+            json!({"type": "backtest.progress", "channel": "global", "data": {"percent": 1}}),
+            "data.backtest_id",
+        ),
+        (
+            json!({"id": "bad id!", "type": "x", "channel": "global", "data": {}}),
+            "id",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = server.post("/publish", Some(&svc), &body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(
+            (e["error"]["code"].as_str(), e["error"]["field"].as_str()),
+            (Some("INVALID_EVENT"), Some(field)),
+            "{body}: {e}"
+        );
+        assert!(e["error"]["message"].as_str().unwrap().len() > 5);
+    }
+    // Over WS too, with the request id.
+    let (mut s, _) = server.connect(&svc).await;
+    s.send(json!({"op": "publish", "id": 5, "event": {"type": "backtest.progress", "channel": "global", "data": {"backtest_id": "b", "percent": -1}}})).await;
+    let f = s.recv().await;
+    assert_eq!(
+        (f["code"].as_str(), f["id"].as_u64(), f["field"].as_str()),
+        (Some("INVALID_EVENT"), Some(5), Some("data.percent"))
+    );
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("courier_validation_failures_total{field=\"data.percent\"} 2"),
+        "{metrics}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn payload_too_large() {
+    let server = start().await;
+    let svc = service("svc");
+    let big = "x".repeat(101 * 1024);
+    let r = server
+        .post(
+            "/publish",
+            Some(&svc),
+            &json!({"type": "custom.blob", "channel": "global", "data": {"blob": big}}),
+        )
+        .await;
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["error"]["code"].as_str(), e["error"]["field"].as_str()),
+        (Some("PAYLOAD_TOO_LARGE"), Some("data"))
+    );
+    let huge = "x".repeat(300 * 1024);
+    let r = server
+        .post(
+            "/publish",
+            Some(&svc),
+            &json!({"type": "custom.blob", "channel": "global", "data": {"blob": huge}}),
+        )
+        .await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "PAYLOAD_TOO_LARGE"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn batch_publish_reports_each_event() {
+    let server = start().await;
+    let svc = service("svc");
+    server
+        .post("/publish", Some(&svc), &event("b0", "global", 1))
+        .await;
+    let body = json!({"events": [
+        event("b1", "global", 1),
+        event("b0", "global", 1),
+        {"id": "b2", "type": "backtest.progress", "channel": "global", "data": {"percent": 1}},
+        event("", "backtest.z", 3),
+    ]});
+    let r = server.post("/publish/batch", Some(&svc), &body).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let res = v["results"].as_array().unwrap();
+    assert_eq!(res.len(), 4);
+    assert_eq!(
+        (res[0]["status"].as_str(), res[0]["offset"].as_u64()),
+        (Some("accepted"), Some(2))
+    );
+    assert_eq!(
+        (res[1]["status"].as_str(), res[1]["offset"].as_u64()),
+        (Some("duplicate"), Some(1))
+    );
+    assert_eq!(
+        (res[2]["status"].as_str(), res[2]["id"].as_str()),
+        (Some("rejected"), Some("b2"))
+    );
+    assert_eq!(res[2]["error"]["field"], "events[2].data.backtest_id");
+    assert!(res[0].get("error").is_none());
+    assert_eq!(
+        (
+            res[3]["status"].as_str(),
+            res[3]["channel"].as_str(),
+            res[3]["offset"].as_u64()
+        ),
+        (Some("accepted"), Some("backtest.z"), Some(1))
+    );
+    assert_eq!(
+        server
+            .post("/publish/batch", Some(&svc), &json!({"nope": 1}))
+            .await
+            .status(),
+        400
+    );
+    server.shutdown().await;
+}
