@@ -1,0 +1,201 @@
+"""AsyncCourierClient against the real reference server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import List
+
+import pytest
+
+from courier_client import (
+    AsyncCourierClient,
+    CourierError,
+    EventToPublish,
+    ForbiddenChannelError,
+    RateLimitedError,
+    ValidationError,
+)
+
+from conftest import Server, make_token
+
+
+def progress(bid: str, percent: float) -> dict:
+    return {"backtest_id": bid, "percent": percent}
+
+
+async def take(sub, n: int, timeout: float = 10.0) -> list:
+    out = []
+
+    async def run() -> None:
+        async for event in sub:
+            out.append(event)
+            if len(out) == n:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return out
+
+
+async def nothing_more(sub, within: float = 0.3) -> bool:
+    try:
+        await asyncio.wait_for(sub.__anext__(), within)
+        return False
+    except asyncio.TimeoutError:
+        return True
+
+
+async def test_publish_and_receive(server: Server, token: str) -> None:
+    async with AsyncCourierClient(server.url, token=token, service_name="backtester") as client:
+        sub = client.subscribe("backtest.a1")
+        await sub.ready(timeout=10)
+        acks = [await client.publish("backtest.a1", "backtest.progress", progress("a1", p)) for p in (10, 20, 30)]
+        assert [a.offset for a in acks] == [1, 2, 3]
+        assert all(not a.duplicate and a.attempts == 1 and a.channel == "backtest.a1" for a in acks)
+        many = await client.publish_many(
+            [EventToPublish("backtest.a1", "backtest.progress", progress("a1", 40), priority="high")]
+            + [("backtest.a1", "backtest.progress", progress("a1", p)) for p in (50, 60)]
+        )
+        assert len(many) == 3
+        events = await take(sub, 6)
+        assert [e.offset for e in events] == [1, 2, 3, 4, 5, 6]
+        assert events[0].data == progress("a1", 10)
+        assert events[0].type == "backtest.progress"
+        assert events[0].metadata["source"] == "backtester"
+        assert events[0].id == acks[0].id
+        assert sub.position is not None and sub.position.offset == 6
+        stats = client.stats()
+        assert stats.acknowledged == 6 and stats.dead == 0
+        assert stats.queued == {"high": 0, "normal": 0, "low": 0}
+
+
+async def test_invalid_input_fails_before_any_request(server: Server, token: str) -> None:
+    async with AsyncCourierClient(server.url, token=token) as client:
+        with pytest.raises(ValidationError) as e:
+            await client.publish("backtest.a2", "backtest.progress", progress("a2", 150))
+        assert e.value.field == "data.percent" and e.value.reason == "out_of_range"
+        assert isinstance(e.value, ValueError) and isinstance(e.value, CourierError)
+        with pytest.raises(ValidationError) as e:
+            await client.publish("Not A Channel!", "backtest.progress", progress("a2", 1))
+        assert e.value.field == "channel"
+        with pytest.raises(ValidationError) as e:
+            await client.publish("backtest.a2", "trade.executed", {"trade_id": "t", "symbol": "X", "side": "buy", "quantity": 1, "price": "1"})
+        assert e.value.field == "data.quantity"
+        with pytest.raises(ValidationError):
+            await client.publish("backtest.a2", "custom.thing", {"x": {1, 2}})  # not JSON
+        with pytest.raises(ValidationError):
+            await client.publish("backtest.a2", "custom.thing", {}, priority="urgent")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError):
+            await client.publish_many([("backtest.a2", "custom.ok", {}), ("backtest.a2", "Bad Type", {})])
+        await client.flush(timeout=5)
+    assert server.requests("/publish/batch") == [], "nothing may reach the server"
+
+
+async def test_429_retry_after_is_honoured(server: Server, token: str) -> None:
+    server.fault("fail", {"status": 429, "count": 1, "retry_after_secs": 2})
+    async with AsyncCourierClient(server.url, token=token) as client:
+        ack = await client.publish("backtest.a3", "backtest.progress", progress("a3", 1), timeout=20)
+        assert ack.attempts == 2
+        assert client.stats().rate_limit_waits >= 1
+    log = server.requests("/publish/batch")
+    refused = next(r for r in log if r["event"] == "finish" and r["status"] == 429)
+    later = [r for r in log if r["event"] == "start" and r["at"] > refused["at"]]
+    assert later, log
+    # From the server's own clock: no request came before the Retry-After deadline.
+    assert later[0]["at"] - refused["at"] >= 2.0 - 0.005, log
+
+
+async def test_429_without_retry_raises_rate_limited_with_retry_after(server: Server, token: str) -> None:
+    server.fault("fail", {"status": 429, "count": 1, "retry_after_secs": 3})
+    async with AsyncCourierClient(server.url, token=token) as client:
+        with pytest.raises(RateLimitedError) as e:
+            await client.publish("backtest.a4", "custom.payment", {"amount": "1"}, retry=False)
+        assert e.value.retry_after == 3.0
+        assert e.value.status == 429
+        dead = client.dead_letters()
+        assert [d.code for d in dead] == ["RATE_LIMIT_EXCEEDED"]
+        assert dead[0].data == {"amount": "1"}
+
+
+async def test_503s_are_retried_with_the_same_id_and_delivered_once(server: Server, token: str) -> None:
+    async with AsyncCourierClient(server.url, token=token) as client:
+        sub = client.subscribe("backtest.a5")
+        await sub.ready(timeout=10)
+        server.fault("fail", {"status": 503, "count": 2})
+        ack = await client.publish("backtest.a5", "backtest.progress", progress("a5", 5), idempotency_key="run-7.step-1", timeout=20)
+        assert ack.id == "run-7.step-1" and ack.attempts == 3 and not ack.duplicate
+        [event] = await take(sub, 1)
+        assert event.id == "run-7.step-1"
+        assert await nothing_more(sub)
+        # The same key again is acknowledged as a duplicate and not delivered twice.
+        again = await client.publish("backtest.a5", "backtest.progress", progress("a5", 5), idempotency_key="run-7.step-1")
+        assert again.duplicate and again.offset == ack.offset
+        assert await nothing_more(sub)
+        assert client.stats().retries >= 2
+
+
+async def test_dropped_connections_resume_without_loss_or_duplicates(server: Server, token: str) -> None:
+    states: List[str] = []
+    async with AsyncCourierClient(server.url, token=token, on_state_change=states.append) as client:
+        sub = client.subscribe("backtest.a6")
+        await sub.ready(timeout=10)
+
+        async def publish(n: int) -> None:
+            for i in range(n):
+                await client.publish("backtest.a6", "backtest.progress", progress("a6", i))
+
+        await publish(3)
+        got = await take(sub, 3)
+        server.fault("drop")
+        await publish(4)
+        server.fault("drop")
+        await publish(3)
+        got += await take(sub, 7)
+        assert [e.offset for e in got] == list(range(1, 11))
+        assert len({e.id for e in got}) == 10
+        assert await nothing_more(sub)
+        assert sub.gaps == []
+        assert client.stats().reconnects >= 1
+    assert "connected" in states and "disconnected" in states and states[-1] == "closed"
+
+
+async def test_expired_token_asks_the_callable_again_and_the_stream_continues(server: Server) -> None:
+    calls: List[int] = []
+
+    async def get_token() -> str:
+        calls.append(1)
+        await asyncio.sleep(0)
+        return make_token(ttl=2 if len(calls) == 1 else 3600)
+
+    async with AsyncCourierClient(server.url, token=get_token) as client:
+        sub = client.subscribe("backtest.a7")
+        await sub.ready(timeout=10)
+        await client.publish("backtest.a7", "backtest.progress", progress("a7", 1))
+        first = await take(sub, 1)
+        await asyncio.sleep(3.2)  # the first token is now expired
+        await client.publish("backtest.a7", "backtest.progress", progress("a7", 2))
+        second = await take(sub, 1)
+        assert [e.offset for e in first + second] == [1, 2]
+        assert len(calls) >= 2
+
+
+async def test_forbidden_publish_is_a_dead_letter_with_its_reason(server: Server) -> None:
+    user = make_token(sub="u1", role="user")
+    async with AsyncCourierClient(server.url, token=user) as client:
+        with pytest.raises(ForbiddenChannelError) as e:
+            await client.publish("backtest.a8", "backtest.progress", progress("a8", 1))
+        assert e.value.status == 403
+        [dead] = client.dead_letters()
+        assert dead.code == "FORBIDDEN_CHANNEL" and dead.channel == "backtest.a8" and dead.attempts == 1
+        sub = client.subscribe("backtest.a8")
+        with pytest.raises(ForbiddenChannelError):
+            await take(sub, 1)
+
+
+async def test_logs_go_to_the_courier_client_logger(server: Server, token: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="courier_client")
+    async with AsyncCourierClient(server.url, token=token) as client:
+        await client.publish("backtest.a9", "custom.thing", {"k": 1})
+    await asyncio.sleep(0.1)
+    records = [r for r in caplog.records if r.name == "courier_client"]
+    assert any("batch" in r.getMessage() for r in records), [r.getMessage() for r in records]

@@ -1,0 +1,166 @@
+"""CourierClient (blocking) against the real reference server: the same scenarios, plus
+Ctrl-C, the GIL and threads."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from typing import List
+
+import pytest
+
+from courier_client import CourierClient, CourierTimeoutError, ValidationError
+
+from conftest import Server, make_token
+
+
+def progress(bid: str, percent: float) -> dict:
+    return {"backtest_id": bid, "percent": percent}
+
+
+def take(sub, n: int, timeout: float = 10.0) -> list:
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        left = deadline - time.monotonic()
+        assert left > 0, f"only {len(out)} of {n} events arrived"
+        e = sub.next(timeout=left)
+        if e is not None:
+            out.append(e)
+    return out
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_publish_and_receive(server: Server, token: str) -> None:
+    with CourierClient(server.url, token=token, service_name="sync-svc") as client:
+        sub = client.subscribe("backtest.s1")
+        sub.ready(timeout=10)
+        acks = [client.publish("backtest.s1", "backtest.progress", progress("s1", p)) for p in (1, 2)]
+        results = client.publish_many([("backtest.s1", "backtest.progress", progress("s1", p)) for p in (3, 4, 5)])
+        assert [a.offset for a in acks] + [r.offset for r in results] == [1, 2, 3, 4, 5]  # type: ignore[union-attr]
+        events = take(sub, 5)
+        assert [e.offset for e in events] == [1, 2, 3, 4, 5]
+        assert events[4].data == progress("s1", 5) and events[0].metadata["source"] == "sync-svc"
+        client.flush(timeout=5)
+        assert client.stats().acknowledged == 5
+
+
+def test_invalid_input_fails_before_any_request(server: Server, token: str) -> None:
+    with CourierClient(server.url, token=token) as client:
+        with pytest.raises(ValidationError) as e:
+            client.publish("backtest.s2", "backtest.progress", {"percent": 5})
+        assert e.value.field == "data.backtest_id" and e.value.reason == "missing"
+        with pytest.raises(ValueError):
+            client.publish("backtest.s2", "Bad Type", {})
+    assert server.requests("/publish/batch") == []
+
+
+def test_429_retry_after_is_honoured(server: Server, token: str) -> None:
+    server.fault("fail", {"status": 429, "count": 1, "retry_after_secs": 1})
+    with CourierClient(server.url, token=token) as client:
+        ack = client.publish("backtest.s3", "backtest.progress", progress("s3", 1), timeout=20)
+        assert ack.attempts == 2
+    log = server.requests("/publish/batch")
+    refused = next(r for r in log if r["event"] == "finish" and r["status"] == 429)
+    later = [r for r in log if r["event"] == "start" and r["at"] > refused["at"]]
+    assert later[0]["at"] - refused["at"] >= 1.0 - 0.005, log
+
+
+def test_503s_are_retried_with_the_same_id_and_delivered_once(server: Server, token: str) -> None:
+    with CourierClient(server.url, token=token) as client:
+        sub = client.subscribe("backtest.s4")
+        sub.ready(timeout=10)
+        server.fault("fail", {"status": 503, "count": 3})
+        ack = client.publish("backtest.s4", "backtest.progress", progress("s4", 1), timeout=20)
+        assert ack.attempts == 4
+        [event] = take(sub, 1)
+        assert event.id == ack.id
+        assert sub.next(timeout=0.3) is None, "delivered once"
+
+
+def test_dropped_connections_resume_without_loss_or_duplicates(server: Server, token: str) -> None:
+    with CourierClient(server.url, token=token) as client:
+        sub = client.subscribe("backtest.s5")
+        sub.ready(timeout=10)
+        for i in range(2):
+            client.publish("backtest.s5", "backtest.progress", progress("s5", i))
+        got = take(sub, 2)
+        server.fault("drop")
+        for i in range(5):
+            client.publish("backtest.s5", "backtest.progress", progress("s5", i))
+        got += take(sub, 5)
+        assert [e.offset for e in got] == list(range(1, 8))
+        assert sub.next(timeout=0.3) is None
+        assert client.stats().reconnects >= 1
+
+
+def test_expired_token_asks_the_callable_again(server: Server) -> None:
+    calls: List[int] = []
+
+    def get_token() -> str:
+        calls.append(1)
+        return make_token(ttl=2 if len(calls) == 1 else 3600)
+
+    with CourierClient(server.url, token=get_token) as client:
+        sub = client.subscribe("backtest.s6")
+        sub.ready(timeout=10)
+        time.sleep(3.2)
+        client.publish("backtest.s6", "backtest.progress", progress("s6", 1))
+        [event] = take(sub, 1)
+        assert event.offset == 1
+        assert len(calls) >= 2
+
+
+def test_close_leaves_no_threads_behind(server: Server, token: str) -> None:
+    before = threads()
+    client = CourierClient(server.url, token=token)
+    sub = client.subscribe("backtest.s7")
+    sub.ready(timeout=10)
+    client.publish("backtest.s7", "custom.thing", {"a": 1})
+    assert threads() > before
+    client.close()
+    deadline = time.monotonic() + 5
+    while threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threads() == before
+
+
+def test_ctrl_c_interrupts_a_blocking_call(server: Server, token: str) -> None:
+    with CourierClient(server.url, token=token) as client:
+        sub = client.subscribe("backtest.s8")
+        sub.ready(timeout=10)
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        started = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            sub.next()  # would block forever
+        assert time.monotonic() - started < 2.0
+
+
+def test_the_gil_is_released_while_waiting(server: Server, token: str) -> None:
+    with CourierClient(server.url, token=token) as client:
+        sub = client.subscribe("backtest.s9")
+        sub.ready(timeout=10)
+        waiter = threading.Thread(target=sub.next, kwargs={"timeout": 1.0})
+        waiter.start()
+        time.sleep(0.05)
+        started = time.monotonic()
+        count = 0
+        while time.monotonic() - started < 0.3:
+            count += 1
+        waiter.join()
+        # With the GIL held by the waiting thread this loop would barely run.
+        assert count > 10_000
+
+
+def test_timeouts_are_timeout_errors(server: Server, token: str) -> None:
+    server.fault("delay", {"delay_ms": 1500, "count": 1})
+    with CourierClient(server.url, token=token) as client:
+        with pytest.raises(TimeoutError) as e:
+            client.publish("backtest.s10", "custom.thing", {}, timeout=0.2)
+        assert isinstance(e.value, CourierTimeoutError)
