@@ -36,6 +36,7 @@ tools-rust: | $(STAMP)
 TEST_TARGETS := lint test-rust check-wasm
 -include python/python.mk
 -include npm/npm.mk
+-include tests/e2e/e2e.mk
 
 test: tools-rust
 	@$(MAKE) --no-print-directory $(TEST_TARGETS)
@@ -54,11 +55,11 @@ check-wasm: tools-rust
 
 ## --- demo -------------------------------------------------------------------------------
 
-demo:
-	@echo "make demo will: build the reference server, the Python package and the TypeScript"
-	@echo "package; start courier-server on 127.0.0.1; run examples/python-publisher (a simulated"
-	@echo "backtest) and examples/node-subscriber (live progress in this terminal); and serve"
-	@echo "examples/browser-dashboard at a printed URL. It arrives with the demo issue."
+# Builds what it needs (the server, the Python package into .venv, the npm package), then
+# runs examples/demo.sh: Python publisher -> server -> Node subscriber and browser dashboard.
+demo: tools-rust python-dev npm-build
+	cargo build -p courier-server --locked
+	examples/demo.sh
 
 ## --- bench ------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ python-dev: python-venv
 test-python: python-dev
 	cargo build -q --locked -p courier-server
 	cd python && ../$(PY) -m mypy.stubtest courier_client._native
-	cd python && ../$(PY) -m mypy --strict courier_client examples
+	cd python && ../$(PY) -m mypy --strict courier_client examples ../examples/python-publisher
 	cd python && SKIP_COURIER_SERVER_BUILD=1 ../$(PY) -m pytest -q -p no:cacheprovider tests
 	$(MAKE) --no-print-directory test-python-wheel
 

@@ -21,23 +21,34 @@ impl ServerProcess {
     /// `listening on` line.
     pub fn start(binary: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(binary);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"]).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         cmd.env("COURIER_LOG_LEVEL", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
-            let line = lines.next().expect("server exited before listening").expect("server stdout");
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .expect("server stdout");
             if let Some(rest) = line.split("listening on ").nth(1) {
                 break rest.trim().trim_start_matches("http://").to_owned();
             }
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, addr, binary: binary.to_owned() }
+        Self {
+            child,
+            addr,
+            binary: binary.to_owned(),
+        }
     }
 
     /// A signed service token from the server's own `token` command.
@@ -46,8 +57,15 @@ impl ServerProcess {
             .args(["token", "--sub", sub, "--role", "service", "--ttl", "3600"])
             .output()
             .expect("token command");
-        assert!(out.status.success(), "token: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8 token").trim().to_owned()
+        assert!(
+            out.status.success(),
+            "token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 token")
+            .trim()
+            .to_owned()
     }
 
     /// The child's process id.
@@ -57,7 +75,8 @@ impl ServerProcess {
 
     /// The child's resident memory in bytes, from `/proc`.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -75,22 +94,36 @@ impl Drop for ServerProcess {
 
 /// The server binary: `$COURIER_SERVER_BIN` or the workspace's release build.
 pub fn server_binary() -> String {
-    std::env::var("COURIER_SERVER_BIN")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/release/courier-server").to_owned())
+    std::env::var("COURIER_SERVER_BIN").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../target/release/courier-server"
+        )
+        .to_owned()
+    })
 }
 
 /// A WebSocket to the server, authenticated (`connect` answered by `connected`).
-pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Opens `ws://{addr}/ws`, sends `connect` and waits for `connected`.
 pub async fn connect_ws(addr: &str, token: &str) -> Socket {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.expect("ws connect");
-    let hello = serde_json::json!({"op": "connect", "token": token, "client": "courier-bench"}).to_string();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("ws connect");
+    let hello =
+        serde_json::json!({"op": "connect", "token": token, "client": "courier-bench"}).to_string();
     ws.send(Message::text(hello)).await.expect("send connect");
     loop {
-        match ws.next().await.expect("server closed during connect").expect("ws read") {
+        match ws
+            .next()
+            .await
+            .expect("server closed during connect")
+            .expect("ws read")
+        {
             Message::Text(t) if t.contains("\"connected\"") => return ws,
             Message::Text(t) => panic!("unexpected answer to connect: {t}"),
             _ => {}
@@ -109,5 +142,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Milliseconds since the Unix epoch, as a float (latency stamps cross processes).
 pub fn unix_ms() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs_f64() * 1000.0
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+        * 1000.0
 }

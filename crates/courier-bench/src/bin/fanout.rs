@@ -15,7 +15,11 @@ const CHANNEL: &str = "bench.fanout";
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Shared {
@@ -23,15 +27,32 @@ struct Shared {
     latencies: Mutex<Vec<f64>>,
 }
 
-async fn publish_batch(http: &reqwest::Client, url: &str, token: &str, phase: &str, from: u64, count: u64) {
+async fn publish_batch(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    phase: &str,
+    from: u64,
+    count: u64,
+) {
     let events: Vec<serde_json::Value> = (from..from + count)
         .map(|n| {
             serde_json::json!({"id": format!("{phase}-{n}"), "type": "bench.tick", "channel": CHANNEL,
                 "data": {"seq": n, "sent_ms": unix_ms()}, "metadata": {"source": "bench"}})
         })
         .collect();
-    let resp = http.post(url).bearer_auth(token).json(&serde_json::json!({ "events": events })).send().await.expect("publish");
-    assert!(resp.status().is_success(), "publish answered {}", resp.status());
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "events": events }))
+        .send()
+        .await
+        .expect("publish");
+    assert!(
+        resp.status().is_success(),
+        "publish answered {}",
+        resp.status()
+    );
 }
 
 async fn wait_for(shared: &Shared, target: u64, limit: Duration) -> Instant {
@@ -57,17 +78,26 @@ async fn main() {
         ],
     );
     let token = server.token("bench");
-    let shared = Arc::new(Shared { received: AtomicU64::new(0), latencies: Mutex::new(Vec::new()) });
+    let shared = Arc::new(Shared {
+        received: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
     let sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let mut ready = Vec::new();
     for i in 0..subscribers {
-        let (addr, token, shared, sampling) = (server.addr.clone(), token.clone(), shared.clone(), sampling.clone());
+        let (addr, token, shared, sampling) = (
+            server.addr.clone(),
+            token.clone(),
+            shared.clone(),
+            sampling.clone(),
+        );
         let (tx, rx) = tokio::sync::oneshot::channel();
         ready.push(rx);
         tokio::spawn(async move {
             let mut ws = connect_ws(&addr, &token).await;
-            let sub = serde_json::json!({"op": "subscribe", "id": 1, "channel": CHANNEL}).to_string();
+            let sub =
+                serde_json::json!({"op": "subscribe", "id": 1, "channel": CHANNEL}).to_string();
             ws.send(Message::text(sub)).await.expect("subscribe");
             let mut tx = Some(tx);
             let sample = i % 10 == 0;

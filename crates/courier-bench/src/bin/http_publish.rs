@@ -16,7 +16,10 @@ async fn run(concurrency: u64, per_request: u64, seconds: f64, addr: &str, token
     let mut tasks = Vec::new();
     for lane in 0..concurrency {
         let (http, done, token) = (http.clone(), done.clone(), token.to_owned());
-        let (single, batch) = (format!("http://{addr}/publish"), format!("http://{addr}/publish/batch"));
+        let (single, batch) = (
+            format!("http://{addr}/publish"),
+            format!("http://{addr}/publish/batch"),
+        );
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
@@ -46,10 +49,16 @@ async fn run(concurrency: u64, per_request: u64, seconds: f64, addr: &str, token
 
 #[tokio::main]
 async fn main() {
-    let server = ServerProcess::start(&server_binary(), &[("COURIER_RATE_LIMITS__ENABLED", "false")]);
+    let server = ServerProcess::start(
+        &server_binary(),
+        &[("COURIER_RATE_LIMITS__ENABLED", "false")],
+    );
     let token = server.token("bench");
     let seconds = 5.0;
     let single = run(64, 1, seconds, &server.addr, &token).await;
     let batched = run(8, 100, seconds, &server.addr, &token).await;
-    println!("{}", serde_json::json!({"single_per_sec": single, "batched_per_sec": batched, "seconds_each": seconds}));
+    println!(
+        "{}",
+        serde_json::json!({"single_per_sec": single, "batched_per_sec": batched, "seconds_each": seconds})
+    );
 }

@@ -10,13 +10,18 @@ use futures_util::StreamExt;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 async fn open(addr: &str, token: &str, n: usize) -> Vec<Socket> {
     let mut sockets = Vec::with_capacity(n);
     for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
-        let opened = futures_util::future::join_all(chunk.iter().map(|_| connect_ws(addr, token))).await;
+        let opened =
+            futures_util::future::join_all(chunk.iter().map(|_| connect_ws(addr, token))).await;
         sockets.extend(opened);
     }
     sockets
@@ -45,7 +50,10 @@ async fn main() {
     // Everything still open: the server kept every connection.
     let mut open_count = 0;
     for mut s in warm.into_iter().chain(rest) {
-        if tokio::time::timeout(Duration::from_millis(0), s.next()).await.is_err() {
+        if tokio::time::timeout(Duration::from_millis(0), s.next())
+            .await
+            .is_err()
+        {
             open_count += 1;
         }
     }
