@@ -29,6 +29,7 @@ pub const MAX_SEGMENT_LEN: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
 #[serde(transparent)]
 #[schemars(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
 pub struct ChannelName(String);
 
 fn segment_ok(segment: &str) -> bool {

@@ -130,7 +130,23 @@ fn output_json(output: &Output) -> Value {
         Output::Send(text) => {
             json!({ "send": serde_json::from_str::<Value>(text).unwrap_or(Value::Null) })
         }
-        other => serde_json::to_value(other).unwrap_or(Value::Null),
+        other => {
+            // Messages are for humans and may be reworded; vectors pin codes and delays.
+            let mut v = serde_json::to_value(other).unwrap_or(Value::Null);
+            for key in ["error", "subscription_failed"] {
+                if let Some(e) = v.get_mut(key) {
+                    let target = if key == "error" {
+                        Some(e)
+                    } else {
+                        e.get_mut("error")
+                    };
+                    if let Some(Value::Object(m)) = target {
+                        m.remove("message");
+                    }
+                }
+            }
+            v
+        }
     }
 }
 

@@ -148,6 +148,7 @@ fn serialize_error<S: serde::Serializer>(error: &Error, s: S) -> Result<S::Ok, S
     use serde::ser::SerializeMap;
     let mut map = s.serialize_map(None)?;
     map.serialize_entry("code", error.code())?;
+    map.serialize_entry("message", &error.to_string())?;
     if let Some(d) = error.retry_after() {
         map.serialize_entry("retry_after_ms", &crate::time::as_millis_u64(d))?;
     }

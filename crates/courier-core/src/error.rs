@@ -16,6 +16,7 @@ use crate::time::Duration;
 /// Machine-readable error codes carried by `error` frames and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub enum ErrorCode {
     /// Too many requests: wait `retry_after_ms` before trying again.

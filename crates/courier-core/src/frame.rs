@@ -9,6 +9,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
 use crate::error::{ErrorCode, FrameError, Refusal};
@@ -239,25 +240,33 @@ fn check_len(text: &str, max: usize) -> Result<(), FrameError> {
 
 /// Explains why `text` did not decode, after the fast path failed.
 fn explain(text: &str, known: &[&str], err: serde_json::Error) -> FrameError {
+    // `op` as raw JSON, not `serde_json::Value`: the decode path of the WASM build then
+    // carries no `Value` machinery. A present `null` is `Some("null")`, not absent.
     #[derive(Deserialize)]
     struct OpOnly {
-        op: Option<serde_json::Value>,
+        #[serde(default, deserialize_with = "present")]
+        op: Option<Box<RawValue>>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+        Box::<RawValue>::deserialize(d).map(Some)
+    }
+    if !text.trim_start().starts_with('{') {
+        // Not an object (`OpOnly` would read `[]` as a struct without `op`).
+        return FrameError::Malformed(err.to_string());
     }
     match serde_json::from_str::<OpOnly>(text) {
         Err(e) => FrameError::Malformed(e.to_string()),
         Ok(OpOnly { op: None }) => FrameError::MissingOp,
-        Ok(OpOnly {
-            op: Some(serde_json::Value::String(op)),
-        }) if known.contains(&op.as_str()) => FrameError::Invalid {
-            op,
-            detail: err.to_string(),
-        },
-        Ok(OpOnly {
-            op: Some(serde_json::Value::String(op)),
-        }) => FrameError::UnknownOp(op),
-        Ok(OpOnly { op: Some(other) }) => FrameError::Invalid {
-            op: other.to_string(),
-            detail: "`op` must be a string".into(),
+        Ok(OpOnly { op: Some(raw) }) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(op) if known.contains(&op.as_str()) => FrameError::Invalid {
+                op,
+                detail: err.to_string(),
+            },
+            Ok(op) => FrameError::UnknownOp(op),
+            Err(_) => FrameError::Invalid {
+                op: raw.get().to_owned(),
+                detail: "`op` must be a string".into(),
+            },
         },
     }
 }
@@ -320,7 +329,8 @@ impl ClientFrame {
 
     /// Encodes the frame as JSON text.
     pub fn encode(&self) -> String {
-        serde_json::to_string(self).expect("client frames always serialise")
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| unreachable!("client frames always serialise"))
     }
 }
 
@@ -412,7 +422,8 @@ impl ServerFrame {
 
     /// Encodes the frame as JSON text.
     pub fn encode(&self) -> String {
-        serde_json::to_string(self).expect("server frames always serialise")
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| unreachable!("server frames always serialise"))
     }
 }
 

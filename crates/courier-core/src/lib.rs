@@ -15,6 +15,7 @@
 pub mod backoff;
 pub mod channel;
 pub mod close;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod connection;
 pub mod error;

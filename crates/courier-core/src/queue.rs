@@ -85,6 +85,7 @@ const BODY_OVERHEAD: usize = 13;
 /// the same order, or refuses the whole request with an error status and an
 /// [`ErrorResponse`] body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchRequest {
     /// The events to publish; their ids are the idempotency keys.
     pub events: Vec<Event>,
@@ -94,6 +95,7 @@ pub struct BatchRequest {
 ///
 /// Holds exactly one [`BatchItemResult`] per event of the request, in request order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchResponseBody {
     /// One result per event, in the order of the request.
     pub results: Vec<BatchItemResult>,
@@ -103,6 +105,7 @@ pub struct BatchResponseBody {
 /// `"rejected"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ItemStatus {
     /// Stored and delivered to the channel's subscribers.
     Accepted,
@@ -120,6 +123,7 @@ pub enum ItemStatus {
 /// `duplicate` (`channel` may also be present on `rejected`); `error` is present exactly
 /// when it is `rejected`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchItemResult {
     /// The event's id, as sent.
     pub id: String,
@@ -183,11 +187,12 @@ impl BatchItemResult {
     }
 }
 
-/// A machine-readable error: `{"code","message","field"?,"retry_after_ms"?}`.
+/// A machine-readable error: `{"code","message","field"?,"retry_after_ms"?,"limit_type"?}`.
 ///
 /// Used for a rejected event inside a [`BatchItemResult`], and wrapped in an
 /// [`ErrorResponse`] as the body of a whole-request error status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The reason, e.g. `INVALID_EVENT`; unknown codes read as [`ErrorCode::Unknown`].
     pub code: ErrorCode,
@@ -199,6 +204,10 @@ pub struct ErrorBody {
     /// How long to wait before trying again, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// Which connection limit was reached (`total`, `user`, `channel`), for
+    /// `CONNECTION_LIMIT_EXCEEDED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_type: Option<String>,
 }
 
 impl ErrorBody {
@@ -209,6 +218,7 @@ impl ErrorBody {
             message: message.into(),
             field: None,
             retry_after_ms: None,
+            limit_type: None,
         }
     }
 
@@ -219,7 +229,7 @@ impl ErrorBody {
             message: self.message.clone(),
             retry_after: self.retry_after_ms.map(Duration::from_millis),
             field: self.field.clone(),
-            limit_type: None,
+            limit_type: self.limit_type.clone(),
             status,
         }
     }
@@ -232,6 +242,7 @@ impl From<&ValidationError> for ErrorBody {
             message: e.message.clone(),
             field: Some(e.field.clone()),
             retry_after_ms: None,
+            limit_type: None,
         }
     }
 }
@@ -243,13 +254,15 @@ impl From<&Refusal> for ErrorBody {
             message: r.message.clone(),
             field: r.field.clone(),
             retry_after_ms: r.retry_after.map(as_millis_u64),
+            limit_type: r.limit_type.clone(),
         }
     }
 }
 
 /// Body of a whole-request error status (400, 401, 403, 413, 429, 5xx):
-/// `{"error":{"code","message","field"?,"retry_after_ms"?}}`.
+/// `{"error":{"code","message","field"?,"retry_after_ms"?,"limit_type"?}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorResponse {
     /// What went wrong.
     pub error: ErrorBody,
