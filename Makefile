@@ -13,7 +13,7 @@ WASM_PACK_VERSION := 0.15.1
 BINARYEN_VERSION := 132.0.0
 STAMP := .tools/stamps
 
-.PHONY: help test demo bench lint test-rust check-wasm tools-rust
+.PHONY: help test demo bench lint test-rust check-wasm tools-rust tools-redis
 
 help:
 	@echo "make demo   - build, start the reference server, show Python -> TypeScript events"
@@ -29,6 +29,10 @@ tools-rust: | $(STAMP)
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup target list --installed | grep -q '^wasm32-unknown-unknown$$' || rustup target add wasm32-unknown-unknown
+
+# A real redis-server for the multi-instance tests and benchmarks (Debian's package).
+tools-redis:
+	@command -v redis-server >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
 
 ## --- test -------------------------------------------------------------------------------
 
@@ -46,7 +50,7 @@ lint: tools-rust
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-test-rust: tools-rust
+test-rust: tools-rust tools-redis
 	cargo test --workspace --locked
 
 # The core must build for browsers too.
@@ -63,5 +67,5 @@ demo: tools-rust python-dev npm-build
 
 ## --- bench ------------------------------------------------------------------------------
 
-bench: tools-rust
+bench: tools-rust tools-redis
 	python3 tests/bench/run.py

@@ -148,3 +148,36 @@ pub fn unix_ms() -> f64 {
         .as_secs_f64()
         * 1000.0
 }
+
+/// `--redis-url URL` from the command line: the server settings that put it on Redis
+/// (`COURIER_BACKEND=redis`), under a key prefix of its own so runs do not mix.
+pub fn redis_env() -> Option<Vec<(String, String)>> {
+    let args: Vec<String> = std::env::args().collect();
+    let url = args
+        .iter()
+        .position(|a| a == "--redis-url")
+        .and_then(|i| args.get(i + 1))?
+        .clone();
+    let prefix = format!("bench{}-{}:", std::process::id(), unix_ms() as u64);
+    Some(vec![
+        ("COURIER_BACKEND".into(), "redis".into()),
+        ("COURIER_REDIS_URL".into(), url),
+        ("COURIER_REDIS__KEY_PREFIX".into(), prefix),
+    ])
+}
+
+/// Starts `instances` servers with `env` plus [`redis_env`] (all on one Redis when given).
+pub fn start_servers(instances: u64, env: &[(&str, &str)]) -> Vec<ServerProcess> {
+    let redis = redis_env();
+    assert!(
+        instances <= 1 || redis.is_some(),
+        "--instances above 1 needs --redis-url"
+    );
+    let mut all: Vec<(&str, &str)> = env.to_vec();
+    if let Some(r) = &redis {
+        all.extend(r.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
+    (0..instances.max(1))
+        .map(|_| ServerProcess::start(&server_binary(), &all))
+        .collect()
+}

@@ -4,7 +4,8 @@
 //! Environment variables name a key by its path, upper-cased, with `__` between sections:
 //! `COURIER_WS__PING_INTERVAL_MS=500`, `COURIER_RATE_LIMITS__ENABLED=false`. A few common keys
 //! have short aliases: `COURIER_LISTEN`, `COURIER_JWT_SECRET`, `COURIER_LOG_FORMAT`,
-//! `COURIER_LOG_LEVEL`, `COURIER_ALLOW_DEV_SECRET`, `COURIER_ENABLE_FAULT_INJECTION`.
+//! `COURIER_LOG_LEVEL`, `COURIER_ALLOW_DEV_SECRET`, `COURIER_ENABLE_FAULT_INJECTION`,
+//! `COURIER_BACKEND` (`memory` or `redis`), `COURIER_REDIS_URL`.
 //! Values are read as TOML scalars or arrays (`true`, `5`, `["a","b"]`); anything else is a
 //! string. A comma-separated value is accepted for list keys (`COURIER_CORS_ORIGINS=a,b`).
 
@@ -60,6 +61,55 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// Where history, fan-out, limits and idempotency live: `memory` (one instance, the
+    /// default) or `redis` (several instances as one; see [`RedisConfig`]).
+    pub backend: Backend,
+    /// The Redis backend's settings (used when `backend = "redis"`).
+    pub redis: RedisConfig,
+}
+
+/// Where the server keeps its shared state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// In process memory: one instance; history is lost on restart.
+    #[default]
+    Memory,
+    /// In Redis: every instance on the same Redis behaves as one server, and history and
+    /// the idempotency window survive restarts.
+    Redis,
+}
+
+/// The Redis backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` (`COURIER_REDIS_URL`).
+    pub url: String,
+    /// Prefix of every key and pub/sub channel, so several deployments can share a Redis.
+    pub key_prefix: String,
+    /// A Redis command that has not answered in this long fails (the request gets 503).
+    pub command_timeout_ms: u64,
+    /// Deadline of one connection attempt.
+    pub connect_timeout_ms: u64,
+    /// At start, keep trying to reach Redis this long before giving up.
+    pub startup_timeout_ms: u64,
+    /// An instance that has not renewed its heartbeat in this long counts as dead: the
+    /// connections it held no longer count against per-user limits.
+    pub instance_ttl_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "courier:".into(),
+            command_timeout_ms: 2_000,
+            connect_timeout_ms: 1_000,
+            startup_timeout_ms: 30_000,
+            instance_ttl_ms: 10_000,
+        }
+    }
 }
 
 impl Default for Config {
@@ -82,6 +132,8 @@ impl Default for Config {
             idempotency: IdempotencyConfig::default(),
             rate_limits: RateLimitConfig::default(),
             shutdown: ShutdownConfig::default(),
+            backend: Backend::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -331,6 +383,7 @@ pub enum ConfigError {
 const ALIASES: &[(&str, &str)] = &[
     ("COURIER_JWT_SECRET", "auth.jwt_secret"),
     ("COURIER_RSA_PUBLIC_KEY_FILE", "auth.rsa_public_key_file"),
+    ("COURIER_REDIS_URL", "redis.url"),
 ];
 
 const LIST_KEYS: &[&str] = &["cors_origins", "auth.algorithms"];
@@ -393,7 +446,14 @@ impl Config {
     }
 }
 
+/// `COURIER_*` variables that are not configuration keys: read by the command line
+/// (`COURIER_CONFIG`) and the log filter (`COURIER_LOG`).
+const NOT_KEYS: &[&str] = &["COURIER_CONFIG", "COURIER_LOG"];
+
 fn env_key(name: &str) -> Option<String> {
+    if NOT_KEYS.contains(&name) {
+        return None;
+    }
     if let Some((_, path)) = ALIASES.iter().find(|(alias, _)| *alias == name) {
         return Some((*path).to_owned());
     }
@@ -489,6 +549,8 @@ mod tests {
                 "false".to_owned(),
             ),
             ("PATH".to_owned(), "/bin".to_owned()),
+            ("COURIER_LOG".to_owned(), "debug".to_owned()),
+            ("COURIER_CONFIG".to_owned(), "/elsewhere.toml".to_owned()),
         ];
         let c = Config::load(Some(&file), env).unwrap();
         assert_eq!(c.auth.jwt_secret, "s3cret");
@@ -499,6 +561,28 @@ mod tests {
         assert_eq!(c.rate_limits.types["trade"].limit, 7);
         assert_eq!(c.rate_limits.types["payment"].limit, 5);
         assert!(Config::load(None, vec![("COURIER_NOPE".into(), "1".into())]).is_err());
+        let c = Config::load(
+            None,
+            vec![
+                ("COURIER_BACKEND".into(), "redis".into()),
+                (
+                    "COURIER_REDIS_URL".into(),
+                    "redis://127.0.0.1:7000/2".into(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.backend, Backend::Redis);
+        assert_eq!(c.redis.url, "redis://127.0.0.1:7000/2");
+    }
+
+    #[test]
+    fn redis_example_config_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("courier-redis.example.toml");
+        let c = Config::load(Some(&file), Vec::new()).unwrap();
+        assert_eq!(c.backend, Backend::Redis);
+        assert_eq!(c.redis.url, "redis://10.0.0.5:6379/0");
+        assert_eq!(c.connections.max_per_user, 5);
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! `--enable-fault-injection`.
 //!
 //! Faults apply to the API routes (`/publish*` and `/ws*`), never to `/_fault`, health,
-//! stats, metrics or the OpenAPI document.
+//! stats, metrics or the OpenAPI document. Every request to an API route is also recorded
+//! (arrival time, path, the token's `sub`, the status and `Retry-After` answered) and served
+//! at `GET /_fault/requests`, so a test can check from the server's side that clients honour
+//! `Retry-After` and spread their reconnects.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::{Request, State};
@@ -50,10 +53,38 @@ pub struct DelayRule {
     pub count: Option<u64>,
 }
 
+/// One request to an API route, as the fault layer saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    /// Arrival, in Unix milliseconds with microsecond precision.
+    pub at_ms: f64,
+    /// The request path (`/publish/batch`, `/ws`, ...).
+    pub path: String,
+    /// The `sub` of the bearer token, when the request carried a valid one (a WebSocket
+    /// authenticates in its first frame, after this record: `None`).
+    pub sub: Option<String>,
+    /// The HTTP status answered (101 for an accepted WebSocket upgrade).
+    pub status: u16,
+    /// The `Retry-After` header answered, as sent.
+    pub retry_after: Option<String>,
+    /// `Retry-After` in milliseconds when it was a number of seconds.
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Most requests recorded; later ones are only counted.
+pub const MAX_RECORDED_REQUESTS: usize = 500_000;
+
+#[derive(Default)]
+struct RequestLog {
+    records: Vec<RequestRecord>,
+    dropped: u64,
+}
+
 /// Fault switches shared by the handlers.
 #[derive(Default)]
 pub struct Faults {
     state: Mutex<FaultState>,
+    requests: Mutex<RequestLog>,
 }
 
 impl Faults {
@@ -90,6 +121,31 @@ impl Faults {
         };
         (fail, delay)
     }
+
+    fn record(&self, record: RequestRecord) {
+        let mut log = self.requests.lock().expect("request log lock");
+        if log.records.len() < MAX_RECORDED_REQUESTS {
+            log.records.push(record);
+        } else {
+            log.dropped += 1;
+        }
+    }
+}
+
+fn unix_ms_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// The `sub` of a valid bearer token in `Authorization`, if any.
+fn bearer_sub(state: &crate::AppState, req: &Request) -> Option<String> {
+    let value = req.headers().get("authorization")?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    state.verifier.verify(token.trim()).ok().map(|c| c.sub)
 }
 
 /// Middleware applying the faults to API routes.
@@ -102,6 +158,30 @@ pub(crate) async fn middleware(
     if !(path.starts_with("/publish") || path.starts_with("/ws")) {
         return next.run(req).await;
     }
+    let at_ms = unix_ms_f64();
+    let path = path.to_owned();
+    let sub = bearer_sub(&state, &req);
+    let response = faulted(&state, req, next).await;
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.faults.record(RequestRecord {
+        at_ms,
+        path,
+        sub,
+        status: response.status().as_u16(),
+        retry_after_ms: retry_after
+            .as_deref()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| s.saturating_mul(1000)),
+        retry_after,
+    });
+    response
+}
+
+async fn faulted(state: &crate::SharedState, req: Request, next: Next) -> Response {
     let (fail, delay) = state.faults.take();
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
@@ -166,8 +246,21 @@ pub(crate) async fn delay(
     Json(s.clone()).into_response()
 }
 
-/// `POST /_fault/reset`: clears every fault.
+/// `GET /_fault/requests`: every request to an API route since the start or the last reset,
+/// in arrival order: `{"requests": [RequestRecord, ...], "dropped": n}`.
+pub(crate) async fn requests(State(state): State<crate::SharedState>) -> Json<serde_json::Value> {
+    let (mut records, dropped) = {
+        let log = state.faults.requests.lock().expect("request log lock");
+        (log.records.clone(), log.dropped)
+    };
+    // Recorded when answered; served by arrival.
+    records.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
+    Json(serde_json::json!({ "requests": records, "dropped": dropped }))
+}
+
+/// `POST /_fault/reset`: clears every fault and the request record.
 pub(crate) async fn reset(State(state): State<crate::SharedState>) -> Json<FaultState> {
+    *state.faults.requests.lock().expect("request log lock") = RequestLog::default();
     let mut s = state.faults.state.lock().expect("fault lock");
     s.fail = None;
     s.delay = None;

@@ -16,6 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use courier_core::event::check_event_type;
 use courier_core::frame::{Delivery, ServerFrame};
+use courier_core::queue::{BatchItemResult, BatchResponseBody, ErrorBody, ErrorResponse};
 use courier_core::{ChannelName, ErrorCode, Event, ValidationError};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -30,32 +31,6 @@ pub fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
-}
-
-/// The body of every HTTP error: `{"error": {...}}`.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
-
-/// One error: code, message and, where they apply, the field, the delay and the limit.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Machine-readable code, e.g. `INVALID_EVENT`.
-    #[schema(value_type = String)]
-    pub code: ErrorCode,
-    /// What was wrong and what to do.
-    pub message: String,
-    /// The field at fault, as a dotted path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// How long to wait before trying again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_after_ms: Option<u64>,
-    /// Which connection limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit_type: Option<String>,
 }
 
 /// An error answer: status, body and headers (rate-limit headers travel here too).
@@ -98,9 +73,9 @@ impl ApiError {
         self
     }
 
-    /// The error as it travels in bodies and frames.
-    pub fn detail(&self) -> ErrorDetail {
-        ErrorDetail {
+    /// The error as it travels in bodies (core's wire type, shared with the SDKs).
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
             code: self.code,
             message: self.message.clone(),
             field: self.field.clone(),
@@ -118,12 +93,17 @@ impl ApiError {
         f
     }
 
-    fn store(e: crate::store::StoreError) -> Self {
+    /// A backend failed: 503 with `Retry-After` (clients retry with the same event id).
+    pub(crate) fn store(e: crate::store::StoreError) -> Self {
         tracing::error!(error = %e, "store failed");
-        Self::new(
+        let mut err = Self::new(
             ErrorCode::Unavailable,
             "a backend is unavailable; retry later",
-        )
+        );
+        err.retry_after_ms = Some(1_000);
+        err.headers
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        err
     }
 }
 
@@ -139,11 +119,15 @@ impl From<AuthError> for ApiError {
     }
 }
 
+impl From<&ApiError> for ErrorResponse {
+    fn from(e: &ApiError) -> Self {
+        ErrorResponse { error: e.body() }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.detail(),
-        };
+        let body = ErrorResponse::from(&self);
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().extend(self.headers);
         response
@@ -165,39 +149,12 @@ pub struct PublishResponse {
     pub duplicate: bool,
 }
 
-/// `POST /publish/batch` body.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct BatchRequest {
-    /// The events, each as for `POST /publish`.
-    #[schema(value_type = Vec<Object>)]
-    pub events: Vec<Box<RawValue>>,
-}
-
-/// One event's outcome in a batch.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BatchItemResult {
-    /// The event id (empty if the event was unreadable).
-    pub id: String,
-    /// `accepted`, `duplicate` or `rejected`.
-    pub status: String,
-    /// The channel (empty if unreadable).
-    pub channel: String,
-    /// The history epoch (absent when rejected).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<String>,
-    /// The offset (absent when rejected).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-    /// Why it was rejected.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorDetail>,
-}
-
-/// `POST /publish/batch` answer.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BatchResponseBody {
-    /// One result per event, in order.
-    pub results: Vec<BatchItemResult>,
+/// `POST /publish/batch` body as read: each event stays raw so that one unreadable event
+/// is rejected on its own. The documented shape is core's
+/// [`BatchRequest`](courier_core::queue::BatchRequest).
+#[derive(Debug, Deserialize)]
+struct RawBatchRequest {
+    events: Vec<Box<RawValue>>,
 }
 
 /// Reads the bearer token.
@@ -361,6 +318,7 @@ pub(crate) async fn publish_event(
         .encode();
         let message = Published {
             channel: channel.clone(),
+            epoch: stored.epoch.clone(),
             offset: stored.offset,
             frame: frame.into(),
             accepted_at: std::time::Instant::now(),
@@ -460,11 +418,11 @@ async fn publish_text(state: &SharedState, headers: &HeaderMap, text: &str) -> R
     request_body(content = Object, description = "An event: `{id?, type, channel, data, metadata?}`"),
     responses(
         (status = 200, description = "Accepted or duplicate", body = PublishResponse),
-        (status = 400, description = "Invalid event; `error.field` names the field", body = ErrorBody),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
-        (status = 403, description = "The token may not publish to the channel", body = ErrorBody),
-        (status = 413, description = "Over the payload limit", body = ErrorBody),
-        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 400, description = "Invalid event; `error.field` names the field", body = ErrorResponse),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorResponse),
+        (status = 403, description = "The token may not publish to the channel", body = ErrorResponse),
+        (status = 413, description = "Over the payload limit", body = ErrorResponse),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn publish(
@@ -490,11 +448,11 @@ pub(crate) async fn publish(
     request_body(content = Object, description = "An event without `channel`: `{id?, type, data, metadata?}`"),
     responses(
         (status = 200, description = "Accepted or duplicate", body = PublishResponse),
-        (status = 400, description = "Invalid event", body = ErrorBody),
-        (status = 401, description = "Unauthorized", body = ErrorBody),
-        (status = 403, description = "Forbidden channel", body = ErrorBody),
-        (status = 413, description = "Too large", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 400, description = "Invalid event", body = ErrorResponse),
+        (status = 401, description = "Unauthorized", body = ErrorResponse),
+        (status = 403, description = "Forbidden channel", body = ErrorResponse),
+        (status = 413, description = "Too large", body = ErrorResponse),
+        (status = 429, description = "Rate limited", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn publish_to_channel(
@@ -540,12 +498,12 @@ pub(crate) async fn publish_to_channel(
 
 /// `POST /publish/batch`: one result per event, in order.
 #[utoipa::path(post, path = "/publish/batch", tag = "publish",
-    request_body(content = BatchRequest),
+    request_body(content = courier_core::queue::BatchRequest),
     responses(
         (status = 200, description = "One result per event", body = BatchResponseBody),
-        (status = 400, description = "The body is not a batch", body = ErrorBody),
-        (status = 401, description = "Unauthorized", body = ErrorBody),
-        (status = 413, description = "Too large or too many events", body = ErrorBody),
+        (status = 400, description = "The body is not a batch", body = ErrorResponse),
+        (status = 401, description = "Unauthorized", body = ErrorResponse),
+        (status = 413, description = "Too large or too many events", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn publish_batch(
@@ -561,7 +519,7 @@ pub(crate) async fn publish_batch(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let batch: BatchRequest = match serde_json::from_slice(&body) {
+    let batch: RawBatchRequest = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
             return ApiError::new(
@@ -604,19 +562,10 @@ pub(crate) async fn publish_batch(
         }
         .await;
         results.push(match outcome {
-            Ok(ok) => BatchItemResult {
-                id: ok.id,
-                status: if ok.duplicate {
-                    "duplicate"
-                } else {
-                    "accepted"
-                }
-                .into(),
-                channel: ok.channel,
-                epoch: Some(ok.epoch),
-                offset: Some(ok.offset),
-                error: None,
-            },
+            Ok(ok) if ok.duplicate => {
+                BatchItemResult::duplicate(ok.id, ok.channel, ok.epoch, ok.offset)
+            }
+            Ok(ok) => BatchItemResult::accepted(ok.id, ok.channel, ok.epoch, ok.offset),
             Err(mut e) => {
                 if let Some(f) = &e.field {
                     e.field = Some(format!("events[{i}].{f}"));
@@ -624,14 +573,11 @@ pub(crate) async fn publish_batch(
                 if !e.headers.is_empty() {
                     last_headers = std::mem::take(&mut e.headers);
                 }
-                BatchItemResult {
-                    id: peek.id.as_str().unwrap_or_default().to_owned(),
-                    status: "rejected".into(),
-                    channel: peek.channel.as_str().unwrap_or_default().to_owned(),
-                    epoch: None,
-                    offset: None,
-                    error: Some(e.detail()),
-                }
+                BatchItemResult::rejected(
+                    peek.id.as_str().unwrap_or_default(),
+                    peek.channel.as_str().map(str::to_owned),
+                    e.body(),
+                )
             }
         });
     }
@@ -674,17 +620,24 @@ pub(crate) async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /health/ready`: 503 while draining.
-#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200, description = "Ready"), (status = 503, description = "Draining")))]
+/// `GET /health/ready`: 503 while draining or while the backend (Redis) is unreachable.
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200, description = "Ready"), (status = 503, description = "Draining, or the backend is unavailable")))]
 pub(crate) async fn ready(State(state): State<SharedState>) -> Response {
     if state.is_draining() {
-        (
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"status": "draining"})),
         )
-            .into_response()
-    } else {
-        Json(serde_json::json!({"status": "ready"})).into_response()
+            .into_response();
+    }
+    match state.history.ready().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, HeaderValue::from_static("1"))],
+            Json(serde_json::json!({"status": "unavailable", "reason": e.to_string()})),
+        )
+            .into_response(),
     }
 }
 

@@ -34,6 +34,8 @@ pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod store;
 pub mod ws;
 
@@ -45,8 +47,8 @@ use crate::fault::Faults;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::store::{
-    Broker, HistoryStore, IdempotencyStore, MemoryBroker, MemoryHistory, MemoryIdempotency,
-    MemoryRateLimits, RateLimitStore,
+    Broker, ConnectionStore, HistoryStore, IdempotencyStore, MemoryBroker, MemoryConnections,
+    MemoryHistory, MemoryIdempotency, MemoryRateLimits, RateLimitStore,
 };
 
 /// The state shared by every handler.
@@ -63,9 +65,29 @@ pub struct Stores {
     pub rate_limits: Arc<dyn RateLimitStore>,
     /// The idempotency window.
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Per-user connection counts.
+    pub connections: Arc<dyn ConnectionStore>,
+    /// Cancelled when the server stops: ends the backend's background tasks.
+    pub background: CancellationToken,
 }
 
 impl Stores {
+    /// The stores `config.backend` names (Redis: connects, waiting up to
+    /// `redis.startup_timeout_ms` for it).
+    pub async fn for_config(config: &Config) -> Result<Self, ServerError> {
+        match config.backend {
+            config::Backend::Memory => Ok(Self::in_memory(config)),
+            #[cfg(feature = "redis")]
+            config::Backend::Redis => redis::connect(config)
+                .await
+                .map_err(|e| ServerError::Backend(e.to_string())),
+            #[cfg(not(feature = "redis"))]
+            config::Backend::Redis => Err(ServerError::Backend(
+                "this build has no Redis support (cargo feature `redis`)".into(),
+            )),
+        }
+    }
+
     /// In-process stores sized by `config`.
     pub fn in_memory(config: &Config) -> Self {
         Self {
@@ -80,6 +102,8 @@ impl Stores {
                 Duration::from_secs(config.idempotency.window_secs),
                 config.idempotency.max_entries,
             )),
+            connections: Arc::new(MemoryConnections::new()),
+            background: CancellationToken::new(),
         }
     }
 }
@@ -96,6 +120,9 @@ pub enum ServerError {
     /// Binding or serving failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// The backend (Redis) could not be reached or set up.
+    #[error("backend: {0}")]
+    Backend(String),
 }
 
 const ORDER_SHARDS: usize = 64;
@@ -120,6 +147,7 @@ pub struct AppState {
     pub connections: Arc<ConnectionRegistry>,
     /// Fault injection switches.
     pub faults: Faults,
+    background: CancellationToken,
     started: Instant,
     draining: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
@@ -146,8 +174,12 @@ impl AppState {
             idempotency: stores.idempotency,
             limiter: RateLimiter::new(config.rate_limits.clone(), stores.rate_limits),
             metrics: Metrics::default(),
-            connections: Arc::new(ConnectionRegistry::new(config.connections.clone())),
+            connections: Arc::new(ConnectionRegistry::new(
+                config.connections.clone(),
+                stores.connections,
+            )),
             faults: Faults::default(),
+            background: stores.background,
             started: Instant::now(),
             draining: AtomicBool::new(false),
             shutdown_tx: watch::channel(false).0,
@@ -221,6 +253,7 @@ pub fn app(state: SharedState) -> Router {
             .route("/_fault/fail", post(fault::fail))
             .route("/_fault/delay", post(fault::delay))
             .route("/_fault/reset", post(fault::reset))
+            .route("/_fault/requests", get(fault::requests))
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
                 fault::middleware,
@@ -280,6 +313,7 @@ pub struct ServerHandle {
     addr: SocketAddr,
     state: SharedState,
     trigger: CancellationToken,
+    kill: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
 
@@ -299,6 +333,16 @@ impl ServerHandle {
         self.trigger.cancel();
     }
 
+    /// Stops at once, as a crashed process would (for tests): the listener closes, every
+    /// WebSocket is dropped without a close frame, the backend's background tasks (Redis
+    /// heartbeat, fan-out) stop, and shared state is left as it is, for the other
+    /// instances to clean up.
+    pub async fn kill(self) {
+        self.state.background.cancel();
+        self.kill.cancel();
+        let _ = self.task.await;
+    }
+
     /// Waits until the server has stopped.
     pub async fn wait(self) -> Result<(), ServerError> {
         match self.task.await {
@@ -308,9 +352,9 @@ impl ServerHandle {
     }
 }
 
-/// Starts serving on `listener` with in-memory stores; returns at once.
+/// Starts serving on `listener` with the backend `config` names; returns at once.
 pub async fn start(config: Config, listener: TcpListener) -> Result<ServerHandle, ServerError> {
-    let stores = Stores::in_memory(&config);
+    let stores = Stores::for_config(&config).await?;
     start_with_stores(config, stores, listener).await
 }
 
@@ -325,16 +369,37 @@ pub async fn start_with_stores(
     config.check_safety(addr)?;
     let state: SharedState = Arc::new(AppState::new(config, stores)?);
     let trigger = CancellationToken::new();
-    let task = tokio::spawn(run(state.clone(), listener, trigger.clone()));
+    let kill = CancellationToken::new();
+    let task = tokio::spawn(run(state.clone(), listener, trigger.clone(), kill.clone()));
     Ok(ServerHandle {
         addr,
         state,
         trigger,
+        kill,
         task,
     })
 }
 
 async fn run(
+    state: SharedState,
+    listener: TcpListener,
+    trigger: CancellationToken,
+    kill: CancellationToken,
+) -> Result<(), ServerError> {
+    let result = tokio::select! {
+        r = run_until_stopped(state.clone(), listener, trigger) => r,
+        _ = kill.cancelled() => {
+            // Dropping `run_until_stopped` aborts the listener task (see below); the
+            // WebSockets go without a close frame, as on a crash.
+            state.drop_tx.send_modify(|n| *n += 1);
+            Ok(())
+        }
+    };
+    state.background.cancel();
+    result
+}
+
+async fn run_until_stopped(
     state: SharedState,
     listener: TcpListener,
     trigger: CancellationToken,
@@ -352,6 +417,8 @@ async fn run(
             .await
         })
     };
+    // Aborts the listener if this future is dropped (a kill).
+    let _abort_on_drop = AbortOnDrop(server.abort_handle());
     trigger.cancelled().await;
     let started = tokio::time::Instant::now();
     let deadline = started + Duration::from_millis(state.config.shutdown.deadline_ms);
@@ -380,6 +447,14 @@ async fn run(
             abort.abort();
             Ok(())
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

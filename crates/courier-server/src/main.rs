@@ -34,6 +34,12 @@ struct ServeArgs {
     /// Log format: human or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Backend: `memory` (one instance) or `redis` (several instances as one).
+    #[arg(long)]
+    backend: Option<String>,
+    /// Redis URL for `--backend redis`, e.g. redis://127.0.0.1:6379.
+    #[arg(long)]
+    redis_url: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -77,6 +83,16 @@ fn load(cli_config: Option<&PathBuf>, args: &ServeArgs) -> Result<Config, String
     }
     if let Some(f) = &args.log_format {
         config.log_format = f.clone();
+    }
+    if let Some(b) = &args.backend {
+        config.backend = match b.as_str() {
+            "memory" => courier_server::config::Backend::Memory,
+            "redis" => courier_server::config::Backend::Redis,
+            other => return Err(format!("--backend must be memory or redis, not `{other}`")),
+        };
+    }
+    if let Some(u) = &args.redis_url {
+        config.redis.url = u.clone();
     }
     Ok(config)
 }

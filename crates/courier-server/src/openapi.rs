@@ -1,6 +1,7 @@
 //! The OpenAPI document of the HTTP API, generated from the handlers' annotations.
 
 use axum::Json;
+use courier_core::queue;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -37,7 +38,19 @@ impl Modify for Bearer {
         http::stats,
         http::metrics,
     ),
-    components(schemas(http::PublishResponse, http::BatchRequest, http::BatchResponseBody, http::BatchItemResult, http::ErrorBody, http::ErrorDetail)),
+    components(schemas(
+        http::PublishResponse,
+        queue::BatchRequest,
+        queue::BatchResponseBody,
+        queue::BatchItemResult,
+        queue::ItemStatus,
+        queue::ErrorResponse,
+        queue::ErrorBody,
+        courier_core::Event,
+        courier_core::Metadata,
+        courier_core::ErrorCode,
+        courier_core::ChannelName,
+    )),
     modifiers(&Bearer),
 )]
 pub struct ApiDoc;

@@ -7,6 +7,11 @@
 //!   one subscription per channel with local subscribers).
 //! - [`RateLimitStore`] runs GCRA atomically over a set of buckets (Redis: one Lua script).
 //! - [`IdempotencyStore`] claims an event id for the window (Redis: `SET NX PX`).
+//! - [`ConnectionStore`] counts each user's connections across instances (Redis: a hash
+//!   per user with one field per instance; an instance's heartbeat key expires when it
+//!   dies, and its counts with it).
+//!
+//! The Redis implementations live in `crate::redis`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +68,10 @@ pub trait HistoryStore: Send + Sync + 'static {
     async fn read_after(&self, channel: &ChannelName, after: u64) -> Result<Replay, StoreError>;
     /// Sizes.
     async fn stats(&self) -> HistoryStats;
+    /// Whether the backend can serve now (`/health/ready`); in-process stores always can.
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A published event on its way to subscribers, with its frame encoded once.
@@ -70,6 +79,8 @@ pub trait HistoryStore: Send + Sync + 'static {
 pub struct Published {
     /// The channel.
     pub channel: ChannelName,
+    /// The history epoch the offset belongs to.
+    pub epoch: Arc<str>,
     /// The event's offset in its channel.
     pub offset: u64,
     /// The encoded `event` frame.
@@ -89,6 +100,10 @@ pub trait Subscriber: Send + Sync + 'static {
 pub type SubscriptionId = u64;
 
 /// Fans events out to subscribers.
+///
+/// A shared broker may take its events from its history instead: the Redis history's
+/// append publishes to every instance in the same atomic step, so the Redis broker's
+/// `publish` has nothing left to do.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Delivers to every subscriber of the channel (on every instance, for shared brokers).
@@ -174,6 +189,56 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn release(&self, key: &str);
     /// Ids remembered now.
     fn entries(&self) -> usize;
+}
+
+/// Counts each user's WebSocket connections against the per-user limit, across every
+/// instance that shares the store.
+#[async_trait]
+pub trait ConnectionStore: Send + Sync + 'static {
+    /// Takes a place for `user` when fewer than `max` (0 = unlimited) are held.
+    async fn acquire(&self, user: &str, max: usize) -> Result<bool, StoreError>;
+    /// Frees a place taken by `acquire` (without waiting; a shared store may do it in the
+    /// background).
+    fn release(&self, user: &str);
+}
+
+// ----------------------------------------------------------------------------------------
+// In-memory connection counts
+
+/// Per-user connection counts in process memory.
+#[derive(Default)]
+pub struct MemoryConnections {
+    per_user: Mutex<HashMap<String, usize>>,
+}
+
+impl MemoryConnections {
+    /// No connections yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl ConnectionStore for MemoryConnections {
+    async fn acquire(&self, user: &str, max: usize) -> Result<bool, StoreError> {
+        let mut m = self.per_user.lock().expect("connection lock");
+        let n = m.entry(user.to_owned()).or_default();
+        if max > 0 && *n >= max {
+            return Ok(false);
+        }
+        *n += 1;
+        Ok(true)
+    }
+
+    fn release(&self, user: &str) {
+        let mut m = self.per_user.lock().expect("connection lock");
+        if let Some(n) = m.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(user);
+            }
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------------------

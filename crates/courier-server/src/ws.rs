@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::SharedState;
 use crate::auth::{AuthError, Claims, unix_now};
-use crate::connections::ConnectionGuard;
+use crate::connections::{ConnectionGuard, Refused};
 use crate::http::{ApiError, publish_event, rate_limit};
 use crate::store::{Published, Replay, Subscriber, SubscriptionId};
 
@@ -54,8 +54,13 @@ fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName
         .max_frame_bytes
         .saturating_mul(2)
         .max(64 * 1024);
+    // Small buffers: tungstenite reserves its read buffer up front (128 KiB by default),
+    // which would dominate the memory of an idle connection; they grow when a big frame
+    // arrives.
     ws.max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| tracker.track_future(run(state, socket, channel)))
 }
 
@@ -99,6 +104,12 @@ impl Conn {
         );
     }
 
+    /// The shared history was lost (a new epoch) while subscribed: offsets restart, so the
+    /// client must resubscribe; it reconnects and reports the gap.
+    fn epoch_changed(&self) {
+        self.close_now(close::SERVICE_RESTART, "history epoch changed; resubscribe");
+    }
+
     fn push(&self, item: Outbound) {
         match self.out.try_send(item) {
             Ok(()) => {}
@@ -129,7 +140,8 @@ impl Conn {
 
 enum Phase {
     Buffering(Vec<Arc<Published>>),
-    Live(u64),
+    /// The epoch subscribed in and the last offset sent.
+    Live(Arc<str>, u64),
 }
 
 /// One channel subscription of one connection.
@@ -150,8 +162,10 @@ impl Subscriber for ChannelSub {
                     buf.push(message.clone());
                 }
             }
-            Phase::Live(last) => {
-                if message.offset > *last {
+            Phase::Live(epoch, last) => {
+                if message.epoch != *epoch {
+                    self.conn.epoch_changed();
+                } else if message.offset > *last {
                     *last = message.offset;
                     self.conn.push(Outbound::Event(message.clone()));
                 }
@@ -162,17 +176,20 @@ impl Subscriber for ChannelSub {
 
 impl ChannelSub {
     /// Ends replay: sends buffered live events after `last`, then goes live.
-    fn go_live(&self, mut last: u64) {
+    fn go_live(&self, epoch: Arc<str>, mut last: u64) {
         let mut phase = self.phase.lock().expect("subscription lock");
-        if let Phase::Buffering(buf) = std::mem::replace(&mut *phase, Phase::Live(0)) {
+        if let Phase::Buffering(buf) = std::mem::replace(&mut *phase, Phase::Live(epoch.clone(), 0))
+        {
             for m in buf {
-                if m.offset > last {
+                if m.epoch != epoch {
+                    self.conn.epoch_changed();
+                } else if m.offset > last {
                     last = m.offset;
                     self.conn.push(Outbound::Event(m));
                 }
             }
         }
-        *phase = Phase::Live(last);
+        *phase = Phase::Live(epoch, last);
     }
 }
 
@@ -399,10 +416,22 @@ async fn authenticate(
             return None;
         }
     };
-    let guard = match state.connections.acquire(&claims.sub) {
+    let guard = match state.connections.acquire(&claims.sub).await {
         Ok(g) => g,
-        Err(limit_type) => {
-            reject_limit(state, conn, None, limit_type);
+        Err(Refused::Limit(limit_type)) => {
+            reject_connection(state, conn, limit_type);
+            return None;
+        }
+        Err(Refused::Store(e)) => {
+            tracing::error!(error = %e, "connection store failed");
+            let mut frame = ErrorFrame::new(
+                None,
+                ErrorCode::Unavailable,
+                "a backend is unavailable; reconnect later",
+            );
+            frame.retry_after_ms = Some(1_000);
+            conn.error(frame);
+            conn.close_after_queue(close::TRY_AGAIN_LATER, "backend unavailable");
             return None;
         }
     };
@@ -421,7 +450,7 @@ async fn authenticate(
     Some((claims, guard))
 }
 
-fn reject_limit(state: &SharedState, conn: &Conn, id: Option<u64>, limit_type: &str) {
+fn limit_error(state: &SharedState, id: Option<u64>, limit_type: &str) -> ErrorFrame {
     state.metrics.connection_rejected(limit_type);
     let mut frame = ErrorFrame::new(
         id,
@@ -429,7 +458,12 @@ fn reject_limit(state: &SharedState, conn: &Conn, id: Option<u64>, limit_type: &
         format!("connection limit reached ({limit_type})"),
     );
     frame.limit_type = Some(limit_type.to_owned());
-    conn.error(frame);
+    frame
+}
+
+/// Refuses the connection itself (total or per user): error, then close 1008.
+fn reject_connection(state: &SharedState, conn: &Conn, limit_type: &str) {
+    conn.error(limit_error(state, None, limit_type));
     conn.close_after_queue(close::POLICY_VIOLATION, "connection limit reached");
 }
 
@@ -608,8 +642,10 @@ impl Session {
         }
         let max_per_channel = self.state.connections.max_per_channel();
         if max_per_channel > 0 && self.state.broker.subscriber_count(&channel) >= max_per_channel {
-            reject_limit(&self.state, &self.conn, Some(id), "channel");
-            return true;
+            // Only this subscription fails; the connection and its other channels stay.
+            self.conn
+                .error(limit_error(&self.state, Some(id), "channel"));
+            return false;
         }
         let sub = Arc::new(ChannelSub {
             conn: self.conn.clone(),
@@ -666,7 +702,7 @@ impl Session {
                 return true;
             }
         }
-        sub.go_live(last);
+        sub.go_live(epoch, last);
         false
     }
 }

@@ -1,4 +1,6 @@
 //! Fan-out: one publisher, N WebSocket subscribers on one channel.
+//! With `--redis-url URL --instances K`, K Redis-backed servers share the subscribers
+//! round-robin and the publisher posts to the first one.
 //! Prints `{"subscribers", "events", "deliveries", "seconds", "deliveries_per_sec",
 //! "paced": {"rate", "p50_ms", "p99_ms", "samples"}, "saturated": {"p50_ms", "p99_ms"}}`.
 
@@ -6,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{ServerProcess, connect_ws, percentile, server_binary, unix_ms};
+use courier_bench::{connect_ws, percentile, start_servers, unix_ms};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
@@ -67,8 +69,9 @@ async fn wait_for(shared: &Shared, target: u64, limit: Duration) -> Instant {
 async fn main() {
     let subscribers = arg("--subscribers", 1000);
     let events = arg("--events", 1000);
-    let server = ServerProcess::start(
-        &server_binary(),
+    let instances = arg("--instances", 1);
+    let servers = start_servers(
+        instances,
         &[
             ("COURIER_RATE_LIMITS__ENABLED", "false"),
             ("COURIER_CONNECTIONS__MAX_PER_USER", "0"),
@@ -77,6 +80,7 @@ async fn main() {
             ("COURIER_HISTORY__MAX_EVENTS_PER_CHANNEL", "100"),
         ],
     );
+    let server = &servers[0];
     let token = server.token("bench");
     let shared = Arc::new(Shared {
         received: AtomicU64::new(0),
@@ -87,7 +91,7 @@ async fn main() {
     let mut ready = Vec::new();
     for i in 0..subscribers {
         let (addr, token, shared, sampling) = (
-            server.addr.clone(),
+            servers[(i % servers.len() as u64) as usize].addr.clone(),
             token.clone(),
             shared.clone(),
             sampling.clone(),
@@ -167,6 +171,7 @@ async fn main() {
 
     let out = serde_json::json!({
         "subscribers": subscribers,
+        "instances": servers.len(),
         "events": events,
         "deliveries": deliveries,
         "expected_deliveries": target,
@@ -174,8 +179,11 @@ async fn main() {
         "deliveries_per_sec": deliveries as f64 / seconds,
         "saturated": {"p50_ms": percentile(&saturated, 50.0), "p99_ms": percentile(&saturated, 99.0), "samples": saturated.len()},
         "paced": {"rate": rate, "p50_ms": percentile(&paced, 50.0), "p99_ms": percentile(&paced, 99.0), "samples": paced.len()},
-        "server_rss_mb": server.rss_bytes() as f64 / 1048576.0,
+        "server_rss_mb": servers.iter().map(|s| s.rss_bytes()).sum::<u64>() as f64 / 1048576.0,
     });
     println!("{out}");
+    // `exit` skips destructors: stop the servers first, or they outlive this process (and
+    // hold the caller's stderr open).
+    drop(servers);
     std::process::exit(0);
 }

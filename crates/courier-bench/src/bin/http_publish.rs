@@ -1,12 +1,13 @@
 //! HTTP publish throughput: single events (`POST /publish`, 64 in flight) and batches of
 //! 100 (`POST /publish/batch`, 8 in flight), each for a fixed time.
-//! Prints `{"single_per_sec", "batched_per_sec", "seconds_each"}`.
+//! Prints `{"single_per_sec", "batched_per_sec", "seconds_each"}`. `--redis-url URL` runs
+//! the server on Redis.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use courier_bench::{ServerProcess, server_binary};
+use courier_bench::start_servers;
 
 async fn run(concurrency: u64, per_request: u64, seconds: f64, addr: &str, token: &str) -> f64 {
     let http = reqwest::Client::new();
@@ -49,10 +50,9 @@ async fn run(concurrency: u64, per_request: u64, seconds: f64, addr: &str, token
 
 #[tokio::main]
 async fn main() {
-    let server = ServerProcess::start(
-        &server_binary(),
-        &[("COURIER_RATE_LIMITS__ENABLED", "false")],
-    );
+    // `--redis-url URL` puts the server on Redis.
+    let servers = start_servers(1, &[("COURIER_RATE_LIMITS__ENABLED", "false")]);
+    let server = &servers[0];
     let token = server.token("bench");
     let seconds = 5.0;
     let single = run(64, 1, seconds, &server.addr, &token).await;

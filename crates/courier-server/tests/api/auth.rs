@@ -250,6 +250,14 @@ async fn token_expiry_and_refresh_on_open_connection() {
     assert!(frames.last().unwrap().get("id").is_none());
     assert_eq!(end, End::Close(4002));
 
+    // A fresh token with at least a second left (the first one has expired by now).
+    let short = sign_hs256(
+        SECRET,
+        &Claims {
+            exp: unix_now() + 2,
+            ..claims("u")
+        },
+    );
     let (mut ws, _) = server.connect(&short).await;
     ws.send(json!({"op": "refresh", "id": 3, "token": user("u")}))
         .await;
@@ -258,8 +266,8 @@ async fn token_expiry_and_refresh_on_open_connection() {
     ws.send(json!({"op": "refresh", "id": 4, "token": user("v")}))
         .await;
     assert_eq!(ws.recv().await["code"], "UNAUTHORIZED");
-    // Past the first token's expiry the connection is still usable.
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // Past the replaced token's expiry the connection is still usable.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     ws.send(json!({"op": "ping"})).await;
     assert_eq!(ws.recv().await["op"], "pong");
     server.shutdown().await;

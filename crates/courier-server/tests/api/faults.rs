@@ -136,3 +136,74 @@ async fn drop_every_websocket_without_a_close_frame() {
     assert_eq!(c.recv().await["op"], "pong");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn request_record_has_arrival_sub_status_and_retry_after() {
+    let server = start().await;
+    let svc = service("svc-rec");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0;
+    server
+        .post(
+            "/_fault/fail",
+            None,
+            &json!({"status": 429, "count": 1, "retry_after_secs": 2}),
+        )
+        .await;
+    let r = server
+        .post("/publish", Some(&svc), &event("", "global", 1))
+        .await;
+    assert_eq!(r.status(), 429);
+    let r = server
+        .post("/publish", Some(&svc), &event("", "global", 2))
+        .await;
+    assert_eq!(r.status(), 200);
+    // A bad token is recorded without a sub; so is a WebSocket (it authenticates later).
+    let r = server
+        .post("/publish", Some("not-a-jwt"), &event("", "global", 3))
+        .await;
+    assert_eq!(r.status(), 401);
+    let (_ws, _) = server.connect(&user("alice")).await;
+    // Health and the fault endpoints themselves are not recorded.
+    server.get("/health").await;
+
+    let body: Value = server.get("/_fault/requests").await.json().await.unwrap();
+    let recs = body["requests"].as_array().unwrap();
+    type Brief<'a> = (Option<&'a str>, &'a str, u64, Option<&'a str>, Option<u64>);
+    let brief: Vec<Brief<'_>> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["sub"].as_str(),
+                r["path"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+                r["retry_after"].as_str(),
+                r["retry_after_ms"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        vec![
+            (Some("svc-rec"), "/publish", 429, Some("2"), Some(2000)),
+            (Some("svc-rec"), "/publish", 200, None, None),
+            (None, "/publish", 401, None, None),
+            (None, "/ws", 101, None, None),
+        ]
+    );
+    let times: Vec<f64> = recs.iter().map(|r| r["at_ms"].as_f64().unwrap()).collect();
+    assert!(
+        times[0] >= before.floor() && times.windows(2).all(|w| w[0] <= w[1]),
+        "arrival times in order after the test began: {times:?}"
+    );
+    assert_eq!(body["dropped"], 0);
+
+    // Reset clears the record.
+    server.post("/_fault/reset", None, &json!({})).await;
+    let body: Value = server.get("/_fault/requests").await.json().await.unwrap();
+    assert_eq!(body["requests"].as_array().unwrap().len(), 0);
+    server.shutdown().await;
+}

@@ -242,9 +242,23 @@ async fn connection_limits_per_user_total_and_channel() {
         ),
         (Some("CONNECTION_LIMIT_EXCEEDED"), Some("channel"), Some(2))
     );
-    assert_eq!(a.until_end().await.1, End::Close(1008));
+    // The connection stays open: other channels still work, and `global` once bob leaves.
+    assert_eq!(a.subscribe(3, "user.alice", None).await["op"], "subscribed");
+    a.send(json!({"op": "ping"})).await;
+    assert_eq!(a.recv().await["op"], "pong");
+    drop(b1);
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let f = a.subscribe(4, "global", None).await;
+        if f["op"] == "subscribed" {
+            break;
+        }
+        assert_eq!(f["limit_type"], "channel", "{f}");
+        assert!(tokio::time::Instant::now() < deadline, "place not released");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let metrics = server.get("/metrics").await.text().await.unwrap();
-    for t in ["user", "total", "channel"] {
+    for t in ["user", "total"] {
         assert!(
             metrics.contains(&format!(
                 "courier_connection_rejections_total{{limit_type=\"{t}\"}} 1"
@@ -252,6 +266,10 @@ async fn connection_limits_per_user_total_and_channel() {
             "{metrics}"
         );
     }
+    assert!(
+        metrics.contains("courier_connection_rejections_total{limit_type=\"channel\"}"),
+        "{metrics}"
+    );
     server.shutdown().await;
 }
 

@@ -1,0 +1,350 @@
+//! Fan-out through Redis pub/sub, in offset order, with holes filled from the streams.
+//!
+//! Each instance holds one pub/sub connection, subscribed to `ev:{channel}` for every
+//! channel with a local subscriber. The append script publishes each event as
+//! `"{offset} {unix_ms} {epoch} {frame}"`; scripts run one at a time, so one connection
+//! receives a channel's events in offset order. One task reads the connection and keeps,
+//! per channel, the last offset it delivered: an older offset is dropped, a skipped one is
+//! read from the stream (`XRANGE`) before going on. When the connection drops (Redis
+//! restarted, network), the task reconnects with backoff, resubscribes, and reads from each
+//! channel's stream what it missed — so nothing that was acknowledged is lost.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use courier_core::ChannelName;
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+
+use super::history::{Entry, event_frame, read_range};
+use super::{Shared, pubsub, timed};
+use crate::store::{Broker, Published, StoreError, Subscriber, SubscriptionId};
+
+/// An epoch and an offset in it.
+type Position = (Arc<str>, u64);
+
+struct ChannelState {
+    subs: HashMap<SubscriptionId, Arc<dyn Subscriber>>,
+    /// The last event delivered (None until one is known).
+    position: Option<Position>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    channels: RwLock<HashMap<ChannelName, ChannelState>>,
+    /// The pub/sub connection's command half; `None` while disconnected. Held across
+    /// (un)subscribe so that the Redis subscription set matches `channels`.
+    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+}
+
+/// Fans out through Redis pub/sub.
+pub struct RedisBroker {
+    inner: Arc<Inner>,
+}
+
+impl RedisBroker {
+    /// Connects the pub/sub connection and starts the task that reads it.
+    pub async fn start(shared: Arc<Shared>) -> Result<Self, StoreError> {
+        let inner = Arc::new(Inner {
+            shared,
+            next_id: AtomicU64::new(0),
+            channels: RwLock::new(HashMap::new()),
+            sink: tokio::sync::Mutex::new(None),
+        });
+        let stream = inner.connect().await?;
+        tokio::spawn(run(inner.clone(), Some(stream)));
+        Ok(Self { inner })
+    }
+}
+
+fn unix_ms_to_instant(ms: u64) -> Instant {
+    let age = crate::http::unix_ms().saturating_sub(ms);
+    let now = Instant::now();
+    now.checked_sub(Duration::from_millis(age)).unwrap_or(now)
+}
+
+impl Inner {
+    fn pubsub_key(&self, channel: &ChannelName) -> String {
+        self.shared.key(&format!("ev:{channel}"))
+    }
+
+    /// Connects, subscribes to every channel with local subscribers, and installs the sink.
+    async fn connect(&self) -> Result<PubSubStream, StoreError> {
+        let (mut sink, stream) = pubsub(&self.shared).await?.split();
+        let mut guard = self.sink.lock().await;
+        let keys: Vec<String> = self
+            .channels
+            .read()
+            .expect("broker lock")
+            .keys()
+            .map(|c| self.pubsub_key(c))
+            .collect();
+        if !keys.is_empty() {
+            timed(&self.shared, sink.subscribe(&keys)).await?;
+        }
+        *guard = Some(sink);
+        self.shared
+            .fanout_up
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(stream)
+    }
+
+    fn deliver(&self, channel: &ChannelName, epoch: Arc<str>, offset: u64, frame: String, at: u64) {
+        let mut channels = self.channels.write().expect("broker lock");
+        let Some(state) = channels.get_mut(channel) else {
+            return;
+        };
+        if let Some((e, last)) = &state.position {
+            if **e == *epoch && offset <= *last {
+                return;
+            }
+        }
+        state.position = Some((epoch.clone(), offset));
+        let message = Arc::new(Published {
+            channel: channel.clone(),
+            epoch,
+            offset,
+            frame: frame.into(),
+            accepted_at: unix_ms_to_instant(at),
+        });
+        for s in state.subs.values() {
+            s.deliver(&message);
+        }
+    }
+
+    fn deliver_entries(&self, channel: &ChannelName, entries: Vec<Entry>) {
+        for e in entries {
+            let frame = event_frame(&e.epoch, e.offset, &e.event_json);
+            self.deliver(channel, e.epoch.into(), e.offset, frame, e.unix_ms);
+        }
+    }
+
+    /// One pub/sub message: deliver it, after whatever it shows was missed.
+    async fn handle(&self, msg: redis::Msg) {
+        let name = msg.get_channel_name();
+        let Some(channel) = name
+            .strip_prefix(self.shared.prefix.as_str())
+            .and_then(|n| n.strip_prefix("ev:"))
+            .and_then(|n| ChannelName::new(n).ok())
+        else {
+            return;
+        };
+        let Ok(payload) = msg.get_payload::<String>() else {
+            return;
+        };
+        let mut parts = payload.splitn(4, ' ');
+        let (Some(off), Some(at), Some(epoch), Some(frame)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let (Ok(offset), Ok(at)) = (off.parse::<u64>(), at.parse::<u64>()) else {
+            return;
+        };
+        let missed_after = {
+            let channels = self.channels.read().expect("broker lock");
+            match channels.get(&channel).and_then(|s| s.position.clone()) {
+                Some((e, last)) if *e == *epoch && offset > last + 1 => Some(last),
+                _ => None,
+            }
+        };
+        if let Some(last) = missed_after {
+            match read_range(&self.shared, &channel, last, Some(offset - 1)).await {
+                Ok(entries) => self.deliver_entries(&channel, entries),
+                Err(e) => {
+                    tracing::warn!(error = %e, channel = %channel, "cannot fill a fan-out gap")
+                }
+            }
+        }
+        self.deliver(&channel, epoch.into(), offset, frame.to_owned(), at);
+    }
+
+    /// After a reconnect: reads from each channel's stream what pub/sub missed.
+    async fn catch_up(&self) {
+        let epoch = match self.shared.ensure_epoch().await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot catch up after reconnecting");
+                return;
+            }
+        };
+        let positions: Vec<(ChannelName, Option<Position>)> = self
+            .channels
+            .read()
+            .expect("broker lock")
+            .iter()
+            .map(|(c, s)| (c.clone(), s.position.clone()))
+            .collect();
+        for (channel, position) in positions {
+            let after = match position {
+                Some((e, last)) if *e == *epoch => last,
+                // Unknown position or a new epoch: everything the stream holds.
+                _ => 0,
+            };
+            match read_range(&self.shared, &channel, after, None).await {
+                Ok(entries) => self.deliver_entries(&channel, entries),
+                Err(e) => {
+                    tracing::warn!(error = %e, channel = %channel, "cannot catch up");
+                }
+            }
+        }
+    }
+}
+
+/// Reads the pub/sub connection until the broker stops, reconnecting when it drops.
+async fn run(inner: Arc<Inner>, mut stream: Option<PubSubStream>) {
+    let stop = inner.shared.stop.clone();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let mut s = match stream.take() {
+            Some(s) => s,
+            None => {
+                let connected = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = inner.connect() => r,
+                };
+                match connected {
+                    Ok(s) => {
+                        tracing::info!("fan-out reconnected to Redis");
+                        delay = Duration::from_millis(50);
+                        inner.catch_up().await;
+                        s
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "fan-out cannot reach Redis; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                }
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = stop.cancelled() => return,
+                m = s.next() => m,
+            };
+            match msg {
+                Some(m) => inner.handle(m).await,
+                None => break,
+            }
+        }
+        tracing::warn!("fan-out connection to Redis lost; reconnecting");
+        inner
+            .shared
+            .fanout_up
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        *inner.sink.lock().await = None;
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, _message: Arc<Published>) -> Result<(), StoreError> {
+        // The history's append script has published it to every instance already.
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Result<SubscriptionId, StoreError> {
+        let inner = &self.inner;
+        let mut sink = inner.sink.lock().await;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let created = {
+            let mut channels = inner.channels.write().expect("broker lock");
+            let created = !channels.contains_key(channel);
+            channels
+                .entry(channel.clone())
+                .or_insert_with(|| ChannelState {
+                    subs: HashMap::new(),
+                    position: None,
+                })
+                .subs
+                .insert(id, subscriber);
+            created
+        };
+        if !created {
+            return Ok(id);
+        }
+        let subscribed = match sink.as_mut() {
+            Some(sk) => timed(&inner.shared, sk.subscribe(inner.pubsub_key(channel))).await,
+            None => Err(StoreError("redis: the fan-out connection is down".into())),
+        };
+        if let Err(e) = subscribed {
+            inner.channels.write().expect("broker lock").remove(channel);
+            return Err(e);
+        }
+        // Where the channel stands now, so a hole after a reconnect can be filled.
+        let s = &inner.shared;
+        let mut c = s.conn();
+        let now: Result<(Option<u64>, Option<String>), _> = timed(
+            s,
+            redis::cmd("MGET")
+                .arg(s.key(&format!("seq:{channel}")))
+                .arg(s.key("epoch"))
+                .query_async(&mut c),
+        )
+        .await;
+        if let Ok((latest, Some(epoch))) = now {
+            if let Some(state) = inner
+                .channels
+                .write()
+                .expect("broker lock")
+                .get_mut(channel)
+            {
+                if state.position.is_none() {
+                    state.position = Some((epoch.into(), latest.unwrap_or(0)));
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName, id: SubscriptionId) {
+        let inner = &self.inner;
+        let mut sink = inner.sink.lock().await;
+        let emptied = {
+            let mut channels = inner.channels.write().expect("broker lock");
+            match channels.get_mut(channel) {
+                Some(state) => {
+                    state.subs.remove(&id);
+                    if state.subs.is_empty() {
+                        channels.remove(channel);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if emptied {
+            if let Some(sk) = sink.as_mut() {
+                let _ = timed(&inner.shared, sk.unsubscribe(inner.pubsub_key(channel))).await;
+            }
+        }
+    }
+
+    fn subscriber_count(&self, channel: &ChannelName) -> usize {
+        self.inner
+            .channels
+            .read()
+            .expect("broker lock")
+            .get(channel)
+            .map_or(0, |s| s.subs.len())
+    }
+
+    fn channel_count(&self) -> usize {
+        self.inner.channels.read().expect("broker lock").len()
+    }
+}

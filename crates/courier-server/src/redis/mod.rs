@@ -1,0 +1,220 @@
+//! The Redis backend: every instance on one Redis behaves as one server.
+//!
+//! Keys (all under `redis.key_prefix`, `courier:` by default):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `epoch` | string | the history epoch, set once (`SET NX`); a new one only when Redis lost it |
+//! | `seq:{channel}` | string | the channel's latest offset (`INCR`, never expires) |
+//! | `h:{channel}` | stream | the channel's history; entry id `{offset}-0`, fields `e` (event JSON), `p` (epoch), `t` (Unix ms); trimmed by count and age, expires when idle |
+//! | `ev:{channel}` | pub/sub | every appended event, published in the same script as the append |
+//! | `rl:…` | string | a GCRA bucket's theoretical arrival time (µs), expiring when full |
+//! | `idem:{sub}:{id}` | string | `pending` while publishing, then the first publish's position |
+//! | `conn:{user}` | hash | connections per instance id |
+//! | `inst:{id}` | string | an instance's heartbeat; it expires when the instance dies |
+//!
+//! One Lua script appends an event: it reads (or recreates) the epoch, `INCR`s the channel's
+//! offset, `XADD`s the entry, trims, and `PUBLISH`es the encoded frame. Redis runs scripts
+//! one at a time, so offsets are dense and every instance's subscriber connection receives a
+//! channel's events in offset order. An instance whose pub/sub connection was interrupted
+//! fills the hole from the stream when it is back (see [`broker`]).
+//!
+//! Redis Cluster is not supported (the scripts touch keys of several slots); use one Redis,
+//! with Sentinel for failover, `maxmemory-policy noeviction`, and AOF
+//! (`appendonly yes`, `appendfsync always` for "acknowledged means durable").
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Client, RedisError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, RedisConfig};
+use crate::store::StoreError;
+use crate::{ServerError, Stores};
+
+pub mod broker;
+pub mod connections;
+pub mod history;
+pub mod idempotency;
+pub mod ratelimit;
+
+pub use broker::RedisBroker;
+pub use connections::RedisConnections;
+pub use history::RedisHistory;
+pub use idempotency::RedisIdempotency;
+pub use ratelimit::RedisRateLimits;
+
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        StoreError(format!("redis: {e}"))
+    }
+}
+
+/// What every Redis store shares: the client, a reconnecting multiplexed connection, the
+/// key prefix and the epoch as last seen.
+pub struct Shared {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: String,
+    config: RedisConfig,
+    instance: String,
+    epoch: RwLock<Arc<str>>,
+    /// The fan-out connection is subscribed (readiness).
+    fanout_up: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl Shared {
+    fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The epoch as last seen.
+    pub fn epoch(&self) -> Arc<str> {
+        self.epoch.read().expect("epoch lock").clone()
+    }
+
+    fn set_epoch(&self, epoch: &str) {
+        if *self.epoch() != *epoch {
+            tracing::warn!(epoch, "history epoch changed (Redis lost its data)");
+            *self.epoch.write().expect("epoch lock") = epoch.into();
+        }
+    }
+
+    /// Reads the epoch, creating it when Redis has none (first start, or data lost).
+    async fn ensure_epoch(&self) -> Result<Arc<str>, StoreError> {
+        let candidate = new_epoch();
+        let mut c = self.conn();
+        let (_, epoch): ((), String) = redis::pipe()
+            .cmd("SET")
+            .arg(self.key("epoch"))
+            .arg(&candidate)
+            .arg("NX")
+            .ignore()
+            .cmd("GET")
+            .arg(self.key("epoch"))
+            .query_async(&mut c)
+            .await
+            .map(|(e,): (String,)| ((), e))?;
+        self.set_epoch(&epoch);
+        Ok(self.epoch())
+    }
+}
+
+fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// Connects to `config.redis` (retrying until `startup_timeout_ms`), establishes the epoch
+/// and this instance's heartbeat, and starts the fan-out; returns the stores.
+pub async fn connect(config: &Config) -> Result<Stores, ServerError> {
+    let rc = config.redis.clone();
+    let client = Client::open(rc.url.as_str())
+        .map_err(|e| ServerError::Backend(format!("redis.url: {e}")))?;
+    let manager_config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(rc.connect_timeout_ms.max(1))))
+        .set_response_timeout(Some(Duration::from_millis(rc.command_timeout_ms.max(1))))
+        // Fail fast while Redis is away (the request gets 503 and is retried by the
+        // client); the next command starts a new attempt.
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(rc.startup_timeout_ms);
+    let conn = loop {
+        match client
+            .get_connection_manager_with_config(manager_config.clone())
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, url = %redacted(&rc.url), "waiting for Redis");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(ServerError::Backend(format!(
+                    "cannot reach Redis at {}: {e}",
+                    redacted(&rc.url)
+                )));
+            }
+        }
+    };
+    let stop = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        client,
+        conn,
+        prefix: rc.key_prefix.clone(),
+        instance: format!("{}", uuid::Uuid::new_v4().simple()),
+        config: rc,
+        epoch: RwLock::new("".into()),
+        fanout_up: AtomicBool::new(false),
+        stop: stop.clone(),
+    });
+    let epoch = shared
+        .ensure_epoch()
+        .await
+        .map_err(|e| ServerError::Backend(e.to_string()))?;
+    tracing::info!(epoch = %epoch, instance = %shared.instance, "Redis backend ready");
+    let connections = RedisConnections::start(shared.clone())
+        .await
+        .map_err(|e| ServerError::Backend(e.to_string()))?;
+    let broker = RedisBroker::start(shared.clone())
+        .await
+        .map_err(|e| ServerError::Backend(e.to_string()))?;
+    Ok(Stores {
+        history: Arc::new(RedisHistory::new(
+            shared.clone(),
+            config.history.max_events_per_channel,
+            Duration::from_secs(config.history.max_age_secs),
+        )),
+        broker: Arc::new(broker),
+        rate_limits: Arc::new(RedisRateLimits::new(shared.clone())),
+        idempotency: Arc::new(RedisIdempotency::new(
+            shared.clone(),
+            Duration::from_secs(config.idempotency.window_secs),
+        )),
+        connections: Arc::new(connections),
+        background: stop,
+    })
+}
+
+/// The URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// A dedicated connection for pub/sub, within the connect timeout.
+async fn pubsub(shared: &Shared) -> Result<redis::aio::PubSub, StoreError> {
+    let timeout = Duration::from_millis(shared.config.connect_timeout_ms.max(1));
+    match tokio::time::timeout(timeout, shared.client.get_async_pubsub()).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError("redis: pub/sub connect timed out".into())),
+    }
+}
+
+/// Runs a Redis call within the command timeout.
+async fn timed<T>(
+    shared: &Shared,
+    f: impl std::future::Future<Output = Result<T, RedisError>>,
+) -> Result<T, StoreError> {
+    let timeout = Duration::from_millis(shared.config.command_timeout_ms.max(1));
+    match tokio::time::timeout(timeout, f).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(StoreError("redis: command timed out".into())),
+    }
+}
+
+impl Shared {
+    fn fanout_up(&self) -> bool {
+        self.fanout_up.load(Ordering::SeqCst)
+    }
+}

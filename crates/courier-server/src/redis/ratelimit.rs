@@ -1,0 +1,108 @@
+//! GCRA in one Lua script over every bucket of a request, on Redis's clock, so every
+//! instance shares the same buckets and the same time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+
+use super::{Shared, timed};
+use crate::store::{BucketDecision, BucketRequest, RateLimitStore, StoreError};
+
+/// KEYS: the buckets. ARGV, three per bucket: emission interval (µs), burst, shadow (0/1).
+/// Mirrors `store::gcra_decide`; the request is admitted when every non-shadow bucket
+/// admits it, and only then are the admitting buckets advanced. Returns, per bucket,
+/// `{allowed, remaining, reset_after_us, retry_after_us}`.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local res = {}
+local tats = {}
+local admitted = true
+for i = 1, #KEYS do
+  local ti = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local shadow = ARGV[3 * i] == '1'
+  local tau = ti * (burst - 1)
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local allowed = tat <= now + tau
+  local new_tat = tat
+  if allowed then new_tat = tat + ti end
+  local remaining = math.floor((now + tau + ti - new_tat) / ti)
+  if remaining < 0 then remaining = 0 end
+  if remaining > burst then remaining = burst end
+  local retry_after = 0
+  if not allowed then
+    retry_after = tat - tau - now
+    if not shadow then admitted = false end
+  end
+  tats[i] = new_tat
+  res[i] = {allowed and 1 or 0, remaining, new_tat - now, retry_after}
+end
+if admitted then
+  for i = 1, #KEYS do
+    if res[i][1] == 1 then
+      local ttl = math.ceil((tats[i] - now) / 1000) + 1
+      redis.call('SET', KEYS[i], string.format('%d', tats[i]), 'PX', ttl)
+    end
+  end
+end
+return res
+"#;
+
+/// GCRA buckets in Redis.
+pub struct RedisRateLimits {
+    shared: Arc<Shared>,
+    script: Script,
+}
+
+impl RedisRateLimits {
+    /// Buckets over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            script: Script::new(GCRA),
+        }
+    }
+}
+
+fn micros(d: u64) -> Duration {
+    Duration::from_micros(d)
+}
+
+#[async_trait]
+impl RateLimitStore for RedisRateLimits {
+    async fn check(&self, buckets: &[BucketRequest]) -> Result<Vec<BucketDecision>, StoreError> {
+        let mut invocation = self.script.prepare_invoke();
+        for b in buckets {
+            invocation.key(self.shared.key(&b.key));
+        }
+        for b in buckets {
+            let us = u64::try_from(b.emission_interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            invocation
+                .arg(us)
+                .arg(b.burst.max(1))
+                .arg(if b.shadow { 1 } else { 0 });
+        }
+        let mut c = self.shared.conn();
+        let raw: Vec<(i64, i64, i64, i64)> =
+            timed(&self.shared, invocation.invoke_async(&mut c)).await?;
+        if raw.len() != buckets.len() {
+            return Err(StoreError("redis: rate-limit script answered oddly".into()));
+        }
+        let pos = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(raw
+            .into_iter()
+            .map(|(allowed, remaining, reset, retry)| BucketDecision {
+                allowed: allowed == 1,
+                remaining: pos(remaining),
+                reset_after: micros(pos(reset)),
+                retry_after: micros(pos(retry)),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,441 @@
+//! Several server instances on one real Redis (`redis-server` from Debian's packages, started
+//! by these tests on a free loopback port in a temporary directory). Skipped, loudly, only
+//! when `redis-server` is not installed; `make test` installs it.
+
+#[path = "api/util.rs"]
+mod util;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use courier_server::config::Backend;
+use serde_json::{Value, json};
+use util::{STEP, Server, Ws, service, start_with, user};
+
+/// A `redis-server` child with AOF on (`appendfsync always`), killed on drop.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+fn redis_binary() -> Option<&'static str> {
+    let ok = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some("redis-server")
+}
+
+macro_rules! need_redis {
+    () => {
+        match Redis::start().await {
+            Some(r) => r,
+            None => {
+                eprintln!(
+                    "\n\n*** SKIPPED: redis-server is not installed (apt-get install -y redis-server; `make test` does it) ***\n"
+                );
+                return;
+            }
+        }
+    };
+}
+
+impl Redis {
+    async fn start() -> Option<Self> {
+        redis_binary()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("courier-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Self {
+            port,
+            dir,
+            child: None,
+        };
+        r.spawn().await;
+        Some(r)
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "yes"])
+            .args(["--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 64];
+                if s.write_all(b"PING\r\n").await.is_ok() {
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await
+                    {
+                        if buf[..n].starts_with(b"+PONG") {
+                            return;
+                        }
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL: no shutdown save; only the AOF survives.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn instance(redis: &Redis, f: impl FnOnce(&mut courier_server::Config)) -> Server {
+    let url = redis.url();
+    start_with(move |c| {
+        c.backend = Backend::Redis;
+        c.redis.url = url;
+        c.redis.startup_timeout_ms = 5_000;
+        c.redis.instance_ttl_ms = 1_000;
+        c.rate_limits.enabled = false;
+        f(c);
+    })
+    .await
+}
+
+async fn kill(mut server: Server) {
+    let h = server.handle.take().unwrap();
+    tokio::time::timeout(STEP, h.kill())
+        .await
+        .expect("kill timed out");
+}
+
+fn ev(id: &str, channel: &str, n: u64) -> Value {
+    json!({"id": id, "type": "custom.n", "channel": channel, "data": {"n": n}})
+}
+
+/// Reads `count` events, asserting offsets follow each other from `first`.
+async fn expect_events(ws: &mut Ws, first: u64, count: u64) -> Vec<Value> {
+    let mut out = Vec::new();
+    for i in 0..count {
+        let f = ws.recv().await;
+        assert_eq!(f["op"], "event", "{f}");
+        assert_eq!(f["offset"].as_u64(), Some(first + i), "{f}");
+        out.push(f);
+    }
+    out
+}
+
+async fn publish_ok(server: &Server, token: &str, body: &Value) -> Value {
+    let r = server.post("/publish", Some(token), body).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn fan_out_reaches_every_instance_in_order() {
+    let redis = need_redis!();
+    let (a, b, c) = (
+        instance(&redis, |_| {}).await,
+        instance(&redis, |_| {}).await,
+        instance(&redis, |_| {}).await,
+    );
+    let svc = service("svc");
+    let (mut on_b, _) = b.connect(&user("u")).await;
+    let (mut on_c, _) = c.connect(&user("u")).await;
+    assert_eq!(on_b.subscribe(1, "global", None).await["op"], "subscribed");
+    assert_eq!(on_c.subscribe(1, "global", None).await["op"], "subscribed");
+    // Two publishers on two instances at once: offsets stay dense and ordered everywhere.
+    let pa = async {
+        for i in 0..30 {
+            publish_ok(&a, &svc, &ev(&format!("a{i}"), "global", i)).await;
+        }
+    };
+    let pb = async {
+        for i in 0..30 {
+            publish_ok(&b, &svc, &ev(&format!("b{i}"), "global", i)).await;
+        }
+    };
+    tokio::join!(pa, pb);
+    let got_b = expect_events(&mut on_b, 1, 60).await;
+    let got_c = expect_events(&mut on_c, 1, 60).await;
+    let ids = |v: &[Value]| {
+        v.iter()
+            .map(|f| f["event"]["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&got_b), ids(&got_c));
+    let mut a_ids: Vec<String> = ids(&got_b)
+        .into_iter()
+        .filter(|i| i.starts_with('a'))
+        .collect();
+    let expected: Vec<String> = (0..30).map(|i| format!("a{i}")).collect();
+    assert_eq!(a_ids, expected, "one publisher's events stay in its order");
+    a_ids.clear();
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn subscriber_resumes_on_another_instance_and_after_restarting_all() {
+    let redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    let (mut ws, connected) = a.connect(&user("u")).await;
+    let epoch = connected["epoch"].as_str().unwrap().to_owned();
+    ws.subscribe(1, "global", None).await;
+    for i in 1..=10 {
+        publish_ok(&b, &svc, &ev(&format!("e{i}"), "global", i)).await;
+    }
+    let got = expect_events(&mut ws, 1, 10).await;
+    assert_eq!(got[9]["epoch"], epoch.as_str());
+    // A dies; events go on through B meanwhile.
+    kill(a).await;
+    assert!(
+        ws.next().await.is_err(),
+        "the socket on the killed instance ends"
+    );
+    for i in 11..=20 {
+        publish_ok(&b, &svc, &ev(&format!("e{i}"), "global", i)).await;
+    }
+    let (mut ws, connected) = b.connect(&user("u")).await;
+    assert_eq!(connected["epoch"], epoch.as_str());
+    let f = ws
+        .subscribe(2, "global", Some(json!({"epoch": epoch, "offset": 10})))
+        .await;
+    assert_eq!(
+        (f["recovered"].as_bool(), f["offset"].as_u64()),
+        (Some(true), Some(20)),
+        "{f}"
+    );
+    expect_events(&mut ws, 11, 10).await;
+    drop(ws);
+    // Every instance restarts: history and the epoch are in Redis.
+    b.shutdown().await;
+    let d = instance(&redis, |_| {}).await;
+    let e = instance(&redis, |_| {}).await;
+    for i in 21..=25 {
+        publish_ok(&d, &svc, &ev(&format!("e{i}"), "global", i)).await;
+    }
+    let (mut ws, connected) = e.connect(&user("u")).await;
+    assert_eq!(connected["epoch"], epoch.as_str());
+    let f = ws
+        .subscribe(3, "global", Some(json!({"epoch": epoch, "offset": 20})))
+        .await;
+    assert_eq!(f["recovered"], true, "{f}");
+    let got = expect_events(&mut ws, 21, 5).await;
+    assert_eq!(got[0]["event"]["id"], "e21");
+    // The idempotency window survived the restart too.
+    let again = publish_ok(&e, &svc, &ev("e3", "global", 3)).await;
+    assert_eq!(
+        (again["duplicate"].as_bool(), again["offset"].as_u64()),
+        (Some(true), Some(3))
+    );
+    d.shutdown().await;
+    e.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limit_holds_across_instances() {
+    let redis = need_redis!();
+    let limited = |c: &mut courier_server::Config| {
+        c.rate_limits.enabled = true;
+        c.rate_limits.user = courier_server::config::LimitRule {
+            limit: 10,
+            window_secs: 60,
+            burst: Some(10),
+            shadow: false,
+        };
+    };
+    let a = instance(&redis, limited).await;
+    let b = instance(&redis, limited).await;
+    let alice = util::user_with("alice", &[], &["global"]);
+    let mut admitted = 0;
+    let mut refused = 0;
+    for i in 0..30u64 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        let r = s.post("/publish", Some(&alice), &ev("", "global", i)).await;
+        match r.status().as_u16() {
+            200 => admitted += 1,
+            429 => {
+                refused += 1;
+                let h = r.headers();
+                assert!(h.get("retry-after").is_some());
+                assert_eq!(h["x-ratelimit-limit"], "10");
+                assert_eq!(h["x-ratelimit-remaining"], "0");
+                assert!(h.get("ratelimit-policy").is_some());
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["error"]["code"], "RATE_LIMIT_EXCEEDED");
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert_eq!(
+        (admitted, refused),
+        (10, 20),
+        "the sum admitted stays within the limit"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_id_on_two_instances_is_delivered_once() {
+    let redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let c = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    let (mut ws, _) = c.connect(&user("u")).await;
+    ws.subscribe(1, "global", None).await;
+    let body = ev("same-id", "global", 1);
+    let (ra, rb) = tokio::join!(publish_ok(&a, &svc, &body), publish_ok(&b, &svc, &body));
+    assert_eq!(ra["offset"], rb["offset"]);
+    let dups = [&ra, &rb].iter().filter(|r| r["duplicate"] == true).count();
+    assert_eq!(dups, 1, "{ra} {rb}");
+    publish_ok(&a, &svc, &ev("sentinel", "global", 2)).await;
+    let got = expect_events(&mut ws, 1, 2).await;
+    assert_eq!(
+        (
+            got[0]["event"]["id"].as_str(),
+            got[1]["event"]["id"].as_str()
+        ),
+        (Some("same-id"), Some("sentinel"))
+    );
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn per_user_connection_limit_spans_instances_and_forgets_dead_ones() {
+    let redis = need_redis!();
+    let two = |c: &mut courier_server::Config| c.connections.max_per_user = 2;
+    let a = instance(&redis, two).await;
+    let b = instance(&redis, two).await;
+    let c = instance(&redis, two).await;
+    let (_on_a, _) = a.connect(&user("alice")).await;
+    let (_on_b, _) = b.connect(&user("alice")).await;
+    let mut third = c.open("/ws").await;
+    third
+        .send(json!({"op": "connect", "token": user("alice")}))
+        .await;
+    let (frames, end) = third.until_end().await;
+    assert_eq!(frames[0]["limit_type"], "user", "{frames:?}");
+    assert_eq!(end, util::End::Close(1008));
+    // A dies without cleaning up; its heartbeat (1 s here) expires and so do its places.
+    kill(a).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let mut ws = c.open("/ws").await;
+        ws.send(json!({"op": "connect", "token": user("alice")}))
+            .await;
+        let f = ws.recv().await;
+        if f["op"] == "connected" {
+            break;
+        }
+        assert_eq!(f["limit_type"], "user", "{f}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead instance's place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_killed_and_restarted_loses_nothing_acknowledged() {
+    let mut redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    let (mut ws, _) = b.connect(&user("u")).await;
+    ws.subscribe(1, "global", None).await;
+    let mut acked: Vec<String> = Vec::new();
+    let mut saw_503 = false;
+    let mut saw_unready = false;
+    let started = tokio::time::Instant::now();
+    let mut i = 0u64;
+    // Publish with retries (same id, as the SDKs do), killing Redis after 20 events and
+    // bringing it back 1 s later.
+    let mut down_since: Option<tokio::time::Instant> = None;
+    while acked.len() < 60 {
+        assert!(started.elapsed() < Duration::from_secs(40), "took too long");
+        if acked.len() == 20 && down_since.is_none() && !saw_503 {
+            redis.kill();
+            down_since = Some(tokio::time::Instant::now());
+            let r = a.get("/health/ready").await;
+            assert_eq!(r.status(), 503);
+            saw_unready = true;
+        }
+        if let Some(t) = down_since {
+            if t.elapsed() > Duration::from_secs(1) {
+                redis.spawn().await;
+                down_since = None;
+            }
+        }
+        let id = format!("k{i}");
+        let r = a.post("/publish", Some(&svc), &ev(&id, "global", i)).await;
+        match r.status().as_u16() {
+            200 => {
+                acked.push(id);
+                i += 1;
+            }
+            503 => {
+                saw_503 = true;
+                assert!(r.headers().get("retry-after").is_some());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(saw_503 && saw_unready);
+    // Ready again on its own.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while a.get("/health/ready").await.status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = expect_events(&mut ws, 1, 60).await;
+    let ids: Vec<String> = got
+        .iter()
+        .map(|f| f["event"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, acked, "every acknowledged event, once, in order");
+    a.shutdown().await;
+    b.shutdown().await;
+}
