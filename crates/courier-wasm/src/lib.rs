@@ -1,0 +1,49 @@
+//! wasm-bindgen glue between `courier-core` and JavaScript hosts (browsers, web workers, Node).
+//!
+//! The core decides; the TypeScript layer moves bytes and time. [`driver::Driver`] owns one
+//! [`courier_core::connection::Connection`] and one [`courier_core::queue::PublishQueue`]; the
+//! TypeScript layer (`npm/src/client.ts`) owns the WebSocket (the host's, or the `ws` package
+//! in Node), `fetch` and one `setTimeout`, reports what happens through the driver's
+//! `handle*` methods and drains its outputs. Reconnect, backoff, resume, gaps, Retry-After,
+//! the client-side GCRA, the retry budget and dead letters all come from the core.
+//!
+//! Boundary choices, for size and speed:
+//! - The driver never calls JavaScript: no closures, futures, `web-sys` or `js-sys` bindings,
+//!   so the WASM and its generated glue stay small.
+//! - An event frame is decided on in one call (`handleText` returns 1 for "deliver it"); the
+//!   TypeScript layer `JSON.parse`s the very string it passed in, once.
+//! - Everything else crosses as short tagged strings, numbers or small JSON texts written by
+//!   hand (no `serde_json::Value`, no `Serialize` of the outputs).
+//! - The WASM is built without `courier-core`'s `catalogue-validation` and `conformance`
+//!   features (see `npm/README.md`); the test build (`--features conformance`, into
+//!   `npm/pkg-test`) adds [`evaluate_vector`] for the shared vectors.
+//!
+//! The public API is written in TypeScript (`npm/src/`); names here are exported in
+//! camelCase with `js_name`. On native targets the crate is empty.
+
+#[cfg(target_arch = "wasm32")]
+pub mod driver;
+
+/// Recomputes one case of `tests/vectors/{file}.json` with the core (see
+/// `courier_core::conformance::evaluate`); the runner asserts the answer equals the case.
+/// Only in the test build (`conformance` feature).
+#[cfg(all(target_arch = "wasm32", feature = "conformance"))]
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = evaluateVector)]
+pub fn evaluate_vector(file: &str, case_json: &str) -> Result<String, wasm_bindgen::JsError> {
+    use wasm_bindgen::JsError;
+    let case: serde_json::Value =
+        serde_json::from_str(case_json).map_err(|e| JsError::new(&e.to_string()))?;
+    courier_core::conformance::evaluate(file, &case, courier_core::time::Instant::now())
+        .map(|v| v.to_string())
+        .map_err(|e| JsError::new(&e))
+}
+
+/// The vector files `evaluateVector` understands, by file stem (test build only).
+#[cfg(all(target_arch = "wasm32", feature = "conformance"))]
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = vectorFiles)]
+pub fn vector_files() -> Vec<String> {
+    courier_core::conformance::VECTOR_FILES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}

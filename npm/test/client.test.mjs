@@ -1,0 +1,267 @@
+// CourierClient in Node against the real reference server (`courier-server`, fault injection on).
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  CourierClient,
+  CourierError,
+  AuthError,
+  RateLimitError,
+  UsageError,
+  ValidationError,
+} from '../dist/node.js';
+import { startServer, token, fault, until, sleep } from './helpers.mjs';
+
+const fast = { minDelayMs: 20, baseDelayMs: 50, maxDelayMs: 200 };
+let server;
+const clients = [];
+
+function client(options) {
+  const c = new CourierClient({ url: server.wsUrl, reconnect: fast, ...options });
+  clients.push(c);
+  return c;
+}
+const subscriber = (channels = ['backtest.*']) => client({ token: token({ sub: 'alice', channels }) });
+const publisher = (options = {}) => client({ token: token({ sub: 'svc', role: 'service', tier: 'service' }), ...options });
+
+before(async () => {
+  server = await startServer({ env: { COURIER_RATE_LIMITS__ENABLED: 'false' } });
+});
+after(async () => {
+  for (const c of clients) c.close();
+  await server?.stop();
+});
+
+test('publish and receive typed events in order', async () => {
+  const sub = subscriber();
+  const pub = publisher();
+  const got = [];
+  let percentSum = 0;
+  sub.subscribe('backtest.typed', (e) => {
+    got.push(e);
+    if (e.type === 'backtest.progress') percentSum += e.data.percent ?? 0;
+  });
+  sub.connect();
+  await until(() => sub.state === 'connected', { what: 'connected' });
+  await sleep(50); // the subscribe frame is answered
+  const results = [];
+  for (let i = 1; i <= 10; i++) {
+    results.push(await pub.publish('backtest.typed', 'backtest.progress', { backtest_id: 'typed', percent: i }));
+  }
+  results.push(await pub.publish('backtest.typed', 'backtest.completed', { backtest_id: 'typed', sharpe_ratio: 1.5, total_return: '0.125' }));
+  results.push(await pub.publish('backtest.typed', 'custom.note', { free: ['form'] }));
+  await until(() => got.length === 12, { what: '12 events' });
+  assert.deepEqual(got.map((e) => e.offset), results.map((r) => r.offset));
+  assert.deepEqual(got.map((e) => e.id), results.map((r) => r.id));
+  assert.equal(percentSum, 55);
+  assert.equal(got[10].type, 'backtest.completed');
+  assert.equal(got[10].data.total_return, '0.125');
+  assert.deepEqual(got[11].data, { free: ['form'] });
+  assert.equal(typeof got[0].metadata.timestamp, 'number');
+  assert.equal(got[0].epoch, results[0].epoch);
+  assert.equal(results[0].duplicate, false);
+  assert.equal(results[0].attempts, 1);
+  assert.deepEqual(sub.position('backtest.typed'), { epoch: results[0].epoch, offset: results[11].offset });
+});
+
+test('invalid events are refused before sending, with the field at fault', async () => {
+  const pub = publisher();
+  await assert.rejects(pub.publish('backtest.x', 'backtest.progress', { backtest_id: 'x', percent: 150 }), (e) => {
+    assert.ok(e instanceof ValidationError && e instanceof CourierError && e instanceof Error);
+    assert.equal(e.code, 'INVALID_EVENT');
+    assert.equal(e.field, 'data.percent');
+    return true;
+  });
+  await assert.rejects(pub.publish('bad channel!', 'custom.x', {}), (e) => e instanceof ValidationError && e.field === 'channel');
+  assert.equal(pub.stats().acknowledged, 0);
+});
+
+test('an idempotency key publishes once: the repeat is acknowledged as a duplicate', async () => {
+  const pub = publisher();
+  const first = await pub.publish('backtest.idem', 'custom.once', { n: 1 }, { idempotencyKey: 'order-123' });
+  const again = await pub.publish('backtest.idem', 'custom.once', { n: 1 }, { idempotencyKey: 'order-123' });
+  assert.equal(first.duplicate, false);
+  assert.equal(again.duplicate, true);
+  assert.equal(again.offset, first.offset);
+});
+
+test('a forbidden channel is reported as an AuthError and the client keeps working', async () => {
+  const sub = subscriber(['backtest.*']);
+  const errors = [];
+  sub.on('error', (e) => errors.push(e));
+  sub.subscribe('strategy.secret', () => assert.fail('no event expected'));
+  sub.connect();
+  await until(() => errors.some((e) => e.code === 'FORBIDDEN_CHANNEL'), { what: 'FORBIDDEN_CHANNEL' });
+  const err = errors.find((e) => e.code === 'FORBIDDEN_CHANNEL');
+  assert.ok(err instanceof AuthError);
+  assert.equal(sub.listenerCount('strategy.secret'), 0);
+  assert.equal(sub.state, 'connected');
+});
+
+test('dropped connections resume with nothing lost and nothing duplicated', async () => {
+  const sub = subscriber();
+  const pub = publisher();
+  const offsets = [];
+  const gaps = [];
+  sub.on('gap', (g) => gaps.push(g));
+  sub.subscribe('backtest.drops', (e) => offsets.push(e.offset));
+  sub.connect();
+  await until(() => sub.state === 'connected', { what: 'connected' });
+  await sleep(50);
+  const total = 120;
+  const publishing = (async () => {
+    for (let i = 0; i < total; i++) {
+      await pub.publish('backtest.drops', 'backtest.progress', { backtest_id: 'drops', percent: (i * 100) / total });
+      if (i % 5 === 0) await sleep(5);
+    }
+  })();
+  for (let d = 0; d < 3; d++) {
+    await sleep(80);
+    await fault(server, 'drop');
+  }
+  await publishing;
+  await until(() => offsets.length >= total, { what: `${total} events`, timeoutMs: 15_000 });
+  await sleep(100);
+  assert.equal(offsets.length, total, 'no event duplicated');
+  assert.deepEqual(offsets, Array.from({ length: total }, (_, i) => i + 1), 'every offset once, in order');
+  assert.deepEqual(gaps, []);
+  const stats = sub.stats();
+  assert.ok(stats.reconnects >= 1, `reconnected (${stats.reconnects})`);
+  assert.equal(stats.gaps, 0);
+});
+
+test('a server restart is reported as a gap and the stream goes on', async () => {
+  const own = await startServer({ env: { COURIER_RATE_LIMITS__ENABLED: 'false' } });
+  try {
+    const sub = client({ url: own.wsUrl, token: token({ sub: 'alice', channels: ['backtest.*'] }) });
+    const pub = client({ url: own.wsUrl, token: token({ sub: 'svc', role: 'service' }) });
+    const got = [];
+    const gaps = [];
+    const states = [];
+    sub.on('gap', (g) => gaps.push(g));
+    sub.on('state', (s) => states.push(s));
+    sub.subscribe('backtest.restart', (e) => got.push(e));
+    sub.connect();
+    await until(() => sub.state === 'connected', { what: 'connected' });
+    await sleep(50);
+    for (let i = 1; i <= 3; i++) await pub.publish('backtest.restart', 'backtest.progress', { backtest_id: 'r', percent: i });
+    await until(() => got.length === 3, { what: 'events before restart' });
+    const oldEpoch = got[0].epoch;
+
+    await own.stop();
+    await until(() => sub.state !== 'connected', { what: 'disconnect' });
+    const again = await startServer({ listen: own.addr, env: { COURIER_RATE_LIMITS__ENABLED: 'false' } });
+    own.stop = again.stop; // the after-hook of this test stops the new process
+    await until(() => gaps.length === 1, { what: 'gap', timeoutMs: 10_000 });
+    for (let i = 4; i <= 5; i++) await pub.publish('backtest.restart', 'backtest.progress', { backtest_id: 'r', percent: i });
+    await until(() => got.length === 5, { what: 'events after restart' });
+
+    assert.equal(gaps[0].channel, 'backtest.restart');
+    assert.equal(gaps[0].reason, 'epoch_changed');
+    assert.deepEqual(gaps[0].last, { epoch: oldEpoch, offset: 3 });
+    assert.notEqual(gaps[0].position.epoch, oldEpoch);
+    assert.deepEqual(got.slice(3).map((e) => e.data.percent), [4, 5]);
+    assert.notEqual(got[4].epoch, oldEpoch);
+    assert.ok(states.includes('disconnected') || states.includes('connecting'));
+    assert.equal(sub.stats().gaps, 1);
+  } finally {
+    await own.stop();
+  }
+});
+
+test('429: nothing is sent before Retry-After, then the event goes through', async () => {
+  const requests = [];
+  const realFetch = globalThis.fetch;
+  globalThis.fetch = async (url, init) => {
+    const sentAt = Date.now();
+    const res = await realFetch(url, init);
+    requests.push({ url: String(url), sentAt, status: res.status, answeredAt: Date.now() });
+    return res;
+  };
+  try {
+    const pub = publisher();
+    await fault(server, 'fail', { status: 429, count: 1, retry_after_secs: 1 });
+    const result = await pub.publish('backtest.limited', 'backtest.progress', { backtest_id: 'l', percent: 1 });
+    const batches = requests.filter((r) => r.url.endsWith('/publish/batch'));
+    assert.equal(batches.length, 2, 'one refused request, one retry');
+    assert.equal(batches[0].status, 429);
+    assert.equal(batches[1].status, 200);
+    const waited = batches[1].sentAt - batches[0].answeredAt;
+    assert.ok(waited >= 990, `retried ${waited} ms after the 429; Retry-After was 1 s`);
+    assert.equal(result.attempts, 2);
+    assert.equal(result.duplicate, false);
+    assert.ok(pub.stats().rateLimitWaits >= 1);
+  } finally {
+    globalThis.fetch = realFetch;
+    await fault(server, 'reset');
+  }
+});
+
+test('a 429 on every attempt ends as a RateLimitError and a dead letter', async () => {
+  const pub = publisher({ publish: { maxAttempts: 2 } });
+  await fault(server, 'fail', { status: 429, count: 5, retry_after_secs: 0 });
+  try {
+    await assert.rejects(pub.publish('backtest.dead', 'custom.x', { a: 1 }, { retry: false }), (e) => {
+      assert.ok(e instanceof RateLimitError);
+      assert.equal(e.code, 'RATE_LIMIT_EXCEEDED');
+      assert.equal(e.status, 429);
+      return true;
+    });
+    const dead = pub.deadLetters();
+    assert.equal(dead.length, 1);
+    assert.equal(dead[0].channel, 'backtest.dead');
+    assert.ok(dead[0].error instanceof RateLimitError);
+    assert.equal(pub.stats().dead, 1);
+  } finally {
+    await fault(server, 'reset');
+  }
+});
+
+test('an expiring token is asked for again and the stream goes on', async () => {
+  let calls = 0;
+  const sub = client({
+    token: async () => {
+      calls += 1;
+      await sleep(5);
+      return token({ sub: 'alice', channels: ['backtest.*'], ttl: 2 });
+    },
+  });
+  const pub = publisher();
+  const got = [];
+  sub.subscribe('backtest.tokens', (e) => got.push(e.offset));
+  sub.connect();
+  await until(() => sub.state === 'connected', { what: 'connected' });
+  await sleep(50);
+  await pub.publish('backtest.tokens', 'custom.tick', { n: 1 });
+  await until(() => calls >= 2, { what: 'a second token request', timeoutMs: 6_000 });
+  await until(() => sub.state === 'connected', { what: 'connected again' });
+  await sleep(100);
+  await pub.publish('backtest.tokens', 'custom.tick', { n: 2 });
+  await until(() => got.length === 2, { what: 'the event after the refresh' });
+  assert.deepEqual(got, [1, 2]);
+  assert.ok(calls >= 2);
+});
+
+test('flush waits for every acknowledgement; stats count them', async () => {
+  const pub = publisher();
+  const all = [];
+  for (let i = 0; i < 250; i++) all.push(pub.publish('backtest.flush', 'custom.n', { i }, { priority: i % 2 ? 'low' : 'high' }));
+  await pub.flush();
+  const stats = pub.stats();
+  assert.equal(stats.acknowledged, 250);
+  assert.equal(stats.queued, 0);
+  assert.equal(stats.inFlight, 0);
+  const results = await Promise.all(all);
+  assert.equal(new Set(results.map((r) => r.offset)).size, 250);
+});
+
+test('a closed client refuses work with a UsageError', async () => {
+  const c = publisher();
+  c.close();
+  assert.equal(c.state, 'closed');
+  await assert.rejects(c.publish('backtest.x', 'custom.x', {}), (e) => e instanceof UsageError && e.code === 'CLOSED');
+  assert.throws(() => c.subscribe('backtest.x', () => {}), (e) => e instanceof UsageError && e.code === 'CLOSED');
+});
+
+test('a URL that is not ws(s):// is refused with a UsageError', () => {
+  assert.throws(() => new CourierClient({ url: 'ftp://x', token: 't' }), (e) => e instanceof UsageError);
+});

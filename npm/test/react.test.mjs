@@ -1,0 +1,89 @@
+// React hooks under StrictMode (development build: effects mount, unmount and mount again),
+// rendered with react-dom into jsdom, against the real server.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { JSDOM } from 'jsdom';
+
+const dom = new JSDOM('<!doctype html><div id="root"></div>');
+globalThis.window = dom.window;
+globalThis.document = dom.window.document;
+if (!globalThis.navigator) globalThis.navigator = dom.window.navigator;
+globalThis.IS_REACT_ACT_ENVIRONMENT = true;
+
+const React = await import('react');
+const { createRoot } = await import('react-dom/client');
+const { CourierClient } = await import('../dist/node.js');
+const { CourierProvider, useChannel, useConnectionState } = await import('../dist/react.js');
+const { startServer, token, until, sleep } = await import('./helpers.mjs');
+
+const h = React.createElement;
+let server;
+let sub;
+let pub;
+
+before(async () => {
+  server = await startServer({ env: { COURIER_RATE_LIMITS__ENABLED: 'false' } });
+  sub = new CourierClient({ url: server.wsUrl, token: token({ sub: 'alice', channels: ['backtest.*'] }) });
+  pub = new CourierClient({ url: server.wsUrl, token: token({ sub: 'svc', role: 'service' }) });
+});
+after(async () => {
+  sub?.close();
+  pub?.close();
+  await server?.stop();
+});
+
+test('StrictMode: one subscription per mounted hook, no handler after unmount', async () => {
+  const received = [];
+  const states = [];
+  function Progress({ channel }) {
+    const state = useConnectionState();
+    states.push(state);
+    useChannel(channel, (e) => {
+      if (e.type === 'backtest.progress') received.push(e.data.percent);
+    });
+    return h('p', null, `${state}`);
+  }
+  const root = createRoot(document.getElementById('root'));
+  await React.act(async () => {
+    root.render(h(React.StrictMode, null, h(CourierProvider, { client: sub }, h(Progress, { channel: 'backtest.react' }))));
+  });
+  assert.equal(sub.listenerCount('backtest.react'), 1, 'mount, unmount, mount leaves exactly one subscription');
+  await until(() => sub.state === 'connected', { what: 'connected' });
+  await sleep(50);
+  await React.act(async () => {
+    await pub.publish('backtest.react', 'backtest.progress', { backtest_id: 'react', percent: 10 });
+    await until(() => received.length === 1, { what: 'first event' });
+  });
+  assert.equal(document.querySelector('p').textContent, 'connected');
+  assert.ok(states.includes('connected'));
+
+  await React.act(async () => root.unmount());
+  assert.equal(sub.listenerCount('backtest.react'), 0);
+  await pub.publish('backtest.react', 'backtest.progress', { backtest_id: 'react', percent: 20 });
+  await sleep(200);
+  assert.deepEqual(received, [10], 'exactly one delivery while mounted, none after unmount');
+});
+
+test('useChannel follows a new channel and the latest handler', async () => {
+  const seen = [];
+  function View({ channel, tag }) {
+    useChannel(channel, (e) => seen.push(`${tag}:${e.channel}`));
+    return null;
+  }
+  const root = createRoot(document.createElement('div'));
+  await React.act(async () => {
+    root.render(h(React.StrictMode, null, h(CourierProvider, { client: sub }, h(View, { channel: 'backtest.a1', tag: 'v1' }))));
+  });
+  await React.act(async () => {
+    root.render(h(React.StrictMode, null, h(CourierProvider, { client: sub }, h(View, { channel: 'backtest.a2', tag: 'v2' }))));
+  });
+  assert.equal(sub.listenerCount('backtest.a1'), 0);
+  assert.equal(sub.listenerCount('backtest.a2'), 1);
+  await sleep(100);
+  await React.act(async () => {
+    await pub.publish('backtest.a2', 'custom.x', {});
+    await until(() => seen.length === 1, { what: 'event on the new channel' });
+  });
+  assert.deepEqual(seen, ['v2:backtest.a2']);
+  await React.act(async () => root.unmount());
+});

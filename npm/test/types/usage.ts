@@ -1,0 +1,61 @@
+// Compiled by types.test.mjs with `tsc --noEmit`: what must type-check, and (marked with
+// the expect-error directive) what must not. An unused directive fails the compile too.
+import { CourierClient, type CourierEvent, type CustomEvent, type PublishResult, type ClientStats, CourierError } from 'courier-client';
+import { CourierProvider, useChannel, useConnectionState, useCourier } from 'courier-client/react';
+
+const client = new CourierClient({ url: 'ws://localhost:8766', token: async () => 'jwt', reconnect: { minDelayMs: 100, maxDelayMs: 5000 } });
+
+client.subscribe('backtest.abc', (e) => {
+  if (e.type === 'backtest.progress') {
+    const p: number | undefined = e.data.percent;
+    void p;
+    // @ts-expect-error: no such field on backtest.progress
+    void e.data.percnt;
+  }
+  if (e.type === 'trade.executed') {
+    const price: string = e.data.price;
+    const side: 'buy' | 'sell' = e.data.side;
+    void price, side;
+  }
+  // @ts-expect-error: a typo in an event type does not type-check
+  if (e.type === 'backtest.progres') return;
+  const offset: number = e.offset;
+  void offset;
+});
+
+client.subscribe<CustomEvent<'my.thing', { n: number }>>('global', (e) => {
+  const n: number = e.data.n;
+  void n;
+});
+
+const r: Promise<PublishResult> = client.publish('backtest.abc', 'backtest.progress', { backtest_id: 'abc', percent: 5 }, { priority: 'high', idempotencyKey: 'k1' });
+void r;
+client.publish('backtest.abc', 'custom.anything', { free: 'form' });
+// @ts-expect-error: percent is a number
+client.publish('backtest.abc', 'backtest.progress', { backtest_id: 'abc', percent: 'five' });
+
+client.on('state', (s) => {
+  const ok: 'disconnected' | 'connecting' | 'connected' | 'closed' = s;
+  void ok;
+});
+client.on('error', (e) => {
+  const code: string = e.code;
+  const after: number | undefined = e.retryAfterMs;
+  void code, after, (e instanceof CourierError);
+});
+client.on('gap', (g) => void g.reason);
+// @ts-expect-error: no such client event
+client.on('nope', () => {});
+const stats: ClientStats = client.stats();
+void stats.rateLimitWaits;
+
+function Progress(): null {
+  useCourier();
+  const state = useConnectionState();
+  void state;
+  useChannel('backtest.abc', (e: CourierEvent) => {
+    if (e.type === 'backtest.progress') void e.data.percent;
+  });
+  return null;
+}
+void CourierProvider, Progress;
