@@ -1,0 +1,17 @@
+## --- e2e: the cross-language end-to-end suite (tests/e2e) --------------------------------
+# Included by the top Makefile. One scenario (tests/e2e/scenario.json) run by the Rust native,
+# Python async and sync, Node and browser clients against the real server with chaos (drops,
+# 429/503 bursts, a restart), the Retry-After check measured at the server, a 500-subscriber
+# reconnect storm, and the example dashboard in headless Chromium. Records, server logs and
+# screenshots go to tests/artifacts/e2e/ (git-ignored).
+
+TEST_TARGETS += test-e2e
+
+.PHONY: test-e2e
+
+test-e2e: python-dev npm-build
+	cargo build --locked -p courier-server
+	cargo build --locked -p courier-client --example e2e_client
+	mkdir -p tests/artifacts/e2e
+	$(PY) -m pytest -q -p no:cacheprovider -o asyncio_default_fixture_loop_scope=function \
+		--timeout 600 --durations=0 tests/e2e
