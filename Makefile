@@ -13,7 +13,7 @@ WASM_PACK_VERSION := 0.15.1
 BINARYEN_VERSION := 132.0.0
 STAMP := .tools/stamps
 
-.PHONY: help test demo bench lint test-rust check-wasm tools-rust tools-redis
+.PHONY: help test demo bench lint test-rust check-wasm tools-rust tools-redis test-sdk-redis sdk-suites
 
 help:
 	@echo "make demo   - build, start the reference server, show Python -> TypeScript events"
@@ -42,6 +42,9 @@ TEST_TARGETS := lint test-rust check-wasm
 -include npm/npm.mk
 -include tests/e2e/e2e.mk
 
+# The SDK suites once more, against a Redis-backed server (each server its own namespace).
+TEST_TARGETS += test-sdk-redis
+
 test: tools-rust
 	@$(MAKE) --no-print-directory $(TEST_TARGETS)
 	@echo "make test: all checks passed"
@@ -56,6 +59,14 @@ test-rust: tools-rust tools-redis
 # The core must build for browsers too.
 check-wasm: tools-rust
 	cargo build -p courier-core --target wasm32-unknown-unknown --locked
+
+test-sdk-redis: tools-redis python-dev npm-build
+	cargo build -p courier-server --locked
+	tests/with-redis.sh $(MAKE) --no-print-directory sdk-suites
+
+sdk-suites:
+	cd python && SKIP_COURIER_SERVER_BUILD=1 ../.venv/bin/python -m pytest -q -p no:cacheprovider tests
+	cd npm && node --test --test-concurrency=1 test/client.test.mjs
 
 ## --- demo -------------------------------------------------------------------------------
 

@@ -110,7 +110,13 @@ def server_bin(tmp_path_factory: pytest.TempPathFactory) -> str:
 def start_server(binary: str, env_extra: Optional[Dict[str, str]] = None) -> Server:
     log = tempfile.NamedTemporaryFile(prefix="courier-server-", suffix=".log", delete=False)
     # The server reads every COURIER_* variable as configuration (and refuses unknown ones).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COURIER_")}
+    # COURIER_BACKEND / COURIER_REDIS_URL pass through, so `make test-sdk-redis` runs this
+    # suite against a Redis-backed server; each server then gets its own key namespace, like
+    # a fresh deployment.
+    keep = ("COURIER_BACKEND", "COURIER_REDIS_URL")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COURIER_") or k in keep}
+    if env.get("COURIER_BACKEND") == "redis":
+        env["COURIER_REDIS__KEY_PREFIX"] = f"pytest-{os.getpid()}-{time.monotonic_ns()}:"
     env.update(
         {
             "COURIER_JWT_SECRET": SECRET,

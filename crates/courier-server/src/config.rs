@@ -405,8 +405,18 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
             merge(&mut value, file_value);
         }
+        // Other programs use `COURIER_*` names too (an app's `COURIER_URL`, a test
+        // harness's `COURIER_SERVER_BIN`): a variable whose first segment names no section
+        // or key of ours is not meant for us, so it is skipped with a warning. Within a known
+        // section, unknown keys are still errors (they are typos).
+        let top_level: Vec<String> = value.as_table().map(|t| t.keys().cloned().collect()).unwrap_or_default();
         for (name, raw) in env {
             let Some(path) = env_key(&name) else { continue };
+            let first = path.split('.').next().unwrap_or_default();
+            if !top_level.iter().any(|k| k == first) {
+                eprintln!("courier-server: ignoring {name}: not a configuration key");
+                continue;
+            }
             let parsed = parse_env_value(&path, &raw);
             set_path(&mut value, &path, parsed)?;
         }
@@ -560,7 +570,9 @@ mod tests {
         assert!(!c.rate_limits.enabled);
         assert_eq!(c.rate_limits.types["trade"].limit, 7);
         assert_eq!(c.rate_limits.types["payment"].limit, 5);
-        assert!(Config::load(None, vec![("COURIER_NOPE".into(), "1".into())]).is_err());
+        // Another program's variable is skipped; a typo inside one of our sections is not.
+        assert!(Config::load(None, vec![("COURIER_URL".into(), "http://x".into())]).is_ok());
+        assert!(Config::load(None, vec![("COURIER_WS__PINGG_MS".into(), "1".into())]).is_err());
         let c = Config::load(
             None,
             vec![
