@@ -78,5 +78,6 @@ demo: tools-rust python-dev npm-build
 
 ## --- bench ------------------------------------------------------------------------------
 
-bench: tools-rust tools-redis
-	python3 tests/bench/run.py
+bench: tools-rust tools-redis python-dev npm-build
+	.venv/bin/python -m pip install -q 'matplotlib>=3.8'
+	.venv/bin/python tests/bench/run.py

@@ -5,7 +5,7 @@ child process on a free loopback port and prints one JSON object.
 """
 import json
 
-from common import sh
+from common import plot, sh
 
 
 def load(cmd):
@@ -21,7 +21,18 @@ def run():
     pub = load(pub_cmd)
     idle_cmd = "target/release/idle_connections --connections 10000"
     idle = load(idle_cmd)
-    ok = lambda good: "meets" if good else "MISSES"
+    ok = lambda good: "meets" if good else "MISSES"  # noqa: E731
+    chart = plot(
+        "docs/img/fanout-latency.png",
+        "publish→deliver latency, 1 publisher → 1,000 subscribers (in-memory server)",
+        "percentile",
+        "milliseconds (log scale)",
+        {
+            f"paced, {fan['paced']['rate']} events/s": tuple(zip(*fan["paced"]["curve"])),
+            "full speed": tuple(zip(*fan["saturated"]["curve"])),
+        },
+        log_y=True,
+    )
     lost = fan["expected_deliveries"] - fan["deliveries"]
     return (
         "## Server: fan-out, HTTP publish, idle connections\n\n"
@@ -37,6 +48,7 @@ def run():
         f"| publish→deliver at {fan['paced']['rate']} events/s (×1,000 subscribers), p50 / p99 | "
         f"{fan['paced']['p50_ms']:.1f} ms / {fan['paced']['p99_ms']:.1f} ms |\n"
         f"| server resident memory after | {fan['server_rss_mb']:.0f} MB |\n\n"
+        f"![publish to deliver latency percentiles]({chart.replace('docs/', '')})\n\n"
         f"HTTP publish, `{pub_cmd}` (rate limits off, {pub['seconds_each']:.0f} s each):\n\n"
         "| mode | events/s |\n|---|---|\n"
         f"| `POST /publish`, one event per request, 64 in flight | {pub['single_per_sec']:,.0f} |\n"

@@ -18,3 +18,32 @@ def criterion_estimate(group, name):
     with open(path) as f:
         est = json.load(f)
     return est["mean"]["point_estimate"], est["mean"]["confidence_interval"]
+
+
+def plot(path, title, xlabel, ylabel, series, log_y=False, kind="line"):
+    """Writes a PNG chart: `series` is {label: ([x…], [y…])}. Needs matplotlib (in .venv)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for label, (xs, ys) in series.items():
+        if kind == "bar":
+            ax.bar(xs, ys, width=(xs[1] - xs[0]) * 0.9 if len(xs) > 1 else 1, label=label, align="edge")
+        else:
+            ax.plot(xs, ys, marker="o", label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    full = os.path.join(ROOT, path)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    fig.savefig(full)
+    plt.close(fig)
+    return path

@@ -131,6 +131,13 @@ pub async fn connect_ws(addr: &str, token: &str) -> Socket {
     }
 }
 
+/// An HTTP client; installs ring as rustls's provider first, since feature unification in
+/// workspace builds can give reqwest rustls without one.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// Percentile of sorted samples (nearest rank).
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -409,7 +409,10 @@ impl Config {
         // harness's `COURIER_SERVER_BIN`): a variable whose first segment names no section
         // or key of ours is not meant for us, so it is skipped with a warning. Within a known
         // section, unknown keys are still errors (they are typos).
-        let top_level: Vec<String> = value.as_table().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+        let top_level: Vec<String> = value
+            .as_table()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
         for (name, raw) in env {
             let Some(path) = env_key(&name) else { continue };
             let first = path.split('.').next().unwrap_or_default();

@@ -2,7 +2,8 @@
 //! With `--redis-url URL --instances K`, K Redis-backed servers share the subscribers
 //! round-robin and the publisher posts to the first one.
 //! Prints `{"subscribers", "events", "deliveries", "seconds", "deliveries_per_sec",
-//! "paced": {"rate", "p50_ms", "p99_ms", "samples"}, "saturated": {"p50_ms", "p99_ms"}}`.
+//! "paced": {"rate", "p50_ms", "p99_ms", "samples", "curve"}, "saturated": {…}}`, where
+//! `curve` is `[[percentile, ms], …]`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +64,17 @@ async fn wait_for(shared: &Shared, target: u64, limit: Duration) -> Instant {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Instant::now()
+}
+
+/// `[[percentile, ms], …]` for a latency plot.
+fn curve(sorted: &[f64]) -> serde_json::Value {
+    let points = [1.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 100.0];
+    serde_json::json!(
+        points
+            .iter()
+            .map(|p| [*p, percentile(sorted, *p)])
+            .collect::<Vec<_>>()
+    )
 }
 
 #[tokio::main]
@@ -127,7 +139,7 @@ async fn main() {
     for r in ready {
         r.await.expect("subscriber ready");
     }
-    let http = reqwest::Client::new();
+    let http = courier_bench::http_client();
     let url = format!("http://{}/publish/batch", server.addr);
 
     // Saturated: publish every event as fast as the server takes them (4 requests in flight).
@@ -177,8 +189,8 @@ async fn main() {
         "expected_deliveries": target,
         "seconds": seconds,
         "deliveries_per_sec": deliveries as f64 / seconds,
-        "saturated": {"p50_ms": percentile(&saturated, 50.0), "p99_ms": percentile(&saturated, 99.0), "samples": saturated.len()},
-        "paced": {"rate": rate, "p50_ms": percentile(&paced, 50.0), "p99_ms": percentile(&paced, 99.0), "samples": paced.len()},
+        "saturated": {"p50_ms": percentile(&saturated, 50.0), "p99_ms": percentile(&saturated, 99.0), "samples": saturated.len(), "curve": curve(&saturated)},
+        "paced": {"rate": rate, "p50_ms": percentile(&paced, 50.0), "p99_ms": percentile(&paced, 99.0), "samples": paced.len(), "curve": curve(&paced)},
         "server_rss_mb": servers.iter().map(|s| s.rss_bytes()).sum::<u64>() as f64 / 1048576.0,
     });
     println!("{out}");

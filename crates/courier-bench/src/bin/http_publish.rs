@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use courier_bench::start_servers;
 
 async fn run(concurrency: u64, per_request: u64, seconds: f64, addr: &str, token: &str) -> f64 {
-    let http = reqwest::Client::new();
+    let http = courier_bench::http_client();
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let start = Instant::now();

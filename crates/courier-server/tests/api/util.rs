@@ -36,6 +36,13 @@ pub(crate) async fn start() -> Server {
     start_with(|_| {}).await
 }
 
+/// An HTTP client. Cargo unifies features across the workspace, so reqwest may carry rustls
+/// without a crypto provider (courier-client asks for that): install ring's first.
+pub(crate) fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub(crate) async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     let mut c = config();
     f(&mut c);
@@ -45,7 +52,7 @@ pub(crate) async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     Server {
         handle: Some(handle),
         addr,
-        http: reqwest::Client::new(),
+        http: http_client(),
     }
 }
 
