@@ -65,6 +65,7 @@ test-sdk-redis: tools-redis python-dev npm-build
 	tests/with-redis.sh $(MAKE) --no-print-directory sdk-suites
 
 sdk-suites:
+	cargo test -p courier-client --test client --locked
 	cd python && SKIP_COURIER_SERVER_BUILD=1 ../.venv/bin/python -m pytest -q -p no:cacheprovider tests
 	cd npm && node --test --test-concurrency=1 test/client.test.mjs
 

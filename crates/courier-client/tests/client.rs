@@ -14,8 +14,19 @@ use serde_json::json;
 const SECRET: &str = "courier-client-tests";
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A server on a free port. `COURIER_BACKEND=redis` / `COURIER_REDIS_URL` in the environment
+/// (set by `make test-sdk-redis`) select the Redis backend, each server in its own namespace.
 async fn server() -> ServerHandle {
-    let mut config = Config::default();
+    let mut config = Config::load(
+        None,
+        std::env::vars().filter(|(k, _)| k == "COURIER_BACKEND" || k == "COURIER_REDIS_URL"),
+    )
+    .expect("server configuration from the environment");
+    config.redis.key_prefix = format!(
+        "rusttest-{}-{:?}:",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
     config.auth.jwt_secret = SECRET.into();
     config.enable_fault_injection = true;
     config.rate_limits.enabled = false;

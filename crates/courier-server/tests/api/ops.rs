@@ -68,6 +68,27 @@ async fn health_stats_metrics_openapi() {
 }
 
 #[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let server = start_with(|c| c.cors_origins = vec!["http://app.test".into()]).await;
+    let preflight = |origin: &'static str| {
+        server
+            .http
+            .request(reqwest::Method::OPTIONS, server.url("/publish"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .send()
+    };
+    let r = preflight("http://app.test").await.unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.test"
+    );
+    let r = preflight("http://elsewhere.test").await.unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn graceful_shutdown_drains_closes_1001_and_finishes_in_flight_publishes() {
     let mut server = start_with(|c| c.shutdown.drain_delay_ms = 400).await;
     let svc = service("svc");
