@@ -1186,6 +1186,7 @@ impl PublishQueue {
                         ErrorBody::new(ErrorCode::Unknown, "rejected without a reason")
                     });
                     let mut refusal = error.to_refusal(Some(error.code.http_status()));
+                    refusal.field = refusal.field.map(|f| event_field(&f).to_owned());
                     refusal.retry_after = refusal.retry_after.map(|d| d.min(cap));
                     if let Some(d) = refusal.retry_after {
                         self.block_for(now, d);
@@ -1306,6 +1307,17 @@ impl PublishQueue {
             }
         }
     }
+}
+
+/// A rejected event's field as the event's own path: the server names it within the batch
+/// (`events[2].data.percent`); the caller published one event, so it gets `data.percent`,
+/// as a client-side check would report it.
+fn event_field(field: &str) -> &str {
+    field
+        .strip_prefix("events[")
+        .and_then(|rest| rest.split_once("]."))
+        .filter(|(i, _)| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(field, |(_, f)| f)
 }
 
 /// Reads a 2xx body: one result per event, same ids, same order.
@@ -1822,6 +1834,13 @@ mod tests {
         let b = s.wait_and_send();
         s.reply(&b, accept_all(&b.body));
         assert_eq!(s.completions()[0].result.as_ref().unwrap().attempts, 7);
+    }
+
+    #[test]
+    fn a_rejected_event_reports_its_own_field_path() {
+        assert_eq!(event_field("events[12].data.percent"), "data.percent");
+        assert_eq!(event_field("data.percent"), "data.percent");
+        assert_eq!(event_field("events[x].data"), "events[x].data");
     }
 
     #[test]

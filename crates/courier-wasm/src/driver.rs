@@ -111,7 +111,7 @@ fn error_json(e: &Error) -> String {
             if let Some(d) = r.retry_after {
                 j.num("retry_after_ms", as_millis_u64(d));
             }
-            j.opt_str("field", r.field.as_deref().map(event_field));
+            j.opt_str("field", r.field.as_deref());
             if let Some(s) = r.status {
                 j.num("status", u64::from(s));
             }
@@ -125,16 +125,6 @@ fn error_json(e: &Error) -> String {
         }
     }
     j.end()
-}
-
-/// The field as the event's own path: the server names a field of a rejected batch event
-/// `events[i].data.percent`, the client reports `data.percent` (as a client-side check would).
-fn event_field(field: &str) -> &str {
-    field
-        .strip_prefix("events[")
-        .and_then(|rest| rest.split_once("]."))
-        .filter(|(i, _)| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(field, |(_, f)| f)
 }
 
 /// A core error, thrown to JavaScript as its JSON text (`errorFromThrown` in TypeScript).
