@@ -74,6 +74,29 @@ impl ErrorCode {
         }
     }
 
+    /// The code for a wire spelling; codes this version does not know are [`ErrorCode::Unknown`].
+    pub fn from_wire(s: &str) -> Self {
+        const ALL: [ErrorCode; 14] = [
+            ErrorCode::RateLimitExceeded,
+            ErrorCode::ConnectionLimitExceeded,
+            ErrorCode::Unauthorized,
+            ErrorCode::TokenExpired,
+            ErrorCode::ForbiddenChannel,
+            ErrorCode::InvalidEvent,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::UnknownOp,
+            ErrorCode::BadRequest,
+            ErrorCode::AuthTimeout,
+            ErrorCode::SlowConsumer,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ];
+        ALL.into_iter()
+            .find(|c| c.as_str() == s)
+            .unwrap_or(ErrorCode::Unknown)
+    }
+
     /// Whether a request refused with this code may be sent again unchanged (after any delay).
     pub fn is_retryable(self) -> bool {
         matches!(

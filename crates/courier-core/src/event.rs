@@ -20,6 +20,7 @@ use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
 use crate::error::{ValidationError, ValidationKind};
+use crate::json::{self, JsonError, Obj, Reader, Seen};
 
 /// Default limit on the size of an event's `data`, in bytes (100 KB).
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 100 * 1024;
@@ -42,6 +43,48 @@ pub struct Metadata {
     /// The user the event concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+}
+
+impl Metadata {
+    /// Reads a metadata object; every member may be absent, unknown ones are ignored.
+    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
+        let mut m = Metadata::default();
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "timestamp" => {
+                seen.first(0, r, key)?;
+                m.timestamp = r.u64()?;
+                Ok(())
+            }
+            "source" => {
+                seen.first(1, r, key)?;
+                m.source = r.owned()?;
+                Ok(())
+            }
+            "correlation_id" => {
+                seen.first(2, r, key)?;
+                m.correlation_id = r.opt(Reader::owned)?;
+                Ok(())
+            }
+            "user_id" => {
+                seen.first(3, r, key)?;
+                m.user_id = r.opt(Reader::owned)?;
+                Ok(())
+            }
+            _ => r.skip_value().map(drop),
+        })?;
+        Ok(m)
+    }
+
+    /// Appends the metadata as JSON (the same text serde would write).
+    pub fn write_json(&self, out: &mut String) {
+        Obj::new(out)
+            .u64("timestamp", self.timestamp)
+            .str("source", &self.source)
+            .opt_str("correlation_id", self.correlation_id.as_deref())
+            .opt_str("user_id", self.user_id.as_deref())
+            .end();
+    }
 }
 
 /// The envelope of every event: on the wire, in history, in the publish queue.
@@ -94,6 +137,67 @@ impl Event {
         }
     }
 
+    /// Reads an event object (the protocol's envelope) with the core's JSON reader: unknown
+    /// members are ignored, `id` and `metadata` may be absent, `data` is kept as raw text.
+    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
+        let (mut id, mut event_type, mut channel, mut data, mut metadata) =
+            (None, None, None, None, None);
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "id" => {
+                seen.first(0, r, key)?;
+                id = Some(r.owned()?);
+                Ok(())
+            }
+            "type" => {
+                seen.first(1, r, key)?;
+                event_type = Some(r.owned()?);
+                Ok(())
+            }
+            "channel" => {
+                seen.first(2, r, key)?;
+                channel = Some(read_channel(r)?);
+                Ok(())
+            }
+            "data" => {
+                seen.first(3, r, key)?;
+                data = Some(raw_value(r.skip_value()?));
+                Ok(())
+            }
+            "metadata" => {
+                seen.first(4, r, key)?;
+                metadata = Some(Metadata::read_json(r)?);
+                Ok(())
+            }
+            _ => r.skip_value().map(drop),
+        })?;
+        Ok(Self {
+            id: id.unwrap_or_default(),
+            event_type: json::required(event_type, r, "type")?,
+            channel: json::required(channel, r, "channel")?,
+            data: json::required(data, r, "data")?,
+            metadata: metadata.unwrap_or_default(),
+        })
+    }
+
+    /// Appends the event as JSON (the same text serde would write).
+    pub fn write_json(&self, out: &mut String) {
+        Obj::new(out)
+            .str("id", &self.id)
+            .str("type", &self.event_type)
+            .str("channel", self.channel.as_str())
+            .raw("data", self.data.get())
+            .with("metadata", |out| self.metadata.write_json(out))
+            .end();
+    }
+
+    /// The event as JSON text.
+    pub fn to_json(&self) -> String {
+        let mut out = String::with_capacity(self.data.get().len() + 128);
+        self.write_json(&mut out);
+        out
+    }
+
     /// Builds an event from data that is already JSON text, checking that it is JSON.
     pub fn from_json_data(
         id: impl Into<String>,
@@ -102,13 +206,14 @@ impl Event {
         data_json: String,
         metadata: Metadata,
     ) -> Result<Self, ValidationError> {
-        let data = RawValue::from_string(data_json).map_err(|e| {
+        crate::json::validate(&data_json).map_err(|e| {
             ValidationError::new(
                 "data",
                 ValidationKind::BadFormat,
                 format!("data is not valid JSON: {e}"),
             )
         })?;
+        let data = raw_value(data_json.trim_matches([' ', '\t', '\n', '\r']));
         Ok(Self {
             id: id.into(),
             event_type: event_type.into(),
@@ -183,7 +288,39 @@ fn is_known_object(event_type: &str, data: &RawValue) -> Result<bool, Validation
 }
 
 fn null_raw() -> Box<RawValue> {
-    RawValue::from_string("null".to_owned()).expect("`null` is JSON")
+    raw_value("null")
+}
+
+/// Reads a channel name: a string that [`ChannelName::new`] accepts.
+pub(crate) fn read_channel(r: &mut Reader<'_>) -> Result<ChannelName, JsonError> {
+    let at = r.err("");
+    let name = r.owned()?;
+    ChannelName::new(name).map_err(|e| JsonError {
+        what: e.to_string().into(),
+        at: at.at,
+    })
+}
+
+/// A `RawValue` holding `json`, which the caller has checked is one JSON value (the core's
+/// reader did). Not `RawValue::from_string`: that runs serde_json's parser again, which
+/// the WASM build then has to carry. serde_json's serializer writes a struct named
+/// `raw::TOKEN` verbatim; this is how `RawValue`'s own `Serialize` works, so
+/// `to_raw_value` of it copies the text without parsing it.
+pub(crate) fn raw_value(json: &str) -> Box<RawValue> {
+    struct Verbatim<'a>(&'a str);
+    impl Serialize for Verbatim<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeStruct;
+            const TOKEN: &str = "$serde_json::private::RawValue";
+            let mut st = s.serialize_struct(TOKEN, 1)?;
+            st.serialize_field(TOKEN, self.0)?;
+            st.end()
+        }
+    }
+    match serde_json::value::to_raw_value(&Verbatim(json)) {
+        Ok(raw) => raw,
+        Err(_) => unreachable!("serde_json writes a raw value verbatim"),
+    }
 }
 
 /// Checks an id or idempotency key: 1 to 128 bytes of `A-Z a-z 0-9 _ - . :`.

@@ -1,19 +1,20 @@
 //! Protocol v1 frames and their codec.
 //!
 //! Frames are JSON text objects with an `op` field. Each direction has one enum, one
-//! `encode` and one `decode`. Decoding reads the text once into a flat record of every
-//! field any frame may carry, then checks the fields `op` requires; only on failure is the
-//! text looked at again, to say precisely what was wrong. Unknown fields are ignored (new
+//! `encode` and one `decode`, on every target written with the core's own JSON reader and
+//! writer ([`crate::json`]; serde_json made most of the WASM bundle). Decoding checks the
+//! whole text and keeps each known member as raw text, then looks at `op`, then reads the
+//! members (every one present, whatever the op) and checks those `op` requires. Unknown fields are ignored (new
 //! servers may add some); unknown ops, trailing junk, oversized frames and missing fields are
 //! [`FrameError`]s, never panics.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
 use crate::error::{ErrorCode, FrameError, Refusal};
-use crate::event::Event;
+use crate::event::{Event, read_channel};
+use crate::json::{self, JsonError, Obj, Reader, Seen};
 use crate::time::Duration;
 
 /// Default limit on one frame's size, in bytes: the payload limit plus room for the envelope.
@@ -238,49 +239,152 @@ fn check_len(text: &str, max: usize) -> Result<(), FrameError> {
     }
 }
 
-/// Explains why `text` did not decode, after the fast path failed.
-fn explain(text: &str, known: &[&str], err: serde_json::Error) -> FrameError {
-    // `op` as raw JSON, not `serde_json::Value`: the decode path of the WASM build then
-    // carries no `Value` machinery. A present `null` is `Some("null")`, not absent.
-    #[derive(Deserialize)]
-    struct OpOnly {
-        #[serde(default, deserialize_with = "present")]
-        op: Option<Box<RawValue>>,
-    }
-    fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-        Box::<RawValue>::deserialize(d).map(Some)
-    }
-    if !text.trim_start().starts_with('{') {
-        // Not an object (`OpOnly` would read `[]` as a struct without `op`).
-        return FrameError::Malformed(err.to_string());
-    }
-    match serde_json::from_str::<OpOnly>(text) {
-        Err(e) => FrameError::Malformed(e.to_string()),
-        Ok(OpOnly { op: None }) => FrameError::MissingOp,
-        Ok(OpOnly { op: Some(raw) }) => match serde_json::from_str::<String>(raw.get()) {
-            Ok(op) if known.contains(&op.as_str()) => FrameError::Invalid {
+/// The first pass over a frame: the whole text is checked as JSON (any syntax error,
+/// trailing junk or a frame that is not an object is `Malformed`), `op` and each member
+/// named in `fields` are kept as raw text; other members are skipped.
+///
+/// Then `op` is looked at (`MissingOp`, `UnknownOp`, or `Invalid` when it is not a string);
+/// a repeated member is `Invalid`. Only then are the members read, in [`Members::read`].
+struct Members<'a, const N: usize> {
+    op: String,
+    raw: [Option<&'a str>; N],
+}
+
+impl<'a, const N: usize> Members<'a, N> {
+    fn scan(text: &'a str, fields: &[&str; N], ops: &[&str]) -> Result<Self, FrameError> {
+        let mut r = Reader::new(text);
+        let mut op = None;
+        let mut raw = [None; N];
+        let mut duplicate = None;
+        let scanned = if r.peek() == Some(b'{') {
+            r.object(|r, key| {
+                let value = r.skip_value()?;
+                if key == "op" {
+                    if op.is_some() {
+                        return Err(r.err("duplicate field `op`"));
+                    }
+                    op = Some(value);
+                } else if let Some(i) = fields.iter().position(|f| *f == key) {
+                    if raw[i].is_some() {
+                        duplicate.get_or_insert(i);
+                    }
+                    raw[i] = Some(value);
+                }
+                Ok(())
+            })
+            .and_then(|()| r.end())
+        } else {
+            Err(r.err("expected a frame object"))
+        };
+        scanned.map_err(|e| FrameError::Malformed(e.to_string()))?;
+        let op_raw = op.ok_or(FrameError::MissingOp)?;
+        let mut r = Reader::new(op_raw);
+        let op = match r.string() {
+            Ok(op) => op.into_owned(),
+            Err(_) => {
+                return Err(FrameError::Invalid {
+                    op: op_raw.to_owned(),
+                    detail: "`op` must be a string".into(),
+                });
+            }
+        };
+        if !ops.contains(&op.as_str()) {
+            return Err(FrameError::UnknownOp(op));
+        }
+        if let Some(i) = duplicate {
+            return Err(FrameError::Invalid {
                 op,
-                detail: err.to_string(),
-            },
-            Ok(op) => FrameError::UnknownOp(op),
-            Err(_) => FrameError::Invalid {
-                op: raw.get().to_owned(),
-                detail: "`op` must be a string".into(),
-            },
-        },
+                detail: format!("duplicate field `{}`", fields[i]),
+            });
+        }
+        Ok(Members { op, raw })
+    }
+
+    /// Reads member `i` (`None` when absent or `null`).
+    fn read<T>(
+        &self,
+        fields: &[&str; N],
+        i: usize,
+        read: impl FnOnce(&mut Reader<'a>) -> Result<T, JsonError>,
+    ) -> Result<Option<T>, FrameError> {
+        let Some(text) = self.raw[i] else {
+            return Ok(None);
+        };
+        let mut r = Reader::new(text);
+        r.opt(read).map_err(|e| FrameError::Invalid {
+            op: self.op.clone(),
+            detail: format!("`{}`: {e}", fields[i]),
+        })
     }
 }
 
-/// Every field a client frame may carry.
-#[derive(Deserialize)]
-struct ClientWire {
-    op: String,
-    id: Option<u64>,
-    token: Option<String>,
-    client: Option<String>,
-    channel: Option<ChannelName>,
-    since: Option<StreamPosition>,
-    event: Option<Event>,
+impl StreamPosition {
+    /// Reads `{"epoch","offset"}`.
+    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
+        let (mut epoch, mut offset) = (None, None);
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "epoch" => {
+                seen.first(0, r, key)?;
+                epoch = Some(r.owned()?);
+                Ok(())
+            }
+            "offset" => {
+                seen.first(1, r, key)?;
+                offset = Some(r.u64()?);
+                Ok(())
+            }
+            _ => r.skip_value().map(drop),
+        })?;
+        Ok(StreamPosition {
+            epoch: json::required(epoch, r, "epoch")?,
+            offset: json::required(offset, r, "offset")?,
+        })
+    }
+
+    fn write_json(&self, out: &mut String) {
+        Obj::new(out)
+            .str("epoch", &self.epoch)
+            .u64("offset", self.offset)
+            .end();
+    }
+}
+
+impl Limits {
+    /// Reads `{"max_payload_bytes","max_frame_bytes","max_subscriptions"}`.
+    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
+        const NAMES: [&str; 3] = ["max_payload_bytes", "max_frame_bytes", "max_subscriptions"];
+        let mut v = [None; 3];
+        let mut seen = Seen::default();
+        r.object(|r, key| match NAMES.iter().position(|n| *n == key) {
+            Some(i) => {
+                seen.first(i as u32, r, key)?;
+                v[i] = Some(r.usize()?);
+                Ok(())
+            }
+            None => r.skip_value().map(drop),
+        })?;
+        Ok(Limits {
+            max_payload_bytes: json::required(v[0], r, NAMES[0])?,
+            max_frame_bytes: json::required(v[1], r, NAMES[1])?,
+            max_subscriptions: json::required(v[2], r, NAMES[2])?,
+        })
+    }
+}
+
+fn u64_of(r: &mut Reader<'_>) -> Result<u64, JsonError> {
+    r.u64()
+}
+
+fn code_of(r: &mut Reader<'_>) -> Result<ErrorCode, JsonError> {
+    r.string().map(|s| ErrorCode::from_wire(&s))
+}
+
+/// Opens a frame object with its `op`.
+fn frame<'o>(out: &'o mut String, op: &str) -> Obj<'o> {
+    let mut o = Obj::new(out);
+    o.str("op", op);
+    o
 }
 
 const CLIENT_OPS: &[&str] = &[
@@ -293,67 +397,83 @@ const CLIENT_OPS: &[&str] = &[
     "pong",
 ];
 
+/// Every member a client frame may carry (besides `op`).
+const CLIENT_FIELDS: [&str; 6] = ["id", "token", "client", "channel", "since", "event"];
+
 impl ClientFrame {
     /// Decodes one frame, rejecting frames over `max_len` bytes.
     pub fn decode(text: &str, max_len: usize) -> Result<Self, FrameError> {
         check_len(text, max_len)?;
-        let w: ClientWire = serde_json::from_str(text).map_err(|e| explain(text, CLIENT_OPS, e))?;
-        let op = w.op.as_str();
+        const F: &[&str; 6] = &CLIENT_FIELDS;
+        let m = Members::scan(text, F, CLIENT_OPS)?;
+        // Every member present is read, whatever the op (as the serde codec did).
+        let id = m.read(F, 0, u64_of)?;
+        let token = m.read(F, 1, Reader::owned)?;
+        let client = m.read(F, 2, Reader::owned)?;
+        let channel = m.read(F, 3, read_channel)?;
+        let since = m.read(F, 4, StreamPosition::read_json)?;
+        let event = m.read(F, 5, Event::read_json)?;
+        let op = m.op.as_str();
         Ok(match op {
             "connect" => ClientFrame::Connect {
-                token: required(w.token, op, "token")?,
-                client: w.client,
+                token: required(token, op, "token")?,
+                client,
             },
             "subscribe" => ClientFrame::Subscribe {
-                id: required(w.id, op, "id")?,
-                channel: required(w.channel, op, "channel")?,
-                since: w.since,
+                id: required(id, op, "id")?,
+                channel: required(channel, op, "channel")?,
+                since,
             },
             "unsubscribe" => ClientFrame::Unsubscribe {
-                id: required(w.id, op, "id")?,
-                channel: required(w.channel, op, "channel")?,
+                id: required(id, op, "id")?,
+                channel: required(channel, op, "channel")?,
             },
             "publish" => ClientFrame::Publish {
-                id: required(w.id, op, "id")?,
-                event: required(w.event, op, "event")?,
+                id: required(id, op, "id")?,
+                event: required(event, op, "event")?,
             },
             "refresh" => ClientFrame::Refresh {
-                id: required(w.id, op, "id")?,
-                token: required(w.token, op, "token")?,
+                id: required(id, op, "id")?,
+                token: required(token, op, "token")?,
             },
             "ping" => ClientFrame::Ping,
-            "pong" => ClientFrame::Pong,
-            _ => return Err(FrameError::UnknownOp(w.op)),
+            _ => ClientFrame::Pong,
         })
     }
 
     /// Encodes the frame as JSON text.
     pub fn encode(&self) -> String {
-        serde_json::to_string(self)
-            .unwrap_or_else(|_| unreachable!("client frames always serialise"))
+        let mut out = String::new();
+        match self {
+            ClientFrame::Connect { token, client } => frame(&mut out, "connect")
+                .str("token", token)
+                .opt_str("client", client.as_deref())
+                .end(),
+            ClientFrame::Subscribe { id, channel, since } => {
+                let mut o = frame(&mut out, "subscribe");
+                o.u64("id", *id).str("channel", channel.as_str());
+                if let Some(p) = since {
+                    o.with("since", |out| p.write_json(out));
+                }
+                o.end();
+            }
+            ClientFrame::Unsubscribe { id, channel } => frame(&mut out, "unsubscribe")
+                .u64("id", *id)
+                .str("channel", channel.as_str())
+                .end(),
+            ClientFrame::Publish { id, event } => frame(&mut out, "publish")
+                .u64("id", *id)
+                .with("event", |out| event.write_json(out))
+                .end(),
+            ClientFrame::Refresh { id, token } => frame(&mut out, "refresh")
+                .u64("id", *id)
+                .str("token", token)
+                .end(),
+            ClientFrame::Ping => frame(&mut out, "ping").end(),
+            ClientFrame::Pong => frame(&mut out, "pong").end(),
+        }
+        out
     }
-}
-
-/// Every field a server frame may carry.
-#[derive(Deserialize)]
-struct ServerWire {
-    op: String,
-    id: Option<u64>,
-    session: Option<String>,
-    epoch: Option<String>,
-    ping_interval_ms: Option<u64>,
-    limits: Option<Limits>,
-    channel: Option<ChannelName>,
-    recovered: Option<bool>,
-    offset: Option<u64>,
-    event: Option<Event>,
-    event_id: Option<String>,
-    duplicate: Option<bool>,
-    code: Option<ErrorCode>,
-    message: Option<String>,
-    retry_after_ms: Option<u64>,
-    limit_type: Option<String>,
-    field: Option<String>,
 }
 
 const SERVER_OPS: &[&str] = &[
@@ -368,62 +488,162 @@ const SERVER_OPS: &[&str] = &[
     "pong",
 ];
 
+/// Every member a server frame may carry (besides `op`).
+const SERVER_FIELDS: [&str; 16] = [
+    "id",
+    "session",
+    "epoch",
+    "ping_interval_ms",
+    "limits",
+    "channel",
+    "recovered",
+    "offset",
+    "event",
+    "event_id",
+    "duplicate",
+    "code",
+    "message",
+    "retry_after_ms",
+    "limit_type",
+    "field",
+];
+
 impl ServerFrame {
     /// Decodes one frame, rejecting frames over `max_len` bytes.
     pub fn decode(text: &str, max_len: usize) -> Result<Self, FrameError> {
         check_len(text, max_len)?;
-        let w: ServerWire = serde_json::from_str(text).map_err(|e| explain(text, SERVER_OPS, e))?;
-        let op = w.op.as_str();
+        const F: &[&str; 16] = &SERVER_FIELDS;
+        let m = Members::scan(text, F, SERVER_OPS)?;
+        // Every member present is read, whatever the op (as the serde codec did).
+        let id = m.read(F, 0, u64_of)?;
+        let session = m.read(F, 1, Reader::owned)?;
+        let epoch = m.read(F, 2, Reader::owned)?;
+        let ping_interval_ms = m.read(F, 3, u64_of)?;
+        let limits = m.read(F, 4, Limits::read_json)?;
+        let channel = m.read(F, 5, read_channel)?;
+        let recovered = m.read(F, 6, Reader::bool)?;
+        let offset = m.read(F, 7, u64_of)?;
+        let event = m.read(F, 8, Event::read_json)?;
+        let event_id = m.read(F, 9, Reader::owned)?;
+        let duplicate = m.read(F, 10, Reader::bool)?;
+        let code = m.read(F, 11, code_of)?;
+        let message = m.read(F, 12, Reader::owned)?;
+        let retry_after_ms = m.read(F, 13, u64_of)?;
+        let limit_type = m.read(F, 14, Reader::owned)?;
+        let field = m.read(F, 15, Reader::owned)?;
+        let op = m.op.as_str();
         Ok(match op {
             "event" => ServerFrame::Event(Delivery {
-                epoch: required(w.epoch, op, "epoch")?,
-                offset: required(w.offset, op, "offset")?,
-                event: required(w.event, op, "event")?,
+                epoch: required(epoch, op, "epoch")?,
+                offset: required(offset, op, "offset")?,
+                event: required(event, op, "event")?,
             }),
             "connected" => ServerFrame::Connected {
-                session: required(w.session, op, "session")?,
-                epoch: required(w.epoch, op, "epoch")?,
-                ping_interval_ms: required(w.ping_interval_ms, op, "ping_interval_ms")?,
-                limits: w.limits.unwrap_or_default(),
+                session: required(session, op, "session")?,
+                epoch: required(epoch, op, "epoch")?,
+                ping_interval_ms: required(ping_interval_ms, op, "ping_interval_ms")?,
+                limits: limits.unwrap_or_default(),
             },
             "subscribed" => ServerFrame::Subscribed {
-                id: required(w.id, op, "id")?,
-                channel: required(w.channel, op, "channel")?,
-                recovered: required(w.recovered, op, "recovered")?,
-                epoch: required(w.epoch, op, "epoch")?,
-                offset: required(w.offset, op, "offset")?,
+                id: required(id, op, "id")?,
+                channel: required(channel, op, "channel")?,
+                recovered: required(recovered, op, "recovered")?,
+                epoch: required(epoch, op, "epoch")?,
+                offset: required(offset, op, "offset")?,
             },
             "unsubscribed" => ServerFrame::Unsubscribed {
-                id: required(w.id, op, "id")?,
-                channel: required(w.channel, op, "channel")?,
+                id: required(id, op, "id")?,
+                channel: required(channel, op, "channel")?,
             },
             "ack" => ServerFrame::Ack {
-                id: required(w.id, op, "id")?,
-                event_id: required(w.event_id, op, "event_id")?,
-                offset: required(w.offset, op, "offset")?,
-                duplicate: w.duplicate.unwrap_or(false),
+                id: required(id, op, "id")?,
+                event_id: required(event_id, op, "event_id")?,
+                offset: required(offset, op, "offset")?,
+                duplicate: duplicate.unwrap_or(false),
             },
             "refreshed" => ServerFrame::Refreshed {
-                id: required(w.id, op, "id")?,
+                id: required(id, op, "id")?,
             },
             "error" => ServerFrame::Error(ErrorFrame {
-                id: w.id,
-                code: required(w.code, op, "code")?,
-                message: w.message.unwrap_or_default(),
-                retry_after_ms: w.retry_after_ms,
-                limit_type: w.limit_type,
-                field: w.field,
+                id,
+                code: required(code, op, "code")?,
+                message: message.unwrap_or_default(),
+                retry_after_ms,
+                limit_type,
+                field,
             }),
             "ping" => ServerFrame::Ping,
-            "pong" => ServerFrame::Pong,
-            _ => return Err(FrameError::UnknownOp(w.op)),
+            _ => ServerFrame::Pong,
         })
     }
 
     /// Encodes the frame as JSON text.
     pub fn encode(&self) -> String {
-        serde_json::to_string(self)
-            .unwrap_or_else(|_| unreachable!("server frames always serialise"))
+        let mut out = String::new();
+        match self {
+            ServerFrame::Connected {
+                session,
+                epoch,
+                ping_interval_ms,
+                limits,
+            } => frame(&mut out, "connected")
+                .str("session", session)
+                .str("epoch", epoch)
+                .u64("ping_interval_ms", *ping_interval_ms)
+                .with("limits", |out| {
+                    Obj::new(out)
+                        .u64("max_payload_bytes", limits.max_payload_bytes as u64)
+                        .u64("max_frame_bytes", limits.max_frame_bytes as u64)
+                        .u64("max_subscriptions", limits.max_subscriptions as u64)
+                        .end();
+                })
+                .end(),
+            ServerFrame::Subscribed {
+                id,
+                channel,
+                recovered,
+                epoch,
+                offset,
+            } => frame(&mut out, "subscribed")
+                .u64("id", *id)
+                .str("channel", channel.as_str())
+                .bool("recovered", *recovered)
+                .str("epoch", epoch)
+                .u64("offset", *offset)
+                .end(),
+            ServerFrame::Unsubscribed { id, channel } => frame(&mut out, "unsubscribed")
+                .u64("id", *id)
+                .str("channel", channel.as_str())
+                .end(),
+            ServerFrame::Event(d) => frame(&mut out, "event")
+                .str("epoch", &d.epoch)
+                .u64("offset", d.offset)
+                .with("event", |out| d.event.write_json(out))
+                .end(),
+            ServerFrame::Ack {
+                id,
+                event_id,
+                offset,
+                duplicate,
+            } => frame(&mut out, "ack")
+                .u64("id", *id)
+                .str("event_id", event_id)
+                .u64("offset", *offset)
+                .bool("duplicate", *duplicate)
+                .end(),
+            ServerFrame::Refreshed { id } => frame(&mut out, "refreshed").u64("id", *id).end(),
+            ServerFrame::Error(e) => frame(&mut out, "error")
+                .opt_u64("id", e.id)
+                .str("code", e.code.as_str())
+                .str("message", &e.message)
+                .opt_u64("retry_after_ms", e.retry_after_ms)
+                .opt_str("limit_type", e.limit_type.as_deref())
+                .opt_str("field", e.field.as_deref())
+                .end(),
+            ServerFrame::Ping => frame(&mut out, "ping").end(),
+            ServerFrame::Pong => frame(&mut out, "pong").end(),
+        }
+        out
     }
 }
 

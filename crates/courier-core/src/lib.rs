@@ -22,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod frame;
 pub mod gcra;
+pub mod json;
 pub mod queue;
 pub mod rate_limit;
 pub mod retry_after;

@@ -61,6 +61,7 @@ use crate::backoff::{Backoff, BackoffConfig};
 use crate::error::{Error, ErrorCode, Refusal, UsageError, ValidationError, ValidationKind};
 use crate::event::{DEFAULT_MAX_PAYLOAD_BYTES, Event, EventIdGenerator};
 use crate::gcra::Gcra;
+use crate::json::{self, JsonError, Reader, Seen};
 use crate::rate_limit::parse_rate_limit_headers;
 use crate::retry_budget::{RetryBudget, RetryBudgetConfig};
 use crate::time::{Duration, Instant, SystemTime, as_millis_u64};
@@ -99,6 +100,89 @@ pub struct BatchRequest {
 pub struct BatchResponseBody {
     /// One result per event, in the order of the request.
     pub results: Vec<BatchItemResult>,
+}
+
+impl BatchResponseBody {
+    /// Reads `{"results":[…]}` with the core's JSON reader (what the publish queue uses on
+    /// every target; unknown members are ignored, as with serde).
+    pub fn from_json(text: &str) -> Result<Self, JsonError> {
+        let mut r = Reader::new(text);
+        let mut results = None;
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "results" => {
+                seen.first(0, r, key)?;
+                let mut list = Vec::new();
+                r.array(|r| {
+                    list.push(BatchItemResult::read_json(r)?);
+                    Ok(())
+                })?;
+                results = Some(list);
+                Ok(())
+            }
+            _ => r.skip_value().map(drop),
+        })?;
+        r.end()?;
+        Ok(Self {
+            results: json::required(results, &r, "results")?,
+        })
+    }
+}
+
+impl BatchItemResult {
+    /// Reads one result object.
+    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
+        let (mut id, mut status, mut channel, mut epoch, mut offset, mut error) =
+            (None, None, None, None, None, None);
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "id" => {
+                seen.first(0, r, key)?;
+                id = Some(r.owned()?);
+                Ok(())
+            }
+            "status" => {
+                seen.first(1, r, key)?;
+                let at = r.err("unknown status");
+                status = Some(match &*r.string()? {
+                    "accepted" => ItemStatus::Accepted,
+                    "duplicate" => ItemStatus::Duplicate,
+                    "rejected" => ItemStatus::Rejected,
+                    _ => return Err(at),
+                });
+                Ok(())
+            }
+            "channel" => {
+                seen.first(2, r, key)?;
+                channel = r.opt(Reader::owned)?;
+                Ok(())
+            }
+            "epoch" => {
+                seen.first(3, r, key)?;
+                epoch = r.opt(Reader::owned)?;
+                Ok(())
+            }
+            "offset" => {
+                seen.first(4, r, key)?;
+                offset = r.opt(Reader::u64)?;
+                Ok(())
+            }
+            "error" => {
+                seen.first(5, r, key)?;
+                error = r.opt(ErrorBody::read_json)?;
+                Ok(())
+            }
+            _ => r.skip_value().map(drop),
+        })?;
+        Ok(Self {
+            id: json::required(id, r, "id")?,
+            status: json::required(status, r, "status")?,
+            channel,
+            epoch,
+            offset,
+            error,
+        })
+    }
 }
 
 /// What became of one event of a batch (wire form `"accepted"`, `"duplicate"`,
@@ -256,6 +340,71 @@ impl From<&Refusal> for ErrorBody {
             retry_after_ms: r.retry_after.map(as_millis_u64),
             limit_type: r.limit_type.clone(),
         }
+    }
+}
+
+impl ErrorBody {
+    /// Reads `{"code","message",…}`; unknown codes read as [`ErrorCode::Unknown`].
+    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
+        let (mut code, mut message, mut field, mut retry_after_ms, mut limit_type) =
+            (None, None, None, None, None);
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "code" => {
+                seen.first(0, r, key)?;
+                code = Some(ErrorCode::from_wire(&r.string()?));
+                Ok(())
+            }
+            "message" => {
+                seen.first(1, r, key)?;
+                message = Some(r.owned()?);
+                Ok(())
+            }
+            "field" => {
+                seen.first(2, r, key)?;
+                field = r.opt(Reader::owned)?;
+                Ok(())
+            }
+            "retry_after_ms" => {
+                seen.first(3, r, key)?;
+                retry_after_ms = r.opt(Reader::u64)?;
+                Ok(())
+            }
+            "limit_type" => {
+                seen.first(4, r, key)?;
+                limit_type = r.opt(Reader::owned)?;
+                Ok(())
+            }
+            _ => r.skip_value().map(drop),
+        })?;
+        Ok(Self {
+            code: json::required(code, r, "code")?,
+            message: json::required(message, r, "message")?,
+            field,
+            retry_after_ms,
+            limit_type,
+        })
+    }
+}
+
+impl ErrorResponse {
+    /// Reads `{"error":{…}}`.
+    pub fn from_json(text: &str) -> Result<Self, JsonError> {
+        let mut r = Reader::new(text);
+        let mut error = None;
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "error" => {
+                seen.first(0, r, key)?;
+                error = Some(ErrorBody::read_json(r)?);
+                Ok(())
+            }
+            _ => r.skip_value().map(drop),
+        })?;
+        r.end()?;
+        Ok(Self {
+            error: json::required(error, &r, "error")?,
+        })
     }
 }
 
@@ -718,13 +867,7 @@ impl PublishQueue {
             return Err(UsageError::Closed.into());
         }
         event.validate(self.config.max_payload_bytes)?;
-        let json = serde_json::to_string(&event).map_err(|e| {
-            ValidationError::new(
-                "data",
-                ValidationKind::BadFormat,
-                format!("cannot encode event: {e}"),
-            )
-        })?;
+        let json = event.to_json();
         if json.len() + BODY_OVERHEAD > self.config.max_batch_bytes {
             return Err(ValidationError::new(
                 "data",
@@ -1322,7 +1465,7 @@ fn event_field(field: &str) -> &str {
 
 /// Reads a 2xx body: one result per event, same ids, same order.
 fn parse_results(body: &str, entries: &[Entry]) -> Result<Vec<BatchItemResult>, String> {
-    let parsed: BatchResponseBody = serde_json::from_str(body)
+    let parsed = BatchResponseBody::from_json(body)
         .map_err(|e| format!("unreadable response from {PUBLISH_BATCH_PATH}: {e}"))?;
     if parsed.results.len() != entries.len() {
         return Err(format!(
@@ -1347,7 +1490,7 @@ fn parse_results(body: &str, entries: &[Entry]) -> Result<Vec<BatchItemResult>, 
 /// The refusal a 4xx/5xx answer stands for: its [`ErrorResponse`] body if readable, else
 /// the code the status implies.
 fn refusal_from_error_status(status: u16, body: &str) -> Refusal {
-    if let Ok(parsed) = serde_json::from_str::<ErrorResponse>(body) {
+    if let Ok(parsed) = ErrorResponse::from_json(body) {
         return parsed.error.to_refusal(Some(status));
     }
     let code = match status {
