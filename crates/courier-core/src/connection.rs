@@ -18,7 +18,7 @@
 //! below the last offset are dropped (never delivered twice); a changed epoch or a server
 //! answer of `recovered: false` is reported as [`Output::Gap`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,7 @@ use crate::close::{self, CloseAction, classify_close};
 use crate::error::{Error, ErrorCode, Refusal, UsageError};
 use crate::frame::{ClientFrame, Delivery, ErrorFrame, ServerFrame, StreamPosition};
 use crate::time::{Duration, Instant};
+use crate::vec_map::VecMap;
 
 /// Settings of a [`Connection`]. Durations are milliseconds, for the bindings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,7 +230,7 @@ pub struct Connection {
     not_before: Option<Instant>,
     /// The last error frame without an id: explains the close that usually follows.
     last_error: Option<ErrorFrame>,
-    subs: BTreeMap<ChannelName, Subscription>,
+    subs: VecMap<ChannelName, Subscription>,
     next_request_id: u64,
     ever_connected: bool,
     outputs: VecDeque<Output>,
@@ -251,7 +252,7 @@ impl Connection {
             refresh_on_arrival: false,
             not_before: None,
             last_error: None,
-            subs: BTreeMap::new(),
+            subs: VecMap::new(),
             next_request_id: 1,
             ever_connected: false,
             outputs: VecDeque::new(),

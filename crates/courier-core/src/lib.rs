@@ -28,6 +28,7 @@ pub mod rate_limit;
 pub mod retry_after;
 pub mod retry_budget;
 pub mod time;
+mod vec_map;
 
 pub use channel::{ChannelName, ChannelPattern};
 pub use error::{

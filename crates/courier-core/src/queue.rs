@@ -50,7 +50,7 @@
 //!   `retry_after_cap_ms`), and a learned quota paces requests (one cell per request)
 //!   so the server is not hit just to say no.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 
@@ -65,6 +65,7 @@ use crate::json::{self, JsonError, Reader, Seen};
 use crate::rate_limit::parse_rate_limit_headers;
 use crate::retry_budget::{RetryBudget, RetryBudgetConfig};
 use crate::time::{Duration, Instant, SystemTime, as_millis_u64};
+use crate::vec_map::VecMap;
 
 /// The HTTP path batches are `POST`ed to.
 pub const PUBLISH_BATCH_PATH: &str = "/publish/batch";
@@ -776,12 +777,12 @@ pub struct PublishQueue {
     budget: RetryBudget,
     gcra: Gcra,
     /// First attempts, by priority, in push order.
-    fresh: [BTreeMap<Ticket, Entry>; 3],
+    fresh: [VecMap<Ticket, Entry>; 3],
     /// Events waiting to be sent again, by priority, in push order.
-    retries: [BTreeMap<Ticket, Entry>; 3],
+    retries: [VecMap<Ticket, Entry>; 3],
     /// Sum over `fresh` of `json.len() + 1`.
     fresh_bytes: usize,
-    in_flight: BTreeMap<BatchId, InFlight>,
+    in_flight: VecMap<BatchId, InFlight>,
     in_flight_events: usize,
     next_ticket: Ticket,
     next_batch: u64,
@@ -823,7 +824,7 @@ impl PublishQueue {
             fresh: Default::default(),
             retries: Default::default(),
             fresh_bytes: 0,
-            in_flight: BTreeMap::new(),
+            in_flight: VecMap::new(),
             in_flight_events: 0,
             next_ticket: 1,
             next_batch: 1,
@@ -1139,11 +1140,11 @@ impl PublishQueue {
     }
 
     fn retry_count(&self) -> usize {
-        self.retries.iter().map(BTreeMap::len).sum()
+        self.retries.iter().map(VecMap::len).sum()
     }
 
     fn fresh_count(&self) -> usize {
-        self.fresh.iter().map(BTreeMap::len).sum()
+        self.fresh.iter().map(VecMap::len).sum()
     }
 
     fn queued_count(&self) -> usize {
@@ -1280,12 +1281,16 @@ impl PublishQueue {
                 } else {
                     &mut self.fresh[p]
                 };
-                let Some(slot) = map.first_entry() else { break };
-                let add = slot.get().json.len() + usize::from(!out.is_empty());
+                let Some((_, first)) = map.first_key_value() else {
+                    break;
+                };
+                let add = first.json.len() + usize::from(!out.is_empty());
                 if !out.is_empty() && bytes + add > max_bytes {
                     break 'priorities;
                 }
-                let entry = slot.remove();
+                let Some((_, entry)) = map.pop_first() else {
+                    break;
+                };
                 if !from_retries {
                     self.fresh_bytes -= entry.json.len() + 1;
                 }
