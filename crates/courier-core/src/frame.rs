@@ -305,16 +305,28 @@ impl<'a, const N: usize> Members<'a, N> {
         &self,
         fields: &[&str; N],
         i: usize,
-        read: impl FnOnce(&mut Reader<'a>) -> Result<T, JsonError>,
+        read: fn(&mut Reader<'a>) -> Result<T, JsonError>,
     ) -> Result<Option<T>, FrameError> {
-        let Some(text) = self.raw[i] else {
+        let Some(mut r) = self.member(i) else {
             return Ok(None);
         };
-        let mut r = Reader::new(text);
-        r.opt(read).map_err(|e| FrameError::Invalid {
+        match read(&mut r) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => Err(self.invalid(fields[i], e)),
+        }
+    }
+
+    /// A reader at member `i`, unless it is absent or `null`.
+    fn member(&self, i: usize) -> Option<Reader<'a>> {
+        let mut r = Reader::new(self.raw[i]?);
+        if r.null() { None } else { Some(r) }
+    }
+
+    fn invalid(&self, field: &str, e: JsonError) -> FrameError {
+        FrameError::Invalid {
             op: self.op.clone(),
-            detail: format!("`{}`: {e}", fields[i]),
-        })
+            detail: format!("`{field}`: {e}"),
+        }
     }
 }
 

@@ -22,17 +22,17 @@
 //! | `j` | for the application | `{"state"}`, `{"gap"}`, `{"subscription_failed"}`, `{"error"}` |
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 
 use courier_core::connection::{Connection, ConnectionConfig, GapReason, Output, State};
 use courier_core::queue::{
     BatchId, Completion, Priority, PublishOptions, PublishQueue, QueueConfig, TransportResult,
 };
 use courier_core::time::{Duration, Instant, UNIX_EPOCH, as_millis_u64};
-use courier_core::{ChannelName, Error, Event, Metadata, StreamPosition};
+use courier_core::{ChannelName, Error, Event, Metadata, StreamPosition, json};
 use wasm_bindgen::prelude::*;
 
-/// A tiny JSON writer for the few objects that cross the boundary (no `serde_json::Value`).
+/// A tiny JSON writer for the few objects that cross the boundary (no `serde_json::Value`);
+/// strings and numbers are written by the core's writer ([`courier_core::json`]).
 struct Json(String);
 
 impl Json {
@@ -52,18 +52,7 @@ impl Json {
 
     fn str(&mut self, key: &str, value: &str) -> &mut Self {
         self.key(key);
-        self.0.push('"');
-        for c in value.chars() {
-            match c {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(self.0, "\\u{:04x}", c as u32);
-                }
-                c => self.0.push(c),
-            }
-        }
-        self.0.push('"');
+        json::push_str(&mut self.0, value);
         self
     }
 
@@ -76,7 +65,7 @@ impl Json {
 
     fn num(&mut self, key: &str, value: u64) -> &mut Self {
         self.key(key);
-        let _ = write!(self.0, "{value}");
+        self.0.push_str(&json::u64_text(value));
         self
     }
 
