@@ -8,6 +8,8 @@
 //! servers may add some); unknown ops, trailing junk, oversized frames and missing fields are
 //! [`FrameError`]s, never panics.
 
+use std::borrow::Cow;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -246,8 +248,11 @@ fn check_len(text: &str, max: usize) -> Result<(), FrameError> {
 /// Then `op` is looked at (`MissingOp`, `UnknownOp`, or `Invalid` when it is not a string);
 /// a repeated member is `Invalid`. Only then are the members read, in [`Members::read`].
 struct Members<'a, const N: usize> {
-    op: String,
+    op: Cow<'a, str>,
     raw: [Option<&'a str>; N],
+    /// The `event` member, read in the first pass (the hot path: an event frame is
+    /// walked once); `Some(Err)` when it is present but not an event.
+    event: Option<Result<Event, JsonError>>,
 }
 
 impl<'a, const N: usize> Members<'a, N> {
@@ -256,9 +261,18 @@ impl<'a, const N: usize> Members<'a, N> {
         let mut op = None;
         let mut raw = [None; N];
         let mut duplicate = None;
+        let mut event = None;
         let scanned = if r.peek() == Some(b'{') {
             r.object(|r, key| {
-                let value = r.skip_value()?;
+                // `event` is read as it is met; its raw text is then only a marker.
+                let value = if key == "event" && !r.null() {
+                    event = Some(r.try_read(Event::read_json)?);
+                    "{}"
+                } else if key == "event" {
+                    "null"
+                } else {
+                    r.skip_value()?
+                };
                 if key == "op" {
                     if op.is_some() {
                         return Err(r.err("duplicate field `op`"));
@@ -280,7 +294,7 @@ impl<'a, const N: usize> Members<'a, N> {
         let op_raw = op.ok_or(FrameError::MissingOp)?;
         let mut r = Reader::new(op_raw);
         let op = match r.string() {
-            Ok(op) => op.into_owned(),
+            Ok(op) => op,
             Err(_) => {
                 return Err(FrameError::Invalid {
                     op: op_raw.to_owned(),
@@ -288,16 +302,16 @@ impl<'a, const N: usize> Members<'a, N> {
                 });
             }
         };
-        if !ops.contains(&op.as_str()) {
-            return Err(FrameError::UnknownOp(op));
+        if !ops.contains(&&*op) {
+            return Err(FrameError::UnknownOp(op.into_owned()));
         }
         if let Some(i) = duplicate {
             return Err(FrameError::Invalid {
-                op,
+                op: op.into_owned(),
                 detail: format!("duplicate field `{}`", fields[i]),
             });
         }
-        Ok(Members { op, raw })
+        Ok(Members { op, raw, event })
     }
 
     /// Reads member `i` (`None` when absent or `null`).
@@ -316,6 +330,15 @@ impl<'a, const N: usize> Members<'a, N> {
         }
     }
 
+    /// The `event` member (at `i` in `fields`), read during the scan.
+    fn take_event(&mut self, fields: &[&str; N], i: usize) -> Result<Option<Event>, FrameError> {
+        match self.event.take() {
+            None => Ok(None),
+            Some(Ok(e)) => Ok(Some(e)),
+            Some(Err(e)) => Err(self.invalid(fields[i], e)),
+        }
+    }
+
     /// A reader at member `i`, unless it is absent or `null`.
     fn member(&self, i: usize) -> Option<Reader<'a>> {
         let mut r = Reader::new(self.raw[i]?);
@@ -324,7 +347,7 @@ impl<'a, const N: usize> Members<'a, N> {
 
     fn invalid(&self, field: &str, e: JsonError) -> FrameError {
         FrameError::Invalid {
-            op: self.op.clone(),
+            op: self.op.clone().into_owned(),
             detail: format!("`{field}`: {e}"),
         }
     }
@@ -417,15 +440,15 @@ impl ClientFrame {
     pub fn decode(text: &str, max_len: usize) -> Result<Self, FrameError> {
         check_len(text, max_len)?;
         const F: &[&str; 6] = &CLIENT_FIELDS;
-        let m = Members::scan(text, F, CLIENT_OPS)?;
+        let mut m = Members::scan(text, F, CLIENT_OPS)?;
         // Every member present is read, whatever the op (as the serde codec did).
         let id = m.read(F, 0, u64_of)?;
         let token = m.read(F, 1, Reader::owned)?;
         let client = m.read(F, 2, Reader::owned)?;
         let channel = m.read(F, 3, read_channel)?;
         let since = m.read(F, 4, StreamPosition::read_json)?;
-        let event = m.read(F, 5, Event::read_json)?;
-        let op = m.op.as_str();
+        let event = m.take_event(F, 5)?;
+        let op = &*m.op;
         Ok(match op {
             "connect" => ClientFrame::Connect {
                 token: required(token, op, "token")?,
@@ -525,7 +548,7 @@ impl ServerFrame {
     pub fn decode(text: &str, max_len: usize) -> Result<Self, FrameError> {
         check_len(text, max_len)?;
         const F: &[&str; 16] = &SERVER_FIELDS;
-        let m = Members::scan(text, F, SERVER_OPS)?;
+        let mut m = Members::scan(text, F, SERVER_OPS)?;
         // Every member present is read, whatever the op (as the serde codec did).
         let id = m.read(F, 0, u64_of)?;
         let session = m.read(F, 1, Reader::owned)?;
@@ -535,7 +558,7 @@ impl ServerFrame {
         let channel = m.read(F, 5, read_channel)?;
         let recovered = m.read(F, 6, Reader::bool)?;
         let offset = m.read(F, 7, u64_of)?;
-        let event = m.read(F, 8, Event::read_json)?;
+        let event = m.take_event(F, 8)?;
         let event_id = m.read(F, 9, Reader::owned)?;
         let duplicate = m.read(F, 10, Reader::bool)?;
         let code = m.read(F, 11, code_of)?;
@@ -543,7 +566,7 @@ impl ServerFrame {
         let retry_after_ms = m.read(F, 13, u64_of)?;
         let limit_type = m.read(F, 14, Reader::owned)?;
         let field = m.read(F, 15, Reader::owned)?;
-        let op = m.op.as_str();
+        let op = &*m.op;
         Ok(match op {
             "event" => ServerFrame::Event(Delivery {
                 epoch: required(epoch, op, "epoch")?,

@@ -22,7 +22,7 @@ pub mod error;
 pub mod event;
 pub mod frame;
 pub mod gcra;
-pub mod json;
+pub use courier_json as json;
 pub mod queue;
 pub mod rate_limit;
 pub mod retry_after;

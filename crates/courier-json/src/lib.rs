@@ -1,5 +1,7 @@
-//! A small strict JSON reader and writer: the frame codec and the publish queue's wire
-//! format on every target.
+//! A small strict JSON reader and writer: courier-core's frame codec and the publish
+//! queue's wire format on every target (re-exported as `courier_core::json`). A crate of its
+//! own only so that `[profile.wasm-release]` can optimise it for speed (it is the per-event
+//! hot path of the WASM client) while the rest stays size-optimised.
 //!
 //! Why not serde_json: in the WASM build, serde_json's parser, its error messages (which
 //! pull in float formatting) and the generic `Deserialize` code per wire type were most of
@@ -190,6 +192,25 @@ impl<'a> Reader<'a> {
     /// Reads a string into a `String`.
     pub fn owned(&mut self) -> Result<String, JsonError> {
         self.string().map(Cow::into_owned)
+    }
+
+    /// Reads a value with `read`; when that fails, goes back and skips the value instead,
+    /// so the text is still checked to its end (a syntax error then comes first) and the
+    /// failure is handed back as the inner `Err`.
+    pub fn try_read<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Result<T, JsonError>,
+    ) -> Result<Result<T, JsonError>, JsonError> {
+        self.ws();
+        let start = self.pos;
+        match read(self) {
+            Ok(v) => Ok(Ok(v)),
+            Err(e) => {
+                self.pos = start;
+                self.skip_value()?;
+                Ok(Err(e))
+            }
+        }
     }
 
     /// Reads `true` or `false`.
