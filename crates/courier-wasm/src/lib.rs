@@ -47,3 +47,11 @@ pub fn vector_files() -> Vec<String> {
         .map(|s| (*s).to_owned())
         .collect()
 }
+
+/// A free-list allocator of about 1 KB instead of the standard library's dlmalloc (about
+/// 7 KB): the client allocates little (frames, event texts, queue entries) and frees it
+/// soon, so a first-fit free list is fast enough and keeps the download small.
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: lol_alloc::LockedAllocator<lol_alloc::FreeListAllocator> =
+    lol_alloc::LockedAllocator::new(lol_alloc::FreeListAllocator::new());
