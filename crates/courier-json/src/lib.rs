@@ -54,6 +54,7 @@ impl<'a> Reader<'a> {
         Reader { text, pos: 0 }
     }
 
+    #[inline]
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
     }
@@ -66,18 +67,22 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn ws(&mut self) {
+        // Frames are mostly written without whitespace: one compare in the common case.
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes().get(self.pos) {
             self.pos += 1;
         }
     }
 
     /// The next byte after whitespace, not consumed.
+    #[inline]
     pub fn peek(&mut self) -> Option<u8> {
         self.ws();
         self.bytes().get(self.pos).copied()
     }
 
+    #[inline]
     fn eat(&mut self, b: u8) -> bool {
         if self.peek() == Some(b) {
             self.pos += 1;
@@ -87,6 +92,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn expect(&mut self, b: u8, what: &'static str) -> Result<(), JsonError> {
         if self.eat(b) {
             Ok(())
@@ -168,6 +174,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads `null` if it comes next.
+    #[inline]
     pub fn null(&mut self) -> bool {
         if self.peek() == Some(b'n') && self.text[self.pos..].starts_with("null") {
             self.pos += 4;
@@ -190,6 +197,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a string into a `String`.
+    #[inline]
     pub fn owned(&mut self) -> Result<String, JsonError> {
         self.string().map(Cow::into_owned)
     }
@@ -224,6 +232,28 @@ impl<'a> Reader<'a> {
 
     /// Reads a non-negative integer that fits in a `u64` (no fraction, no exponent).
     pub fn u64(&mut self) -> Result<u64, JsonError> {
+        self.ws();
+        // The common case in one pass: 1 to 19 digits (cannot overflow), no leading zero,
+        // and no fraction or exponent after them.
+        let b = self.bytes();
+        let start = self.pos;
+        if let Some(b'1'..=b'9') = b.get(start) {
+            let mut i = start;
+            let mut n: u64 = 0;
+            while let Some(&c @ b'0'..=b'9') = b.get(i) {
+                n = n.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
+                i += 1;
+            }
+            if i - start <= 19 && !matches!(b.get(i), Some(b'.' | b'e' | b'E')) {
+                self.pos = i;
+                return Ok(n);
+            }
+        }
+        self.u64_slow()
+    }
+
+    #[inline(never)]
+    fn u64_slow(&mut self) -> Result<u64, JsonError> {
         let start = self.pos;
         let text = self.number()?;
         let mut n: u64 = 0;
@@ -297,13 +327,28 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a string and returns it unescaped (borrowed when it has no escapes).
+    #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(b'"', "expected a string")?;
-        let b = self.bytes();
+        // The common case: no escape before the closing quote.
         let start = self.pos;
+        let end = plain_run_end(self.bytes(), start);
+        if self.bytes().get(end) == Some(&b'"') {
+            self.pos = end + 1;
+            return Ok(Cow::Borrowed(&self.text[start..end]));
+        }
+        self.string_with_escapes(start)
+    }
+
+    /// The rest of [`Reader::string`]: a string with escapes (or an error), from `start`.
+    #[inline(never)]
+    fn string_with_escapes(&mut self, start: usize) -> Result<Cow<'a, str>, JsonError> {
+        let b = self.bytes();
+        self.pos = start;
         let mut owned: Option<String> = None;
         let mut run = start;
         loop {
+            self.pos = plain_run_end(b, self.pos);
             let Some(&c) = b.get(self.pos) else {
                 return Err(self.err("unterminated string"));
             };
@@ -334,10 +379,24 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips a string (escapes checked, surrogates not paired: they are not decoded).
+    #[inline]
     fn skip_string(&mut self) -> Result<(), JsonError> {
         self.pos += 1;
         let b = self.bytes();
+        let end = plain_run_end(b, self.pos);
+        if b.get(end) == Some(&b'"') {
+            self.pos = end + 1;
+            return Ok(());
+        }
+        self.pos = end;
+        self.skip_string_with_escapes()
+    }
+
+    #[inline(never)]
+    fn skip_string_with_escapes(&mut self) -> Result<(), JsonError> {
+        let b = self.bytes();
         loop {
+            self.pos = plain_run_end(b, self.pos);
             match b.get(self.pos) {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => {
@@ -483,6 +542,36 @@ impl<'a> Reader<'a> {
         self.skip_string()?;
         self.expect(b':', "expected `:`")
     }
+}
+
+/// The index of the first byte at or after `i` that ends a run of plain string content: a
+/// quote, a backslash or a control character (or `b.len()`). Strings are most of a frame's
+/// bytes, so this looks at eight bytes per step ("SWAR": a byte-wise compare in one `u64`).
+fn plain_run_end(b: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Non-zero when some byte of `v` is below `n` (exact for n <= 0x80).
+    let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        if below(v ^ (ONES * u64::from(b'"')), 1)
+            | below(v ^ (ONES * u64::from(b'\\')), 1)
+            | below(v, 0x20)
+            != 0
+        {
+            break;
+        }
+        i += 8;
+    }
+    while let Some(&c) = b.get(i) {
+        if c == b'"' || c == b'\\' || c < 0x20 {
+            break;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// Which members of an object were seen, to refuse duplicates (as serde does).
