@@ -120,6 +120,10 @@ def _options(kw: Dict[str, Any]) -> str:
             out["request_timeout_ms"] = int(float(v) * 1000)
         elif k == "worker_threads":
             out["worker_threads"] = int(v)
+        elif k == "subscription_buffer":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"subscription_buffer must be an int of at least 1, not {v!r}")
+            out["subscription_buffer"] = v
         elif k == "backoff":
             conn["backoff"] = v
             queue["backoff"] = v
@@ -316,7 +320,11 @@ class AsyncCourierClient(_Base):
     ``token`` is a JWT or a callable returning one (or an awaitable of one); it is called
     again when the token expires. Options: ``max_queued``, ``max_batch_events``,
     ``linger_ms``, ``max_in_flight``, ``max_attempts``, ``request_timeout`` (seconds),
-    ``connect_timeout_ms``, ``heartbeat_grace_ms``, ``backoff`` (dict), ``worker_threads``.
+    ``connect_timeout_ms``, ``heartbeat_grace_ms``, ``backoff`` (dict), ``worker_threads``,
+    ``subscription_buffer`` (unread events a subscription may hold, default 10,000: a
+    subscription that falls further behind is paused, then resumed from history after the
+    last event it was given, so memory stays bounded and, while history covers the pause,
+    nothing is lost; a gap is reported when it does not).
     """
 
     def __init__(

@@ -199,3 +199,23 @@ async def test_logs_go_to_the_courier_client_logger(server: Server, token: str, 
     await asyncio.sleep(0.1)
     records = [r for r in caplog.records if r.name == "courier_client"]
     assert any("batch" in r.getMessage() for r in records), [r.getMessage() for r in records]
+
+
+async def test_a_slow_subscription_is_paused_and_resumed_without_loss(server: Server, token: str) -> None:
+    # At most 8 unread events are held; the other 192 come back from history as the
+    # application reads.
+    async with AsyncCourierClient(server.url, token=token, subscription_buffer=8) as client:
+        sub = client.subscribe("backtest.a-slow")
+        await sub.ready(timeout=10)
+        await client.publish_many([("backtest.a-slow", "backtest.progress", progress("slow", i % 100)) for i in range(200)])
+        await asyncio.sleep(0.2)
+        got = await take(sub, 200)
+        assert [e.offset for e in got] == list(range(1, 201))
+        assert sub.gaps == []
+        assert await nothing_more(sub)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True, "8"])
+async def test_subscription_buffer_must_be_a_positive_int(server: Server, token: str, bad: object) -> None:
+    with pytest.raises(ValueError, match="subscription_buffer"):
+        AsyncCourierClient(server.url, token=token, subscription_buffer=bad)

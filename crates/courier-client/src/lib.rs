@@ -45,7 +45,9 @@ use courier_core::time::Instant;
 use courier_core::{Error, StreamPosition, UsageError, ValidationError, ValidationKind};
 
 pub use publisher::{Completer, EventOptions, Publisher};
-pub use subscriber::{ClientEvent, Listener, Subscriber, Subscription, SubscriptionItem};
+pub use subscriber::{
+    ClientEvent, DEFAULT_SUBSCRIPTION_BUFFER, Listener, Subscriber, Subscription, SubscriptionItem,
+};
 pub use token::{BoxFuture, StaticToken, TokenProvider, token_fn};
 
 /// This SDK's name and version, sent in `connect`.
@@ -70,6 +72,11 @@ pub struct ClientConfig {
     pub seed: Option<u64>,
     /// Told about connection states and errors.
     pub listener: Option<Listener>,
+    /// Unread events a subscription may hold (at least 1). When the application falls
+    /// this far behind on a channel, the client stops taking its events and, once half of
+    /// them are read, resubscribes after the last one: memory stays bounded and the
+    /// server's history fills the hole (a `Gap` item says when it cannot).
+    pub subscription_buffer: usize,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -80,6 +87,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("queue", &self.queue)
             .field("connection", &self.connection)
             .field("request_timeout", &self.request_timeout)
+            .field("subscription_buffer", &self.subscription_buffer)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +108,7 @@ impl ClientConfig {
             pool_max_idle_per_host: 32,
             seed: None,
             listener: None,
+            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
         }
     }
 
@@ -215,6 +224,7 @@ impl Client {
                 tokens,
                 listener: config.listener.clone(),
                 max_frame_bytes,
+                subscription_buffer: config.subscription_buffer,
             },
             handle,
         );

@@ -4,8 +4,16 @@
 //! `since`, duplicates, gaps, heartbeats, backoff, token refresh, the close-code table); the
 //! driver opens and closes sockets when told, forwards frames both ways, asks the token
 //! provider, and wakes the state machine at [`Connection::poll_timeout`].
+//!
+//! A subscription holds at most [`ClientConfig::subscription_buffer`](crate::ClientConfig)
+//! unread events. When the application falls that far behind, the driver stops taking the
+//! channel's events (the core unsubscribes) instead of holding them all; once the
+//! application has read half of them, the channel is subscribed again after the last event
+//! it was given, and the server's history fills the hole (a `Gap` says so if it cannot).
+//! Memory stays bounded and, while history covers the lag, nothing is lost.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use courier_core::connection::{
@@ -61,13 +69,51 @@ pub enum SubscriptionItem {
     Ended(Option<Error>),
 }
 
+/// How many unread events a subscription holds by default before the client pauses it.
+pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 10_000;
+
+/// The unread events of one subscription, shared by the driver (which adds) and the
+/// [`Subscription`] (which takes).
+#[derive(Debug)]
+struct Flow {
+    queued: AtomicUsize,
+    /// The driver stopped taking this channel's events; the first side to see `queued`
+    /// at or below `resume_at` while this is set asks for them again.
+    paused: AtomicBool,
+    capacity: usize,
+    resume_at: usize,
+}
+
+impl Flow {
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            queued: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+            capacity,
+            resume_at: capacity / 2,
+        }
+    }
+
+    /// Whether a paused channel should resume now (true for one caller only). `SeqCst`
+    /// on both sides: the driver sets `paused` then reads `queued`, the subscription
+    /// lowers `queued` then reads `paused`, so one of them sees the other's write.
+    fn take_resume(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) <= self.resume_at
+            && self.paused.swap(false, Ordering::SeqCst)
+    }
+}
+
 enum Command {
     Subscribe {
         channel: ChannelName,
         since: Option<StreamPosition>,
         tx: mpsc::UnboundedSender<SubscriptionItem>,
+        flow: Arc<Flow>,
     },
     Unsubscribe(ChannelName),
+    /// A paused subscription has caught up: subscribe again after its last event.
+    Resume(ChannelName),
     Close(oneshot::Sender<()>),
 }
 
@@ -78,6 +124,7 @@ pub struct Subscription {
     rx: mpsc::UnboundedReceiver<SubscriptionItem>,
     buffered: VecDeque<SubscriptionItem>,
     cmd: mpsc::UnboundedSender<Command>,
+    flow: Arc<Flow>,
     position: Option<StreamPosition>,
     ended: bool,
 }
@@ -131,6 +178,10 @@ impl Subscription {
                     epoch: d.epoch.clone(),
                     offset: d.offset,
                 });
+                self.flow.queued.fetch_sub(1, Ordering::SeqCst);
+                if self.flow.take_resume() {
+                    let _ = self.cmd.send(Command::Resume(self.channel.clone()));
+                }
             }
             SubscriptionItem::Ended(_) => self.ended = true,
             _ => {}
@@ -194,6 +245,7 @@ pub struct Subscriber {
     cmd: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<ConnState>,
     stats: Arc<Mutex<ConnectionStats>>,
+    buffer: usize,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -209,6 +261,7 @@ pub(crate) struct SubscriberSetup {
     pub(crate) tokens: Arc<TokenCache>,
     pub(crate) listener: Option<Listener>,
     pub(crate) max_frame_bytes: usize,
+    pub(crate) subscription_buffer: usize,
 }
 
 impl Subscriber {
@@ -220,6 +273,7 @@ impl Subscriber {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(conn.state());
         let stats = Arc::new(Mutex::new(ConnectionStats::default()));
+        let buffer = setup.subscription_buffer;
         let driver = Driver {
             conn,
             setup,
@@ -236,6 +290,7 @@ impl Subscriber {
             cmd: cmd_tx,
             state: state_rx,
             stats,
+            buffer,
         }
     }
 
@@ -247,11 +302,13 @@ impl Subscriber {
     ) -> Result<Subscription, Error> {
         let channel = ChannelName::new(channel)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let flow = Arc::new(Flow::new(self.buffer));
         self.cmd
             .send(Command::Subscribe {
                 channel: channel.clone(),
                 since: since.clone(),
                 tx,
+                flow: flow.clone(),
             })
             .map_err(|_| Error::from(UsageError::Closed))?;
         Ok(Subscription {
@@ -259,6 +316,7 @@ impl Subscriber {
             rx,
             buffered: VecDeque::new(),
             cmd: self.cmd.clone(),
+            flow,
             position: since,
             ended: false,
         })
@@ -304,11 +362,21 @@ struct Driver {
     setup: SubscriberSetup,
     generation: u64,
     socket: Option<mpsc::UnboundedSender<SocketOut>>,
-    subs: HashMap<ChannelName, mpsc::UnboundedSender<SubscriptionItem>>,
+    subs: HashMap<ChannelName, Route>,
     state_tx: watch::Sender<ConnState>,
     stats: Arc<Mutex<ConnectionStats>>,
     last_token: Option<String>,
     last_error: Option<Error>,
+}
+
+/// Where one channel's items go.
+struct Route {
+    tx: mpsc::UnboundedSender<SubscriptionItem>,
+    flow: Arc<Flow>,
+    /// The last position handed to the subscription (or its `since`).
+    last: Option<StreamPosition>,
+    /// The core no longer holds the channel: the subscription fell behind.
+    paused: bool,
 }
 
 impl Driver {
@@ -345,10 +413,11 @@ impl Driver {
                             close_replies.push(reply);
                             self.conn.close(now);
                         }
-                        Some(Command::Subscribe { channel, since, tx }) => {
-                            match self.conn.subscribe(channel.clone(), since, now) {
+                        Some(Command::Subscribe { channel, since, tx, flow }) => {
+                            match self.conn.subscribe(channel.clone(), since.clone(), now) {
                                 Ok(()) => {
-                                    self.subs.insert(channel, tx);
+                                    let route = Route { tx, flow, last: since, paused: false };
+                                    self.subs.insert(channel, route);
                                     self.conn.connect(now);
                                 }
                                 Err(e) => {
@@ -360,6 +429,7 @@ impl Driver {
                             self.subs.remove(&channel);
                             self.conn.unsubscribe(&channel, now);
                         }
+                        Some(Command::Resume(channel)) => self.resume(&channel, now),
                     }
                 }
                 Some((generation, event)) = sock_rx.recv() => {
@@ -386,8 +456,8 @@ impl Driver {
             }
         }
         // Closed: every subscription ends.
-        for (_, tx) in self.subs.drain() {
-            let _ = tx.send(SubscriptionItem::Ended(None));
+        for (_, route) in self.subs.drain() {
+            let _ = route.tx.send(SubscriptionItem::Ended(None));
         }
         for reply in close_replies {
             let _ = reply.send(());
@@ -442,8 +512,8 @@ impl Driver {
                     self.notify(ClientEvent::State(state));
                     if state == ConnState::Closed {
                         let error = self.last_error.take();
-                        for (_, tx) in self.subs.drain() {
-                            let _ = tx.send(SubscriptionItem::Ended(error.clone()));
+                        for (_, route) in self.subs.drain() {
+                            let _ = route.tx.send(SubscriptionItem::Ended(error.clone()));
                         }
                     }
                 }
@@ -461,10 +531,7 @@ impl Driver {
                         },
                     );
                 }
-                Output::Event(delivery) => {
-                    let channel = delivery.event.channel.clone();
-                    self.route(&channel, SubscriptionItem::Event(delivery));
-                }
+                Output::Event(delivery) => self.route_event(delivery),
                 Output::Gap {
                     channel,
                     last,
@@ -483,8 +550,8 @@ impl Driver {
                 }
                 Output::SubscriptionFailed { channel, error } => {
                     tracing::warn!(%channel, %error, "subscription refused");
-                    if let Some(tx) = self.subs.remove(&channel) {
-                        let _ = tx.send(SubscriptionItem::Ended(Some(error)));
+                    if let Some(route) = self.subs.remove(&channel) {
+                        let _ = route.tx.send(SubscriptionItem::Ended(Some(error)));
                     }
                 }
                 Output::Error(error) => {
@@ -499,11 +566,70 @@ impl Driver {
     }
 
     fn route(&mut self, channel: &ChannelName, item: SubscriptionItem) {
-        if let Some(tx) = self.subs.get(channel) {
-            if tx.send(item).is_err() {
+        if let Some(route) = self.subs.get(channel) {
+            if route.tx.send(item).is_err() {
                 // The application dropped the subscription without an unsubscribe reaching us.
                 self.subs.remove(channel);
                 self.conn.unsubscribe(channel, Instant::now());
+            }
+        }
+    }
+
+    /// Hands an event to its subscription, or pauses the channel when the subscription
+    /// already holds `subscription_buffer` unread events (see the module docs).
+    fn route_event(&mut self, delivery: Delivery) {
+        let channel = delivery.event.channel.clone();
+        let Some(route) = self.subs.get_mut(&channel) else {
+            return;
+        };
+        if route.paused {
+            return;
+        }
+        if route.flow.queued.load(Ordering::SeqCst) >= route.flow.capacity {
+            tracing::warn!(%channel, unread = route.flow.capacity, last = ?route.last,
+                "subscription not keeping up: paused until it has read half of its events");
+            route.paused = true;
+            route.flow.paused.store(true, Ordering::SeqCst);
+            let resume_now = route.flow.take_resume();
+            let now = Instant::now();
+            self.conn.unsubscribe(&channel, now);
+            if resume_now {
+                self.resume(&channel, now);
+            }
+            return;
+        }
+        let position = StreamPosition {
+            epoch: delivery.epoch.clone(),
+            offset: delivery.offset,
+        };
+        route.flow.queued.fetch_add(1, Ordering::SeqCst);
+        if route.tx.send(SubscriptionItem::Event(delivery)).is_err() {
+            // The application dropped the subscription without an unsubscribe reaching us.
+            self.subs.remove(&channel);
+            self.conn.unsubscribe(&channel, Instant::now());
+            return;
+        }
+        route.last = Some(position);
+    }
+
+    /// Subscribes a paused channel again, after the last event its subscription was given.
+    fn resume(&mut self, channel: &ChannelName, now: Instant) {
+        let Some(route) = self.subs.get_mut(channel) else {
+            return;
+        };
+        if !route.paused {
+            return;
+        }
+        route.paused = false;
+        tracing::info!(%channel, since = ?route.last, "subscription caught up: resuming");
+        match self
+            .conn
+            .subscribe(channel.clone(), route.last.clone(), now)
+        {
+            Ok(()) => self.conn.connect(now),
+            Err(e) => {
+                let _ = route.tx.send(SubscriptionItem::Ended(Some(e)));
+                self.subs.remove(channel);
             }
         }
     }

@@ -17,6 +17,11 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A server on a free port. `COURIER_BACKEND=redis` / `COURIER_REDIS_URL` in the environment
 /// (set by `make test-sdk-redis`) select the Redis backend, each server in its own namespace.
 async fn server() -> ServerHandle {
+    server_with(|_| {}).await
+}
+
+/// [`server`], with `adjust` applied to its configuration.
+async fn server_with(adjust: impl FnOnce(&mut Config)) -> ServerHandle {
     let mut config = Config::load(
         None,
         std::env::vars().filter(|(k, _)| k == "COURIER_BACKEND" || k == "COURIER_REDIS_URL"),
@@ -30,6 +35,7 @@ async fn server() -> ServerHandle {
     config.auth.jwt_secret = SECRET.into();
     config.enable_fault_injection = true;
     config.rate_limits.enabled = false;
+    adjust(&mut config);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     courier_server::start(config, listener).await.unwrap()
 }
@@ -260,5 +266,133 @@ async fn forbidden_subscription_ends_with_the_reason() {
         Some(SubscriptionItem::Ended(Some(e))) => assert_eq!(e.code(), "FORBIDDEN_CHANNEL"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+    client.close().await;
+}
+
+/// A client whose subscriptions hold at most `buffer` unread events.
+fn client_with_buffer(server: &ServerHandle, buffer: usize) -> Client {
+    let mut config =
+        ClientConfig::new(format!("http://{}", server.local_addr())).service_name("rust-tests");
+    config.subscription_buffer = buffer;
+    Client::new(config, Arc::new(StaticToken(token(3600)))).unwrap()
+}
+
+/// Queues `n` events for `channel` and waits until every one is acknowledged.
+async fn publish_n(client: &Client, channel: &str, n: u32) {
+    let publisher = client.publisher();
+    let acked = Arc::new(AtomicUsize::new(0));
+    for i in 0..n {
+        let event = publisher
+            .event(
+                channel,
+                "backtest.progress",
+                progress("slow", f64::from(i % 100)).to_string(),
+                courier_client::EventOptions::default(),
+            )
+            .unwrap();
+        let acked = acked.clone();
+        publisher
+            .enqueue(
+                event,
+                PublishOptions::default(),
+                Box::new(move |r| {
+                    if r.is_ok() {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                }),
+            )
+            .unwrap();
+    }
+    tokio::time::timeout(WAIT, client.flush()).await.unwrap();
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        n as usize,
+        "every event acknowledged"
+    );
+}
+
+/// Every item until `n` events were read (or the wait runs out): (events' offsets, gaps,
+/// `Subscribed` items).
+async fn read_events(sub: &mut courier_client::Subscription, n: usize) -> (Vec<u64>, usize, usize) {
+    let (mut offsets, mut gaps, mut subscribed) = (Vec::new(), 0, 0);
+    while offsets.len() < n {
+        match tokio::time::timeout(WAIT, sub.next()).await {
+            Ok(Some(SubscriptionItem::Event(d))) => offsets.push(d.offset),
+            Ok(Some(SubscriptionItem::Gap { .. })) => gaps += 1,
+            Ok(Some(SubscriptionItem::Subscribed { .. })) => subscribed += 1,
+            other => panic!("after {} events: {other:?}", offsets.len()),
+        }
+    }
+    (offsets, gaps, subscribed)
+}
+
+#[tokio::test]
+async fn a_slow_subscription_is_paused_then_resumed_from_history_without_loss() {
+    let server = server().await;
+    let client = client_with_buffer(&server, 8);
+    let mut sub = client.subscribe("backtest.slow", None).unwrap();
+    tokio::time::timeout(WAIT, sub.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    // 200 events arrive while the application reads none: the subscription holds 8, the
+    // client pauses the channel instead of buffering the rest.
+    publish_n(&client, "backtest.slow", 200).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (offsets, gaps, subscribed) = read_events(&mut sub, 200).await;
+    assert_eq!(
+        offsets,
+        (1..=200).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(gaps, 0, "history covered the pause");
+    // The first `Subscribed` (kept by `ready`), then one per resume.
+    assert!(
+        subscribed >= 2,
+        "the channel was paused and resumed ({subscribed} subscribed)"
+    );
+    assert_eq!(client.stats().connection.duplicates_dropped, 0);
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_pause_longer_than_history_reports_a_gap_and_goes_on() {
+    let server = server_with(|c| c.history.max_events_per_channel = 10).await;
+    let client = client_with_buffer(&server, 4);
+    let mut sub = client.subscribe("backtest.slower", None).unwrap();
+    tokio::time::timeout(WAIT, sub.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    publish_n(&client, "backtest.slower", 100).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first 4 were held; history then only has the last 10 (91..=100), and the
+    // protocol resumes live when it cannot recover: the hole is reported once.
+    let (offsets, _, _) = read_events(&mut sub, 4).await;
+    assert_eq!(offsets, [1, 2, 3, 4]);
+    let gap = loop {
+        match tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            SubscriptionItem::Gap {
+                last,
+                position,
+                reason,
+            } => break (last, position, reason),
+            SubscriptionItem::Subscribed { .. } => {}
+            other => panic!("expected a gap, got {other:?}"),
+        }
+    };
+    assert_eq!(gap.0.map(|p| p.offset), Some(4));
+    assert_eq!(gap.1.offset, 100);
+    assert_eq!(
+        gap.2,
+        courier_core::connection::GapReason::HistoryUnavailable
+    );
+    // Live delivery goes on after the gap.
+    publish_n(&client, "backtest.slower", 1).await;
+    assert_eq!(next_offset(&mut sub).await, 101);
     client.close().await;
 }

@@ -271,6 +271,7 @@ struct Options {
     request_timeout_ms: Option<u64>,
     worker_threads: Option<usize>,
     client_name: Option<String>,
+    subscription_buffer: Option<usize>,
 }
 
 type Dispatch = mpsc::UnboundedSender<(Py<PyAny>, Outcome)>;
@@ -471,6 +472,9 @@ impl NativeClient {
             .unwrap_or_else(|| concat!("courier-py/", env!("CARGO_PKG_VERSION")).into());
         if let Some(ms) = options.request_timeout_ms {
             config.request_timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = options.subscription_buffer {
+            config.subscription_buffer = n;
         }
         if let Some(listener) = listener {
             let listener = Arc::new(listener);
