@@ -2,7 +2,7 @@
 //! with their data shapes, and validation with errors that name the field.
 //!
 //! Decisions (documented in `docs/protocol.md`):
-//! - `data` stays raw JSON inside the envelope ([`RawValue`]): the core validates it when an
+//! - `data` stays raw JSON inside the envelope ([`RawJson`]): the core validates it when an
 //!   event is published and otherwise passes it through untouched, so a subscriber pays for
 //!   one parse, in its own language.
 //! - Prices, quantities and money are decimal strings (`"101.25"`), never floats, so they
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::channel::ChannelName;
@@ -26,6 +26,73 @@ use crate::json::{self, JsonError, Obj, Reader, Seen};
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 100 * 1024;
 /// Longest event id, idempotency key or event type, in bytes.
 pub const MAX_ID_LEN: usize = 128;
+
+/// JSON text that is exactly one value (an event's `data`), kept as text: the core checks
+/// it and passes it on, it never builds a tree of it.
+///
+/// The core's own type rather than serde_json's `RawValue`, so that the WASM build (which
+/// reads and writes frames with [`crate::json`]) does not carry serde_json at all. With
+/// serde it behaves like `RawValue`: written verbatim, read as whatever value is there.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawJson(Box<str>);
+
+impl RawJson {
+    /// Checks that `json` is one JSON value and keeps it (surrounding whitespace trimmed).
+    pub fn from_string(json: String) -> Result<Self, JsonError> {
+        json::validate(&json)?;
+        let trimmed = json.trim_matches([' ', '\t', '\n', '\r']);
+        Ok(if trimmed.len() == json.len() {
+            Self(json.into_boxed_str())
+        } else {
+            Self(trimmed.into())
+        })
+    }
+
+    /// Text the caller has already checked is one JSON value (the reader returned it).
+    pub(crate) fn from_checked(json: &str) -> Self {
+        Self(json.into())
+    }
+
+    /// `null`.
+    pub fn null() -> Self {
+        Self("null".into())
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RawJson")
+            .field(&format_args!("{}", self.0))
+            .finish()
+    }
+}
+
+impl std::fmt::Display for RawJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for RawJson {
+    /// Written verbatim by serde_json (through a borrowed `RawValue`; the text is checked
+    /// once more on the way, off the hot paths, which use [`Event::write_json`]).
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Ok(Self(raw.into()))
+    }
+}
 
 /// Who sent an event, when, and on whose behalf.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -102,7 +169,7 @@ pub struct Event {
     /// The payload, as raw JSON; its shape depends on `type`.
     #[schemars(with = "serde_json::Value")]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub data: Box<RawValue>,
+    pub data: RawJson,
     /// Who, when, why.
     #[serde(default)]
     pub metadata: Metadata,
@@ -127,7 +194,9 @@ impl Event {
         data: &serde_json::Value,
         metadata: Metadata,
     ) -> Self {
-        let data = serde_json::value::to_raw_value(data).unwrap_or_else(|_| null_raw());
+        // serde_json writes one JSON value; a `Value` cannot fail to serialize.
+        let data = serde_json::to_string(data)
+            .map_or_else(|_| RawJson::null(), |text| RawJson(text.into()));
         Self {
             id: id.into(),
             event_type: event_type.into(),
@@ -161,7 +230,7 @@ impl Event {
             }
             "data" => {
                 seen.first(3, r, key)?;
-                data = Some(raw_value(r.skip_value()?));
+                data = Some(RawJson::from_checked(r.skip_value()?));
                 Ok(())
             }
             "metadata" => {
@@ -206,14 +275,13 @@ impl Event {
         data_json: String,
         metadata: Metadata,
     ) -> Result<Self, ValidationError> {
-        crate::json::validate(&data_json).map_err(|e| {
+        let data = RawJson::from_string(data_json).map_err(|e| {
             ValidationError::new(
                 "data",
                 ValidationKind::BadFormat,
                 format!("data is not valid JSON: {e}"),
             )
         })?;
-        let data = raw_value(data_json.trim_matches([' ', '\t', '\n', '\r']));
         Ok(Self {
             id: id.into(),
             event_type: event_type.into(),
@@ -273,7 +341,7 @@ impl Event {
 /// Without typed validation: whether `event_type` is a catalogue type, whose data must then
 /// at least be a JSON object (the server checks the rest and names the field).
 #[cfg(not(feature = "catalogue-validation"))]
-fn is_known_object(event_type: &str, data: &RawValue) -> Result<bool, ValidationError> {
+fn is_known_object(event_type: &str, data: &RawJson) -> Result<bool, ValidationError> {
     if !KNOWN_EVENT_TYPES.contains(&event_type) {
         return Ok(false);
     }
@@ -287,10 +355,6 @@ fn is_known_object(event_type: &str, data: &RawValue) -> Result<bool, Validation
     Ok(true)
 }
 
-fn null_raw() -> Box<RawValue> {
-    raw_value("null")
-}
-
 /// Reads a channel name: a string that [`ChannelName::new`] accepts.
 pub(crate) fn read_channel(r: &mut Reader<'_>) -> Result<ChannelName, JsonError> {
     let at = r.err("");
@@ -299,28 +363,6 @@ pub(crate) fn read_channel(r: &mut Reader<'_>) -> Result<ChannelName, JsonError>
         what: e.to_string().into(),
         at: at.at,
     })
-}
-
-/// A `RawValue` holding `json`, which the caller has checked is one JSON value (the core's
-/// reader did). Not `RawValue::from_string`: that runs serde_json's parser again, which
-/// the WASM build then has to carry. serde_json's serializer writes a struct named
-/// `raw::TOKEN` verbatim; this is how `RawValue`'s own `Serialize` works, so
-/// `to_raw_value` of it copies the text without parsing it.
-pub(crate) fn raw_value(json: &str) -> Box<RawValue> {
-    struct Verbatim<'a>(&'a str);
-    impl Serialize for Verbatim<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeStruct;
-            const TOKEN: &str = "$serde_json::private::RawValue";
-            let mut st = s.serialize_struct(TOKEN, 1)?;
-            st.serialize_field(TOKEN, self.0)?;
-            st.end()
-        }
-    }
-    match serde_json::value::to_raw_value(&Verbatim(json)) {
-        Ok(raw) => raw,
-        Err(_) => unreachable!("serde_json writes a raw value verbatim"),
-    }
 }
 
 /// Checks an id or idempotency key: 1 to 128 bytes of `A-Z a-z 0-9 _ - . :`.
@@ -783,7 +825,7 @@ data_struct!(
 );
 
 #[cfg(feature = "catalogue-validation")]
-fn parse_data<T: EventData>(data: &RawValue) -> Result<T, ValidationError> {
+fn parse_data<T: EventData>(data: &RawJson) -> Result<T, ValidationError> {
     if !data.get().trim_start().starts_with('{') {
         return Err(ValidationError::new(
             "data",
@@ -844,7 +886,7 @@ macro_rules! catalogue {
         impl KnownEvent {
             /// Parses `data` for a catalogue `event_type`; `None` for custom types.
             #[cfg(feature = "catalogue-validation")]
-            pub fn parse(event_type: &str, data: &RawValue) -> Option<Result<Self, ValidationError>> {
+            pub fn parse(event_type: &str, data: &RawJson) -> Option<Result<Self, ValidationError>> {
                 match event_type {
                     $(<$variant as EventData>::TYPE => Some(parse_data::<$variant>(data).map(KnownEvent::$variant)),)*
                     _ => None,
@@ -926,6 +968,28 @@ impl EventIdGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_json_keeps_one_checked_value_and_is_verbatim_with_serde() {
+        let raw = RawJson::from_string(" {\"a\": [1, 2.5e3, \"\\u00e9\"]}\n".into()).unwrap();
+        assert_eq!(raw.get(), "{\"a\": [1, 2.5e3, \"\\u00e9\"]}");
+        for bad in ["", "{", "1 2", "{\"a\":}", "nul", "[1,]"] {
+            assert!(RawJson::from_string(bad.into()).is_err(), "{bad:?}");
+        }
+        // Written as is (spacing and number spelling kept), read back from any position.
+        let e = Event {
+            id: "e1".into(),
+            event_type: "custom.x".into(),
+            channel: ChannelName::new("backtest.a").unwrap(),
+            data: raw.clone(),
+            metadata: Metadata::default(),
+        };
+        let text = serde_json::to_string(&e).unwrap();
+        assert!(text.contains(r#""data":{"a": [1, 2.5e3, "\u00e9"]}"#), "{text}");
+        let back: Event = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.data, raw);
+        assert_eq!(back.to_json(), e.to_json());
+    }
 
     fn event(event_type: &str, data: serde_json::Value) -> Event {
         Event::new(

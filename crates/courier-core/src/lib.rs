@@ -34,7 +34,7 @@ pub use channel::{ChannelName, ChannelPattern};
 pub use error::{
     Error, ErrorCode, FrameError, Refusal, UsageError, ValidationError, ValidationKind,
 };
-pub use event::{Event, Metadata};
+pub use event::{Event, Metadata, RawJson};
 pub use frame::{ClientFrame, Delivery, ErrorFrame, Limits, ServerFrame, StreamPosition};
 pub use queue::{Priority, PublishOptions, PublishQueue, PublishResult, QueueConfig};
 pub use time::{Duration, Instant};
