@@ -128,8 +128,8 @@ impl HistoryStore for RedisHistory {
     }
 
     async fn append(&self, event: Event) -> Result<StoredEvent, StoreError> {
-        let json = serde_json::to_string(&event)
-            .map_err(|e| StoreError(format!("encoding the event: {e}")))?;
+        // The core's writer: `data` is copied as it is, not parsed again.
+        let json = event.to_json();
         let s = &self.shared;
         let ch = &event.channel;
         let mut c = s.conn();
