@@ -427,20 +427,27 @@ class AsyncCourierClient(_Base):
 
         Invalid input raises ``ValidationError`` before anything is sent. Network errors,
         5xx and 429 are retried by the core with the same id; a refusal raises its error.
-        ``retry=False`` sends the event at most once (it may then be lost, never doubled)."""
+        ``retry=False`` sends the event at most once (it may then be lost, never doubled).
+        Cancelled or timed out, an event not sent yet is withdrawn; one already sent is left
+        to finish (it may still be delivered: publish again with the same
+        ``idempotency_key`` to be sure of one copy)."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         fut: "asyncio.Future[Any]" = loop.create_future()
-        self._native.publish_start(
+        ticket = self._native.publish_start(
             _event_args(channel, event_type, data, priority, idempotency_key, metadata, retry), fut
         )
-        if timeout is None:
-            t = await fut
-        else:
-            try:
+        try:
+            if timeout is None:
+                t = await asyncio.shield(fut)
+            else:
                 t = await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except asyncio.TimeoutError:
-                raise CourierTimeoutError(f"no acknowledgement within {timeout} s", code="TIMEOUT") from None
+        except asyncio.TimeoutError:
+            self._native.cancel([ticket])
+            raise CourierTimeoutError(f"no acknowledgement within {timeout} s", code="TIMEOUT") from None
+        except asyncio.CancelledError:
+            self._native.cancel([ticket])
+            raise
         return PublishResult(*t)
 
     async def publish_many(
@@ -452,8 +459,12 @@ class AsyncCourierClient(_Base):
         loop = asyncio.get_running_loop()
         self._loop = loop
         futs: List["asyncio.Future[Any]"] = [loop.create_future() for _ in events]
-        self._native.publish_many_start([_item_args(e) for e in events], futs)
-        results = await asyncio.gather(*futs, return_exceptions=return_exceptions)
+        tickets = self._native.publish_many_start([_item_args(e) for e in events], futs)
+        try:
+            results = await asyncio.gather(*futs, return_exceptions=return_exceptions)
+        except asyncio.CancelledError:
+            self._native.cancel(tickets)  # what was not sent yet is withdrawn
+            raise
         return [r if isinstance(r, BaseException) else PublishResult(*r) for r in results]  # type: ignore[misc]
 
     def subscribe(self, channel: str, since: SinceLike = None) -> AsyncSubscription:

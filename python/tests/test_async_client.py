@@ -219,3 +219,31 @@ async def test_a_slow_subscription_is_paused_and_resumed_without_loss(server: Se
 async def test_subscription_buffer_must_be_a_positive_int(server: Server, token: str, bad: object) -> None:
     with pytest.raises(ValueError, match="subscription_buffer"):
         AsyncCourierClient(server.url, token=token, subscription_buffer=bad)
+
+
+async def test_a_cancelled_publish_withdraws_its_event_if_it_was_not_sent(server: Server) -> None:
+    # One request at a time, its token held back: the first event takes the request, the
+    # second waits in the queue and is withdrawn when its publish is cancelled.
+    gate = asyncio.Event()
+
+    async def get_token() -> str:
+        await gate.wait()
+        return make_token()
+
+    async with AsyncCourierClient(server.url, token=get_token, max_in_flight=1, max_batch_events=1) as client:
+        first = asyncio.create_task(client.publish("backtest.a-cancel", "backtest.progress", progress("c", 1)))
+        await asyncio.sleep(0.1)
+        second = asyncio.create_task(client.publish("backtest.a-cancel", "backtest.progress", progress("c", 2)))
+        await asyncio.sleep(0.1)
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+        assert client.stats().queued_normal == 0
+        with pytest.raises(CourierError, match="no acknowledgement"):
+            await client.publish("backtest.a-cancel", "backtest.progress", progress("c", 3), timeout=0.2)
+        assert client.stats().queued_normal == 0, "a timed-out unsent publish is withdrawn too"
+        gate.set()
+        assert (await first).offset == 1
+        fourth = await client.publish("backtest.a-cancel", "backtest.progress", progress("c", 4))
+        assert fourth.offset == 2, "the withdrawn events never took an offset"
+        assert client.stats().acknowledged == 2

@@ -164,3 +164,27 @@ def test_timeouts_are_timeout_errors(server: Server, token: str) -> None:
         with pytest.raises(TimeoutError) as e:
             client.publish("backtest.s10", "custom.thing", {}, timeout=0.2)
         assert isinstance(e.value, CourierTimeoutError)
+
+
+def test_a_timed_out_publish_withdraws_its_event_if_it_was_not_sent(server: Server) -> None:
+    gate = threading.Event()
+
+    def get_token() -> str:
+        gate.wait(10)
+        return make_token()
+
+    with CourierClient(server.url, token=get_token, max_in_flight=1, max_batch_events=1) as client:
+        first: List[int] = []
+        t = threading.Thread(
+            target=lambda: first.append(client.publish("backtest.s-cancel", "backtest.progress", {"backtest_id": "c", "percent": 1}).offset)
+        )
+        t.start()
+        time.sleep(0.1)
+        with pytest.raises(CourierTimeoutError):
+            client.publish("backtest.s-cancel", "backtest.progress", {"backtest_id": "c", "percent": 2}, timeout=0.2)
+        assert client.stats().queued_normal == 0, "withdrawn"
+        gate.set()
+        t.join(10)
+        assert first == [1]
+        again = client.publish("backtest.s-cancel", "backtest.progress", {"backtest_id": "c", "percent": 3})
+        assert again.offset == 2, "the withdrawn event never took an offset"

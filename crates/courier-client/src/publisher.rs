@@ -177,21 +177,47 @@ impl Publisher {
     }
 
     /// Publishes `event` and waits for its acknowledgement (or its final failure).
+    ///
+    /// Dropping the future (a timeout, a cancelled task) withdraws the event if it has not
+    /// been sent yet; once sent it is left to finish (see [`Publisher::cancel`]).
     pub async fn publish(
         &self,
         event: Event,
         options: PublishOptions,
     ) -> Result<PublishResult, Error> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(
+        let ticket = self.enqueue(
             event,
             options,
             Box::new(move |r| {
                 let _ = tx.send(r);
             }),
         )?;
-        rx.await
-            .unwrap_or_else(|_| Err(Error::Transport("the publisher stopped".into())))
+        let mut withdraw = WithdrawOnDrop(Some((self, ticket)));
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err(Error::Transport("the publisher stopped".into())));
+        withdraw.0 = None;
+        result
+    }
+
+    /// Withdraws an enqueued event that has not been sent yet; returns whether it was (its
+    /// completer is then dropped uncalled). An event already sent is left to finish, since
+    /// its first attempt may have reached the server, and its completer is still called.
+    pub fn cancel(&self, ticket: Ticket) -> bool {
+        let withdrawn = {
+            let mut st = self.shared.lock();
+            let withdrawn = st.queue.cancel(ticket);
+            if withdrawn {
+                st.waiters.remove(&ticket);
+            }
+            withdrawn
+        };
+        if withdrawn {
+            // `flush()` may be waiting for just this event.
+            self.shared.progress.notify_waiters();
+        }
+        withdrawn
     }
 
     /// Waits until every queued event is acknowledged or dead-lettered.
@@ -238,6 +264,17 @@ impl Publisher {
     /// Whether nothing is queued or in flight.
     pub fn is_flushed(&self) -> bool {
         self.shared.lock().queue.is_flushed()
+    }
+}
+
+/// Withdraws an unsent event when the `publish` future waiting for it is dropped.
+struct WithdrawOnDrop<'a>(Option<(&'a Publisher, Ticket)>);
+
+impl Drop for WithdrawOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some((publisher, ticket)) = self.0.take() {
+            publisher.cancel(ticket);
+        }
     }
 }
 

@@ -396,3 +396,68 @@ async fn a_pause_longer_than_history_reports_a_gap_and_goes_on() {
     assert_eq!(next_offset(&mut sub).await, 101);
     client.close().await;
 }
+
+#[tokio::test]
+async fn a_dropped_publish_withdraws_its_event_if_it_was_not_sent() {
+    let server = server().await;
+    // One request at a time, and its token held back: the first event takes the request,
+    // the second waits in the queue.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let mut config = ClientConfig::new(format!("http://{}", server.local_addr()));
+    config.queue.max_in_flight = 1;
+    config.queue.max_batch_events = 1;
+    let publisher = Client::new(
+        config,
+        token_fn(move |_| {
+            let g = g.clone();
+            async move {
+                let _permit = g.acquire().await.map_err(|e| e.to_string())?;
+                Ok(token(3600))
+            }
+        }),
+    )
+    .unwrap();
+    let watcher = client(&server);
+    let mut sub = watcher.subscribe("backtest.rt9", None).unwrap();
+    tokio::time::timeout(WAIT, sub.ready())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let p = publisher.clone();
+    let first = tokio::spawn(async move {
+        p.publish("backtest.rt9", "backtest.progress", &progress("rt9", 1.0))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        publisher.publish("backtest.rt9", "backtest.progress", &progress("rt9", 2.0)),
+    )
+    .await;
+    assert!(abandoned.is_err(), "still queued behind the first");
+    assert_eq!(publisher.publisher().stats().queued_normal, 0, "withdrawn");
+
+    gate.add_permits(100);
+    assert_eq!(first.await.unwrap().unwrap().offset, 1);
+    let third = publisher
+        .publish("backtest.rt9", "backtest.progress", &progress("rt9", 3.0))
+        .await
+        .unwrap();
+    assert_eq!(third.offset, 2, "the withdrawn event never took an offset");
+    for offset in [1, 2] {
+        let d = tokio::time::timeout(WAIT, sub.next_event())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (d.offset, d.event.data.get().contains("2.0")),
+            (offset, false)
+        );
+    }
+    assert_eq!(publisher.stats().queue.acknowledged, 2);
+    publisher.close().await;
+    watcher.close().await;
+}

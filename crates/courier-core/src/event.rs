@@ -985,7 +985,10 @@ mod tests {
             metadata: Metadata::default(),
         };
         let text = serde_json::to_string(&e).unwrap();
-        assert!(text.contains(r#""data":{"a": [1, 2.5e3, "\u00e9"]}"#), "{text}");
+        assert!(
+            text.contains(r#""data":{"a": [1, 2.5e3, "\u00e9"]}"#),
+            "{text}"
+        );
         let back: Event = serde_json::from_str(&text).unwrap();
         assert_eq!(back.data, raw);
         assert_eq!(back.to_json(), e.to_json());

@@ -903,6 +903,20 @@ impl PublishQueue {
         Ok(ticket)
     }
 
+    /// Withdraws an event that has never been sent; returns whether it was withdrawn (no
+    /// completion comes for it then). An event already sent at least once is left to finish
+    /// and still completes: its first attempt may have reached the server, and retrying it
+    /// with the same id is what keeps that safe.
+    pub fn cancel(&mut self, ticket: Ticket) -> bool {
+        for fresh in &mut self.fresh {
+            if let Some(entry) = fresh.remove(&ticket) {
+                self.fresh_bytes -= entry.json.len() + 1;
+                return true;
+            }
+        }
+        false
+    }
+
     /// The next batch to send, if one may go at `now`; call until `None`.
     ///
     /// Never hands out a batch before a server-announced delay, the client-side rate
@@ -1650,6 +1664,36 @@ mod tests {
         fn completions(&mut self) -> Vec<Completion> {
             std::iter::from_fn(|| self.q.poll_completion()).collect()
         }
+    }
+
+    #[test]
+    fn cancel_withdraws_only_events_never_sent() {
+        let mut s = Sim::quick();
+        let t1 = s.push(Priority::Normal);
+        let t2 = s.push(Priority::Normal);
+        let t3 = s.push(Priority::High);
+        assert!(s.q.cancel(t2), "queued, never sent: withdrawn");
+        assert!(!s.q.cancel(t2), "only once");
+        assert_eq!(s.q.pending(), 2);
+        let b = s.wait_and_send();
+        assert_eq!(ids_of(&b.body), ["e3", "e1"]);
+        // Sent: no longer withdrawable, before or after a failed attempt.
+        assert!(!s.q.cancel(t1));
+        s.reply(
+            &b,
+            http(503, &[], &error_body(ErrorCode::Unavailable, None)),
+        );
+        assert!(
+            !s.q.cancel(t1),
+            "a retry keeps the event's id and is left to finish"
+        );
+        let b = s.wait_and_send();
+        s.reply(&b, accept_all(&b.body));
+        let mut done: Vec<Ticket> = s.completions().iter().map(|c| c.ticket).collect();
+        done.sort_unstable();
+        assert_eq!(done, [t1, t3], "no completion for the withdrawn event");
+        assert!(s.q.is_flushed());
+        assert!(!s.q.cancel(999), "unknown tickets are not withdrawn");
     }
 
     #[test]

@@ -43,6 +43,8 @@ struct Push {
     priority: Priority,
     retry: bool,
     gap_ms: u64,
+    /// The application cancels this long after pushing (withdrawn only if never sent).
+    cancel_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,11 +95,13 @@ fn scenario(tight_budget: bool) -> impl Strategy<Value = Scenario> {
         priority(),
         prop::bool::weighted(0.8),
         prop_oneof![3 => Just(0u64), 1 => 0u64..50],
+        prop_oneof![6 => Just(None), 1 => (0u64..200).prop_map(Some)],
     )
-        .prop_map(|(priority, retry, gap_ms)| Push {
+        .prop_map(|(priority, retry, gap_ms, cancel_after_ms)| Push {
             priority,
             retry,
             gap_ms,
+            cancel_after_ms,
         });
     let budget = if tight_budget {
         prop_oneof![
@@ -200,6 +204,9 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
     let mut by_ticket: HashMap<Ticket, String> = HashMap::new();
     let mut sends: HashMap<String, u32> = HashMap::new();
     let mut completed: HashMap<Ticket, bool> = HashMap::new();
+    // Cancellations still to make (time, push index), and the tickets withdrawn.
+    let mut cancels: BTreeMap<(Instant, usize), ()> = BTreeMap::new();
+    let mut withdrawn: HashSet<Ticket> = HashSet::new();
     // The server: id -> offset of the stored event.
     let mut stored: HashMap<String, u64> = HashMap::new();
     let mut next_offset = 0u64;
@@ -234,6 +241,9 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
                 )
                 .map_err(|e| TestCaseError::fail(format!("push refused: {e}")))?;
             by_ticket.insert(ticket, id.clone());
+            if let Some(ms) = p.cancel_after_ms {
+                cancels.insert((now + Duration::from_millis(ms), i), ());
+            }
             pushed.insert(
                 id,
                 Pushed {
@@ -243,6 +253,21 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
                     json,
                 },
             );
+        }
+
+        // Cancellations that are due: withdrawn exactly when never sent.
+        while let Some(entry) = cancels.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, i), ()) = entry.remove_entry();
+            let id = format!("ev{i}");
+            let ticket = pushed[&id].ticket;
+            let never_sent = !sends.contains_key(&id);
+            prop_assert_eq!(q.cancel(ticket), never_sent, "cancel of {}", id);
+            if never_sent {
+                withdrawn.insert(ticket);
+            }
         }
 
         // Answers that are due.
@@ -368,6 +393,11 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
                     "{} sent after it completed",
                     e.id
                 );
+                prop_assert!(
+                    !withdrawn.contains(&p.ticket),
+                    "{} sent after it was withdrawn",
+                    e.id
+                );
                 // Priority order, then push order, within a batch.
                 if let Some((lp, lt)) = last {
                     prop_assert!(
@@ -441,6 +471,7 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         }
         let next = [
             pending_pushes.last().map(|(t, _)| *t),
+            cancels.first_key_value().map(|(k, _)| k.0),
             outstanding.first_key_value().map(|(k, _)| k.0),
             timer,
         ]
@@ -457,7 +488,7 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
     }
 
     prop_assert!(
-        pending_pushes.is_empty() && outstanding.is_empty(),
+        pending_pushes.is_empty() && outstanding.is_empty() && cancels.is_empty(),
         "did not reach quiescence"
     );
     prop_assert!(
@@ -465,7 +496,15 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         "not flushed at quiescence: {:?}",
         q.stats(now)
     );
-    prop_assert_eq!(completed.len(), s.pushes.len(), "every ticket completes");
+    prop_assert!(
+        withdrawn.iter().all(|t| !completed.contains_key(t)),
+        "a withdrawn ticket completed"
+    );
+    prop_assert_eq!(
+        completed.len() + withdrawn.len(),
+        s.pushes.len(),
+        "every ticket completes or was withdrawn"
+    );
     let st = q.stats(now);
     let acked = completed.values().filter(|ok| **ok).count() as u64;
     prop_assert_eq!(st.acknowledged, acked);

@@ -515,11 +515,10 @@ impl NativeClient {
         })
     }
 
-    /// Queues one event and resolves `fut` with its outcome. Raises at once for invalid
-    /// input, a full queue or a closed client.
-    fn publish_start(&self, args: EventArgs, fut: Py<PyAny>) -> PyResult<String> {
+    /// Queues one event and resolves `fut` with its outcome; returns its ticket (for
+    /// `cancel`). Raises at once for invalid input, a full queue or a closed client.
+    fn publish_start(&self, args: EventArgs, fut: Py<PyAny>) -> PyResult<u64> {
         let (event, options) = self.build_event(args)?;
-        let id = event.id.clone();
         let tx = self.dispatch()?.clone();
         self.client
             .publisher()
@@ -530,8 +529,14 @@ impl NativeClient {
                     let _ = tx.send((fut, Outcome::Publish(r)));
                 }),
             )
-            .map_err(|e| to_pyerr(&e))?;
-        Ok(id)
+            .map_err(|e| to_pyerr(&e))
+    }
+
+    /// Withdraws queued events that were never sent (their futures are then never
+    /// resolved); returns how many were. Sent ones are left to finish.
+    fn cancel(&self, tickets: Vec<u64>) -> usize {
+        let publisher = self.client.publisher();
+        tickets.into_iter().filter(|t| publisher.cancel(*t)).count()
     }
 
     /// Queues several events (all or none) and resolves each future with its outcome.
@@ -539,13 +544,11 @@ impl NativeClient {
         &self,
         events: Vec<EventArgs>,
         futs: Vec<Py<PyAny>>,
-    ) -> PyResult<Vec<String>> {
+    ) -> PyResult<Vec<u64>> {
         let tx = self.dispatch()?.clone();
         let mut items = Vec::with_capacity(events.len());
-        let mut ids = Vec::with_capacity(events.len());
         for (args, fut) in events.into_iter().zip(futs) {
             let (event, options) = self.build_event(args)?;
-            ids.push(event.id.clone());
             let tx = tx.clone();
             let done: courier_client::Completer = Box::new(move |r| {
                 let _ = tx.send((fut, Outcome::Publish(r)));
@@ -555,8 +558,7 @@ impl NativeClient {
         self.client
             .publisher()
             .enqueue_many(items)
-            .map_err(|e| to_pyerr(&e))?;
-        Ok(ids)
+            .map_err(|e| to_pyerr(&e))
     }
 
     /// Publishes one event and blocks until it is acknowledged (GIL released).
@@ -569,8 +571,8 @@ impl NativeClient {
     ) -> PyResult<Bound<'py, PyAny>> {
         let (event, options) = self.build_event(args)?;
         let (tx, rx) = oneshot::channel();
-        self.client
-            .publisher()
+        let publisher = self.client.publisher();
+        let ticket = publisher
             .enqueue(
                 event,
                 options,
@@ -579,7 +581,12 @@ impl NativeClient {
                 }),
             )
             .map_err(|e| to_pyerr(&e))?;
-        match block_on(py, &self.handle, rx, timeout)? {
+        // Given up on (a timeout, Ctrl-C): an event not sent yet is withdrawn.
+        let waited = block_on(py, &self.handle, rx, timeout);
+        if !matches!(waited, Ok(Some(_))) {
+            publisher.cancel(ticket);
+        }
+        match waited? {
             None => Err(timeout_error(Duration::from_secs_f64(
                 timeout.unwrap_or(0.0),
             ))),
@@ -609,10 +616,8 @@ impl NativeClient {
             });
             items.push((event, options, done));
         }
-        self.client
-            .publisher()
-            .enqueue_many(items)
-            .map_err(|e| to_pyerr(&e))?;
+        let publisher = self.client.publisher();
+        let tickets = publisher.enqueue_many(items).map_err(|e| to_pyerr(&e))?;
         let all = async move {
             let mut out = Vec::with_capacity(rxs.len());
             for rx in rxs {
@@ -623,7 +628,13 @@ impl NativeClient {
             }
             out
         };
-        let Some(results) = block_on(py, &self.handle, all, timeout)? else {
+        let waited = block_on(py, &self.handle, all, timeout);
+        if !matches!(waited, Ok(Some(_))) {
+            for t in tickets {
+                publisher.cancel(t);
+            }
+        }
+        let Some(results) = waited? else {
             return Err(timeout_error(Duration::from_secs_f64(
                 timeout.unwrap_or(0.0),
             )));
