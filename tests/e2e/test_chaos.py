@@ -203,8 +203,12 @@ def test_stream_is_big_enough_and_the_chaos_landed_mid_stream(run: Run) -> None:
     acks_after = sum(1 for recs in run.records.values() for a in kinds(recs, "ack") if a["epoch"] == first_ack_epochs[-1])
     assert 0.2 * acked < acks_after < 0.8 * acked, f"the restart did not land mid-stream: {acks_after} of {acked} after it"
     drops = [t for t in run.timeline if t["action"]["action"] == "drop"]
-    assert len(drops) >= 4 and all(t["result"]["dropped"] >= len(CLIENTS) for t in drops), (
-        f"every drop should cut every client's WebSocket: {[t['result'] for t in drops]}")
+    # A client may be between sockets when a drop comes (backing off after the previous
+    # fault, its upgrade refused by an injected 503): each drop must cut all but at most one
+    # client, and at least four drops every client.
+    cut = [t["result"]["dropped"] for t in drops]
+    assert all(n >= len(CLIENTS) - 1 for n in cut) and sum(n >= len(CLIENTS) for n in cut) >= 4, (
+        f"the drops should cut the clients' WebSockets: {cut}")
     injected = Counter((q["status"], q["path"].startswith("/ws")) for q in run.requests if q["status"] in (429, 503))
     log(f"chaos: {acked} acknowledged; injected answers (status, on /ws): {dict(injected)}")
     assert injected[(429, False)] > 0 and injected[(503, False)] > 0, "no publish met a 429 and a 503"
