@@ -271,6 +271,8 @@ export class CourierClient {
   #httpToken = '';
   /** The text frame being handled (an `e` output delivers it). */
   #text = '';
+  /** The driver's inbox in WASM memory, as a view; replaced when it must grow or the memory grew. */
+  #inbox = new Uint8Array(0);
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timerAt = Infinity;
   #flushWaiters: Array<() => void> = [];
@@ -562,10 +564,15 @@ export class CourierClient {
   #handleText(text: string): number {
     const d = this.#driver;
     if (!wasmMemory) return d.handleText(text);
+    // The inbox only moves when it grows: reuse the view (one call and no allocation per
+    // frame) until it is too small or the memory grew (which detaches the old buffer).
     const max = text.length * 3;
-    const ptr = d.inbox(max);
-    if (wasmBytes.buffer !== wasmMemory.buffer) wasmBytes = new Uint8Array(wasmMemory.buffer);
-    const { written } = encoder.encodeInto(text, wasmBytes.subarray(ptr, ptr + max));
+    if (this.#inbox.length < max || this.#inbox.buffer !== wasmMemory.buffer) {
+      const ptr = d.inbox(max);
+      if (wasmBytes.buffer !== wasmMemory.buffer) wasmBytes = new Uint8Array(wasmMemory.buffer);
+      this.#inbox = wasmBytes.subarray(ptr, ptr + max);
+    }
+    const { written } = encoder.encodeInto(text, this.#inbox);
     return d.handleBuffered(written);
   }
 

@@ -73,25 +73,28 @@ def size_section():
 
 
 def throughput_section():
-    total, rounds = 200_000, 3
+    total, rounds = 200_000, 5
     out = subprocess.run(
         ["node", "bench/throughput.mjs", str(total), str(rounds)],
         cwd=NPM, check=True, capture_output=True, text=True,
     ).stdout
     r = json.loads(out.strip().splitlines()[-1])
-    bare = max(r["bare"])
-    ours = max(r["courier"])
-    ratio = ours / bare
+    # Rounds alternate bare / courier against a fresh feed each; the ratio is the median of
+    # the rounds' paired ratios, so a noisy moment of the shared machine counts once.
+    ratios = sorted(c / b for b, c in zip(r["bare"], r["courier"]))
+    ratio = ratios[len(ratios) // 2]
+    bare = sorted(r["bare"])[len(r["bare"]) // 2]
+    ours = sorted(r["courier"])[len(r["courier"]) // 2]
     verdict = "meets" if ratio >= 0.5 else "MISSES"
     return (
         "## npm: events per second in Node, one connection\n\n"
-        "Command: `node npm/bench/throughput.mjs 200000 3`. A local protocol-v1 feed (its own process) "
-        "streams 200,000 `backtest.progress` frames (~330 bytes); the client receives, decodes and "
-        "hands each to a handler. Best of 3 rounds each, same run.\n\n"
-        "| client | events/s |\n|---|---|\n"
+        f"Command: `node npm/bench/throughput.mjs {total} {rounds}`. A local protocol-v1 feed (its own process) "
+        f"streams {total:,} `backtest.progress` frames (~330 bytes); the client receives, decodes and "
+        f"hands each to a handler. {rounds} rounds, alternating bare and courier-client, each against a fresh feed.\n\n"
+        "| client | events/s (median) |\n|---|---|\n"
         f"| bare `ws` + `JSON.parse` | {bare:,.0f} |\n"
         f"| courier-client (WASM core: decode, dedupe, position; `JSON.parse` in JS) | {ours:,.0f} |\n"
-        f"| ratio | {ratio:.2f} (target ≥ 0.5: {verdict}) |\n"
+        f"| ratio (median of the rounds' ratios; all: {', '.join(f'{x:.2f}' for x in ratios)}) | {ratio:.2f} (target ≥ 0.5: {verdict}) |\n"
     )
 
 

@@ -375,7 +375,8 @@ impl Driver {
 
     /// The address in WASM memory of a buffer of at least `len` bytes, for the host to
     /// write a text frame into (`TextEncoder.encodeInto`, much faster than passing a string)
-    /// before calling `handleBuffered`. Valid until the next call into the driver.
+    /// before calling `handleBuffered`. It stays where it is until `inbox` is asked for more
+    /// than it holds (the host may keep a view of it; a grown memory needs a new view).
     pub fn inbox(&mut self, len: usize) -> usize {
         if self.inbox.len() < len {
             self.inbox.resize(len, 0);
