@@ -46,7 +46,8 @@ pub type Listener = Arc<dyn Fn(ClientEvent) + Send + Sync>;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum SubscriptionItem {
-    /// The subscription is live (again, after a reconnect).
+    /// The subscription is live (again, after a reconnect or after a pause for falling
+    /// behind: see the module docs).
     Subscribed {
         /// Whether everything since the last position is replayed.
         recovered: bool,
