@@ -64,7 +64,7 @@ def size_section():
     verdict = "meets" if ours <= target else "MISSES"
     return (
         "## npm: bundle size (gzip -9)\n\n"
-        "Command: `python3 tests/bench/run.py npm` (wasm-pack, `[profile.wasm-release]`, wasm-opt -Oz; "
+        "Command: `python3 tests/bench/run.py npm` (wasm-pack, `[profile.wasm-release]` (opt-level z), wasm-opt -O3; "
         "courier-core without `catalogue-validation` and `conformance`).\n\n"
         + "\n".join(rows)
         + f"\n\nTarget ≤ 40 KB gzip: {verdict} ({kb(ours)}). The other libraries are their own minified "
