@@ -85,4 +85,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # Ctrl-C: leaving the `with` block above already closed the client.
+        print("publisher: stopped", flush=True)
