@@ -118,26 +118,12 @@ impl Metadata {
         let mut m = Metadata::default();
         let mut seen = Seen::default();
         r.object(|r, key| match key {
-            "timestamp" => {
-                seen.first(0, r, key)?;
-                m.timestamp = r.u64()?;
-                Ok(())
-            }
-            "source" => {
-                seen.first(1, r, key)?;
-                m.source = r.owned()?;
-                Ok(())
-            }
+            "timestamp" => seen.read(0, r, key, &mut m.timestamp, Reader::u64),
+            "source" => seen.read(1, r, key, &mut m.source, Reader::owned),
             "correlation_id" => {
-                seen.first(2, r, key)?;
-                m.correlation_id = r.opt(Reader::owned)?;
-                Ok(())
+                seen.read(2, r, key, &mut m.correlation_id, |r| r.opt(Reader::owned))
             }
-            "user_id" => {
-                seen.first(3, r, key)?;
-                m.user_id = r.opt(Reader::owned)?;
-                Ok(())
-            }
+            "user_id" => seen.read(3, r, key, &mut m.user_id, |r| r.opt(Reader::owned)),
             _ => r.skip_value().map(drop),
         })?;
         Ok(m)
@@ -213,31 +199,15 @@ impl Event {
             (None, None, None, None, None);
         let mut seen = Seen::default();
         r.object(|r, key| match key {
-            "id" => {
-                seen.first(0, r, key)?;
-                id = Some(r.owned()?);
-                Ok(())
-            }
-            "type" => {
-                seen.first(1, r, key)?;
-                event_type = Some(r.owned()?);
-                Ok(())
-            }
-            "channel" => {
-                seen.first(2, r, key)?;
-                channel = Some(read_channel(r)?);
-                Ok(())
-            }
-            "data" => {
-                seen.first(3, r, key)?;
-                data = Some(RawJson::from_checked(r.skip_value()?));
-                Ok(())
-            }
-            "metadata" => {
-                seen.first(4, r, key)?;
-                metadata = Some(Metadata::read_json(r)?);
-                Ok(())
-            }
+            "id" => seen.read(0, r, key, &mut id, |r| r.owned().map(Some)),
+            "type" => seen.read(1, r, key, &mut event_type, |r| r.owned().map(Some)),
+            "channel" => seen.read(2, r, key, &mut channel, |r| read_channel(r).map(Some)),
+            "data" => seen.read(3, r, key, &mut data, |r| {
+                Ok(Some(RawJson::from_checked(r.skip_value()?)))
+            }),
+            "metadata" => seen.read(4, r, key, &mut metadata, |r| {
+                Metadata::read_json(r).map(Some)
+            }),
             _ => r.skip_value().map(drop),
         })?;
         Ok(Self {

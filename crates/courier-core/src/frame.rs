@@ -359,16 +359,8 @@ impl StreamPosition {
         let (mut epoch, mut offset) = (None, None);
         let mut seen = Seen::default();
         r.object(|r, key| match key {
-            "epoch" => {
-                seen.first(0, r, key)?;
-                epoch = Some(r.owned()?);
-                Ok(())
-            }
-            "offset" => {
-                seen.first(1, r, key)?;
-                offset = Some(r.u64()?);
-                Ok(())
-            }
+            "epoch" => seen.read(0, r, key, &mut epoch, |r| r.owned().map(Some)),
+            "offset" => seen.read(1, r, key, &mut offset, |r| r.u64().map(Some)),
             _ => r.skip_value().map(drop),
         })?;
         Ok(StreamPosition {
@@ -392,11 +384,7 @@ impl Limits {
         let mut v = [None; 3];
         let mut seen = Seen::default();
         r.object(|r, key| match NAMES.iter().position(|n| *n == key) {
-            Some(i) => {
-                seen.first(i as u32, r, key)?;
-                v[i] = Some(r.usize()?);
-                Ok(())
-            }
+            Some(i) => seen.read(i as u32, r, key, &mut v[i], |r| r.usize().map(Some)),
             None => r.skip_value().map(drop),
         })?;
         Ok(Limits {

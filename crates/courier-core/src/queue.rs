@@ -137,11 +137,7 @@ impl BatchItemResult {
             (None, None, None, None, None, None);
         let mut seen = Seen::default();
         r.object(|r, key| match key {
-            "id" => {
-                seen.first(0, r, key)?;
-                id = Some(r.owned()?);
-                Ok(())
-            }
+            "id" => seen.read(0, r, key, &mut id, |r| r.owned().map(Some)),
             "status" => {
                 seen.first(1, r, key)?;
                 let at = r.err("unknown status");
@@ -153,26 +149,10 @@ impl BatchItemResult {
                 });
                 Ok(())
             }
-            "channel" => {
-                seen.first(2, r, key)?;
-                channel = r.opt(Reader::owned)?;
-                Ok(())
-            }
-            "epoch" => {
-                seen.first(3, r, key)?;
-                epoch = r.opt(Reader::owned)?;
-                Ok(())
-            }
-            "offset" => {
-                seen.first(4, r, key)?;
-                offset = r.opt(Reader::u64)?;
-                Ok(())
-            }
-            "error" => {
-                seen.first(5, r, key)?;
-                error = r.opt(ErrorBody::read_json)?;
-                Ok(())
-            }
+            "channel" => seen.read(2, r, key, &mut channel, |r| r.opt(Reader::owned)),
+            "epoch" => seen.read(3, r, key, &mut epoch, |r| r.opt(Reader::owned)),
+            "offset" => seen.read(4, r, key, &mut offset, |r| r.opt(Reader::u64)),
+            "error" => seen.read(5, r, key, &mut error, |r| r.opt(ErrorBody::read_json)),
             _ => r.skip_value().map(drop),
         })?;
         Ok(Self {
@@ -351,31 +331,13 @@ impl ErrorBody {
             (None, None, None, None, None);
         let mut seen = Seen::default();
         r.object(|r, key| match key {
-            "code" => {
-                seen.first(0, r, key)?;
-                code = Some(ErrorCode::from_wire(&r.string()?));
-                Ok(())
-            }
-            "message" => {
-                seen.first(1, r, key)?;
-                message = Some(r.owned()?);
-                Ok(())
-            }
-            "field" => {
-                seen.first(2, r, key)?;
-                field = r.opt(Reader::owned)?;
-                Ok(())
-            }
-            "retry_after_ms" => {
-                seen.first(3, r, key)?;
-                retry_after_ms = r.opt(Reader::u64)?;
-                Ok(())
-            }
-            "limit_type" => {
-                seen.first(4, r, key)?;
-                limit_type = r.opt(Reader::owned)?;
-                Ok(())
-            }
+            "code" => seen.read(0, r, key, &mut code, |r| {
+                Ok(Some(ErrorCode::from_wire(&r.string()?)))
+            }),
+            "message" => seen.read(1, r, key, &mut message, |r| r.owned().map(Some)),
+            "field" => seen.read(2, r, key, &mut field, |r| r.opt(Reader::owned)),
+            "retry_after_ms" => seen.read(3, r, key, &mut retry_after_ms, |r| r.opt(Reader::u64)),
+            "limit_type" => seen.read(4, r, key, &mut limit_type, |r| r.opt(Reader::owned)),
             _ => r.skip_value().map(drop),
         })?;
         Ok(Self {
@@ -395,11 +357,7 @@ impl ErrorResponse {
         let mut error = None;
         let mut seen = Seen::default();
         r.object(|r, key| match key {
-            "error" => {
-                seen.first(0, r, key)?;
-                error = Some(ErrorBody::read_json(r)?);
-                Ok(())
-            }
+            "error" => seen.read(0, r, key, &mut error, |r| ErrorBody::read_json(r).map(Some)),
             _ => r.skip_value().map(drop),
         })?;
         r.end()?;

@@ -593,6 +593,23 @@ impl Seen {
     }
 }
 
+impl Seen {
+    /// Reads member `bit` into `slot` with `read`, refusing a repeated member: one line per
+    /// member in the wire types' readers.
+    pub fn read<'a, T>(
+        &mut self,
+        bit: u32,
+        r: &mut Reader<'a>,
+        key: &str,
+        slot: &mut T,
+        read: impl FnOnce(&mut Reader<'a>) -> Result<T, JsonError>,
+    ) -> Result<(), JsonError> {
+        self.first(bit, r, key)?;
+        *slot = read(r)?;
+        Ok(())
+    }
+}
+
 /// Unwraps a required member, or says it is missing.
 pub fn required<T>(value: Option<T>, r: &Reader<'_>, name: &str) -> Result<T, JsonError> {
     value.ok_or_else(|| {
