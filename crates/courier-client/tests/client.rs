@@ -311,6 +311,25 @@ async fn publish_n(client: &Client, channel: &str, n: u32) {
     );
 }
 
+/// A client whose subscriptions hold at most `buffer` unread events, subscribed to
+/// `channel` while `n` events were published to it and the application read none.
+async fn fall_behind(
+    server: &ServerHandle,
+    buffer: usize,
+    channel: &str,
+    n: u32,
+) -> (Client, courier_client::Subscription) {
+    let client = client_with_buffer(server, buffer);
+    let mut sub = client.subscribe(channel, None).unwrap();
+    tokio::time::timeout(WAIT, sub.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    publish_n(&client, channel, n).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (client, sub)
+}
+
 /// Every item until `n` events were read (or the wait runs out): (events' offsets, gaps,
 /// `Subscribed` items).
 async fn read_events(sub: &mut courier_client::Subscription, n: usize) -> (Vec<u64>, usize, usize) {
@@ -329,16 +348,9 @@ async fn read_events(sub: &mut courier_client::Subscription, n: usize) -> (Vec<u
 #[tokio::test]
 async fn a_slow_subscription_is_paused_then_resumed_from_history_without_loss() {
     let server = server().await;
-    let client = client_with_buffer(&server, 8);
-    let mut sub = client.subscribe("backtest.slow", None).unwrap();
-    tokio::time::timeout(WAIT, sub.ready())
-        .await
-        .unwrap()
-        .unwrap();
     // 200 events arrive while the application reads none: the subscription holds 8, the
     // client pauses the channel instead of buffering the rest.
-    publish_n(&client, "backtest.slow", 200).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (client, mut sub) = fall_behind(&server, 8, "backtest.slow", 200).await;
     let (offsets, gaps, subscribed) = read_events(&mut sub, 200).await;
     assert_eq!(
         offsets,
@@ -358,14 +370,7 @@ async fn a_slow_subscription_is_paused_then_resumed_from_history_without_loss() 
 #[tokio::test]
 async fn a_pause_longer_than_history_reports_a_gap_and_goes_on() {
     let server = server_with(|c| c.history.max_events_per_channel = 10).await;
-    let client = client_with_buffer(&server, 4);
-    let mut sub = client.subscribe("backtest.slower", None).unwrap();
-    tokio::time::timeout(WAIT, sub.ready())
-        .await
-        .unwrap()
-        .unwrap();
-    publish_n(&client, "backtest.slower", 100).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (client, mut sub) = fall_behind(&server, 4, "backtest.slower", 100).await;
     // The first 4 were held; history then only has the last 10 (91..=100), and the
     // protocol resumes live when it cannot recover: the hole is reported once.
     let (offsets, _, _) = read_events(&mut sub, 4).await;
