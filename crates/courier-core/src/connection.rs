@@ -667,6 +667,7 @@ impl Connection {
                 recovered,
                 epoch,
                 offset,
+                ..
             } => self.subscribed(id, channel, recovered, StreamPosition { epoch, offset }),
             ServerFrame::Unsubscribed { .. }
             | ServerFrame::Ack { .. }

@@ -189,6 +189,12 @@ pub enum ServerFrame {
         epoch: String,
         /// The channel's latest offset when the subscription started (0 for an empty channel).
         offset: u64,
+        /// The offset of the first event the server replays after this frame: `since.offset
+        /// + 1` when `recovered`, the oldest event it still holds of the current epoch when
+        /// not, `offset + 1` when nothing is replayed. Delivery continues from here, so the
+        /// client knows exactly what is missing (offsets below it that it has not seen).
+        /// Absent from servers that predate it: the client then continues from `offset`.
+        replay_from: Option<u64>,
     },
     /// A subscription ended.
     Unsubscribed {
@@ -512,7 +518,7 @@ const SERVER_OPS: &[&str] = &[
 ];
 
 /// Every member a server frame may carry (besides `op`).
-const SERVER_FIELDS: [&str; 16] = [
+const SERVER_FIELDS: [&str; 17] = [
     "id",
     "session",
     "epoch",
@@ -529,13 +535,14 @@ const SERVER_FIELDS: [&str; 16] = [
     "retry_after_ms",
     "limit_type",
     "field",
+    "replay_from",
 ];
 
 impl ServerFrame {
     /// Decodes one frame, rejecting frames over `max_len` bytes.
     pub fn decode(text: &str, max_len: usize) -> Result<Self, FrameError> {
         check_len(text, max_len)?;
-        const F: &[&str; 16] = &SERVER_FIELDS;
+        const F: &[&str; 17] = &SERVER_FIELDS;
         let mut m = Members::scan(text, F, SERVER_OPS)?;
         // Every member present is read, whatever the op (as the serde codec did).
         let id = m.read(F, 0, u64_of)?;
@@ -554,6 +561,7 @@ impl ServerFrame {
         let retry_after_ms = m.read(F, 13, u64_of)?;
         let limit_type = m.read(F, 14, Reader::owned)?;
         let field = m.read(F, 15, Reader::owned)?;
+        let replay_from = m.read(F, 16, u64_of)?;
         let op = &*m.op;
         Ok(match op {
             "event" => ServerFrame::Event(Delivery {
@@ -573,6 +581,7 @@ impl ServerFrame {
                 recovered: required(recovered, op, "recovered")?,
                 epoch: required(epoch, op, "epoch")?,
                 offset: required(offset, op, "offset")?,
+                replay_from,
             },
             "unsubscribed" => ServerFrame::Unsubscribed {
                 id: required(id, op, "id")?,
@@ -627,13 +636,19 @@ impl ServerFrame {
                 recovered,
                 epoch,
                 offset,
-            } => frame(&mut out, "subscribed")
-                .u64("id", *id)
-                .str("channel", channel.as_str())
-                .bool("recovered", *recovered)
-                .str("epoch", epoch)
-                .u64("offset", *offset)
-                .end(),
+                replay_from,
+            } => {
+                let mut obj = frame(&mut out, "subscribed");
+                obj.u64("id", *id)
+                    .str("channel", channel.as_str())
+                    .bool("recovered", *recovered)
+                    .str("epoch", epoch)
+                    .u64("offset", *offset);
+                if let Some(from) = replay_from {
+                    obj.u64("replay_from", *from);
+                }
+                obj.end()
+            }
             ServerFrame::Unsubscribed { id, channel } => frame(&mut out, "unsubscribed")
                 .u64("id", *id)
                 .str("channel", channel.as_str())

@@ -87,6 +87,7 @@ impl Server {
                         recovered,
                         epoch: self.epoch.clone(),
                         offset: latest,
+                        replay_from: None,
                     }
                     .encode(),
                 );

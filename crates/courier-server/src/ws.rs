@@ -687,6 +687,7 @@ impl Session {
             recovered,
             epoch: epoch.to_string(),
             offset: latest,
+            replay_from: None,
         });
         let mut last = latest;
         for stored in replay {
