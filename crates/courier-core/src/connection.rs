@@ -134,8 +134,9 @@ pub enum Output {
     Event(Delivery),
     /// Events on `channel` were missed: exactly those after `last` and up to `position`,
     /// which the server no longer has. Same epoch: offsets `last.offset + 1 ..=
-    /// position.offset`. Epoch changed: the rest of `last`'s epoch after `last.offset`, and
-    /// offsets `1 ..= position.offset` of the new one (none when `position.offset` is 0).
+    /// position.offset`. Epoch changed: the rest of `last`'s epoch after `last.offset` (and
+    /// any epoch in between), and offsets `1 ..= position.offset` of the new one (none when
+    /// `position.offset` is 0).
     /// At most one gap per (re)subscription; delivery goes on after it.
     Gap {
         /// The channel.
