@@ -580,3 +580,71 @@ async fn a_dropped_publish_withdraws_its_event_if_it_was_not_sent() {
     publisher.close().await;
     watcher.close().await;
 }
+
+/// A TCP proxy in front of `target`: (its address, connections accepted, most open at once).
+async fn counting_proxy(
+    target: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (a, p) = (accepted.clone(), peak.clone());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now_open, Ordering::SeqCst);
+            let open = open.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, peak)
+}
+
+/// The HTTP pool keeps a connection for every request that can be in flight: rounds of 64
+/// concurrent publishes reuse the same connections instead of closing the surplus after
+/// each round (a fixed pool of 32 reopened 32 per round).
+#[tokio::test]
+async fn the_http_pool_keeps_what_is_in_flight() {
+    let server = server().await;
+    let (proxy, accepted, peak) = counting_proxy(server.local_addr()).await;
+    let mut config = ClientConfig::new(format!("http://{proxy}")).service_name("rust-tests");
+    config.queue.max_in_flight = 64;
+    config.queue.max_batch_events = 1;
+    let client = Client::new(config, Arc::new(StaticToken(token(3600)))).unwrap();
+    for round in 0..5u32 {
+        let publishes = (0..64u32).map(|i| {
+            let client = client.clone();
+            async move {
+                client
+                    .publish(
+                        "backtest.pool",
+                        "backtest.progress",
+                        &progress("pool", f64::from(i)),
+                    )
+                    .await
+            }
+        });
+        let results = tokio::time::timeout(WAIT, futures_util::future::join_all(publishes))
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok), "round {round}");
+    }
+    let (accepted, peak) = (accepted.load(Ordering::SeqCst), peak.load(Ordering::SeqCst));
+    assert!(
+        peak > 32,
+        "more than 32 requests were in flight at once ({peak})"
+    );
+    assert!(
+        accepted <= 64 + 8,
+        "{accepted} connections for 5 rounds of at most 64 in flight"
+    );
+    client.close().await;
+}
