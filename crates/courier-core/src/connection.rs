@@ -137,7 +137,9 @@ pub enum Output {
     /// position.offset`. Epoch changed: the rest of `last`'s epoch after `last.offset` (and
     /// any epoch in between), and offsets `1 ..= position.offset` of the new one (none when
     /// `position.offset` is 0).
-    /// At most one gap per (re)subscription; delivery goes on after it.
+    /// A (re)subscription reports at most one, right after [`Output::Subscribed`]; while
+    /// live, an event of a new epoch or a skipped offset reports one right before it.
+    /// Delivery goes on after a gap.
     Gap {
         /// The channel.
         channel: ChannelName,
