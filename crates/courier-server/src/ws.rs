@@ -24,7 +24,7 @@ use crate::SharedState;
 use crate::auth::{AuthError, Claims, unix_now};
 use crate::connections::{ConnectionGuard, Refused};
 use crate::http::{ApiError, publish_event, rate_limit};
-use crate::store::{Published, Replay, Subscriber, SubscriptionId};
+use crate::store::{Published, ResumePoint, Retained, StoreError, Subscriber, SubscriptionId};
 
 /// `GET /ws`.
 pub(crate) async fn ws_root(State(state): State<SharedState>, ws: WebSocketUpgrade) -> Response {
@@ -612,6 +612,47 @@ impl Session {
         false
     }
 
+    /// What the history holds for a subscription from `since`, and where it continues.
+    async fn resume(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+    ) -> Result<(Retained, ResumePoint), StoreError> {
+        let history = &self.state.history;
+        match since {
+            Some(pos) => {
+                let held = history.read_since(channel, pos).await?;
+                let point = held.resume_point(pos);
+                Ok((held, point))
+            }
+            // A first subscription: live from after the latest.
+            None => {
+                let latest = history.latest(channel).await?;
+                let held = Retained {
+                    epoch: history.epoch(),
+                    latest,
+                    events: Vec::new(),
+                };
+                let point = ResumePoint {
+                    recovered: true,
+                    replay_from: latest + 1,
+                };
+                Ok((held, point))
+            }
+        }
+    }
+
+    /// Answers a subscribe that a store failed; the connection stays.
+    fn subscribe_failed(&self, id: u64, e: &StoreError) -> bool {
+        tracing::error!(error = %e, "subscribe failed");
+        self.conn.error(ErrorFrame::new(
+            Some(id),
+            ErrorCode::Unavailable,
+            "history is unavailable; retry",
+        ));
+        false
+    }
+
     /// Subscribes, replays what `since` missed, then goes live; true when closing.
     async fn subscribe(
         &mut self,
@@ -652,45 +693,33 @@ impl Session {
             phase: Mutex::new(Phase::Buffering(Vec::new())),
             buffer_cap: self.state.config.ws.outbound_queue.max(1),
         });
-        let result = async {
-            let sid = self.state.broker.subscribe(&channel, sub.clone()).await?;
-            let latest = self.state.history.latest(&channel).await?;
-            let epoch = self.state.history.epoch();
-            let (recovered, replay) = match &since {
-                None => (true, Vec::new()),
-                Some(pos) if *pos.epoch != *epoch => (false, Vec::new()),
-                Some(pos) if latest <= pos.offset => (true, Vec::new()),
-                Some(pos) => match self.state.history.read_after(&channel, pos.offset).await? {
-                    Replay::Complete(events) => (true, events),
-                    Replay::Gap => (false, Vec::new()),
-                },
-            };
-            Ok::<_, crate::store::StoreError>((sid, latest, epoch, recovered, replay))
-        }
-        .await;
-        let (sid, latest, epoch, recovered, replay) = match result {
+        // Subscribed before reading the history: what is appended after the read reaches the
+        // buffer, so replay and live meet without a hole (`go_live` drops the overlap).
+        let sid = match self.state.broker.subscribe(&channel, sub.clone()).await {
+            Ok(sid) => sid,
+            Err(e) => return self.subscribe_failed(id, &e),
+        };
+        let (held, point) = match self.resume(&channel, since.as_ref()).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "subscribe failed");
-                self.conn.error(ErrorFrame::new(
-                    Some(id),
-                    ErrorCode::Unavailable,
-                    "history is unavailable; retry",
-                ));
-                return false;
+                // Not left in the broker: its buffer would fill and close the connection.
+                self.state.broker.unsubscribe(&channel, sid).await;
+                return self.subscribe_failed(id, &e);
             }
         };
         self.subs.insert(channel.clone(), (sid, sub.clone()));
         self.conn.send(&ServerFrame::Subscribed {
             id,
             channel,
-            recovered,
-            epoch: epoch.to_string(),
-            offset: latest,
-            replay_from: None,
+            recovered: point.recovered,
+            epoch: held.epoch.to_string(),
+            offset: held.latest,
+            replay_from: Some(point.replay_from),
         });
-        let mut last = latest;
-        for stored in replay {
+        // Every held event the client has not seen, from `replay_from`, whether or not
+        // older ones are lost: losing some is no reason to skip the rest.
+        let mut last = held.latest;
+        for stored in held.events {
             last = last.max(stored.offset);
             let frame = ServerFrame::Event(courier_core::Delivery {
                 epoch: stored.epoch.to_string(),
@@ -703,7 +732,7 @@ impl Session {
                 return true;
             }
         }
-        sub.go_live(epoch, last);
+        sub.go_live(held.epoch, last);
         false
     }
 }

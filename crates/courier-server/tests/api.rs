@@ -14,3 +14,5 @@ mod limits;
 mod ops;
 #[path = "api/publish.rs"]
 mod publish;
+#[path = "api/resume.rs"]
+mod resume;
