@@ -109,20 +109,61 @@ impl Gcra {
     /// intervals) keep their count: the backlog is rescaled to the new interval, so a
     /// slower policy cannot be exceeded by requests made just before it was learned.
     pub fn learn(&mut self, info: &RateLimitInfo, now: Instant) {
-        let t = self.offset(now);
         if let Some(policy) = info.policy {
-            let old = self.emission_interval;
-            self.set_rate(policy.quota, policy.window);
-            let new = self.emission_interval;
-            if let (Some(tat), false) = (self.tat, old.is_zero() || old == new) {
-                let backlog = tat.saturating_sub(t).as_nanos();
-                let rescaled = backlog.saturating_mul(new.as_nanos()) / old.as_nanos();
-                self.tat = Some(t.saturating_add(duration_from_nanos(rescaled)));
-            }
+            self.set_policy(policy.quota, policy.window, self.burst, now);
         }
+        let t = self.offset(now);
         if let Some(wait) = info.wait() {
             self.block_offset(t.saturating_add(wait));
         }
+    }
+
+    /// Adopts `quota` per `window` with `burst` (as [`Gcra::new`]) at `now`, keeping the
+    /// backlog: the requests already "in flight" (`TAT − now`, in emission intervals) keep
+    /// their count at the new interval, so a slower policy cannot be exceeded by requests
+    /// made just before it was learned.
+    pub fn set_policy(&mut self, quota: u64, window: Duration, burst: u64, now: Instant) {
+        let t = self.offset(now);
+        let old = self.emission_interval;
+        self.burst = burst.max(1);
+        self.set_rate(quota, window);
+        let new = self.emission_interval;
+        if let (Some(tat), false) = (self.tat, old.is_zero() || old == new) {
+            let backlog = tat.saturating_sub(t).as_nanos();
+            let rescaled = backlog.saturating_mul(new.as_nanos()) / old.as_nanos();
+            self.tat = Some(t.saturating_add(duration_from_nanos(rescaled)));
+        }
+    }
+
+    /// Moves the theoretical arrival time to at least `at` (the server has used more of
+    /// the burst than this limiter counted). No effect when unlimited.
+    pub fn raise_tat(&mut self, at: Instant) {
+        if self.is_unlimited() {
+            return;
+        }
+        let t = self.offset(at);
+        self.tat = Some(self.tat.map_or(t, |tat| tat.max(t)));
+    }
+
+    /// Moves the theoretical arrival time to at most `at` (the server has more of the burst
+    /// left than this limiter counted). No effect on an idle limiter.
+    pub fn lower_tat(&mut self, at: Instant) {
+        let t = self.offset(at);
+        self.tat = self.tat.map(|tat| tat.min(t));
+    }
+
+    /// Gives back one cell taken at or before `now` that the server did not charge:
+    /// `TAT ← max(TAT − T, now)`.
+    pub fn refund(&mut self, now: Instant) {
+        let t = self.offset(now);
+        if let Some(tat) = self.tat {
+            self.tat = Some(tat.saturating_sub(self.emission_interval).max(t.min(tat)));
+        }
+    }
+
+    /// The tolerance `τ = (b − 1)·T`.
+    pub fn tolerance(&self) -> Duration {
+        self.tolerance
     }
 
     /// Admits nothing before `until`; never moves an existing block earlier.
