@@ -1,0 +1,372 @@
+//! The client-side limiter of the publish queue: one [GCRA](crate::gcra) per bucket the
+//! server names, so an event waits only for its own buckets.
+//!
+//! # Why per bucket
+//!
+//! The server charges every publish to two buckets: `user` (every publish of the user) and
+//! the bucket of its event type (`type:<prefix>` from its table, else the user's one
+//! `fallback` bucket). One limiter for the whole queue would hold a `custom.x` publish
+//! because `deposit` is exhausted, and a limiter with burst 1 would space out events the
+//! server accepts back to back. [`BucketLimiter`] keeps what the server announces, bucket by
+//! bucket, and admits an event as soon as *its* buckets would.
+//!
+//! # The algorithm
+//!
+//! **Table.** Each response whose `RateLimit-Policy` names buckets
+//! ([`parse_bucket_headers`](crate::rate_limit::parse_bucket_headers)) replaces the table:
+//! one [`Gcra`] per non-shadow bucket with `T = ceil(w/q)` and burst `b` (`burst`, else `q`).
+//! A bucket whose policy is unchanged keeps its state; one whose policy changed keeps its
+//! backlog ([`Gcra::set_policy`]); buckets no longer named are dropped. Shadow buckets never
+//! refuse, so they are not kept. Until the first such response the table is unknown and
+//! nothing is held by a rate (only by Retry-After).
+//!
+//! **Route.** An event's buckets are `user`, plus its type's bucket: the `type:P` with the
+//! longest `P` such that the type equals `P` or starts with `P.`; with none, `fallback` (if
+//! the server names one). A named bucket outside that scheme (another server's `"default"`)
+//! applies to every event, like `user`. The type's bucket is the event's [`Route`]; a route
+//! stays valid until [`generation`](BucketLimiter::generation) changes.
+//!
+//! **Admission and charge.** An event may go at `now` iff every bucket of its route admits a
+//! request (`TAT − τ ≤ now`) and no block holds it; putting it in a batch charges one cell to
+//! each of them ([`try_charge`](BucketLimiter::try_charge): all or nothing). Events of one
+//! batch are charged one by one, as the server does, so a burst of five fills five cells and
+//! a sixth waits until `TAT − τ`.
+//!
+//! **Sync from `RateLimit`.** A member `"name";r=R` at response time `now` for a bucket with
+//! `T`, `b` says the server's TAT lies in `(now + (b−R−1)·T, now + (b−R)·T]`:
+//! - raise the bucket's TAT to at least `now + (b−R−1)·T` (someone else used cells);
+//! - lower it to at most `now + (b−R)·T` only when no other batch is in flight (with one in
+//!   flight, our extra charges are still unknown to the server, and lowering would forget
+//!   them).
+//!
+//! **Refund.** An event answered `duplicate`, or rejected with a code other than
+//! `RATE_LIMIT_EXCEEDED`, was not charged by the server: its cells come back
+//! (`TAT ← max(TAT − T, now)`, [`refund`](BucketLimiter::refund)). Refunds are applied before
+//! the sync of the same response.
+//!
+//! **Blocks (Retry-After always wins).** A per-event `RATE_LIMIT_EXCEEDED` with
+//! `retry_after_ms` blocks the bucket its `limit_type` names (else the event's own type
+//! bucket) until `now + retry_after_ms`, and raises that bucket's TAT to
+//! `until + τ` (the server told exactly when its next cell is free, so one cell, not a whole
+//! burst, comes back then). With no bucket to block, everything is blocked. A whole-request
+//! refusal with a delay (429/503 `Retry-After`, a body's `retry_after_ms`) blocks everything:
+//! [`block_all`](BucketLimiter::block_all). Blocks only ever move later.
+//!
+//! **Servers without names.** When responses carry rate-limit headers but no named policy
+//! (plain `X-RateLimit-*`, an unnamed `RateLimit-Policy: 100;w=60`), one anonymous bucket
+//! covers every event: it adopts the folded policy with burst = quota (never 1), and
+//! `remaining == 0` blocks it until the reset. The first named table replaces it.
+//!
+//! Everything here is `O(buckets)` per call, without allocation on the admission path.
+
+use crate::gcra::Gcra;
+use crate::rate_limit::{BucketHeaders, NamedPolicy, RateLimitInfo};
+use crate::time::{Duration, Instant};
+
+/// Which of the table's type buckets an event is charged to (besides the buckets every
+/// event is charged to). Valid for one [`BucketLimiter::generation`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Route(u16);
+
+impl Route {
+    /// No type bucket: only the buckets every event is charged to.
+    pub const NONE: Route = Route(u16::MAX);
+
+    fn index(self) -> Option<usize> {
+        (self != Route::NONE).then_some(usize::from(self.0))
+    }
+}
+
+/// What a name in the table stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// `type:<prefix>`: events whose type is the prefix or starts with `prefix.`.
+    Type(String),
+    /// `fallback`: events no type row matches.
+    Fallback,
+    /// `user`, or a name outside the scheme: every event.
+    Every,
+}
+
+#[derive(Debug, Clone)]
+struct Bucket {
+    policy: NamedPolicy,
+    scope: Scope,
+    gcra: Gcra,
+}
+
+/// One GCRA per server bucket (see the module docs).
+#[derive(Debug, Clone)]
+pub struct BucketLimiter {
+    /// The named table, sorted by name.
+    buckets: Vec<Bucket>,
+    /// The bucket of servers that name none (unlimited until learned).
+    anonymous: Gcra,
+    /// Nothing is admitted before this (a whole-request Retry-After).
+    blocked_until: Option<Instant>,
+    /// Bumped whenever the table's names change (routes must be recomputed).
+    generation: u64,
+}
+
+impl Default for BucketLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BucketLimiter {
+    /// A limiter that knows no table yet: it admits everything.
+    pub fn new() -> Self {
+        Self {
+            buckets: Vec::new(),
+            anonymous: Gcra::unlimited(),
+            blocked_until: None,
+            generation: 0,
+        }
+    }
+
+    /// Changes whenever the table's bucket names change; [`Route`]s of another generation
+    /// are stale.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// True once a response named its buckets.
+    pub fn is_named(&self) -> bool {
+        !self.buckets.is_empty()
+    }
+
+    /// The table in force (name order).
+    pub fn policies(&self) -> impl Iterator<Item = &NamedPolicy> {
+        self.buckets.iter().map(|b| &b.policy)
+    }
+
+    /// The route of an event type: its `type:` bucket by longest prefix, else `fallback`,
+    /// else [`Route::NONE`].
+    pub fn route(&self, event_type: &str) -> Route {
+        let mut best: Option<(usize, usize)> = None;
+        let mut fallback = None;
+        for (i, b) in self.buckets.iter().enumerate() {
+            match &b.scope {
+                Scope::Type(p)
+                    if type_matches(event_type, p) && best.is_none_or(|(len, _)| p.len() > len) =>
+                {
+                    best = Some((p.len(), i));
+                }
+                Scope::Fallback => fallback = Some(i),
+                _ => {}
+            }
+        }
+        best.map(|(_, i)| i)
+            .or(fallback)
+            .and_then(|i| u16::try_from(i).ok())
+            .map_or(Route::NONE, Route)
+    }
+
+    /// The name of a route's type bucket.
+    pub fn route_name(&self, route: Route) -> Option<&str> {
+        route
+            .index()
+            .and_then(|i| self.buckets.get(i))
+            .map(|b| b.policy.name.as_str())
+    }
+
+    /// When an event of `route` may go, as seen at `now` (`now` if it may go now), counting
+    /// its buckets and every block; `None` if that is beyond any representable instant.
+    pub fn admit_at(&self, route: Route, now: Instant) -> Option<Instant> {
+        let mut at = self.blocked_until.map_or(now, |b| b.max(now));
+        for gcra in self.gcras_of(route) {
+            let wait = gcra.wait_time(now);
+            if !wait.is_zero() {
+                at = at.max(now.checked_add(wait)?);
+            }
+        }
+        Some(at)
+    }
+
+    /// When the whole-request block ends, if it is still in force at `now`.
+    pub fn blocked_until(&self, now: Instant) -> Option<Instant> {
+        self.blocked_until.filter(|b| *b > now)
+    }
+
+    /// True when no bucket and no block holds anything at `now` (every route admits at
+    /// least one event).
+    pub fn admits_all(&self, now: Instant) -> bool {
+        self.blocked_until(now).is_none()
+            && self.anonymous.wait_time(now).is_zero()
+            && self.buckets.iter().all(|b| b.gcra.wait_time(now).is_zero())
+    }
+
+    /// Admits an event of `route` at `now` and charges one cell to each of its buckets, or
+    /// charges nothing and returns false.
+    pub fn try_charge(&mut self, route: Route, now: Instant) -> bool {
+        if self.admit_at(route, now) != Some(now) {
+            return false;
+        }
+        let ty = route.index();
+        for (i, b) in self.buckets.iter_mut().enumerate() {
+            if b.scope == Scope::Every || Some(i) == ty {
+                let admitted = b.gcra.check(now);
+                debug_assert!(admitted.is_ok(), "admit_at checked every bucket");
+            }
+        }
+        if !self.is_named() {
+            let admitted = self.anonymous.check(now);
+            debug_assert!(admitted.is_ok(), "admit_at checked the anonymous bucket");
+        }
+        true
+    }
+
+    /// Gives back the cells of an event of `route` that the server did not charge.
+    pub fn refund(&mut self, route: Route, now: Instant) {
+        let ty = route.index();
+        for (i, b) in self.buckets.iter_mut().enumerate() {
+            if b.scope == Scope::Every || Some(i) == ty {
+                b.gcra.refund(now);
+            }
+        }
+        if !self.is_named() {
+            self.anonymous.refund(now);
+        }
+    }
+
+    /// Learns the table from a response: the named policies replace the table; without any,
+    /// the folded `info` feeds the anonymous bucket (while no table is known).
+    pub fn learn_policies(&mut self, named: &BucketHeaders, info: &RateLimitInfo, now: Instant) {
+        if named.policies.is_empty() {
+            if !self.is_named() {
+                if let Some(p) = info.policy {
+                    self.anonymous.set_policy(p.quota, p.window, p.quota, now);
+                }
+                if info.remaining == Some(0) {
+                    if let Some(until) = info.reset.and_then(|r| now.checked_add(r)) {
+                        self.anonymous.block_until(until);
+                    }
+                }
+            }
+            return;
+        }
+        let mut old = std::mem::take(&mut self.buckets);
+        let old_names: Vec<String> = old.iter().map(|b| b.policy.name.clone()).collect();
+        let mut table: Vec<Bucket> = Vec::with_capacity(named.policies.len());
+        for policy in named.policies.iter().filter(|p| !p.shadow) {
+            let (q, w, b) = (policy.quota, policy.window, policy.effective_burst());
+            let gcra = match old.iter().position(|o| o.policy.name == policy.name) {
+                Some(i) => {
+                    let mut gcra = old.swap_remove(i).gcra;
+                    if old_policy_differs(&gcra, q, w, b) {
+                        gcra.set_policy(q, w, b, now);
+                    }
+                    gcra
+                }
+                None => Gcra::new(q, w, b),
+            };
+            table.push(Bucket {
+                scope: scope_of(&policy.name),
+                policy: policy.clone(),
+                gcra,
+            });
+        }
+        table.sort_by(|a, b| a.policy.name.cmp(&b.policy.name));
+        if !table.iter().map(|b| &b.policy.name).eq(old_names.iter()) {
+            self.generation += 1;
+        }
+        self.buckets = table;
+        self.anonymous = Gcra::unlimited();
+    }
+
+    /// Syncs the buckets named in `RateLimit` from their `r` at `now` (see the module docs);
+    /// `lower` allows moving a TAT earlier (no other batch in flight).
+    pub fn sync(&mut self, named: &BucketHeaders, now: Instant, lower: bool) {
+        for member in &named.remaining {
+            let Some(r) = member.remaining else {
+                continue;
+            };
+            let Some(b) = self
+                .buckets
+                .iter_mut()
+                .find(|b| b.policy.name == member.name)
+            else {
+                continue;
+            };
+            let burst = b.gcra.burst();
+            let r = r.min(burst);
+            let t = b.gcra.emission_interval();
+            if burst > r {
+                if let Some(at) = now.checked_add(times(t, burst - r - 1)) {
+                    b.gcra.raise_tat(at);
+                }
+            }
+            if lower {
+                if let Some(at) = now.checked_add(times(t, burst - r)) {
+                    b.gcra.lower_tat(at);
+                }
+            }
+        }
+    }
+
+    /// A per-event `RATE_LIMIT_EXCEEDED`: blocks the bucket `limit_type` names, else the
+    /// route's type bucket, until `until` (and sets its next cell free then); with neither,
+    /// blocks everything.
+    pub fn block_bucket(&mut self, limit_type: Option<&str>, route: Route, until: Instant) {
+        let named = limit_type.and_then(|n| self.buckets.iter().position(|b| b.policy.name == n));
+        match named
+            .or(route.index())
+            .and_then(|i| self.buckets.get_mut(i))
+        {
+            Some(b) => {
+                b.gcra.block_until(until);
+                if let Some(at) = until.checked_add(b.gcra.tolerance()) {
+                    b.gcra.raise_tat(at);
+                }
+            }
+            None => self.block_all(until),
+        }
+    }
+
+    /// A whole-request refusal with a delay: nothing is admitted before `until`.
+    pub fn block_all(&mut self, until: Instant) {
+        self.blocked_until = self.blocked_until.max(Some(until));
+    }
+
+    /// The GCRAs an event of `route` must pass.
+    fn gcras_of(&self, route: Route) -> impl Iterator<Item = &Gcra> {
+        let ty = route.index();
+        let named = self
+            .buckets
+            .iter()
+            .enumerate()
+            .filter(move |(i, b)| b.scope == Scope::Every || Some(*i) == ty)
+            .map(|(_, b)| &b.gcra);
+        let anonymous = (!self.is_named()).then_some(&self.anonymous);
+        named.chain(anonymous)
+    }
+}
+
+/// True when a kept bucket's limiter runs another rate or burst than `q`/`w`/`b`.
+fn old_policy_differs(gcra: &Gcra, q: u64, w: Duration, b: u64) -> bool {
+    gcra.burst() != b || gcra.emission_interval() != Gcra::new(q, w, b).emission_interval()
+}
+
+fn scope_of(name: &str) -> Scope {
+    match name {
+        "fallback" => Scope::Fallback,
+        _ => match name.strip_prefix("type:") {
+            Some(prefix) if !prefix.is_empty() => Scope::Type(prefix.to_owned()),
+            _ => Scope::Every,
+        },
+    }
+}
+
+/// `T == P`, or `T` starts with `P.`.
+fn type_matches(event_type: &str, prefix: &str) -> bool {
+    event_type
+        .strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// `t · n`, saturating.
+fn times(t: Duration, n: u64) -> Duration {
+    t.checked_mul(u32::try_from(n).unwrap_or(u32::MAX))
+        .unwrap_or(Duration::MAX)
+}
