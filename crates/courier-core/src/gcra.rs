@@ -91,14 +91,26 @@ impl Gcra {
 
     /// How long a request at `now` would have to wait; zero if it would be admitted.
     pub fn wait_time(&self, now: Instant) -> Duration {
-        let Some(allowed) = self.allowed_at() else {
+        let Some(base) = self.base else {
             return Duration::ZERO;
         };
-        match self.base {
-            None => Duration::ZERO,
-            Some(base) if now >= base => allowed.saturating_sub(now - base),
-            Some(base) => allowed.saturating_add(base - now),
-        }
+        // `now` as an offset, or, when it precedes `base` (a TAT or block set ahead of the
+        // present), every stored offset moved that much later: `TAT − τ` must not saturate
+        // at `base` before `now` is taken off.
+        let (t, ahead) = if now >= base {
+            (now - base, Duration::ZERO)
+        } else {
+            (Duration::ZERO, base - now)
+        };
+        let by_rate = self.tat.map(|tat| {
+            tat.saturating_add(ahead)
+                .saturating_sub(self.tolerance)
+                .saturating_sub(t)
+        });
+        let by_block = self
+            .blocked_until
+            .map(|b| b.saturating_add(ahead).saturating_sub(t));
+        by_rate.max(by_block).unwrap_or(Duration::ZERO)
     }
 
     /// Learns from a response: adopts the server's policy (keeping this limiter's burst)
@@ -383,6 +395,27 @@ mod tests {
         // Two requests of backlog at 1/s: the next one is due at 2 s − τ (1 s).
         assert_eq!(g.check(t0), Err(ms(1_000)));
         assert_eq!(g.check(t0 + ms(1_000)), Ok(()));
+    }
+
+    #[test]
+    fn a_tat_set_ahead_of_the_present_keeps_its_tolerance() {
+        let t0 = Instant::now();
+        // 10 per second, burst 5: τ = 400 ms. The server says one cell is used, learned
+        // at t0 on a fresh limiter: TAT = t0 + 100 ms is the first instant it sees.
+        let mut g = Gcra::new(10, ms(1_000), 5);
+        g.raise_tat(t0 + ms(100));
+        assert_eq!(
+            g.wait_time(t0),
+            Duration::ZERO,
+            "4 cells left, not a 100 ms wait"
+        );
+        g.raise_tat(t0 + ms(600));
+        assert_eq!(g.wait_time(t0), ms(200));
+        assert_eq!(g.check(t0), Err(ms(200)));
+        assert_eq!(g.check(t0 + ms(200)), Ok(()));
+        let mut g = Gcra::new(10, ms(1_000), 5);
+        g.block_until(t0 + ms(300));
+        assert_eq!(g.wait_time(t0), ms(300));
     }
 
     #[test]
