@@ -370,3 +370,214 @@ fn times(t: Duration, n: u64) -> Duration {
     t.checked_mul(u32::try_from(n).unwrap_or(u32::MAX))
         .unwrap_or(Duration::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::parse_bucket_headers;
+    use crate::time::{SystemTime, UNIX_EPOCH};
+
+    const POLICY: &str = "\"user\";q=600;w=60;burst=600, \"type:deposit\";q=5;w=60;burst=5, \
+        \"type:trade\";q=50;w=60, \"type:audit\";q=1;w=60;shadow, \"fallback\";q=300;w=60";
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn headers(policy: &str, remaining: &str) -> BucketHeaders {
+        let wall: SystemTime = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = vec![("RateLimit-Policy", policy)];
+        if !remaining.is_empty() {
+            h.push(("RateLimit", remaining));
+        }
+        parse_bucket_headers(h, wall, Duration::from_secs(300))
+    }
+
+    fn learned(t0: Instant) -> BucketLimiter {
+        let mut l = BucketLimiter::new();
+        l.learn_policies(&headers(POLICY, ""), &RateLimitInfo::default(), t0);
+        l
+    }
+
+    #[test]
+    fn unknown_table_admits_everything() {
+        let t0 = Instant::now();
+        let mut l = BucketLimiter::new();
+        assert!(!l.is_named());
+        assert_eq!(l.route("deposit.made"), Route::NONE);
+        for _ in 0..1_000 {
+            assert!(l.try_charge(Route::NONE, t0));
+        }
+        assert!(l.admits_all(t0));
+    }
+
+    #[test]
+    fn routes_by_longest_prefix_then_fallback() {
+        let t0 = Instant::now();
+        let l = learned(t0);
+        let name = |t: &str| l.route_name(l.route(t));
+        assert_eq!(name("deposit.made"), Some("type:deposit"));
+        assert_eq!(name("deposit"), Some("type:deposit"));
+        assert_eq!(name("depositx"), Some("fallback"));
+        assert_eq!(name("trade.executed"), Some("type:trade"));
+        assert_eq!(
+            name("audit.login"),
+            Some("fallback"),
+            "shadow buckets are not kept"
+        );
+        assert_eq!(l.policies().count(), 4);
+    }
+
+    #[test]
+    fn a_burst_then_exactly_one_interval() {
+        let t0 = Instant::now();
+        let mut l = learned(t0);
+        let deposit = l.route("deposit.made");
+        let custom = l.route("custom.x");
+        for _ in 0..5 {
+            assert!(l.try_charge(deposit, t0));
+        }
+        assert!(!l.try_charge(deposit, t0), "the sixth is refused");
+        assert_eq!(l.admit_at(deposit, t0), Some(t0 + ms(12_000)));
+        assert!(l.try_charge(custom, t0), "another bucket is not held");
+        assert_eq!(l.admit_at(custom, t0), Some(t0));
+        assert!(!l.admits_all(t0));
+    }
+
+    #[test]
+    fn sync_raises_and_lowers_only_when_alone() {
+        let t0 = Instant::now();
+        let mut l = learned(t0);
+        let deposit = l.route("deposit.made");
+        // The server has 1 cell left, we counted 5: raise to now + (5−1−1)·12 s.
+        l.sync(&headers(POLICY, "\"type:deposit\";r=1;t=48"), t0, false);
+        assert!(l.try_charge(deposit, t0));
+        assert!(
+            l.try_charge(deposit, t0),
+            "the lower bound leaves r + 1 cells"
+        );
+        assert!(!l.try_charge(deposit, t0));
+        // The server says 5 left: lowering waits for no other batch in flight.
+        l.sync(&headers(POLICY, "\"type:deposit\";r=5;t=0"), t0, false);
+        assert!(!l.try_charge(deposit, t0));
+        l.sync(&headers(POLICY, "\"type:deposit\";r=5;t=0"), t0, true);
+        for _ in 0..5 {
+            assert!(l.try_charge(deposit, t0));
+        }
+        assert!(!l.try_charge(deposit, t0));
+        // Unknown names and members without r change nothing.
+        l.sync(
+            &headers(POLICY, "\"nope\";r=0, \"type:deposit\";t=5"),
+            t0,
+            true,
+        );
+        assert_eq!(l.admit_at(deposit, t0), Some(t0 + ms(12_000)));
+    }
+
+    #[test]
+    fn refund_gives_a_cell_back() {
+        let t0 = Instant::now();
+        let mut l = learned(t0);
+        let deposit = l.route("deposit.made");
+        for _ in 0..5 {
+            assert!(l.try_charge(deposit, t0));
+        }
+        l.refund(deposit, t0);
+        assert!(l.try_charge(deposit, t0));
+        assert!(!l.try_charge(deposit, t0));
+    }
+
+    #[test]
+    fn blocks_per_bucket_and_for_everything() {
+        let t0 = Instant::now();
+        let mut l = learned(t0);
+        let deposit = l.route("deposit.made");
+        let trade = l.route("trade.executed");
+        l.block_bucket(Some("type:deposit"), trade, t0 + ms(5_000));
+        assert_eq!(l.admit_at(deposit, t0), Some(t0 + ms(5_000)));
+        assert_eq!(
+            l.admit_at(trade, t0),
+            Some(t0),
+            "limit_type wins over the route"
+        );
+        // At the end of the block one cell is free, not the whole burst.
+        let then = t0 + ms(5_000);
+        assert!(l.try_charge(deposit, then));
+        assert_eq!(l.admit_at(deposit, then), Some(then + ms(12_000)));
+        // No limit_type: the event's own bucket.
+        l.block_bucket(None, trade, t0 + ms(1_000));
+        assert_eq!(l.admit_at(trade, t0), Some(t0 + ms(1_000)));
+        // Nothing to name: everything waits.
+        l.block_bucket(Some("nope"), Route::NONE, t0 + ms(2_000));
+        assert_eq!(l.admit_at(l.route("custom.x"), t0), Some(t0 + ms(2_000)));
+        assert_eq!(l.blocked_until(t0), Some(t0 + ms(2_000)));
+        l.block_all(t0 + ms(100));
+        assert_eq!(l.blocked_until(t0), Some(t0 + ms(2_000)), "never earlier");
+    }
+
+    #[test]
+    fn a_new_table_keeps_unchanged_buckets_and_bumps_the_generation_on_new_names() {
+        let t0 = Instant::now();
+        let mut l = learned(t0);
+        let generation = l.generation();
+        let deposit = l.route("deposit.made");
+        for _ in 0..5 {
+            assert!(l.try_charge(deposit, t0));
+        }
+        l.learn_policies(&headers(POLICY, ""), &RateLimitInfo::default(), t0);
+        assert_eq!(l.generation(), generation, "same names: routes stay valid");
+        assert!(!l.try_charge(deposit, t0), "same policy: state kept");
+        // A premium tier: deposit 25/min with burst 25; the 5 cells used keep their count.
+        let premium = POLICY.replace("q=5;w=60;burst=5", "q=25;w=60;burst=25");
+        l.learn_policies(&headers(&premium, ""), &RateLimitInfo::default(), t0);
+        assert_eq!(l.generation(), generation);
+        for _ in 0..20 {
+            assert!(l.try_charge(deposit, t0));
+        }
+        assert!(!l.try_charge(deposit, t0));
+        let fewer = "\"user\";q=600;w=60, \"type:deposit\";q=5;w=60";
+        l.learn_policies(&headers(fewer, ""), &RateLimitInfo::default(), t0);
+        assert_ne!(
+            l.generation(),
+            generation,
+            "names changed: routes are stale"
+        );
+        assert_eq!(l.route("custom.x"), Route::NONE, "no fallback any more");
+    }
+
+    #[test]
+    fn anonymous_bucket_until_a_named_table() {
+        let t0 = Instant::now();
+        let mut l = BucketLimiter::new();
+        let info = RateLimitInfo {
+            policy: Some(crate::rate_limit::RateLimitPolicy {
+                quota: 2,
+                window: ms(1_000),
+            }),
+            ..RateLimitInfo::default()
+        };
+        l.learn_policies(&BucketHeaders::default(), &info, t0);
+        assert!(l.try_charge(Route::NONE, t0));
+        assert!(l.try_charge(Route::NONE, t0), "burst = quota, not 1");
+        assert_eq!(l.admit_at(Route::NONE, t0), Some(t0 + ms(500)));
+        let exhausted = RateLimitInfo {
+            remaining: Some(0),
+            reset: Some(ms(3_000)),
+            ..RateLimitInfo::default()
+        };
+        l.learn_policies(&BucketHeaders::default(), &exhausted, t0);
+        assert_eq!(l.admit_at(Route::NONE, t0), Some(t0 + ms(3_000)));
+        l.learn_policies(&headers(POLICY, ""), &RateLimitInfo::default(), t0);
+        assert_eq!(
+            l.admit_at(l.route("custom.x"), t0),
+            Some(t0),
+            "names replace it"
+        );
+        l.learn_policies(&BucketHeaders::default(), &exhausted, t0);
+        assert_eq!(
+            l.admit_at(l.route("custom.x"), t0),
+            Some(t0),
+            "folded headers are ignored once buckets are named"
+        );
+    }
+}
