@@ -503,7 +503,8 @@ pub struct QueueConfig {
     /// larger than this is refused by [`PublishQueue::push`].
     pub max_batch_bytes: usize,
     /// How long a batch that is not full waits for company after its oldest event was
-    /// pushed, in milliseconds (default 2; 0 sends at once).
+    /// pushed, in milliseconds, while another batch is in flight (default 2; 0 sends at
+    /// once). With nothing in flight an event is sent at once.
     pub linger_ms: u64,
     /// Most batch requests outstanding at once (default 4; 0 counts as 1).
     pub max_in_flight: usize,

@@ -669,6 +669,44 @@ mod tests {
     }
 
     #[test]
+    fn named_buckets_one_by_one() {
+        let now = UNIX_EPOCH + Duration::from_secs(NOW_SECS);
+        let named = parse_bucket_headers(
+            [
+                (
+                    "RateLimit-Policy",
+                    "\"user\";q=600;w=60;burst=600, \"type:deposit\";q=5;w=60, \
+                     \"type:audit\";q=1;w=60;shadow, 100;w=60",
+                ),
+                ("RateLimit", "\"user\";r=595;t=1, \"type:deposit\";r=0;t=60"),
+            ],
+            now,
+            Duration::from_secs(300),
+        );
+        let names: Vec<_> = named.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["user", "type:deposit", "type:audit"]);
+        assert_eq!(named.policies[0].effective_burst(), 600);
+        assert_eq!(
+            (named.policies[1].burst, named.policies[1].effective_burst()),
+            (None, 5),
+            "no burst given: the quota"
+        );
+        assert!(named.policies[2].shadow && !named.policies[1].shadow);
+        assert_eq!(
+            named.remaining[1],
+            BucketRemaining {
+                name: "type:deposit".into(),
+                remaining: Some(0),
+                reset: secs(60)
+            }
+        );
+        assert_eq!(member_name("\"a\\\"b\""), Some("a\"b".into()));
+        assert_eq!(member_name("\"\""), None);
+        assert_eq!(member_name("42"), None);
+        assert_eq!(member_name("default"), Some("default".into()));
+    }
+
+    #[test]
     fn split_respects_quotes_and_escapes() {
         assert_eq!(
             split_top_level(r#"a, "b,\"c", d"#, b','),
