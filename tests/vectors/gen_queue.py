@@ -267,6 +267,27 @@ cases.append({"name": "server without named policies",
               "description": "an unnamed RateLimit-Policy gives one anonymous bucket for every event with burst = quota (never 1); remaining 0 holds it until the reset",
               "config": {"linger_ms": 0, "max_batch_events": 1, "backoff": BACKOFF}, "steps": c})
 
+# 9. Priorities and holds: held high-priority deposits do not hold back a low-priority
+#    custom event (another bucket), and deposits keep their order. d1 at 20 (TAT 12 020);
+#    at 22 d2..d5 fill the bucket (TAT 60 020), c1 rides along, d6 and d7 wait:
+#    d6 until 12 020 (TAT then 72 020), d7 until 72 020 − 48 000 = 24 020.
+c = warm_up() + [
+    step(20, push("d1", "deposit.made", priority="high"), sent=[(2, ["d1"])], timeout=None),
+    step(20, push("d2", "deposit.made", priority="high"), timeout=22),
+    step(20, push("d3", "deposit.made", priority="high")),
+    step(20, push("d4", "deposit.made", priority="high")),
+    step(20, push("d5", "deposit.made", priority="high")),
+    step(20, push("d6", "deposit.made", priority="high")),
+    step(20, push("c1", "custom.x", priority="low")),
+    step(20, push("d7", "deposit.made", priority="high"), timeout=22),
+    step(22, "timeout", sent=[(3, ["d2", "d3", "d4", "d5", "c1"])], timeout=12020, waits=1),
+    step(12020, "timeout", sent=[(4, ["d6"])], timeout=24020, waits=2),
+    step(24020, "timeout", sent=[(5, ["d7"])], timeout=None, waits=2),
+]
+cases.append({"name": "held urgent events do not hold back other buckets",
+              "description": "high-priority deposit events held by their bucket stay in place and keep their order; a low-priority event of another bucket goes in the meantime",
+              "config": {"linger_ms": 2, "backoff": BACKOFF}, "steps": c})
+
 doc = {
     "description": "Publish-queue transcripts on simulated time (per-bucket rate limits, linger). Each case builds PublishQueue::new(config, seed, start); each step applies `input` at `at_ms` (ms after the start), then drains poll_transmit(now) (every batch handed out is sent at once; `sent` lists them in order as {batch: BatchId, events: [event ids]}) and poll_completion (`completed`, in order: {id, status: accepted|duplicate, attempts} or {id, error: CODE}; messages are not compared). Inputs: {push: {id, type, channel = global, data = {}, priority = normal, retry = true}}; {respond: {batch, status = 200, headers: [[name, value]], results: [...] | error: {...} (body {\"error\": ...}) | body: text | failed: message (transport failure)}} with the wall clock at wall_now_unix_ms (default 1700000000000) + at_ms; \"timeout\" (handle_timeout); \"close\". Optional expectations, compared only when present: `next_timeout_ms` (poll_timeout() in ms after the start, rounded up, or null), `rate_limit_waits` (stats), `rejected` (the error code of a refused push). Backoff is pinned to 300 ms.",
     "cases": [dict(c, seed=7) for c in cases],

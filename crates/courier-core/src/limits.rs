@@ -39,6 +39,11 @@
 //!   flight, our extra charges are still unknown to the server, and lowering would forget
 //!   them).
 //!
+//! The raise takes the interval's (open) lower end so that a hold never outlasts the
+//! server's: the client may count one cell more than a bucket drained by someone else still
+//! has, and the server then refuses that one event with a `retry_after_ms`, which blocks the
+//! bucket exactly (below). When the client's own count is right, neither bound moves it.
+//!
 //! **Refund.** An event answered `duplicate`, or rejected with a code other than
 //! `RATE_LIMIT_EXCEEDED`, was not charged by the server: its cells come back
 //! (`TAT ← max(TAT − T, now)`, [`refund`](BucketLimiter::refund)). Refunds are applied before

@@ -54,7 +54,8 @@
 //!   `RATE_LIMIT_EXCEEDED` holds the bucket it names until its `retry_after_ms`; a
 //!   whole-request `Retry-After` (or a body's `retry_after_ms`) holds everything. Delays
 //!   are capped at `retry_after_cap_ms`. The [`limits`](crate::limits) module documents
-//!   the algorithm.
+//!   the algorithm. (While some event is held, planning the next send looks at every
+//!   queued event once; with nothing held it costs O(buckets).)
 
 use std::collections::VecDeque;
 use std::fmt;
