@@ -24,6 +24,10 @@
 //! On top of that, [`Gcra::block_until`] sets a hard floor (from `Retry-After`, or a reset
 //! while `remaining == 0`) before which nothing is admitted; it can only move later.
 //! [`Gcra::learn`] adopts the quota and window the server announces and applies its waits.
+//! The [per-bucket limiter](crate::limits) keeps one `Gcra` per server bucket and moves its
+//! TAT to what the server reports ([`Gcra::raise_tat`], [`Gcra::lower_tat`],
+//! [`Gcra::refund`]); the bound above is about what [`Gcra::check`] admits between such
+//! corrections.
 //!
 //! Times are stored as offsets from the first `Instant` the limiter sees (moved earlier if
 //! an earlier one shows up), in saturating `Duration` arithmetic, so no input can make it

@@ -65,7 +65,7 @@
 //! Everything here is `O(buckets)` per call, without allocation on the admission path.
 
 use crate::gcra::Gcra;
-use crate::rate_limit::{BucketHeaders, NamedPolicy, RateLimitInfo};
+use crate::rate_limit::{BucketHeaders, RateLimitInfo};
 use crate::time::{Duration, Instant};
 
 /// Which of the table's type buckets an event is charged to (besides the buckets every
@@ -83,10 +83,10 @@ impl Route {
 }
 
 /// What a name in the table stands for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scope {
     /// `type:<prefix>`: events whose type is the prefix or starts with `prefix.`.
-    Type(String),
+    Type,
     /// `fallback`: events no type row matches.
     Fallback,
     /// `user`, or a name outside the scheme: every event.
@@ -95,7 +95,7 @@ enum Scope {
 
 #[derive(Debug, Clone)]
 struct Bucket {
-    policy: NamedPolicy,
+    name: String,
     scope: Scope,
     gcra: Gcra,
 }
@@ -103,7 +103,7 @@ struct Bucket {
 /// One GCRA per server bucket (see the module docs).
 #[derive(Debug, Clone)]
 pub struct BucketLimiter {
-    /// The named table, sorted by name.
+    /// The named table, in header order.
     buckets: Vec<Bucket>,
     /// The bucket of servers that name none (unlimited until learned).
     anonymous: Gcra,
@@ -141,19 +141,15 @@ impl BucketLimiter {
         !self.buckets.is_empty()
     }
 
-    /// The table in force (name order).
-    pub fn policies(&self) -> impl Iterator<Item = &NamedPolicy> {
-        self.buckets.iter().map(|b| &b.policy)
-    }
-
     /// The route of an event type: its `type:` bucket by longest prefix, else `fallback`,
     /// else [`Route::NONE`].
     pub fn route(&self, event_type: &str) -> Route {
         let mut best: Option<(usize, usize)> = None;
         let mut fallback = None;
         for (i, b) in self.buckets.iter().enumerate() {
-            match &b.scope {
-                Scope::Type(p)
+            let p = b.name.get(TYPE_PREFIX.len()..).unwrap_or("");
+            match b.scope {
+                Scope::Type
                     if type_matches(event_type, p) && best.is_none_or(|(len, _)| p.len() > len) =>
                 {
                     best = Some((p.len(), i));
@@ -173,7 +169,7 @@ impl BucketLimiter {
         route
             .index()
             .and_then(|i| self.buckets.get(i))
-            .map(|b| b.policy.name.as_str())
+            .map(|b| b.name.as_str())
     }
 
     /// When an event of `route` may go, as seen at `now` (`now` if it may go now), counting
@@ -251,12 +247,15 @@ impl BucketLimiter {
             }
             return;
         }
+        let kept = || named.policies.iter().filter(|p| !p.shadow);
+        // Routes stay valid while the names (in header order: the server writes its table
+        // the same way every time) stay the same.
+        let renamed = kept().count() != self.buckets.len()
+            || kept().zip(&self.buckets).any(|(p, b)| p.name != b.name);
         let mut old = std::mem::take(&mut self.buckets);
-        let old_names: Vec<String> = old.iter().map(|b| b.policy.name.clone()).collect();
-        let mut table: Vec<Bucket> = Vec::with_capacity(named.policies.len());
-        for policy in named.policies.iter().filter(|p| !p.shadow) {
+        for policy in kept() {
             let (q, w, b) = (policy.quota, policy.window, policy.effective_burst());
-            let gcra = match old.iter().position(|o| o.policy.name == policy.name) {
+            let gcra = match old.iter().position(|o| o.name == policy.name) {
                 Some(i) => {
                     let mut gcra = old.swap_remove(i).gcra;
                     if old_policy_differs(&gcra, q, w, b) {
@@ -266,17 +265,15 @@ impl BucketLimiter {
                 }
                 None => Gcra::new(q, w, b),
             };
-            table.push(Bucket {
+            self.buckets.push(Bucket {
+                name: policy.name.clone(),
                 scope: scope_of(&policy.name),
-                policy: policy.clone(),
                 gcra,
             });
         }
-        table.sort_by(|a, b| a.policy.name.cmp(&b.policy.name));
-        if !table.iter().map(|b| &b.policy.name).eq(old_names.iter()) {
+        if renamed {
             self.generation += 1;
         }
-        self.buckets = table;
         self.anonymous = Gcra::unlimited();
     }
 
@@ -287,11 +284,7 @@ impl BucketLimiter {
             let Some(r) = member.remaining else {
                 continue;
             };
-            let Some(b) = self
-                .buckets
-                .iter_mut()
-                .find(|b| b.policy.name == member.name)
-            else {
+            let Some(b) = self.buckets.iter_mut().find(|b| b.name == member.name) else {
                 continue;
             };
             let burst = b.gcra.burst();
@@ -314,7 +307,7 @@ impl BucketLimiter {
     /// route's type bucket, until `until` (and sets its next cell free then); with neither,
     /// blocks everything.
     pub fn block_bucket(&mut self, limit_type: Option<&str>, route: Route, until: Instant) {
-        let named = limit_type.and_then(|n| self.buckets.iter().position(|b| b.policy.name == n));
+        let named = limit_type.and_then(|n| self.buckets.iter().position(|b| b.name == n));
         match named
             .or(route.index())
             .and_then(|i| self.buckets.get_mut(i))
@@ -353,13 +346,15 @@ fn old_policy_differs(gcra: &Gcra, q: u64, w: Duration, b: u64) -> bool {
     gcra.burst() != b || gcra.emission_interval() != Gcra::new(q, w, b).emission_interval()
 }
 
+const TYPE_PREFIX: &str = "type:";
+
 fn scope_of(name: &str) -> Scope {
-    match name {
-        "fallback" => Scope::Fallback,
-        _ => match name.strip_prefix("type:") {
-            Some(prefix) if !prefix.is_empty() => Scope::Type(prefix.to_owned()),
-            _ => Scope::Every,
-        },
+    if name == "fallback" {
+        Scope::Fallback
+    } else if name.len() > TYPE_PREFIX.len() && name.starts_with(TYPE_PREFIX) {
+        Scope::Type
+    } else {
+        Scope::Every
     }
 }
 
@@ -372,8 +367,7 @@ fn type_matches(event_type: &str, prefix: &str) -> bool {
 
 /// `t · n`, saturating.
 fn times(t: Duration, n: u64) -> Duration {
-    t.checked_mul(u32::try_from(n).unwrap_or(u32::MAX))
-        .unwrap_or(Duration::MAX)
+    t.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 #[cfg(test)]
@@ -430,7 +424,7 @@ mod tests {
             Some("fallback"),
             "shadow buckets are not kept"
         );
-        assert_eq!(l.policies().count(), 4);
+        assert_eq!(name("audit"), Some("fallback"));
     }
 
     #[test]

@@ -220,16 +220,17 @@ pub fn parse_bucket_headers<'a>(
 fn member_name(bare: &str) -> Option<String> {
     if let Some(inner) = bare.strip_prefix('"') {
         let inner = inner.strip_suffix('"')?;
-        let mut name = String::with_capacity(inner.len());
-        let mut chars = inner.chars();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => name.push(chars.next()?),
-                '"' => return None,
-                c => name.push(c),
+        // Only `\"` and `\\` are escapes; dropping a backslash keeps the text UTF-8.
+        let mut name = Vec::with_capacity(inner.len());
+        let mut bytes = inner.bytes();
+        while let Some(b) = bytes.next() {
+            match b {
+                b'\\' => name.push(bytes.next()?),
+                b'"' => return None,
+                b => name.push(b),
             }
         }
-        return (!name.is_empty()).then_some(name);
+        return String::from_utf8(name).ok().filter(|n| !n.is_empty());
     }
     let first = bare.bytes().next()?;
     let token = (first.is_ascii_alphabetic() || first == b'*')
