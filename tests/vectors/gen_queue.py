@@ -288,6 +288,24 @@ cases.append({"name": "held urgent events do not hold back other buckets",
               "description": "high-priority deposit events held by their bucket stay in place and keep their order; a low-priority event of another bucket goes in the meantime",
               "config": {"linger_ms": 2, "backoff": BACKOFF}, "steps": c})
 
+# 10. A retry is routed by the table its refusal taught: d1 went before any table was known;
+#     its refusal (limit_type type:deposit, retry_after 4 000) comes with the table, so the
+#     retry waits for the deposit bucket until 10 + 4 000, while c1 goes at once.
+c = [
+    step(0, push("d1", "deposit.made"), sent=[(1, ["d1"])], timeout=None),
+    step(10, respond(1, [{"id": "d1", "status": "rejected",
+                          "error": {"code": "RATE_LIMIT_EXCEEDED", "message": "deposit limit",
+                                    "retry_after_ms": 4000, "limit_type": "type:deposit"}}],
+                     headers=table('"user";r=599;t=1, "type:deposit";r=0;t=60')),
+         timeout=4010, waits=1),
+    step(20, push("c1", "custom.x"), sent=[(2, ["c1"])], timeout=4010),
+    step(4009, "timeout", timeout=4010),
+    step(4010, "timeout", sent=[(3, ["d1"])], timeout=None),
+]
+cases.append({"name": "a retry is routed by the table its refusal taught",
+              "description": "an event sent before the table was known and refused by its bucket waits for that bucket when retried, not for nothing and not for everything",
+              "config": {"linger_ms": 2, "backoff": BACKOFF}, "steps": c})
+
 doc = {
     "description": "Publish-queue transcripts on simulated time (per-bucket rate limits, linger). Each case builds PublishQueue::new(config, seed, start); each step applies `input` at `at_ms` (ms after the start), then drains poll_transmit(now) (every batch handed out is sent at once; `sent` lists them in order as {batch: BatchId, events: [event ids]}) and poll_completion (`completed`, in order: {id, status: accepted|duplicate, attempts} or {id, error: CODE}; messages are not compared). Inputs: {push: {id, type, channel = global, data = {}, priority = normal, retry = true}}; {respond: {batch, status = 200, headers: [[name, value]], results: [...] | error: {...} (body {\"error\": ...}) | body: text | failed: message (transport failure)}} with the wall clock at wall_now_unix_ms (default 1700000000000) + at_ms; \"timeout\" (handle_timeout); \"close\". Optional expectations, compared only when present: `next_timeout_ms` (poll_timeout() in ms after the start, rounded up, or null), `rate_limit_waits` (stats), `rejected` (the error code of a refused push). Backoff is pinned to 300 ms.",
     "cases": [dict(c, seed=7) for c in cases],

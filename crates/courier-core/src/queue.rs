@@ -54,8 +54,8 @@
 //!   `RATE_LIMIT_EXCEEDED` holds the bucket it names until its `retry_after_ms`; a
 //!   whole-request `Retry-After` (or a body's `retry_after_ms`) holds everything. Delays
 //!   are capped at `retry_after_cap_ms`. The [`limits`](crate::limits) module documents
-//!   the algorithm. (While some event is held, planning the next send looks at every
-//!   queued event once; with nothing held it costs O(buckets).)
+//!   the algorithm. Planning the next send costs O(buckets), however many events are
+//!   held.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -728,12 +728,44 @@ struct Plan {
     held: Option<Instant>,
 }
 
+/// Queued events of one kind by route: `(route, events, bytes of JSON with separators)`,
+/// so planning costs O(routes), not O(events), however many events a bucket holds back.
+#[derive(Debug, Default)]
+struct RouteTally(Vec<(Route, usize, usize)>);
+
+impl RouteTally {
+    fn add(&mut self, route: Route, bytes: usize) {
+        match self.0.iter_mut().find(|(r, ..)| *r == route) {
+            Some((_, n, b)) => {
+                *n += 1;
+                *b += bytes;
+            }
+            None => self.0.push((route, 1, bytes)),
+        }
+    }
+
+    fn remove(&mut self, route: Route, bytes: usize) {
+        if let Some(i) = self.0.iter().position(|(r, ..)| *r == route) {
+            let (_, n, b) = &mut self.0[i];
+            *n -= 1;
+            *b -= bytes;
+            if *n == 0 {
+                self.0.swap_remove(i);
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.0.iter().map(|(_, n, _)| n).sum()
+    }
+}
+
 /// What the limiter allows one kind of queued events (first attempts or retries).
 #[derive(Debug, Default)]
 struct Survey {
     /// When the first of them is admitted (`now` if one is now).
     admit: Option<Instant>,
-    /// How many are admitted now, their bytes (with separators), the oldest push.
+    /// How many are admitted now, their bytes (with separators); the oldest push of all.
     ready_count: usize,
     ready_bytes: usize,
     ready_oldest: Option<Instant>,
@@ -768,6 +800,9 @@ pub struct PublishQueue {
     retries: [VecMap<Ticket, Entry>; 3],
     /// Sum over `fresh` of `json.len() + 1`.
     fresh_bytes: usize,
+    /// `fresh` and `retries` by route.
+    fresh_routes: RouteTally,
+    retry_routes: RouteTally,
     in_flight: VecMap<BatchId, InFlight>,
     in_flight_events: usize,
     next_ticket: Ticket,
@@ -811,6 +846,8 @@ impl PublishQueue {
             fresh: Default::default(),
             retries: Default::default(),
             fresh_bytes: 0,
+            fresh_routes: RouteTally::default(),
+            retry_routes: RouteTally::default(),
             in_flight: VecMap::new(),
             in_flight_events: 0,
             next_ticket: 1,
@@ -878,6 +915,7 @@ impl PublishQueue {
         self.next_ticket += 1;
         self.fresh_bytes += json.len() + 1;
         let route = self.limits.route(&event.event_type);
+        self.fresh_routes.add(route, json.len() + 1);
         let entry = Entry {
             ticket,
             event,
@@ -900,6 +938,7 @@ impl PublishQueue {
         for fresh in &mut self.fresh {
             if let Some(entry) = fresh.remove(&ticket) {
                 self.fresh_bytes -= entry.json.len() + 1;
+                self.fresh_routes.remove(entry.route, entry.json.len() + 1);
                 return true;
             }
         }
@@ -1184,45 +1223,56 @@ impl PublishQueue {
         }
         self.routes_gen = generation;
         let limits = &self.limits;
-        for map in self.fresh.iter_mut().chain(self.retries.iter_mut()) {
-            for e in map.values_mut() {
+        for (maps, tally) in [
+            (&mut self.fresh, &mut self.fresh_routes),
+            (&mut self.retries, &mut self.retry_routes),
+        ] {
+            *tally = RouteTally::default();
+            for e in maps.iter_mut().flat_map(VecMap::values_mut) {
                 e.route = limits.route(&e.event.event_type);
+                tally.add(e.route, e.json.len() + 1);
             }
         }
     }
 
-    /// What the limiter allows the queued events of one kind (first attempts or retries,
-    /// `bytes` of JSON with separators) at `now`. `O(1)` when nothing is held, else one
-    /// pass over them.
-    fn survey(&self, maps: &[VecMap<Ticket, Entry>; 3], bytes: usize, now: Instant) -> Survey {
-        if self.limits.admits_all(now) {
-            // Every event is admitted now, and the oldest of a priority is its first.
-            let oldest = maps
-                .iter()
-                .filter_map(|m| m.first_key_value())
-                .map(|(_, e)| e.pushed_at)
-                .min();
-            return Survey {
-                admit: oldest.map(|_| now),
-                ready_count: maps.iter().map(VecMap::len).sum(),
-                ready_bytes: bytes,
-                ready_oldest: oldest,
-                held_until: None,
-            };
+    /// What the limiter allows the queued events of one kind (first attempts or retries)
+    /// at `now`, route by route: O(routes), whatever the number of events. `bytes` is their
+    /// JSON with separators. The linger is measured from the oldest of them, held or not
+    /// (a held event has waited longer than any linger already).
+    fn survey(
+        &self,
+        maps: &[VecMap<Ticket, Entry>; 3],
+        tally: &RouteTally,
+        bytes: usize,
+        now: Instant,
+    ) -> Survey {
+        debug_assert_eq!(tally.count(), maps.iter().map(VecMap::len).sum::<usize>());
+        let oldest = maps
+            .iter()
+            .filter_map(|m| m.first_key_value())
+            .map(|(_, e)| e.pushed_at)
+            .min();
+        let mut s = Survey {
+            ready_oldest: oldest,
+            ..Survey::default()
+        };
+        if oldest.is_none() {
+            return s;
         }
-        let mut s = Survey::default();
-        for e in maps.iter().flat_map(VecMap::values) {
-            let Some(at) = self.limits.admit_at(e.route, now) else {
+        if self.limits.admits_all(now) {
+            s.admit = Some(now);
+            s.ready_count = tally.count();
+            s.ready_bytes = bytes;
+            return s;
+        }
+        for &(route, count, route_bytes) in &tally.0 {
+            let Some(at) = self.limits.admit_at(route, now) else {
                 continue;
             };
             s.admit = Some(s.admit.map_or(at, |a: Instant| a.min(at)));
             if at <= now {
-                s.ready_count += 1;
-                s.ready_bytes += e.json.len() + 1;
-                s.ready_oldest = Some(
-                    s.ready_oldest
-                        .map_or(e.pushed_at, |o: Instant| o.min(e.pushed_at)),
-                );
+                s.ready_count += count;
+                s.ready_bytes += route_bytes;
             } else {
                 s.held_until = Some(s.held_until.map_or(at, |h: Instant| h.min(at)));
             }
@@ -1274,8 +1324,8 @@ impl PublishQueue {
             return None;
         }
         let gate = self.gate(now)?;
-        let fresh_s = self.survey(&self.fresh, self.fresh_bytes, now);
-        let retry_s = self.survey(&self.retries, 0, now);
+        let fresh_s = self.survey(&self.fresh, &self.fresh_routes, self.fresh_bytes, now);
+        let retry_s = self.survey(&self.retries, &self.retry_routes, 0, now);
         let held = match (fresh_s.held_until, retry_s.held_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -1391,8 +1441,12 @@ impl PublishQueue {
                     _ => map.remove(&ticket),
                 };
                 if let Some(entry) = entry {
-                    if !from_retries {
-                        self.fresh_bytes -= entry.json.len() + 1;
+                    let bytes = entry.json.len() + 1;
+                    if from_retries {
+                        self.retry_routes.remove(entry.route, bytes);
+                    } else {
+                        self.fresh_bytes -= bytes;
+                        self.fresh_routes.remove(entry.route, bytes);
                     }
                     out.push(entry);
                 }
@@ -1500,7 +1554,7 @@ impl PublishQueue {
                 self.kill(entry, reason.clone());
             } else {
                 entry.last_error = Some(reason.clone());
-                self.retries[entry.options.priority.index()].insert(entry.ticket, entry);
+                self.requeue(entry);
             }
         }
     }
@@ -1512,8 +1566,16 @@ impl PublishQueue {
             return false;
         }
         entry.last_error = Some(reason);
-        self.retries[entry.options.priority.index()].insert(entry.ticket, entry);
+        self.requeue(entry);
         true
+    }
+
+    /// Puts a sent event back among the retries, routed by the table in force now (it may
+    /// have been learned while the event was in flight).
+    fn requeue(&mut self, mut entry: Entry) {
+        entry.route = self.limits.route(&entry.event.event_type);
+        self.retry_routes.add(entry.route, entry.json.len() + 1);
+        self.retries[entry.options.priority.index()].insert(entry.ticket, entry);
     }
 
     /// Gives an event up: completes it with `reason` and keeps it as a dead letter.
@@ -1567,6 +1629,7 @@ impl PublishQueue {
         {
             return;
         }
+        self.retry_routes = RouteTally::default();
         for p in 0..3 {
             for (_, mut entry) in std::mem::take(&mut self.retries[p]) {
                 self.budget_exhausted += 1;
