@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::SharedState;
 use crate::auth::{AuthError, Claims, unix_now};
 use crate::connections::{ConnectionGuard, Refused};
-use crate::http::{ApiError, publish_event, rate_limit};
+use crate::http::{ApiError, publish_event};
 use crate::store::{Published, Replay, Subscriber, SubscriptionId};
 
 /// `GET /ws`.
@@ -573,12 +573,8 @@ impl Session {
                 self.conn.send(&ServerFrame::Unsubscribed { id, channel });
             }
             ClientFrame::Publish { id, event } => {
-                let result = async {
-                    rate_limit(&self.state, &self.claims, &event.event_type).await?;
-                    publish_event(&self.state, &self.claims, event).await
-                }
-                .await;
-                match result {
+                let mut usage = self.state.limiter.usage(&self.claims);
+                match publish_event(&self.state, &self.claims, event, &mut usage).await {
                     Ok(ok) => self.conn.send(&ServerFrame::Ack {
                         id,
                         event_id: ok.id,
