@@ -3,7 +3,8 @@
 //! Each connection has a reader (this task: frames, timers) and a writer task draining a
 //! bounded outbound queue. Fan-out never blocks: a full queue closes the connection with
 //! 4008 (slow consumer); the client resumes from history. Close requests that must follow
-//! an error frame travel through the queue, so the error is written first.
+//! an error frame travel through the queue, so the error is written first. A close reason is
+//! cut to what a close frame can carry, so the code always reaches the client.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,6 +63,25 @@ fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| tracker.track_future(run(state, socket, channel)))
+}
+
+/// Close code for a text frame that is not UTF-8 (RFC 6455 §7.4.1).
+const INVALID_PAYLOAD: u16 = 1007;
+
+/// A close frame's payload is at most 125 bytes: the 2-byte code and the reason.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// The close frame for `code`: a longer reason would make tungstenite refuse to send it
+/// (the client would see 1006 instead of the code), so it is cut on a UTF-8 boundary.
+fn close_frame(code: u16, reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    }
 }
 
 enum Outbound {
@@ -242,24 +262,56 @@ async fn writer(
     };
     if let Some((code, reason)) = close {
         let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
+            .send(Message::Close(Some(close_frame(code, &reason))))
             .await;
         let _ = sink.flush().await;
     }
 }
 
-/// Reads the next text frame; `None` when the peer is gone or closed.
-async fn next_text(stream: &mut SplitStream<WebSocket>) -> Option<Result<String, ()>> {
+/// What the reader got from the peer.
+enum Incoming {
+    Text(String),
+    Binary,
+    /// A frame the WebSocket layer refused: the error to answer and the close code.
+    Refused(ErrorCode, u16, &'static str),
+}
+
+/// Reads the next frame; `None` when the peer is gone or closed.
+async fn next_text(stream: &mut SplitStream<WebSocket>) -> Option<Incoming> {
     loop {
         match stream.next().await? {
-            Ok(Message::Text(t)) => return Some(Ok(t.to_string())),
-            Ok(Message::Binary(_)) => return Some(Err(())),
+            Ok(Message::Text(t)) => return Some(Incoming::Text(t.to_string())),
+            Ok(Message::Binary(_)) => return Some(Incoming::Binary),
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Close(_)) => return None,
+            Err(e) => return refused_frame(&e),
         }
+    }
+}
+
+/// The documented answer to a read error that is the peer's fault and leaves the connection
+/// able to send a close frame; `None` for the rest (I/O, protocol), which end the connection
+/// without one.
+///
+/// The error is tungstenite's, boxed by axum; axum's tungstenite is not a version this crate
+/// can name, so the two cases are told apart by their messages (the 1007 and 1009 tests in
+/// tests/api pin them).
+fn refused_frame(e: &axum::Error) -> Option<Incoming> {
+    let text = e.to_string();
+    if text.starts_with("UTF-8 encoding error") {
+        Some(Incoming::Refused(
+            ErrorCode::BadRequest,
+            INVALID_PAYLOAD,
+            "a text frame was not valid UTF-8",
+        ))
+    } else if text.starts_with("Space limit exceeded") {
+        Some(Incoming::Refused(
+            ErrorCode::PayloadTooLarge,
+            close::MESSAGE_TOO_BIG,
+            "a frame was over the size limit",
+        ))
+    } else {
+        None
     }
 }
 
@@ -375,7 +427,7 @@ async fn authenticate(
             return None;
         }
         Ok(None) => return None,
-        Ok(Some(Err(()))) => {
+        Ok(Some(Incoming::Binary)) => {
             fail(
                 ErrorCode::BadRequest,
                 close::BAD_REQUEST,
@@ -383,7 +435,11 @@ async fn authenticate(
             );
             return None;
         }
-        Ok(Some(Ok(t))) => t,
+        Ok(Some(Incoming::Refused(code, close_code, message))) => {
+            fail(code, close_code, message);
+            return None;
+        }
+        Ok(Some(Incoming::Text(t))) => t,
     };
     let token = match ClientFrame::decode(&text, state.config.max_frame_bytes) {
         Ok(ClientFrame::Connect { token, .. }) => token,
@@ -527,8 +583,13 @@ impl Session {
                 }
                 msg = next_text(stream) => match msg {
                     None => return false,
-                    Some(Err(())) => self.conn.error(ErrorFrame::new(None, ErrorCode::BadRequest, "frames are JSON text")),
-                    Some(Ok(text)) => {
+                    Some(Incoming::Binary) => self.conn.error(ErrorFrame::new(None, ErrorCode::BadRequest, "frames are JSON text")),
+                    Some(Incoming::Refused(code, close_code, message)) => {
+                        self.conn.error(ErrorFrame::new(None, code, message));
+                        self.conn.close_after_queue(close_code, message);
+                        return false;
+                    }
+                    Some(Incoming::Text(text)) => {
                         if self.handle(&text, &mut pong_deadline).await {
                             return false;
                         }
@@ -701,5 +762,27 @@ impl Session {
         }
         sub.go_live(epoch, last);
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_cut_to_123_bytes_on_a_char_boundary() {
+        let short = close_frame(4001, "token has expired");
+        assert_eq!(
+            (short.code, short.reason.as_str()),
+            (4001, "token has expired")
+        );
+        let ascii = "x".repeat(300);
+        assert_eq!(close_frame(4001, &ascii).reason.len(), 123);
+        // 122 ASCII bytes then a 4-byte character: cut before it, not through it.
+        let wide = format!("{}🦀🦀", "a".repeat(122));
+        let cut = close_frame(4000, &wide);
+        assert_eq!(cut.reason.as_str(), "a".repeat(122));
+        let accents = "é".repeat(100);
+        assert_eq!(close_frame(4000, &accents).reason.as_str(), "é".repeat(61));
     }
 }
