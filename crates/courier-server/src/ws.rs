@@ -1,12 +1,14 @@
 //! WebSocket protocol v1.
 //!
 //! Each connection has a reader (this task: frames, timers) and a writer task draining a
-//! bounded outbound queue. Fan-out never blocks: a full queue closes the connection with
-//! 4008 (slow consumer); the client resumes from history. Close requests that must follow
-//! an error frame travel through the queue, so the error is written first. A close reason is
+//! bounded outbound queue. Fan-out never blocks: a queue full by frame count
+//! (`ws.outbound_queue`) or by bytes (`ws.max_queued_bytes`) closes the connection with 4008
+//! (slow consumer); the client resumes from history. Close requests that must follow an
+//! error frame travel through the queue, so the error is written first. A close reason is
 //! cut to what a close frame can carry, so the code always reaches the client.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,10 +93,26 @@ enum Outbound {
     Close(u16, String),
 }
 
+impl Outbound {
+    /// The bytes this item holds against the connection's byte budget. A replay is not
+    /// counted: it waits for room in the queue instead of overflowing it.
+    fn budgeted_bytes(&self) -> usize {
+        match self {
+            Outbound::Frame(t) => t.len(),
+            Outbound::Event(p) => p.frame.len(),
+            Outbound::Replayed(_) | Outbound::Close(..) => 0,
+        }
+    }
+}
+
 struct Conn {
     out: mpsc::Sender<Outbound>,
     close: watch::Sender<Option<(u16, String)>>,
     state: SharedState,
+    /// Bytes of queued live frames not yet written (the writer subtracts what it wrote).
+    queued_bytes: Arc<AtomicUsize>,
+    /// `ws.max_queued_bytes`.
+    max_queued_bytes: usize,
 }
 
 impl Conn {
@@ -120,7 +138,7 @@ impl Conn {
         }
         self.close_now(
             close::SLOW_CONSUMER,
-            "slow consumer: outbound queue full; resume from history",
+            "slow consumer: outbound queue full (frames or bytes); resume from history",
         );
     }
 
@@ -131,10 +149,24 @@ impl Conn {
     }
 
     fn push(&self, item: Outbound) {
+        let bytes = item.budgeted_bytes();
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        // One frame always fits an empty queue, however large: a client that keeps up is
+        // never closed for the size of a single event.
+        if before > 0 && before + bytes > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.slow();
+            return;
+        }
         match self.out.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.slow(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.slow();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            }
         }
     }
 
@@ -217,6 +249,7 @@ async fn writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     close_tx: watch::Sender<Option<(u16, String)>>,
+    queued_bytes: Arc<AtomicUsize>,
     state: SharedState,
 ) {
     let mut close_rx = close_tx.subscribe();
@@ -226,6 +259,7 @@ async fn writer(
             _ = close_rx.changed() => break close_rx.borrow().clone(),
             item = rx.recv() => item,
         };
+        let bytes = item.as_ref().map_or(0, Outbound::budgeted_bytes);
         let (text, accepted_at) = match item {
             None => break None,
             Some(Outbound::Close(code, reason)) => {
@@ -252,6 +286,7 @@ async fn writer(
         if sink.send(Message::Text(text.into())).await.is_err() {
             return;
         }
+        queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         if let Some(at) = accepted_at {
             state
                 .metrics
@@ -333,12 +368,15 @@ async fn run(state: SharedState, socket: WebSocket, channel: Option<ChannelName>
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(state.config.ws.outbound_queue.max(1));
     let (close_tx, mut close_rx) = watch::channel(None);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     let conn = Arc::new(Conn {
         out: out_tx,
         close: close_tx.clone(),
         state: state.clone(),
+        queued_bytes: queued_bytes.clone(),
+        max_queued_bytes: state.config.ws.max_queued_bytes,
     });
-    let mut writer_task = tokio::spawn(writer(sink, out_rx, close_tx, state.clone()));
+    let mut writer_task = tokio::spawn(writer(sink, out_rx, close_tx, queued_bytes, state.clone()));
     let mut drop_rx = state.drop_tx.subscribe();
     let mut shutdown_rx = state.shutdown_tx.subscribe();
 

@@ -711,3 +711,65 @@ async fn an_injected_fault_still_logs_the_buckets_of_its_events() {
     assert_eq!(rec["refused"], json!([]));
     server.shutdown().await;
 }
+
+/// Publishes 60 KB events to `global` until the server counts a slow consumer; how many.
+async fn publish_until_slow(server: &Server) -> u64 {
+    let svc = service("svc");
+    let blob = "x".repeat(60 * 1024);
+    let mut sent = 0u64;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server
+        .state()
+        .metrics
+        .slow_consumers
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never detected as slow after {sent} events"
+        );
+        let r = server
+            .post(
+                "/publish",
+                Some(&svc),
+                &json!({"type": "custom.blob", "channel": "global", "data": {"b": blob}}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        sent += 1;
+    }
+    sent
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_is_closed_once_its_queue_passes_the_byte_budget() {
+    let server = start_with(|c| {
+        // The frame count (1,024 by default) would allow some 60 MB of these events.
+        c.ws.max_queued_bytes = 256 * 1024;
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    // A small receive window, so the kernel's buffers hold little of what is sent.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(server.addr).await.unwrap();
+    let (s, _) = tokio_tungstenite::client_async(
+        format!("ws://{}/ws", server.addr),
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+    )
+    .await
+    .unwrap();
+    let mut slow = Ws { s };
+    slow.send(json!({"op": "connect", "token": user("alice")}))
+        .await;
+    assert_eq!(slow.recv().await["op"], "connected");
+    assert_eq!(slow.subscribe(1, "global", None).await["op"], "subscribed");
+    let sent = publish_until_slow(&server).await;
+    // The kernel's send buffer takes some 3 MB (about 50 of these) before anything queues;
+    // by frame count alone it would take over 1,024 more.
+    assert!(sent < 150, "closed only after {sent} events of 60 KB");
+    let (_, end) = slow.until_end().await;
+    assert_eq!(end, End::Close(4008));
+    server.shutdown().await;
+}
