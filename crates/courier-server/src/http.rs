@@ -432,7 +432,7 @@ async fn publish_text(state: &SharedState, headers: &HeaderMap, text: &str) -> R
         (status = 401, description = "Missing, invalid or expired token", body = ErrorResponse),
         (status = 403, description = "The token may not publish to the channel", body = ErrorResponse),
         (status = 413, description = "Over the payload limit", body = ErrorResponse),
-        (status = 429, description = "Rate limited; see Retry-After", body = ErrorResponse),
+        (status = 429, description = "Rate limited; see Retry-After (whole seconds), `retry_after_ms` (exact) and `limit_type` (the bucket: `user`, `type:<prefix>`, `fallback`)", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn publish(
@@ -510,7 +510,7 @@ pub(crate) async fn publish_to_channel(
 #[utoipa::path(post, path = "/publish/batch", tag = "publish",
     request_body(content = courier_core::queue::BatchRequest),
     responses(
-        (status = 200, description = "One result per event", body = BatchResponseBody),
+        (status = 200, description = "One result per event; a rate-limited event is rejected on its own (`RATE_LIMIT_EXCEEDED`, `retry_after_ms`, `limit_type` = the bucket) and the others are still accepted", body = BatchResponseBody),
         (status = 400, description = "The body is not a batch", body = ErrorResponse),
         (status = 401, description = "Unauthorized", body = ErrorResponse),
         (status = 413, description = "Too large or too many events", body = ErrorResponse),
