@@ -467,7 +467,9 @@ async fn headers_name_every_bucket_and_a_batch_is_refused_per_event() {
         m.keys().collect::<Vec<_>>(),
         ["fallback", "type:deposit", "user"]
     );
-    assert_eq!(m["type:deposit"], (0, 60));
+    // Empty, full again 60 s after the first deposit (a little less by now).
+    assert_eq!(m["type:deposit"].0, 0);
+    assert!((58..=60).contains(&m["type:deposit"].1), "{m:?}");
     assert!((298..=300).contains(&m["fallback"].0), "{m:?}");
     assert!((593..=600).contains(&m["user"].0), "{m:?}");
     assert_eq!(h["x-ratelimit-remaining"], "0");
