@@ -432,8 +432,19 @@ async fn run(state: SharedState, socket: WebSocket, channel: Option<ChannelName>
     {
         writer_task.abort();
     }
+    // After a frame the WebSocket layer refused (1007, 1009) the reader is done and may
+    // leave the frame's bytes unread: dropping the socket then resets the connection, and the
+    // kernel discards what it has not transmitted yet, the close frame included. Holding the
+    // socket a moment lets the close reach the client.
+    let refused_read = matches!(
+        close_rx.borrow().as_ref(),
+        Some((INVALID_PAYLOAD | close::MESSAGE_TOO_BIG, _))
+    );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while stream.next().await.is_some() {}
+        if refused_read {
+            std::future::pending::<()>().await;
+        }
     })
     .await;
 }
