@@ -135,14 +135,15 @@ pub struct BucketRequest {
     pub shadow: bool,
 }
 
-/// The state of one bucket after a check.
+/// The state of one bucket after a check: charged when the request was admitted, as it
+/// was when it was refused (by this bucket or another).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketDecision {
     /// This bucket alone would admit the request.
     pub allowed: bool,
-    /// Requests still admissible back to back after this one.
+    /// Requests still admissible back to back in the state the check left.
     pub remaining: u64,
-    /// Until the bucket is full again.
+    /// Until the bucket is full again, in that state.
     pub reset_after: Duration,
     /// Until a refused request would be admitted (zero when allowed).
     pub retry_after: Duration,
