@@ -438,4 +438,25 @@ mod tests {
         assert_eq!(h["x-ratelimit-remaining"], "0");
         assert_eq!(h["x-ratelimit-limit"], "2");
     }
+
+    #[tokio::test]
+    async fn a_refused_request_charges_no_bucket_and_reports_them_as_they_stay() {
+        let s = MemoryRateLimits::new();
+        let bucket = |key: &str, burst: u64| BucketRequest {
+            key: key.into(),
+            emission_interval: Duration::from_secs(1),
+            burst,
+            shadow: false,
+        };
+        let roomy = bucket("roomy", 10);
+        let both = [roomy.clone(), bucket("tight", 1)];
+        let d = s.check(&both).await.unwrap();
+        assert_eq!((d[0].remaining, d[1].remaining), (9, 0));
+        let d = s.check(&both).await.unwrap();
+        assert!(d[0].allowed && !d[1].allowed);
+        // `roomy` would have admitted it, but was not charged.
+        assert_eq!(d[0].remaining, 9);
+        assert!(d[0].reset_after <= Duration::from_secs(1));
+        assert_eq!(s.check(&[roomy]).await.unwrap()[0].remaining, 8);
+    }
 }
