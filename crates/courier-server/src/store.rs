@@ -180,14 +180,15 @@ pub struct BucketRequest {
     pub shadow: bool,
 }
 
-/// The state of one bucket after a check.
+/// The state of one bucket after a check: charged when the request was admitted, as it
+/// was when it was refused (by this bucket or another).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketDecision {
     /// This bucket alone would admit the request.
     pub allowed: bool,
-    /// Requests still admissible back to back after this one.
+    /// Requests still admissible back to back in the state the check left.
     pub remaining: u64,
-    /// Until the bucket is full again.
+    /// Until the bucket is full again, in that state.
     pub reset_after: Duration,
     /// Until a refused request would be admitted (zero when allowed).
     pub retry_after: Duration,
@@ -525,13 +526,20 @@ impl MemoryRateLimits {
     }
 }
 
-fn gcra_decide(tat: Option<u128>, now: u128, req: &BucketRequest) -> (BucketDecision, u128) {
+/// One bucket's GCRA decision at `now`: whether it alone admits the request, and its state
+/// after the request, charged (`charge`, and only when admitted) or not.
+fn gcra_decide(
+    tat: Option<u128>,
+    now: u128,
+    req: &BucketRequest,
+    charge: bool,
+) -> (BucketDecision, u128) {
     let t = req.emission_interval.as_nanos().max(1);
     let tau = t * u128::from(req.burst.max(1) - 1);
     let tat = tat.unwrap_or(now).max(now);
     let allowed = tat <= now + tau;
-    let new_tat = if allowed { tat + t } else { tat };
-    // Remaining back-to-back requests after this decision.
+    let new_tat = if allowed && charge { tat + t } else { tat };
+    // Requests still admissible back to back in the state left behind.
     let remaining = (now + tau + t).saturating_sub(new_tat) / t;
     let reset_after = Duration::from_nanos(u64::try_from(new_tat - now).unwrap_or(u64::MAX));
     let retry_after = if allowed {
@@ -559,19 +567,24 @@ impl RateLimitStore for MemoryRateLimits {
         if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
             tats.retain(|_, tat| *tat > now);
         }
-        let decided: Vec<(BucketDecision, u128)> = buckets
-            .iter()
-            .map(|b| gcra_decide(tats.get(&b.key).copied(), now, b))
-            .collect();
+        let decide = |charge: bool| -> Vec<(BucketDecision, u128)> {
+            buckets
+                .iter()
+                .map(|b| gcra_decide(tats.get(&b.key).copied(), now, b, charge))
+                .collect()
+        };
+        let decided = decide(true);
         let admitted = buckets
             .iter()
             .zip(&decided)
             .all(|(b, (d, _))| d.allowed || b.shadow);
-        if admitted {
-            for (b, (d, new_tat)) in buckets.iter().zip(&decided) {
-                if d.allowed {
-                    tats.insert(b.key.clone(), *new_tat);
-                }
+        if !admitted {
+            // Nothing is charged: report the buckets as they stay.
+            return Ok(decide(false).into_iter().map(|(d, _)| d).collect());
+        }
+        for (b, (d, new_tat)) in buckets.iter().zip(&decided) {
+            if d.allowed {
+                tats.insert(b.key.clone(), *new_tat);
             }
         }
         Ok(decided.into_iter().map(|(d, _)| d).collect())
@@ -682,15 +695,15 @@ mod tests {
         let mut tat = None;
         let now = 1_000_000_000u128;
         for expected_remaining in [2, 1, 0] {
-            let (d, t) = gcra_decide(tat, now, &b);
+            let (d, t) = gcra_decide(tat, now, &b, true);
             assert!(d.allowed);
             assert_eq!(d.remaining, expected_remaining);
             tat = Some(t);
         }
-        let (d, _) = gcra_decide(tat, now, &b);
+        let (d, _) = gcra_decide(tat, now, &b, true);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, Duration::from_secs(1));
-        let (d, _) = gcra_decide(tat, now + 1_000_000_000, &b);
+        let (d, _) = gcra_decide(tat, now + 1_000_000_000, &b, true);
         assert!(d.allowed);
     }
 

@@ -8,6 +8,8 @@ mod util;
 mod auth;
 #[path = "api/faults.rs"]
 mod faults;
+#[path = "api/frames.rs"]
+mod frames;
 #[path = "api/limits.rs"]
 mod limits;
 #[path = "api/ops.rs"]

@@ -342,6 +342,107 @@ async fn rate_limit_holds_across_instances() {
     b.shutdown().await;
 }
 
+/// `RateLimit` members of an answer: bucket -> remaining.
+fn remaining(h: &reqwest::header::HeaderMap) -> std::collections::BTreeMap<String, u64> {
+    let Some(v) = h.get("ratelimit") else {
+        return Default::default();
+    };
+    v.to_str()
+        .unwrap()
+        .split(", ")
+        .map(|m| {
+            let mut parts = m.split(';');
+            let name = parts.next().unwrap().trim_matches('"').to_owned();
+            let r = parts.next().unwrap().strip_prefix("r=").unwrap();
+            (name, r.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn buckets_are_shared_by_instances_and_charged_per_accepted_event() {
+    use courier_server::config::LimitRule;
+    let redis = need_redis!();
+    let limited = |c: &mut courier_server::Config| {
+        c.rate_limits.enabled = true;
+        // Long windows: nothing refills during the test, so counts are exact.
+        c.rate_limits.user = LimitRule {
+            limit: 20,
+            window_secs: 600,
+            ..LimitRule::default()
+        };
+        c.rate_limits.fallback = LimitRule {
+            limit: 2,
+            window_secs: 600,
+            ..LimitRule::default()
+        };
+    };
+    let a = instance(&redis, limited).await;
+    let b = instance(&redis, limited).await;
+    let alice = util::user_with("alice", &[], &["global"]);
+    let typed = |id: &str, t: &str| json!({"id": id, "type": t, "channel": "global", "data": {}});
+    // Two custom types, one on each instance, share the one fallback bucket.
+    let r = a
+        .post("/publish", Some(&alice), &typed("x1", "custom.x"))
+        .await;
+    assert_eq!(remaining(r.headers())["fallback"], 1);
+    let r = b
+        .post("/publish", Some(&alice), &typed("y1", "custom.y"))
+        .await;
+    assert_eq!(
+        remaining(r.headers()),
+        [("fallback".into(), 0), ("user".into(), 18)].into()
+    );
+    let r = a
+        .post("/publish", Some(&alice), &typed("z1", "other.z"))
+        .await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["limit_type"],
+        "fallback"
+    );
+    // The refusal, a duplicate and an invalid event took nothing from `user`; a batch is
+    // refused per event: deposits (5 in the default table) go through, the custom type not.
+    let body = json!({"events": [
+        typed("x1", "custom.x"),
+        {"type": "custom.q", "channel": "global"},
+        typed("z1", "other.z"),
+        typed("d1", "deposit.made"),
+        typed("d2", "deposit.made"),
+    ]});
+    let r = b.post("/publish/batch", Some(&alice), &body).await;
+    assert_eq!(r.status(), 200);
+    let h = remaining(r.headers());
+    assert_eq!(
+        h,
+        [
+            ("fallback".into(), 0),
+            ("type:deposit".into(), 3),
+            ("user".into(), 16)
+        ]
+        .into()
+    );
+    let v: Value = r.json().await.unwrap();
+    let statuses: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["duplicate", "rejected", "rejected", "accepted", "accepted"]
+    );
+    assert_eq!(v["results"][2]["error"]["limit_type"], "fallback");
+    // The refused id was not kept: it is still refused (not a duplicate) on the other instance.
+    let r = a
+        .post("/publish", Some(&alice), &typed("z1", "other.z"))
+        .await;
+    assert_eq!(r.status(), 429);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn one_id_on_two_instances_is_delivered_once() {
     let redis = need_redis!();
