@@ -48,12 +48,17 @@ export interface StreamPosition {
   offset: number;
 }
 
-/** Events on `channel` may be missing between `last` and `position`; delivery goes on. */
+/**
+ * Events on `channel` the server no longer holds, reported once; delivery goes on with the
+ * event after `position`. Missing: within one epoch, offsets `last.offset + 1 ..= position.offset`;
+ * after an epoch change, the old epoch's events after `last` and the new epoch's offsets
+ * `1 ..= position.offset` (none when `position.offset` is 0).
+ */
 export interface Gap {
   channel: string;
   /** The last position delivered before the gap. */
   last: StreamPosition | null;
-  /** Where delivery continues. */
+  /** The last missing position: delivery continues right after it. */
   position: StreamPosition;
   /** `epoch_changed` (the server lost its history, e.g. a restart), `history_unavailable`, `offset_skipped`. */
   reason: 'epoch_changed' | 'history_unavailable' | 'offset_skipped';

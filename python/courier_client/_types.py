@@ -69,13 +69,20 @@ class ReceivedEvent:
 
 @dataclass(frozen=True)
 class Gap:
-    """Events on ``channel`` may have been missed between ``last`` and ``position``."""
+    """Events on ``channel`` the server no longer holds, reported once; delivery goes on
+    with the event after ``position``.
+
+    Missing: within one epoch, offsets ``last.offset + 1 ..= position.offset``; after an
+    epoch change, the old epoch's events after ``last`` and the new epoch's offsets
+    ``1 ..= position.offset`` (none when ``position.offset`` is 0)."""
 
     channel: str
     reason: str
     """``history_unavailable``, ``epoch_changed`` or ``offset_skipped``."""
     last: Optional[StreamPosition]
+    """The last position delivered before the gap."""
     position: StreamPosition
+    """The last missing position: delivery continues right after it."""
 
 
 @dataclass(frozen=True)
