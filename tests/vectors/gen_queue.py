@@ -306,6 +306,38 @@ cases.append({"name": "a retry is routed by the table its refusal taught",
               "description": "an event sent before the table was known and refused by its bucket waits for that bucket when retried, not for nothing and not for everything",
               "config": {"linger_ms": 2, "backoff": BACKOFF}, "steps": c})
 
+# 11. Refused just as the bucket refilled: the retry goes at Retry-After, not an interval later.
+#     As in case 1, d1..d5 fill deposit (TAT 60 020) and d6 goes at 12 020 (TAT 72 020). The
+#     server, which counted d1 a little later, refuses d6 at 12 030 with retry_after 40. A
+#     refused event costs the server nothing, so d6's cell comes back first (TAT 60 020);
+#     the sync from r=0 raises it to 12 030 + 4·12 000 = 60 030; the block raises it to
+#     12 070 + 48 000 = 60 070: d6's retry is admitted at 60 070 − 48 000 = 12 070. (Keeping
+#     the refused cell would hold it until 72 020 − 48 000 = 24 020.)
+c = warm_up() + [
+    step(20, push("d1", "deposit.made"), sent=[(2, ["d1"])], timeout=None),
+    step(20, push("d2", "deposit.made"), timeout=22),
+    step(20, push("d3", "deposit.made")),
+    step(20, push("d4", "deposit.made")),
+    step(20, push("d5", "deposit.made")),
+    step(20, push("d6", "deposit.made"), timeout=22),
+    step(22, "timeout", sent=[(3, ["d2", "d3", "d4", "d5"])], timeout=12020),
+    step(30, respond(2, ok("d1"), headers=table('"user";r=598;t=1, "type:deposit";r=4;t=12')),
+         completed=[done("d1")], timeout=12020),
+    step(35, respond(3, ok("d2", "d3", "d4", "d5"),
+                     headers=table('"user";r=594;t=1, "type:deposit";r=0;t=60')),
+         completed=[done(i) for i in ["d2", "d3", "d4", "d5"]], timeout=12020),
+    step(12020, "timeout", sent=[(4, ["d6"])], timeout=None),
+    step(12030, respond(4, [{"id": "d6", "status": "rejected",
+                             "error": {"code": "RATE_LIMIT_EXCEEDED", "message": "deposit limit",
+                                       "retry_after_ms": 40, "limit_type": "type:deposit"}}],
+                        headers=table('"user";r=594;t=1, "type:deposit";r=0;t=60')),
+         timeout=12070),
+    step(12070, "timeout", sent=[(5, ["d6"])], timeout=None),
+]
+cases.append({"name": "refused as the bucket refilled, the retry goes at Retry-After",
+              "description": "an event the client sent a moment before the server's bucket refilled is refused with a short retry_after; a refused event costs the server nothing, so its cell comes back and the retry goes when the server said, not one emission interval later",
+              "config": {"linger_ms": 2, "backoff": BACKOFF}, "steps": c})
+
 doc = {
     "description": "Publish-queue transcripts on simulated time (per-bucket rate limits, linger). Each case builds PublishQueue::new(config, seed, start); each step applies `input` at `at_ms` (ms after the start), then drains poll_transmit(now) (every batch handed out is sent at once; `sent` lists them in order as {batch: BatchId, events: [event ids]}) and poll_completion (`completed`, in order: {id, status: accepted|duplicate, attempts} or {id, error: CODE}; messages are not compared). Inputs: {push: {id, type, channel = global, data = {}, priority = normal, retry = true}}; {respond: {batch, status = 200, headers: [[name, value]], results: [...] | error: {...} (body {\"error\": ...}) | body: text | failed: message (transport failure)}} with the wall clock at wall_now_unix_ms (default 1700000000000) + at_ms; \"timeout\" (handle_timeout); \"close\". Optional expectations, compared only when present: `next_timeout_ms` (poll_timeout() in ms after the start, rounded up, or null), `rate_limit_waits` (stats), `rejected` (the error code of a refused push). Backoff is pinned to 300 ms.",
     "cases": [dict(c, seed=7) for c in cases],

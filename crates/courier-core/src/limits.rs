@@ -44,8 +44,9 @@
 //! has, and the server then refuses that one event with a `retry_after_ms`, which blocks the
 //! bucket exactly (below). When the client's own count is right, neither bound moves it.
 //!
-//! **Refund.** An event answered `duplicate`, or rejected with a code other than
-//! `RATE_LIMIT_EXCEEDED`, was not charged by the server: its cells come back
+//! **Refund.** An event answered `duplicate`, or rejected for any reason (a rate-limit
+//! refusal included: the server charges no bucket for a refused event), was not charged by
+//! the server: its cells come back
 //! (`TAT ← max(TAT − T, now)`, [`refund`](BucketLimiter::refund)). Refunds are applied before
 //! the sync of the same response.
 //!

@@ -1497,10 +1497,11 @@ impl PublishQueue {
                     refusal.retry_after = refusal.retry_after.map(|d| d.min(cap));
                     let route = self.limits.route(&entry.event.event_type);
                     let limited = error.code == ErrorCode::RateLimitExceeded;
-                    if !limited {
-                        // Refused before the limiter (or not by it): the server charged nothing.
-                        self.limits.refund(route, now);
-                    }
+                    // A refused event costs nothing at the server (refused before the limiter,
+                    // or by it: a refusal charges no bucket), so its cells come back. For a
+                    // rate-limit refusal the bucket's block below then says exactly when its
+                    // next cell is free; keeping the cell would add a whole interval on top.
+                    self.limits.refund(route, now);
                     match (
                         refusal.retry_after.and_then(|d| now.checked_add(d)),
                         limited,
