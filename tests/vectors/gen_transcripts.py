@@ -54,13 +54,77 @@ c2 = base + drop + reconnect_at(400, {"epoch": "E1", "offset": 2}) + [
     step(416, {"text": event(5)}, [delivered(5)]),
 ]
 cases.append({"name": "drop and resume with nothing missed", "description": "1006 reconnects after a jittered delay, resubscribes with since, replayed events continue the sequence and a duplicate is dropped", "steps": c2})
-c3 = base + drop + reconnect_at(400, {"epoch": "E1", "offset": 2}) + [
-    step(412, {"text": {"op": "subscribed", "id": 2, "channel": "backtest.a", "recovered": False, "epoch": "E2", "offset": 0}},
-         [{"subscribed": {"channel": "backtest.a", "recovered": False, "position": {"epoch": "E2", "offset": 0}}},
-          {"gap": {"channel": "backtest.a", "last": {"epoch": "E1", "offset": 2}, "position": {"epoch": "E2", "offset": 0}, "reason": "epoch_changed"}}]),
+def subscribed(recovered, epoch, offset, replay_from=None, sub_id=2):
+    f = {"op": "subscribed", "id": sub_id, "channel": "backtest.a", "recovered": recovered, "epoch": epoch, "offset": offset}
+    if replay_from is not None: f["replay_from"] = replay_from
+    return {"text": f}
+def out_subscribed(recovered, epoch, offset):
+    return {"subscribed": {"channel": "backtest.a", "recovered": recovered, "position": {"epoch": epoch, "offset": offset}}}
+def out_gap(last, position, reason):
+    return {"gap": {"channel": "backtest.a", "last": {"epoch": last[0], "offset": last[1]},
+                    "position": {"epoch": position[0], "offset": position[1]}, "reason": reason}}
+resumed = base + drop + reconnect_at(400, {"epoch": "E1", "offset": 2})
+c3 = resumed + [
+    step(412, subscribed(False, "E2", 0, 1),
+         [out_subscribed(False, "E2", 0), out_gap(("E1", 2), ("E2", 0), "epoch_changed")]),
     step(413, {"text": event(1, "E2")}, [delivered(1, "E2")]),
 ]
-cases.append({"name": "epoch change reports a gap", "description": "the server restarted without history: the new epoch is reported as a gap and the stream goes on", "steps": c3})
+cases.append({"name": "epoch change reports a gap", "description": "the server restarted without history and holds nothing yet (replay_from 1, offset 0): the new epoch is reported as one gap and the stream goes on", "steps": c3})
+c3b = resumed + [
+    step(412, subscribed(False, "E2", 3, 1),
+         [out_subscribed(False, "E2", 3), out_gap(("E1", 2), ("E2", 0), "epoch_changed")]),
+    step(413, {"text": event(1, "E2")}, [delivered(1, "E2")]),
+    step(414, {"text": event(2, "E2")}, [delivered(2, "E2")]),
+    step(415, {"text": event(3, "E2")}, [delivered(3, "E2")]),
+    step(416, {"text": event(4, "E2")}, [delivered(4, "E2")]),
+]
+cases.append({"name": "resume after an epoch change replays the new epoch", "description": "the server restarted and took events 1..3 of its new epoch while the client was away: replay_from 1, one epoch_changed gap naming only the old epoch's tail (position E2:0), then the replayed 1..3 and live 4, each once", "steps": c3b})
+c3c = resumed + [
+    step(412, subscribed(False, "E2", 6, 4),
+         [out_subscribed(False, "E2", 6), out_gap(("E1", 2), ("E2", 3), "epoch_changed")]),
+    step(413, {"text": event(4, "E2")}, [delivered(4, "E2")]),
+    step(414, {"text": event(5, "E2")}, [delivered(5, "E2")]),
+    step(415, {"text": event(6, "E2")}, [delivered(6, "E2")]),
+    step(416, {"text": event(7, "E2")}, [delivered(7, "E2")]),
+]
+cases.append({"name": "epoch change with a trimmed new epoch", "description": "the new epoch's oldest held event is 4 (replay_from 4): one epoch_changed gap whose position E2:3 says offsets 1..3 of the new epoch are missing too; 4..6 replayed, 7 live", "steps": c3c})
+c3d = resumed + [
+    step(412, subscribed(False, "E1", 20, 15),
+         [out_subscribed(False, "E1", 20), out_gap(("E1", 2), ("E1", 14), "history_unavailable")]),
+    step(413, {"text": event(14)}, []),
+    step(414, {"text": event(15)}, [delivered(15)]),
+    step(415, {"text": event(16)}, [delivered(16)]),
+]
+cases.append({"name": "history unavailable replays what is left", "description": "same epoch but history was trimmed past since (replay_from 15 > 3): one history_unavailable gap naming 3..14 (position E1:14), then the replay from 15; an event at the position is a duplicate", "steps": c3d})
+c3e = resumed + [
+    step(412, subscribed(False, "E2", 5),
+         [out_subscribed(False, "E2", 5), out_gap(("E1", 2), ("E2", 5), "epoch_changed")]),
+    step(413, {"text": event(5, "E2")}, []),
+    step(414, {"text": event(6, "E2")}, [delivered(6, "E2")]),
+]
+cases.append({"name": "old server without replay_from", "description": "a server that predates replay_from replays nothing when it cannot recover: the client continues from its latest offset (position E2:5), as before", "steps": c3e})
+c3f = resumed + [
+    step(412, subscribed(True, "E1", 4, 3), [out_subscribed(True, "E1", 4)]),
+    step(413, {"text": event(2)}, []),
+    step(414, {"text": event(3)}, [delivered(3)]),
+    step(415, {"text": event(4)}, [delivered(4)]),
+    step(416, {"text": event(3)}, []),
+    step(417, {"text": event(4)}, []),
+    step(418, {"text": event(5)}, [delivered(5)]),
+]
+cases.append({"name": "duplicate overlap dropped", "description": "a recovered resume (replay_from 3): anything at or below the last delivered offset, replayed again or overlapping between replay and live, is dropped; no gap", "steps": c3f})
+c3g = resumed + [
+    step(412, subscribed(False, "E2", 3, 10),
+         [out_subscribed(False, "E2", 3), out_gap(("E1", 2), ("E2", 3), "epoch_changed")]),
+    step(413, {"text": event(4, "E2")}, [delivered(4, "E2")]),
+]
+c1b = handshake() + [
+    step(12, subscribed(True, "E1", 7, 8, sub_id=1), [out_subscribed(True, "E1", 7)]),
+    step(13, {"text": event(7)}, []),
+    step(14, {"text": event(8)}, [delivered(8)]),
+]
+cases.append({"name": "first subscribe starts at replay_from", "description": "no since: the server announces replay_from = offset + 1; the subscription starts there (position E1:7) without a gap", "steps": c1b})
+cases.append({"name": "replay_from beyond the latest offset is clamped", "description": "a server cannot replay past its latest offset: replay_from is taken as at most offset + 1, so live events are never dropped as duplicates", "steps": c3g})
 c4 = handshake(ping=10000) + [
     step(12, {"text": {"op": "error", "id": 1, "code": "RATE_LIMIT_EXCEEDED", "message": "slow down", "retry_after_ms": 2000}}, [], 2012),
     step(2011, "timeout", []),

@@ -66,8 +66,9 @@ pub struct ClientConfig {
     pub connection: ConnectionConfig,
     /// How long one HTTP request may take before it counts as failed (and is retried).
     pub request_timeout: Duration,
-    /// Idle keep-alive connections kept per host.
-    pub pool_max_idle_per_host: usize,
+    /// Idle keep-alive connections kept per host; `None` (the default) keeps as many as the
+    /// queue may have requests in flight (`queue.max_in_flight`).
+    pub pool_max_idle_per_host: Option<usize>,
     /// Seed for ids and jitter; random when `None`.
     pub seed: Option<u64>,
     /// Told about connection states and errors.
@@ -87,6 +88,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("queue", &self.queue)
             .field("connection", &self.connection)
             .field("request_timeout", &self.request_timeout)
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
             .field("subscription_buffer", &self.subscription_buffer)
             .finish_non_exhaustive()
     }
@@ -105,7 +107,7 @@ impl ClientConfig {
             queue: QueueConfig::default(),
             connection,
             request_timeout: Duration::from_secs(30),
-            pool_max_idle_per_host: 32,
+            pool_max_idle_per_host: None,
             seed: None,
             listener: None,
             subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
@@ -194,8 +196,15 @@ impl Client {
         if base.len() <= "https://".len() {
             return Err(bad_url("the URL has no host"));
         }
+        // Every request in flight holds a connection and gives it back when answered. A pool
+        // smaller than `max_in_flight` closes the surplus after each round and opens it again
+        // on the next (a fixed 32 cost 433 closes per 5,200 requests at 64 in flight), so by
+        // default the pool keeps exactly what can be in flight at once.
+        let pool = config
+            .pool_max_idle_per_host
+            .unwrap_or(config.queue.max_in_flight.max(1));
         let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_max_idle_per_host(pool)
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
             .user_agent(CLIENT_NAME)

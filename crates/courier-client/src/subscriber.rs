@@ -9,8 +9,11 @@
 //! unread events. When the application falls that far behind, the driver stops taking the
 //! channel's events (the core unsubscribes) instead of holding them all; once the
 //! application has read half of them, the channel is subscribed again after the last event
-//! it was given, and the server's history fills the hole (a `Gap` says so if it cannot).
-//! Memory stays bounded and, while history covers the lag, nothing is lost.
+//! it was given, and the server's history fills the hole. This is the core's ordinary
+//! resubscription with `since`, so it has the same semantics as a reconnect: when history no
+//! longer covers the lag (trimmed, or the epoch changed meanwhile) one `Gap` names what is
+//! missing and the events the server still holds follow. Memory stays bounded and only what
+//! the server no longer has is lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,11 +59,13 @@ pub enum SubscriptionItem {
     },
     /// An event; never a duplicate, always in offset order.
     Event(Delivery),
-    /// Events may have been missed between `last` and `position`.
+    /// Events were missed: those after `last` up to and including `position`, which the
+    /// server no longer holds (see [`courier_core::connection::Output::Gap`]). At most one
+    /// per (re)subscription; the events that follow continue right after `position`.
     Gap {
-        /// The last position delivered.
+        /// Where the subscription stood: its last event, or its `since`.
         last: Option<StreamPosition>,
-        /// Where delivery continues.
+        /// Where delivery continues: the next event is the one after it.
         position: StreamPosition,
         /// Why.
         reason: GapReason,
@@ -142,7 +147,9 @@ impl Subscription {
         &self.channel
     }
 
-    /// The position of the last event returned (pass it as `since` to resume elsewhere).
+    /// Where this subscription stands: the position of the last event returned, or the
+    /// `position` of a [`SubscriptionItem::Gap`] returned after it. Pass it as `since` to
+    /// resume elsewhere without repeating an event or reporting a gap twice.
     pub fn position(&self) -> Option<&StreamPosition> {
         self.position.as_ref()
     }
@@ -184,8 +191,9 @@ impl Subscription {
                     let _ = self.cmd.send(Command::Resume(self.channel.clone()));
                 }
             }
+            SubscriptionItem::Gap { position, .. } => self.position = Some(position.clone()),
             SubscriptionItem::Ended(_) => self.ended = true,
-            _ => {}
+            SubscriptionItem::Subscribed { .. } => {}
         }
         item
     }
@@ -374,7 +382,8 @@ struct Driver {
 struct Route {
     tx: mpsc::UnboundedSender<SubscriptionItem>,
     flow: Arc<Flow>,
-    /// The last position handed to the subscription (or its `since`).
+    /// The last position handed to the subscription: its last event, the `position` of the
+    /// last gap it was given, or its `since`. A paused channel resubscribes from here.
     last: Option<StreamPosition>,
     /// The core no longer holds the channel: the subscription fell behind.
     paused: bool,
@@ -540,6 +549,11 @@ impl Driver {
                     reason,
                 } => {
                     tracing::warn!(%channel, ?reason, ?last, ?position, "events may be missing");
+                    // The subscription has been told everything up to `position` is gone:
+                    // a pause before the next event resumes from there, with no second gap.
+                    if let Some(route) = self.subs.get_mut(&channel) {
+                        route.last = Some(position.clone());
+                    }
                     self.route(
                         &channel,
                         SubscriptionItem::Gap {

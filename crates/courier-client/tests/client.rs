@@ -22,6 +22,15 @@ async fn server() -> ServerHandle {
 
 /// [`server`], with `adjust` applied to its configuration.
 async fn server_with(adjust: impl FnOnce(&mut Config)) -> ServerHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    server_on(listener, adjust).await
+}
+
+/// [`server_with`] on a given listener (to start again on the port of a killed server).
+async fn server_on(
+    listener: tokio::net::TcpListener,
+    adjust: impl FnOnce(&mut Config),
+) -> ServerHandle {
     let mut config = Config::load(
         None,
         std::env::vars().filter(|(k, _)| k == "COURIER_BACKEND" || k == "COURIER_REDIS_URL"),
@@ -33,7 +42,6 @@ async fn server_with(adjust: impl FnOnce(&mut Config)) -> ServerHandle {
     // Rate limits stay at their defaults (on), as a user gets the server; `token` is a
     // service (limits ×20), far above what any test here publishes.
     adjust(&mut config);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     courier_server::start(config, listener).await.unwrap()
 }
 
@@ -368,8 +376,8 @@ async fn a_slow_subscription_is_paused_then_resumed_from_history_without_loss() 
 async fn a_pause_longer_than_history_reports_a_gap_and_goes_on() {
     let server = server_with(|c| c.history.max_events_per_channel = 10).await;
     let (client, mut sub) = fall_behind(&server, 4, "backtest.slower", 100).await;
-    // The first 4 were held; history then only has the last 10 (91..=100), and the
-    // protocol resumes live when it cannot recover: the hole is reported once.
+    // The first 4 were held; history then only has the last 10 (91..=100). The resume from
+    // 4 replays from the oldest held event: one gap names 5..=90, then 91..=100 follow.
     let (offsets, _, _) = read_events(&mut sub, 4).await;
     assert_eq!(offsets, [1, 2, 3, 4]);
     let gap = loop {
@@ -388,15 +396,121 @@ async fn a_pause_longer_than_history_reports_a_gap_and_goes_on() {
         }
     };
     assert_eq!(gap.0.map(|p| p.offset), Some(4));
-    assert_eq!(gap.1.offset, 100);
+    assert_eq!(gap.1.offset, 90);
     assert_eq!(
         gap.2,
         courier_core::connection::GapReason::HistoryUnavailable
     );
-    // Live delivery goes on after the gap.
+    let (offsets, gaps, _) = read_events(&mut sub, 10).await;
+    assert_eq!(offsets, (91..=100).collect::<Vec<_>>(), "what history held");
+    assert_eq!(gaps, 0, "one gap for the whole pause");
+    // Live delivery goes on.
     publish_n(&client, "backtest.slower", 1).await;
     assert_eq!(next_offset(&mut sub).await, 101);
     client.close().await;
+}
+
+/// The issue's restart case (#11): a memory-backed server dies as under SIGKILL
+/// ([`ServerHandle::kill`]: no close frames, history gone) and starts again on the same port
+/// with a new epoch; events published there while the subscriber backs off are still held,
+/// so the subscriber gets one `epoch_changed` gap, then every one of them once, in order.
+#[tokio::test]
+async fn a_restarted_server_replays_its_new_epoch_after_one_gap() {
+    use courier_core::connection::GapReason;
+    use courier_server::config::Backend;
+
+    let memory = |c: &mut Config| c.backend = Backend::Memory;
+    let first = server_with(memory).await;
+    let addr = first.local_addr();
+    let channel = "backtest.restart";
+    // Every reconnect waits at least 1.5 s: the restart and the publishes below fit in it.
+    let mut config = ClientConfig::new(format!("http://{addr}")).service_name("rust-tests");
+    config.connection.backoff.min_delay_ms = 1_500;
+    let subscriber = Client::new(config, Arc::new(StaticToken(token(3600)))).unwrap();
+    let mut sub = subscriber.subscribe(channel, None).unwrap();
+    tokio::time::timeout(WAIT, sub.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let before = client(&first);
+    for i in 0..3 {
+        before
+            .publish(channel, "backtest.progress", &progress("r", f64::from(i)))
+            .await
+            .unwrap();
+    }
+    before.close().await;
+    let (offsets, _, _) = read_events(&mut sub, 3).await;
+    assert_eq!(offsets, [1, 2, 3]);
+    let old = sub.position().cloned().unwrap();
+
+    tokio::time::timeout(WAIT, first.kill()).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(addr).unwrap();
+    let second = server_on(socket.listen(1024).unwrap(), memory).await;
+    let after = client(&second);
+    let mut epoch = None;
+    for i in 0..5u32 {
+        let ack = after
+            .publish(channel, "backtest.progress", &progress("r", f64::from(i)))
+            .await
+            .unwrap();
+        assert_eq!(ack.offset, u64::from(i) + 1);
+        epoch = Some(ack.epoch);
+    }
+    let epoch = epoch.unwrap();
+    assert_ne!(
+        epoch, old.epoch,
+        "a restart without persistence is a new epoch"
+    );
+    assert_eq!(
+        subscriber.stats().connection.reconnects,
+        0,
+        "published while the subscriber was backing off"
+    );
+
+    let mut items = Vec::new();
+    let mut events = Vec::new();
+    while events.len() < 5 {
+        match tokio::time::timeout(WAIT, sub.next()).await {
+            Ok(Some(SubscriptionItem::Event(d))) => events.push((d.epoch, d.offset)),
+            Ok(Some(SubscriptionItem::Gap {
+                last,
+                position,
+                reason,
+            })) => items.push((last, position, reason)),
+            Ok(Some(SubscriptionItem::Subscribed { .. })) => {}
+            other => panic!("after {events:?}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        items,
+        [(
+            Some(old),
+            courier_core::StreamPosition {
+                epoch: epoch.clone(),
+                offset: 0
+            },
+            GapReason::EpochChanged
+        )],
+        "exactly one gap, naming only the old epoch's tail"
+    );
+    assert_eq!(
+        events,
+        (1..=5).map(|o| (epoch.clone(), o)).collect::<Vec<_>>(),
+        "every event of the new epoch, once, in order"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.next())
+            .await
+            .is_err(),
+        "nothing more"
+    );
+    assert_eq!(subscriber.stats().connection.reconnects, 1);
+    assert_eq!(subscriber.stats().connection.gaps, 1);
+    after.close().await;
+    subscriber.close().await;
 }
 
 #[tokio::test]
@@ -462,6 +576,74 @@ async fn a_dropped_publish_withdraws_its_event_if_it_was_not_sent() {
     assert_eq!(publisher.stats().queue.acknowledged, 2);
     publisher.close().await;
     watcher.close().await;
+}
+
+/// A TCP proxy in front of `target`: (its address, connections accepted, most open at once).
+async fn counting_proxy(
+    target: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let (a, p) = (accepted.clone(), peak.clone());
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            let now_open = open.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now_open, Ordering::SeqCst);
+            let open = open.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, peak)
+}
+
+/// The HTTP pool keeps a connection for every request that can be in flight: rounds of 64
+/// concurrent publishes reuse the same connections instead of closing the surplus after
+/// each round (a fixed pool of 32 reopened 32 per round).
+#[tokio::test]
+async fn the_http_pool_keeps_what_is_in_flight() {
+    let server = server().await;
+    let (proxy, accepted, peak) = counting_proxy(server.local_addr()).await;
+    let mut config = ClientConfig::new(format!("http://{proxy}")).service_name("rust-tests");
+    config.queue.max_in_flight = 64;
+    config.queue.max_batch_events = 1;
+    let client = Client::new(config, Arc::new(StaticToken(token(3600)))).unwrap();
+    for round in 0..5u32 {
+        let publishes = (0..64u32).map(|i| {
+            let client = client.clone();
+            async move {
+                client
+                    .publish(
+                        "backtest.pool",
+                        "backtest.progress",
+                        &progress("pool", f64::from(i)),
+                    )
+                    .await
+            }
+        });
+        let results = tokio::time::timeout(WAIT, futures_util::future::join_all(publishes))
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok), "round {round}");
+    }
+    let (accepted, peak) = (accepted.load(Ordering::SeqCst), peak.load(Ordering::SeqCst));
+    assert!(
+        peak > 32,
+        "more than 32 requests were in flight at once ({peak})"
+    );
+    assert!(
+        accepted <= 64 + 8,
+        "{accepted} connections for 5 rounds of at most 64 in flight"
+    );
+    client.close().await;
 }
 
 // --- the client-side limiter against the server's default limits ---------------------------

@@ -11,13 +11,19 @@
 use serde_json::{Value, json};
 
 use crate::backoff::{Backoff, BackoffConfig};
+use crate::channel::ChannelName;
 use crate::close::classify_close;
 use crate::connection::{Connection, ConnectionConfig, Input, Output};
 use crate::error::FrameError;
 use crate::event::Event;
+use crate::event::Metadata;
 use crate::frame::{ClientFrame, DEFAULT_MAX_FRAME_BYTES, ServerFrame};
 use crate::gcra::Gcra;
-use crate::rate_limit::{RateLimitInfo, parse_rate_limit_headers};
+use crate::limits::BucketLimiter;
+use crate::queue::{
+    BatchId, Priority, PublishOptions, PublishQueue, QueueConfig, Ticket, TransportResult,
+};
+use crate::rate_limit::{RateLimitInfo, parse_bucket_headers, parse_rate_limit_headers};
 use crate::retry_after::parse_retry_after;
 use crate::time::{Duration, Instant};
 use crate::time::{SystemTime, UNIX_EPOCH, as_millis_u64};
@@ -150,6 +156,136 @@ fn output_json(output: &Output) -> Value {
     }
 }
 
+/// Replays a `queue.json` case step by step on simulated time: a publish queue and a
+/// driver that sends every batch it is given at once and reports what the case says the
+/// server answered.
+#[derive(Debug)]
+pub struct QueueRunner {
+    queue: PublishQueue,
+    start: Instant,
+    wall_start: SystemTime,
+    /// Event ids by ticket, for the completions.
+    ids: Vec<(Ticket, String)>,
+}
+
+impl QueueRunner {
+    /// A runner for a case's `config` (a [`QueueConfig`]) and `seed`; `start` is any
+    /// instant (times are offsets), the wall clock starts at `wall_now_unix_ms`.
+    pub fn new(case: &Value, start: Instant) -> Result<Self, String> {
+        let config: QueueConfig = serde_json::from_value(case["config"].clone())
+            .map_err(|e| format!("bad config: {e}"))?;
+        let seed = case["seed"].as_u64().unwrap_or(0);
+        let wall_start = case["wall_now_unix_ms"]
+            .as_u64()
+            .map_or(UNIX_EPOCH + Duration::from_secs(1_700_000_000), |ms| {
+                UNIX_EPOCH + Duration::from_millis(ms)
+            });
+        Ok(Self {
+            queue: PublishQueue::new(config, seed, start),
+            start,
+            wall_start,
+            ids: Vec::new(),
+        })
+    }
+
+    /// Applies a step's `input` at `at_ms`, then drains what the queue sends and completes
+    /// → `{"sent": [{"batch", "events"}], "completed": [...], "rejected"?: code,
+    /// "next_timeout_ms": n|null, "rate_limit_waits": n}`.
+    pub fn step(&mut self, step: &Value) -> Result<Value, String> {
+        let at = Duration::from_millis(step["at_ms"].as_u64().ok_or("step without at_ms")?);
+        let now = self.start + at;
+        let mut out = json!({});
+        let input = &step["input"];
+        if let Some(push) = input.get("push") {
+            let id = push["id"].as_str().ok_or("push without id")?.to_owned();
+            let channel = ChannelName::new(push["channel"].as_str().unwrap_or("global"))
+                .map_err(|e| format!("bad channel: {e}"))?;
+            let data = push.get("data").cloned().unwrap_or_else(|| json!({}));
+            let event = Event::new(
+                id.clone(),
+                push["type"].as_str().ok_or("push without type")?,
+                channel,
+                &data,
+                Metadata::default(),
+            );
+            let options = PublishOptions {
+                priority: match push["priority"].as_str() {
+                    Some(p) => p.parse().map_err(|e| format!("bad priority: {e}"))?,
+                    None => Priority::Normal,
+                },
+                retry: push["retry"].as_bool().unwrap_or(true),
+            };
+            match self.queue.push(event, options, now) {
+                Ok(ticket) => self.ids.push((ticket, id)),
+                Err(e) => out["rejected"] = json!(e.code()),
+            }
+        } else if let Some(r) = input.get("respond") {
+            let batch = BatchId(r["batch"].as_u64().ok_or("respond without batch")?);
+            let response = match r.get("failed") {
+                Some(message) => TransportResult::Failed(text_of(message)),
+                None => TransportResult::Http {
+                    status: r["status"]
+                        .as_u64()
+                        .and_then(|s| u16::try_from(s).ok())
+                        .unwrap_or(200),
+                    headers: serde_json::from_value(
+                        r.get("headers").cloned().unwrap_or_else(|| json!([])),
+                    )
+                    .map_err(|e| format!("bad headers: {e}"))?,
+                    body: match (r.get("results"), r.get("error")) {
+                        (Some(results), _) => json!({ "results": results }).to_string(),
+                        (None, Some(error)) => json!({ "error": error }).to_string(),
+                        (None, None) => text_of(r.get("body").unwrap_or(&json!(""))),
+                    },
+                },
+            };
+            self.queue
+                .handle_response(batch, response, now, self.wall_start + at);
+        } else if input == "timeout" {
+            self.queue.handle_timeout(now);
+        } else if input == "close" {
+            self.queue.close();
+        } else {
+            return Err(format!("unknown queue input {input}"));
+        }
+        let mut sent = Vec::new();
+        while let Some(b) = self.queue.poll_transmit(now) {
+            let body: Value = serde_json::from_str(&b.body).map_err(|e| e.to_string())?;
+            let events: Vec<Value> = body["events"]
+                .as_array()
+                .map(|a| a.iter().map(|e| e["id"].clone()).collect())
+                .unwrap_or_default();
+            sent.push(json!({ "batch": b.id.0, "events": events }));
+        }
+        out["sent"] = Value::Array(sent);
+        let mut completed = Vec::new();
+        while let Some(c) = self.queue.poll_completion() {
+            let id = self
+                .ids
+                .iter()
+                .find(|(t, _)| *t == c.ticket)
+                .map_or("?", |(_, id)| id.as_str());
+            // Messages are for humans: vectors pin codes, statuses and attempts.
+            completed.push(match c.result {
+                Ok(r) => json!({
+                    "id": id,
+                    "status": if r.duplicate { "duplicate" } else { "accepted" },
+                    "attempts": r.attempts,
+                }),
+                Err(e) => json!({ "id": id, "error": e.code() }),
+            });
+        }
+        out["completed"] = Value::Array(completed);
+        out["next_timeout_ms"] = json!(
+            self.queue
+                .poll_timeout()
+                .map(|t| ceil_ms(t.saturating_duration_since(self.start)))
+        );
+        out["rate_limit_waits"] = json!(self.queue.stats(now).rate_limit_waits);
+        Ok(out)
+    }
+}
+
 /// The vector files [`evaluate`] understands, by file stem.
 pub const VECTOR_FILES: &[&str] = &[
     "backoff",
@@ -157,6 +293,8 @@ pub const VECTOR_FILES: &[&str] = &[
     "events",
     "frames",
     "gcra",
+    "queue",
+    "rate_limit_buckets",
     "rate_limit_headers",
     "retry_after",
     "transcripts",
@@ -198,6 +336,49 @@ pub fn evaluate(file: &str, case: &Value, origin: Instant) -> Result<Value, Stri
             out["expected"] = serde_json::to_value(&info).map_err(|e| e.to_string())?;
             out["wait_ms"] = json!(info.wait().map(as_millis_u64));
             out["is_empty"] = json!(info.is_empty());
+        }
+        "rate_limit_buckets" => {
+            let headers: Vec<(String, String)> = serde_json::from_value(case["headers"].clone())
+                .map_err(|e| format!("bad headers: {e}"))?;
+            let named = parse_bucket_headers(
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                wall(&case["wall_now_unix_ms"]),
+                ms_field(&case["cap_ms"]),
+            );
+            out["expected"] = serde_json::to_value(&named).map_err(|e| e.to_string())?;
+            if case.get("routes").is_some() {
+                // Which bucket each type is charged to (besides `user`) under this table.
+                let mut limiter = BucketLimiter::new();
+                limiter.learn_policies(&named, &RateLimitInfo::default(), origin);
+                let mut routes = serde_json::Map::new();
+                for t in case["routes"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|m| m.keys())
+                {
+                    let name = limiter.route_name(limiter.route(t));
+                    routes.insert(t.clone(), json!(name));
+                }
+                out["routes"] = Value::Object(routes);
+            }
+        }
+        "queue" => {
+            let mut runner = QueueRunner::new(case, origin)?;
+            for step in out["steps"]
+                .as_array_mut()
+                .ok_or("queue case without steps")?
+            {
+                let got = runner.step(step)?;
+                for key in ["sent", "completed"] {
+                    step[key] = got[key].clone();
+                }
+                // Optional expectations: only those the case states are compared.
+                for key in ["rejected", "next_timeout_ms", "rate_limit_waits"] {
+                    if step.get(key).is_some() || (key == "rejected" && got.get(key).is_some()) {
+                        step[key] = got[key].clone();
+                    }
+                }
+            }
         }
         "backoff" => {
             let config: BackoffConfig = serde_json::from_value(case["config"].clone())

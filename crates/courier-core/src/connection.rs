@@ -14,9 +14,14 @@
 //! more about it; [`Output::OpenTransport`] always means a new socket.
 //!
 //! Resume: every subscription keeps the `(epoch, offset)` of the last event it delivered. After
-//! a reconnect it resubscribes with `since`; the server replays what came after. Events at or
-//! below the last offset are dropped (never delivered twice); a changed epoch or a server
-//! answer of `recovered: false` is reported as [`Output::Gap`].
+//! a reconnect it resubscribes with `since`; the server answers `subscribed` with
+//! `replay_from` (f), the first offset it replays, then replays `f ..= offset` and goes live.
+//! When it could resume (`recovered`) the position stays and the replay continues right after
+//! it. When it could not (the epoch changed, or `since` is older than the history it holds),
+//! exactly one [`Output::Gap`] names what is missing, the position moves to `(epoch, f - 1)`,
+//! and the replayed events that remain are delivered. Events at or below the position are
+//! dropped (never delivered twice). Servers without `replay_from` replay nothing on a failed
+//! resume: f is then `offset + 1`.
 
 use std::collections::VecDeque;
 
@@ -79,9 +84,11 @@ pub enum State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GapReason {
-    /// The server no longer holds the history needed to resume.
+    /// Same epoch, but the server no longer holds the events right after the position
+    /// (trimmed history): delivery continues from the oldest event it still holds.
     HistoryUnavailable,
-    /// The channel's history epoch changed (the server lost its history).
+    /// The channel's history epoch changed (the server lost its history): delivery
+    /// continues from the oldest event the server holds in the new epoch.
     EpochChanged,
     /// An offset was skipped within one epoch.
     OffsetSkipped,
@@ -115,20 +122,33 @@ pub enum Output {
     Subscribed {
         /// The channel.
         channel: ChannelName,
-        /// Whether everything since the last position will be replayed.
+        /// Whether everything since the last position will be replayed (false when a
+        /// [`Output::Gap`] follows).
         recovered: bool,
-        /// The channel's position when the subscription started.
+        /// The channel's latest position when the subscription started (the server's
+        /// `epoch` and `offset`; offset 0 for an empty channel). Replayed events up to it
+        /// follow, then live ones.
         position: StreamPosition,
     },
     /// An event for the application; never a duplicate.
     Event(Delivery),
-    /// Events on `channel` may have been missed between `last` and `position`.
+    /// Events on `channel` were missed: exactly those after `last` and up to `position`,
+    /// which the server no longer has. Same epoch: offsets `last.offset + 1 ..=
+    /// position.offset`. Epoch changed: the rest of `last`'s epoch after `last.offset` (and
+    /// any epoch in between), and offsets `1 ..= position.offset` of the new one (none when
+    /// `position.offset` is 0).
+    /// A (re)subscription reports at most one, right after [`Output::Subscribed`]; while
+    /// live, an event of a new epoch or a skipped offset reports one right before it.
+    /// Delivery goes on after a gap.
     Gap {
         /// The channel.
         channel: ChannelName,
-        /// The last position delivered before the gap.
+        /// The subscription's position before the gap: its last delivered event, or the
+        /// `since` it was started with. Always set by this version (a gap needs a position
+        /// to be missed from); an `Option` for the bindings' sake.
         last: Option<StreamPosition>,
-        /// Where delivery continues.
+        /// The subscription's new position: the next event delivered is the one after it
+        /// (`position.offset + 1` of `position.epoch`).
         position: StreamPosition,
         /// Why.
         reason: GapReason,
@@ -186,7 +206,8 @@ enum SubState {
 #[derive(Debug)]
 struct Subscription {
     state: SubState,
-    /// Last position delivered (or announced by `subscribed`).
+    /// Last position delivered, the `since` the subscription started with, or where
+    /// `subscribed` said delivery continues (`replay_from - 1`).
     position: Option<StreamPosition>,
 }
 
@@ -270,7 +291,9 @@ impl Connection {
         &self.stats
     }
 
-    /// The last position delivered on `channel`.
+    /// Where `channel`'s delivery stands: the last event delivered (or, after a gap or a
+    /// first `subscribed`, the position right before the next event). Resuming after it
+    /// loses and repeats nothing.
     pub fn position(&self, channel: &ChannelName) -> Option<&StreamPosition> {
         self.subs.get(channel).and_then(|s| s.position.as_ref())
     }
@@ -667,8 +690,14 @@ impl Connection {
                 recovered,
                 epoch,
                 offset,
-                ..
-            } => self.subscribed(id, channel, recovered, StreamPosition { epoch, offset }),
+                replay_from,
+            } => self.subscribed(
+                id,
+                channel,
+                recovered,
+                StreamPosition { epoch, offset },
+                replay_from,
+            ),
             ServerFrame::Unsubscribed { .. }
             | ServerFrame::Ack { .. }
             | ServerFrame::Refreshed { .. } => {}
@@ -676,12 +705,20 @@ impl Connection {
         }
     }
 
+    /// The server's answer to `subscribe`: where delivery continues, and the one gap (if any)
+    /// between the subscription's position and that point.
+    ///
+    /// `replay_from` (f) is the first offset the server replays; servers that predate it
+    /// replay nothing on a failed resume, so f = `latest.offset + 1` then. f is clamped to
+    /// `1..=latest.offset + 1`: a server cannot replay what it does not have, and a larger
+    /// value would make the client drop live events as duplicates.
     fn subscribed(
         &mut self,
         id: u64,
         channel: ChannelName,
         recovered: bool,
-        position: StreamPosition,
+        latest: StreamPosition,
+        replay_from: Option<u64>,
     ) {
         let Some(sub) = self.subs.get_mut(&channel) else {
             return;
@@ -690,23 +727,46 @@ impl Connection {
             return;
         }
         sub.state = SubState::Active;
+        let next = replay_from
+            .unwrap_or(u64::MAX)
+            .clamp(1, latest.offset.saturating_add(1));
+        // Where delivery continues: the replay (offsets `next ..= latest.offset`) follows.
+        let resume_at = StreamPosition {
+            epoch: latest.epoch.clone(),
+            offset: next - 1,
+        };
         let last = sub.position.clone();
         let gap = match &last {
-            Some(last) if last.epoch != position.epoch => Some(GapReason::EpochChanged),
-            Some(_) if !recovered => Some(GapReason::HistoryUnavailable),
-            _ => None,
+            // First subscription: start with the replay, nothing is missing.
+            None => {
+                sub.position = Some(resume_at);
+                None
+            }
+            Some(last) if last.epoch != latest.epoch => {
+                // Missing: the old epoch after `last`, and the new one up to `next - 1`.
+                sub.position = Some(resume_at.clone());
+                Some((GapReason::EpochChanged, resume_at))
+            }
+            // Resumed: keep our position; the replay starts right after it (anything at or
+            // below it is a duplicate and dropped).
+            Some(_) if recovered => None,
+            Some(last) => {
+                // Missing: `last.offset + 1 ..= next - 1`. Never move back within an epoch:
+                // that would deliver events twice.
+                let position = StreamPosition {
+                    epoch: latest.epoch.clone(),
+                    offset: resume_at.offset.max(last.offset),
+                };
+                sub.position = Some(position.clone());
+                Some((GapReason::HistoryUnavailable, position))
+            }
         };
-        match (&last, gap) {
-            // Resumed: keep our position; the replay that follows starts right after it.
-            (Some(_), None) => {}
-            _ => sub.position = Some(position.clone()),
-        }
         self.outputs.push_back(Output::Subscribed {
             channel: channel.clone(),
             recovered: gap.is_none(),
-            position: position.clone(),
+            position: latest,
         });
-        if let Some(reason) = gap {
+        if let Some((reason, position)) = gap {
             self.stats.gaps += 1;
             self.outputs.push_back(Output::Gap {
                 channel,
@@ -717,6 +777,10 @@ impl Connection {
         }
     }
 
+    /// An event from the server: delivered when it comes after the subscription's position,
+    /// dropped as a duplicate when it does not. An event of another epoch while subscribed
+    /// (the server lost its history without closing the socket) or a skipped offset is
+    /// reported as one [`Output::Gap`] ending right before the event.
     fn deliver(&mut self, delivery: Delivery) {
         let Some(sub) = self.subs.get_mut(&delivery.event.channel) else {
             return;
@@ -724,39 +788,32 @@ impl Connection {
         if sub.state != SubState::Active {
             return;
         }
-        let mut gap = None;
-        match &mut sub.position {
+        let reason = match &sub.position {
             Some(pos) if pos.epoch == delivery.epoch => {
                 if delivery.offset <= pos.offset {
                     self.stats.duplicates_dropped += 1;
                     return;
                 }
-                if delivery.offset > pos.offset.saturating_add(1) {
-                    gap = Some((Some(pos.clone()), GapReason::OffsetSkipped));
-                }
-                pos.offset = delivery.offset;
+                (delivery.offset > pos.offset.saturating_add(1)).then_some(GapReason::OffsetSkipped)
             }
-            other => {
-                let last = other.clone();
-                if last.is_some() {
-                    gap = Some((last, GapReason::EpochChanged));
-                }
-                *other = Some(StreamPosition {
-                    epoch: delivery.epoch.clone(),
-                    offset: delivery.offset,
-                });
-            }
-        }
-        if let Some((last, reason)) = gap {
+            // `subscribed` always sets a position; without one there is nothing to miss.
+            None => None,
+            Some(_) => Some(GapReason::EpochChanged),
+        };
+        let position = StreamPosition {
+            epoch: delivery.epoch.clone(),
+            offset: delivery.offset,
+        };
+        let last = sub.position.replace(position);
+        if let Some(reason) = reason {
             self.stats.gaps += 1;
-            let position = StreamPosition {
-                epoch: delivery.epoch.clone(),
-                offset: delivery.offset - 1,
-            };
             self.outputs.push_back(Output::Gap {
                 channel: delivery.event.channel.clone(),
                 last,
-                position,
+                position: StreamPosition {
+                    epoch: delivery.epoch.clone(),
+                    offset: delivery.offset.saturating_sub(1),
+                },
                 reason,
             });
         }

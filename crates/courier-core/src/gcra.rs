@@ -24,6 +24,10 @@
 //! On top of that, [`Gcra::block_until`] sets a hard floor (from `Retry-After`, or a reset
 //! while `remaining == 0`) before which nothing is admitted; it can only move later.
 //! [`Gcra::learn`] adopts the quota and window the server announces and applies its waits.
+//! The [per-bucket limiter](crate::limits) keeps one `Gcra` per server bucket and moves its
+//! TAT to what the server reports ([`Gcra::raise_tat`], [`Gcra::lower_tat`],
+//! [`Gcra::refund`]); the bound above is about what [`Gcra::check`] admits between such
+//! corrections.
 //!
 //! Times are stored as offsets from the first `Instant` the limiter sees (moved earlier if
 //! an earlier one shows up), in saturating `Duration` arithmetic, so no input can make it
@@ -91,14 +95,26 @@ impl Gcra {
 
     /// How long a request at `now` would have to wait; zero if it would be admitted.
     pub fn wait_time(&self, now: Instant) -> Duration {
-        let Some(allowed) = self.allowed_at() else {
+        let Some(base) = self.base else {
             return Duration::ZERO;
         };
-        match self.base {
-            None => Duration::ZERO,
-            Some(base) if now >= base => allowed.saturating_sub(now - base),
-            Some(base) => allowed.saturating_add(base - now),
-        }
+        // `now` as an offset, or, when it precedes `base` (a TAT or block set ahead of the
+        // present), every stored offset moved that much later: `TAT − τ` must not saturate
+        // at `base` before `now` is taken off.
+        let (t, ahead) = if now >= base {
+            (now - base, Duration::ZERO)
+        } else {
+            (Duration::ZERO, base - now)
+        };
+        let by_rate = self.tat.map(|tat| {
+            tat.saturating_add(ahead)
+                .saturating_sub(self.tolerance)
+                .saturating_sub(t)
+        });
+        let by_block = self
+            .blocked_until
+            .map(|b| b.saturating_add(ahead).saturating_sub(t));
+        by_rate.max(by_block).unwrap_or(Duration::ZERO)
     }
 
     /// Learns from a response: adopts the server's policy (keeping this limiter's burst)
@@ -109,20 +125,61 @@ impl Gcra {
     /// intervals) keep their count: the backlog is rescaled to the new interval, so a
     /// slower policy cannot be exceeded by requests made just before it was learned.
     pub fn learn(&mut self, info: &RateLimitInfo, now: Instant) {
-        let t = self.offset(now);
         if let Some(policy) = info.policy {
-            let old = self.emission_interval;
-            self.set_rate(policy.quota, policy.window);
-            let new = self.emission_interval;
-            if let (Some(tat), false) = (self.tat, old.is_zero() || old == new) {
-                let backlog = tat.saturating_sub(t).as_nanos();
-                let rescaled = backlog.saturating_mul(new.as_nanos()) / old.as_nanos();
-                self.tat = Some(t.saturating_add(duration_from_nanos(rescaled)));
-            }
+            self.set_policy(policy.quota, policy.window, self.burst, now);
         }
+        let t = self.offset(now);
         if let Some(wait) = info.wait() {
             self.block_offset(t.saturating_add(wait));
         }
+    }
+
+    /// Adopts `quota` per `window` with `burst` (as [`Gcra::new`]) at `now`, keeping the
+    /// backlog: the requests already "in flight" (`TAT − now`, in emission intervals) keep
+    /// their count at the new interval, so a slower policy cannot be exceeded by requests
+    /// made just before it was learned.
+    pub fn set_policy(&mut self, quota: u64, window: Duration, burst: u64, now: Instant) {
+        let t = self.offset(now);
+        let old = self.emission_interval;
+        self.burst = burst.max(1);
+        self.set_rate(quota, window);
+        let new = self.emission_interval;
+        if let (Some(tat), false) = (self.tat, old.is_zero() || old == new) {
+            let backlog = tat.saturating_sub(t).as_nanos();
+            let rescaled = backlog.saturating_mul(new.as_nanos()) / old.as_nanos();
+            self.tat = Some(t.saturating_add(duration_from_nanos(rescaled)));
+        }
+    }
+
+    /// Moves the theoretical arrival time to at least `at` (the server has used more of
+    /// the burst than this limiter counted). No effect when unlimited.
+    pub fn raise_tat(&mut self, at: Instant) {
+        if self.is_unlimited() {
+            return;
+        }
+        let t = self.offset(at);
+        self.tat = Some(self.tat.map_or(t, |tat| tat.max(t)));
+    }
+
+    /// Moves the theoretical arrival time to at most `at` (the server has more of the burst
+    /// left than this limiter counted). No effect on an idle limiter.
+    pub fn lower_tat(&mut self, at: Instant) {
+        let t = self.offset(at);
+        self.tat = self.tat.map(|tat| tat.min(t));
+    }
+
+    /// Gives back one cell taken at or before `now` that the server did not charge:
+    /// `TAT ← max(TAT − T, now)`.
+    pub fn refund(&mut self, now: Instant) {
+        let t = self.offset(now);
+        if let Some(tat) = self.tat {
+            self.tat = Some(tat.saturating_sub(self.emission_interval).max(t.min(tat)));
+        }
+    }
+
+    /// The tolerance `τ = (b − 1)·T`.
+    pub fn tolerance(&self) -> Duration {
+        self.tolerance
     }
 
     /// Admits nothing before `until`; never moves an existing block earlier.
@@ -342,6 +399,27 @@ mod tests {
         // Two requests of backlog at 1/s: the next one is due at 2 s − τ (1 s).
         assert_eq!(g.check(t0), Err(ms(1_000)));
         assert_eq!(g.check(t0 + ms(1_000)), Ok(()));
+    }
+
+    #[test]
+    fn a_tat_set_ahead_of_the_present_keeps_its_tolerance() {
+        let t0 = Instant::now();
+        // 10 per second, burst 5: τ = 400 ms. The server says one cell is used, learned
+        // at t0 on a fresh limiter: TAT = t0 + 100 ms is the first instant it sees.
+        let mut g = Gcra::new(10, ms(1_000), 5);
+        g.raise_tat(t0 + ms(100));
+        assert_eq!(
+            g.wait_time(t0),
+            Duration::ZERO,
+            "4 cells left, not a 100 ms wait"
+        );
+        g.raise_tat(t0 + ms(600));
+        assert_eq!(g.wait_time(t0), ms(200));
+        assert_eq!(g.check(t0), Err(ms(200)));
+        assert_eq!(g.check(t0 + ms(200)), Ok(()));
+        let mut g = Gcra::new(10, ms(1_000), 5);
+        g.block_until(t0 + ms(300));
+        assert_eq!(g.wait_time(t0), ms(300));
     }
 
     #[test]

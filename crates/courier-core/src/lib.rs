@@ -3,7 +3,7 @@
 //! Everything that decides how a Courier client behaves lives here, once, for every
 //! language: typed events and their validation, the protocol v1 frames and codec, channel
 //! names, error codes and the close-code table, reconnect backoff with jitter, Retry-After
-//! and rate-limit header parsing, the client-side GCRA, the retry budget, the connection
+//! and rate-limit header parsing, the client-side GCRA and the per-bucket limiter built on it, the retry budget, the connection
 //! state machine with resume, and the publish queue.
 //!
 //! Nothing in this crate reads a clock, sleeps, spawns or touches a socket (the model is
@@ -22,6 +22,7 @@ pub mod error;
 pub mod event;
 pub mod frame;
 pub mod gcra;
+pub mod limits;
 pub use courier_json as json;
 pub mod queue;
 pub mod rate_limit;

@@ -22,9 +22,10 @@
 //!   [retry budget](crate::retry_budget), first attempts (which need no token) may go
 //!   ahead of them.
 //! - **Batching.** At most `max_batch_events` events and `max_batch_bytes` of JSON per
-//!   request. A batch that is not full waits up to `linger_ms` after its oldest event
-//!   was pushed for company; a full one (or anything after [`close`](PublishQueue::close))
-//!   goes at once.
+//!   request. With no batch in flight, an event goes at once: waiting would buy nothing.
+//!   While one is in flight, a batch that is not full waits up to `linger_ms` after its
+//!   oldest event was pushed for company; a full one (or anything after
+//!   [`close`](PublishQueue::close)) goes at once. `max_in_flight` still applies.
 //! - **Idempotency.** Every event keeps its id across retries; the server acknowledges a
 //!   repeated id as `duplicate` instead of delivering it twice.
 //! - **Retries.** Transport failures, unreadable answers, 408, 429 and 5xx, and per-event
@@ -46,9 +47,15 @@
 //!   error instead of waiting forever, and `budget_exhausted` counts them.)
 //! - **Server limits.** Every response's headers (`Retry-After`, `X-RateLimit-*`,
 //!   `RateLimit`, `RateLimit-Policy`) and every `retry_after_ms` in a body feed the
-//!   client-side [`Gcra`]: nothing is sent before a `Retry-After` deadline (capped at
-//!   `retry_after_cap_ms`), and a learned quota paces requests (one cell per request)
-//!   so the server is not hit just to say no.
+//!   [`BucketLimiter`]: one GCRA per bucket the server names, charged per event, so an
+//!   event waits only while one of *its* buckets (its type's and `user`) is exhausted,
+//!   and only until that bucket refills. Held events stay in place (first in, first out
+//!   within a bucket and priority); events of other buckets go ahead of them. A per-event
+//!   `RATE_LIMIT_EXCEEDED` holds the bucket it names until its `retry_after_ms`; a
+//!   whole-request `Retry-After` (or a body's `retry_after_ms`) holds everything. Delays
+//!   are capped at `retry_after_cap_ms`. The [`limits`](crate::limits) module documents
+//!   the algorithm. Planning the next send costs O(buckets), however many events are
+//!   held.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -60,9 +67,9 @@ use serde::{Deserialize, Serialize};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::error::{Error, ErrorCode, Refusal, UsageError, ValidationError, ValidationKind};
 use crate::event::{DEFAULT_MAX_PAYLOAD_BYTES, Event, EventIdGenerator};
-use crate::gcra::Gcra;
 use crate::json::{self, JsonError, Reader, Seen};
-use crate::rate_limit::parse_rate_limit_headers;
+use crate::limits::{BucketLimiter, Route};
+use crate::rate_limit::{parse_bucket_headers, parse_rate_limit_headers};
 use crate::retry_budget::{RetryBudget, RetryBudgetConfig};
 use crate::time::{Duration, Instant, SystemTime, as_millis_u64};
 use crate::vec_map::VecMap;
@@ -269,8 +276,9 @@ pub struct ErrorBody {
     /// How long to wait before trying again, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
-    /// Which connection limit was reached (`total`, `user`, `channel`), for
-    /// `CONNECTION_LIMIT_EXCEEDED`.
+    /// Which limit was reached: the bucket that refused a publish
+    /// (`RATE_LIMIT_EXCEEDED`: `user`, `type:deposit`, `fallback`, …), or the connection
+    /// limit (`total`, `user`, `channel`) for `CONNECTION_LIMIT_EXCEEDED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_type: Option<String>,
 }
@@ -496,7 +504,8 @@ pub struct QueueConfig {
     /// larger than this is refused by [`PublishQueue::push`].
     pub max_batch_bytes: usize,
     /// How long a batch that is not full waits for company after its oldest event was
-    /// pushed, in milliseconds (default 2; 0 sends at once).
+    /// pushed, in milliseconds, while another batch is in flight (default 2; 0 sends at
+    /// once). With nothing in flight an event is sent at once.
     pub linger_ms: u64,
     /// Most batch requests outstanding at once (default 4; 0 counts as 1).
     pub max_in_flight: usize,
@@ -665,7 +674,7 @@ pub struct QueueStats {
     /// Events given up (dead letters), in all.
     pub dead: u64,
     /// Times sending was held back by a server-announced limit (Retry-After, a learned
-    /// quota, an exhausted window).
+    /// bucket, an exhausted window), counted once per hold.
     pub rate_limit_waits: u64,
     /// Events sent again after a retryable failure, in all.
     pub retries: u64,
@@ -692,6 +701,8 @@ struct Entry {
     pushed_at: Instant,
     /// Why the last send failed (for a retry).
     last_error: Option<Error>,
+    /// The limiter's bucket for its type, as of `PublishQueue::routes_gen`.
+    route: Route,
 }
 
 #[derive(Debug)]
@@ -713,6 +724,53 @@ enum Pick {
 struct Plan {
     at: Instant,
     pick: Pick,
+    /// When the first event held by the limiter is admitted, if one is held.
+    held: Option<Instant>,
+}
+
+/// Queued events of one kind by route: `(route, events, bytes of JSON with separators)`,
+/// so planning costs O(routes), not O(events), however many events a bucket holds back.
+#[derive(Debug, Default)]
+struct RouteTally(Vec<(Route, usize, usize)>);
+
+impl RouteTally {
+    fn add(&mut self, route: Route, bytes: usize) {
+        match self.0.iter_mut().find(|(r, ..)| *r == route) {
+            Some((_, n, b)) => {
+                *n += 1;
+                *b += bytes;
+            }
+            None => self.0.push((route, 1, bytes)),
+        }
+    }
+
+    fn remove(&mut self, route: Route, bytes: usize) {
+        if let Some(i) = self.0.iter().position(|(r, ..)| *r == route) {
+            let (_, n, b) = &mut self.0[i];
+            *n -= 1;
+            *b -= bytes;
+            if *n == 0 {
+                self.0.swap_remove(i);
+            }
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.0.iter().map(|(_, n, _)| n).sum()
+    }
+}
+
+/// What the limiter allows one kind of queued events (first attempts or retries).
+#[derive(Debug, Default)]
+struct Survey {
+    /// When the first of them is admitted (`now` if one is now).
+    admit: Option<Instant>,
+    /// How many are admitted now, their bytes (with separators); the oldest push of all.
+    ready_count: usize,
+    ready_bytes: usize,
+    ready_oldest: Option<Instant>,
+    /// When the first of those held is admitted.
+    held_until: Option<Instant>,
 }
 
 /// Where the publisher's token stands.
@@ -733,13 +791,18 @@ pub struct PublishQueue {
     ids: EventIdGenerator,
     backoff: Backoff,
     budget: RetryBudget,
-    gcra: Gcra,
+    limits: BucketLimiter,
+    /// The limiter generation the queued entries' routes were computed for.
+    routes_gen: u64,
     /// First attempts, by priority, in push order.
     fresh: [VecMap<Ticket, Entry>; 3],
     /// Events waiting to be sent again, by priority, in push order.
     retries: [VecMap<Ticket, Entry>; 3],
     /// Sum over `fresh` of `json.len() + 1`.
     fresh_bytes: usize,
+    /// `fresh` and `retries` by route.
+    fresh_routes: RouteTally,
+    retry_routes: RouteTally,
     in_flight: VecMap<BatchId, InFlight>,
     in_flight_events: usize,
     next_ticket: Ticket,
@@ -777,11 +840,14 @@ impl PublishQueue {
                 seed.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15,
             ),
             budget: RetryBudget::new(config.retry_budget, now),
-            gcra: Gcra::unlimited(),
+            limits: BucketLimiter::new(),
+            routes_gen: 0,
             config,
             fresh: Default::default(),
             retries: Default::default(),
             fresh_bytes: 0,
+            fresh_routes: RouteTally::default(),
+            retry_routes: RouteTally::default(),
             in_flight: VecMap::new(),
             in_flight_events: 0,
             next_ticket: 1,
@@ -848,6 +914,8 @@ impl PublishQueue {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.fresh_bytes += json.len() + 1;
+        let route = self.limits.route(&event.event_type);
+        self.fresh_routes.add(route, json.len() + 1);
         let entry = Entry {
             ticket,
             event,
@@ -856,6 +924,7 @@ impl PublishQueue {
             attempts: 0,
             pushed_at: now,
             last_error: None,
+            route,
         };
         self.fresh[options.priority.index()].insert(ticket, entry);
         Ok(ticket)
@@ -869,6 +938,7 @@ impl PublishQueue {
         for fresh in &mut self.fresh {
             if let Some(entry) = fresh.remove(&ticket) {
                 self.fresh_bytes -= entry.json.len() + 1;
+                self.fresh_routes.remove(entry.route, entry.json.len() + 1);
                 return true;
             }
         }
@@ -877,18 +947,19 @@ impl PublishQueue {
 
     /// The next batch to send, if one may go at `now`; call until `None`.
     ///
-    /// Never hands out a batch before a server-announced delay, the client-side rate
-    /// limit or the backoff allow it, nor more than `max_in_flight` at a time.
+    /// Never hands out a batch before a server-announced delay or the backoff allow it,
+    /// nor more than `max_in_flight` at a time; an event goes only when its buckets admit
+    /// it (each event is charged to them as it is put in the batch).
     #[must_use]
     pub fn poll_transmit(&mut self, now: Instant) -> Option<OutgoingBatch> {
         self.observe(now);
         self.expire_unfundable_retries();
         let plan = self.plan(now)?;
-        self.note_holds(now);
+        self.note_holds(now, plan.held);
         if plan.at > now {
             return None;
         }
-        let entries = self.take_batch(plan.pick);
+        let entries = self.take_batch(plan.pick, now);
         if entries.is_empty() {
             return None;
         }
@@ -898,9 +969,6 @@ impl PublishQueue {
             debug_assert!(withdrawn, "the plan checked the budget");
             self.retried += resent as u64;
         }
-        let admitted = self.gcra.check(now);
-        debug_assert!(admitted.is_ok(), "the plan checked the rate limit");
-
         let mut body = String::with_capacity(
             BODY_OVERHEAD + entries.iter().map(|e| e.json.len() + 1).sum::<usize>(),
         );
@@ -956,12 +1024,14 @@ impl PublishQueue {
                 headers,
                 body,
             } => {
-                let info = parse_rate_limit_headers(
-                    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                    wall_now,
-                    cap,
-                );
-                self.gcra.learn(&info, now);
+                let pairs = || headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+                let info = parse_rate_limit_headers(pairs(), wall_now, cap);
+                let named = parse_bucket_headers(pairs(), wall_now, cap);
+                self.limits.learn_policies(&named, &info, now);
+                self.reroute();
+                if let Some(d) = info.retry_after {
+                    self.block_for(now, d);
+                }
                 if (200..300).contains(&status) {
                     match parse_results(&body, &flight.entries) {
                         Ok(results) => self.settle(flight, results, now),
@@ -992,6 +1062,8 @@ impl PublishQueue {
                     ));
                     self.fail_batch(flight, &reason, now);
                 }
+                // After the refunds of `settle`: `r` is the server's state after the batch.
+                self.limits.sync(&named, now, self.in_flight.is_empty());
             }
         }
         self.expire_unfundable_retries();
@@ -1127,7 +1199,8 @@ impl PublishQueue {
         self.config.max_batch_events.max(1)
     }
 
-    /// The earliest time anything may be sent: after the backoff and the server's limits.
+    /// The earliest time anything may be sent: after the backoff and a whole-request
+    /// Retry-After (the buckets of each event are checked by [`Self::survey`]).
     fn gate(&self, now: Instant) -> Option<Instant> {
         if self.token != TokenState::Valid {
             return None;
@@ -1136,11 +1209,75 @@ impl PublishQueue {
         if let Some(b) = self.backoff_until {
             gate = gate.max(b);
         }
-        let wait = self.gcra.wait_time(now);
-        if !wait.is_zero() {
-            gate = gate.max(now.checked_add(wait)?);
+        if let Some(b) = self.limits.blocked_until(now) {
+            gate = gate.max(b);
         }
         Some(gate)
+    }
+
+    /// Recomputes the queued events' routes after the limiter's table changed names.
+    fn reroute(&mut self) {
+        let generation = self.limits.generation();
+        if self.routes_gen == generation {
+            return;
+        }
+        self.routes_gen = generation;
+        let limits = &self.limits;
+        for (maps, tally) in [
+            (&mut self.fresh, &mut self.fresh_routes),
+            (&mut self.retries, &mut self.retry_routes),
+        ] {
+            *tally = RouteTally::default();
+            for e in maps.iter_mut().flat_map(VecMap::values_mut) {
+                e.route = limits.route(&e.event.event_type);
+                tally.add(e.route, e.json.len() + 1);
+            }
+        }
+    }
+
+    /// What the limiter allows the queued events of one kind (first attempts or retries)
+    /// at `now`, route by route: O(routes), whatever the number of events. `bytes` is their
+    /// JSON with separators. The linger is measured from the oldest of them, held or not
+    /// (a held event has waited longer than any linger already).
+    fn survey(
+        &self,
+        maps: &[VecMap<Ticket, Entry>; 3],
+        tally: &RouteTally,
+        bytes: usize,
+        now: Instant,
+    ) -> Survey {
+        debug_assert_eq!(tally.count(), maps.iter().map(VecMap::len).sum::<usize>());
+        let oldest = maps
+            .iter()
+            .filter_map(|m| m.first_key_value())
+            .map(|(_, e)| e.pushed_at)
+            .min();
+        let mut s = Survey {
+            ready_oldest: oldest,
+            ..Survey::default()
+        };
+        if oldest.is_none() {
+            return s;
+        }
+        if self.limits.admits_all(now) {
+            s.admit = Some(now);
+            s.ready_count = tally.count();
+            s.ready_bytes = bytes;
+            return s;
+        }
+        for &(route, count, route_bytes) in &tally.0 {
+            let Some(at) = self.limits.admit_at(route, now) else {
+                continue;
+            };
+            s.admit = Some(s.admit.map_or(at, |a: Instant| a.min(at)));
+            if at <= now {
+                s.ready_count += count;
+                s.ready_bytes += route_bytes;
+            } else {
+                s.held_until = Some(s.held_until.map_or(at, |h: Instant| h.min(at)));
+            }
+        }
+        s
     }
 
     /// When the retry budget will hold a token; `None` if time alone never refills it.
@@ -1160,20 +1297,23 @@ impl PublishQueue {
         now.checked_add(Duration::from_millis(ms))
     }
 
-    /// When the first attempts alone make a batch worth sending.
-    fn fresh_ready_at(&self, now: Instant) -> Option<Instant> {
-        let full = self.fresh_count() >= self.max_batch_events()
-            || self.fresh_bytes + BODY_OVERHEAD > self.config.max_batch_bytes;
-        if self.closed || full || self.config.linger_ms == 0 {
+    /// When the first attempts alone make a batch worth sending: at once when nothing is
+    /// in flight (lingering would buy nothing), when the batch is full or the queue closed;
+    /// else `linger_ms` after the oldest admitted one was pushed. Events held by their
+    /// buckets go when the first of them is admitted (they have waited already).
+    fn fresh_ready_at(&self, s: &Survey, now: Instant) -> Option<Instant> {
+        let admit = s.admit?;
+        if admit > now {
+            return Some(admit);
+        }
+        let full = s.ready_count >= self.max_batch_events()
+            || s.ready_bytes + BODY_OVERHEAD > self.config.max_batch_bytes;
+        if self.closed || full || self.config.linger_ms == 0 || self.in_flight.is_empty() {
             return Some(now);
         }
-        let oldest = self
-            .fresh
-            .iter()
-            .filter_map(|m| m.first_key_value())
-            .map(|(_, e)| e.pushed_at)
-            .min()?;
-        oldest.checked_add(Duration::from_millis(self.config.linger_ms))
+        s.ready_oldest?
+            .checked_add(Duration::from_millis(self.config.linger_ms))
+            .map(|t| t.max(now))
     }
 
     /// The next batch that can go and when; `None` when nothing can go without new input.
@@ -1184,39 +1324,41 @@ impl PublishQueue {
             return None;
         }
         let gate = self.gate(now)?;
+        let fresh_s = self.survey(&self.fresh, &self.fresh_routes, self.fresh_bytes, now);
+        let retry_s = self.survey(&self.retries, &self.retry_routes, 0, now);
+        let held = match (fresh_s.held_until, retry_s.held_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let with_retries = if retrying {
-            self.token_at(now).map(|t| t.max(gate))
+            retry_s
+                .admit
+                .and_then(|a| Some(self.token_at(now)?.max(a).max(gate)))
         } else {
             None
         };
         let fresh_only = if fresh {
-            self.fresh_ready_at(now).map(|t| t.max(gate))
+            self.fresh_ready_at(&fresh_s, now).map(|t| t.max(gate))
         } else {
             None
         };
-        match (with_retries, fresh_only) {
-            (Some(r), Some(f)) if f < r => Some(Plan {
-                at: f,
-                pick: Pick::FreshOnly,
-            }),
-            (Some(r), _) => Some(Plan {
-                at: r,
-                pick: Pick::WithRetries,
-            }),
-            (None, Some(f)) => Some(Plan {
-                at: f,
-                pick: Pick::FreshOnly,
-            }),
-            (None, None) => None,
-        }
+        let (at, pick) = match (with_retries, fresh_only) {
+            (Some(r), Some(f)) if f < r => (f, Pick::FreshOnly),
+            (Some(r), _) => (r, Pick::WithRetries),
+            (None, Some(f)) => (f, Pick::FreshOnly),
+            (None, None) => return None,
+        };
+        Some(Plan { at, pick, held })
     }
 
-    /// Counts holds by a server limit and by the retry budget, once per hold.
-    fn note_holds(&mut self, now: Instant) {
-        let wait = self.gcra.wait_time(now);
-        if !wait.is_zero() && self.limit_hold_counted.is_none_or(|t| t <= now) {
-            self.rate_limit_waits += 1;
-            self.limit_hold_counted = Some(now.checked_add(wait).unwrap_or(now));
+    /// Counts holds by a server limit and by the retry budget, once per hold. `held` is
+    /// when the first event held by the limiter at `now` is admitted.
+    fn note_holds(&mut self, now: Instant, held: Option<Instant>) {
+        if let Some(end) = held {
+            if self.limit_hold_counted.is_none_or(|t| t <= now) {
+                self.rate_limit_waits += 1;
+                self.limit_hold_counted = Some(end);
+            }
         }
         if self.retry_count() > 0
             && self.gate(now).is_some_and(|g| g <= now)
@@ -1228,49 +1370,89 @@ impl PublishQueue {
         }
     }
 
-    /// Takes the next batch: by priority, then push order; stops at the first event that
-    /// does not fit (so nothing overtakes a more urgent event).
-    fn take_batch(&mut self, pick: Pick) -> Vec<Entry> {
+    /// Takes the next batch: by priority, then push order, skipping the events whose
+    /// buckets do not admit them (they keep their place) and charging each event taken to
+    /// its buckets; stops at the first admitted event that does not fit (so nothing
+    /// overtakes a more urgent event but what its buckets hold).
+    fn take_batch(&mut self, pick: Pick, now: Instant) -> Vec<Entry> {
         let max_events = self.max_batch_events();
         let max_bytes = self.config.max_batch_bytes;
         let mut out: Vec<Entry> = Vec::new();
         let mut bytes = BODY_OVERHEAD;
-        'priorities: for p in 0..3 {
-            loop {
-                let next_fresh = self.fresh[p].first_key_value().map(|(t, _)| *t);
-                let next_retry = match pick {
-                    Pick::WithRetries => self.retries[p].first_key_value().map(|(t, _)| *t),
+        // Routes refused at `now`: charging only tightens, so they stay refused.
+        let mut refused: Vec<Route> = Vec::new();
+        let mut full = false;
+        for p in 0..3 {
+            // (ticket, from_retries) of the events taken from this priority, in order.
+            let mut chosen: Vec<(Ticket, bool)> = Vec::new();
+            {
+                let mut fresh = self.fresh[p].iter().peekable();
+                let mut retries = match pick {
+                    Pick::WithRetries => Some(self.retries[p].iter().peekable()),
                     Pick::FreshOnly => None,
                 };
-                let from_retries = match (next_fresh, next_retry) {
-                    (None, None) => break,
-                    (Some(f), Some(r)) => r < f,
-                    (None, Some(_)) => true,
-                    (Some(_), None) => false,
-                };
+                loop {
+                    let next_retry = retries.as_mut().and_then(|r| r.peek().map(|(t, _)| **t));
+                    let next_fresh = fresh.peek().map(|(t, _)| **t);
+                    let from_retries = match (next_fresh, next_retry) {
+                        (None, None) => break,
+                        (Some(f), Some(r)) => r < f,
+                        (None, Some(_)) => true,
+                        (Some(_), None) => false,
+                    };
+                    let next = if from_retries {
+                        retries.as_mut().and_then(Iterator::next)
+                    } else {
+                        fresh.next()
+                    };
+                    let Some((&ticket, entry)) = next else { break };
+                    if refused.contains(&entry.route) {
+                        continue;
+                    }
+                    if self.limits.admit_at(entry.route, now) != Some(now) {
+                        refused.push(entry.route);
+                        continue;
+                    }
+                    let add =
+                        entry.json.len() + usize::from(!(out.is_empty() && chosen.is_empty()));
+                    if !(out.is_empty() && chosen.is_empty()) && bytes + add > max_bytes {
+                        full = true;
+                        break;
+                    }
+                    let charged = self.limits.try_charge(entry.route, now);
+                    debug_assert!(charged, "admit_at said yes");
+                    bytes += add;
+                    chosen.push((ticket, from_retries));
+                    if out.len() + chosen.len() >= max_events {
+                        full = true;
+                        break;
+                    }
+                }
+            }
+            for (ticket, from_retries) in chosen {
                 let map = if from_retries {
                     &mut self.retries[p]
                 } else {
                     &mut self.fresh[p]
                 };
-                let Some((_, first)) = map.first_key_value() else {
-                    break;
+                // Usually the first (nothing held ahead of it): a pop, no search.
+                let entry = match map.first_key_value() {
+                    Some((first, _)) if *first == ticket => map.pop_first().map(|(_, e)| e),
+                    _ => map.remove(&ticket),
                 };
-                let add = first.json.len() + usize::from(!out.is_empty());
-                if !out.is_empty() && bytes + add > max_bytes {
-                    break 'priorities;
+                if let Some(entry) = entry {
+                    let bytes = entry.json.len() + 1;
+                    if from_retries {
+                        self.retry_routes.remove(entry.route, bytes);
+                    } else {
+                        self.fresh_bytes -= bytes;
+                        self.fresh_routes.remove(entry.route, bytes);
+                    }
+                    out.push(entry);
                 }
-                let Some((_, entry)) = map.pop_first() else {
-                    break;
-                };
-                if !from_retries {
-                    self.fresh_bytes -= entry.json.len() + 1;
-                }
-                bytes += add;
-                out.push(entry);
-                if out.len() >= max_events {
-                    break 'priorities;
-                }
+            }
+            if full {
+                break;
             }
         }
         out
@@ -1284,6 +1466,11 @@ impl PublishQueue {
         for (entry, item) in flight.entries.into_iter().zip(results) {
             match item.status {
                 ItemStatus::Accepted | ItemStatus::Duplicate => {
+                    if item.status == ItemStatus::Duplicate {
+                        // Answered from the idempotency check: the server charged nothing.
+                        let route = self.limits.route(&entry.event.event_type);
+                        self.limits.refund(route, now);
+                    }
                     success = true;
                     let result = PublishResult {
                         id: entry.event.id.clone(),
@@ -1308,8 +1495,25 @@ impl PublishQueue {
                     let mut refusal = error.to_refusal(Some(error.code.http_status()));
                     refusal.field = refusal.field.map(|f| event_field(&f).to_owned());
                     refusal.retry_after = refusal.retry_after.map(|d| d.min(cap));
-                    if let Some(d) = refusal.retry_after {
-                        self.block_for(now, d);
+                    let route = self.limits.route(&entry.event.event_type);
+                    let limited = error.code == ErrorCode::RateLimitExceeded;
+                    if !limited {
+                        // Refused before the limiter (or not by it): the server charged nothing.
+                        self.limits.refund(route, now);
+                    }
+                    match (
+                        refusal.retry_after.and_then(|d| now.checked_add(d)),
+                        limited,
+                    ) {
+                        // Only the bucket that refused waits; the others go on (no backoff).
+                        (Some(until), true) => {
+                            self.limits
+                                .block_bucket(error.limit_type.as_deref(), route, until);
+                            self.retry_or_kill(entry, Error::Refused(refusal));
+                            continue;
+                        }
+                        (Some(until), false) => self.limits.block_all(until),
+                        (None, _) => {}
                     }
                     if error.code.is_retryable() {
                         retrying |= self.retry_or_kill(entry, Error::Refused(refusal));
@@ -1350,7 +1554,7 @@ impl PublishQueue {
                 self.kill(entry, reason.clone());
             } else {
                 entry.last_error = Some(reason.clone());
-                self.retries[entry.options.priority.index()].insert(entry.ticket, entry);
+                self.requeue(entry);
             }
         }
     }
@@ -1362,8 +1566,16 @@ impl PublishQueue {
             return false;
         }
         entry.last_error = Some(reason);
-        self.retries[entry.options.priority.index()].insert(entry.ticket, entry);
+        self.requeue(entry);
         true
+    }
+
+    /// Puts a sent event back among the retries, routed by the table in force now (it may
+    /// have been learned while the event was in flight).
+    fn requeue(&mut self, mut entry: Entry) {
+        entry.route = self.limits.route(&entry.event.event_type);
+        self.retry_routes.add(entry.route, entry.json.len() + 1);
+        self.retries[entry.options.priority.index()].insert(entry.ticket, entry);
     }
 
     /// Gives an event up: completes it with `reason` and keeps it as a dead letter.
@@ -1398,9 +1610,10 @@ impl PublishQueue {
         }
     }
 
+    /// A whole-request delay: nothing is sent before `now + delay`.
     fn block_for(&mut self, now: Instant, delay: Duration) {
         if let Some(until) = now.checked_add(delay) {
-            self.gcra.block_until(until);
+            self.limits.block_all(until);
         }
     }
 
@@ -1416,6 +1629,7 @@ impl PublishQueue {
         {
             return;
         }
+        self.retry_routes = RouteTally::default();
         for p in 0..3 {
             for (_, mut entry) in std::mem::take(&mut self.retries[p]) {
                 self.budget_exhausted += 1;
@@ -1810,6 +2024,11 @@ mod tests {
             max_batch_events: 3,
             ..QueueConfig::default()
         });
+        // Nothing in flight: lingering would buy nothing.
+        s.push(Priority::Normal);
+        let first = s.q.poll_transmit(s.now).expect("sent at once");
+        assert_eq!(ids_of(&first.body), ["e1"]);
+        // While it is in flight, new events wait for company.
         s.push(Priority::Normal);
         assert!(s.q.poll_transmit(s.now).is_none());
         assert_eq!(s.q.poll_timeout(), Some(s.t0 + ms(5)));
@@ -1822,17 +2041,25 @@ mod tests {
             "the oldest event sets the deadline"
         );
         s.advance(ms(3));
-        let b = s.q.poll_transmit(s.now).unwrap();
-        assert_eq!(ids_of(&b.body), ["e1", "e2"]);
+        let second = s.q.poll_transmit(s.now).unwrap();
+        assert_eq!(ids_of(&second.body), ["e2", "e3"]);
         assert!(s.q.poll_timeout().is_none());
         // A full batch goes at once.
         for _ in 0..4 {
             s.push(Priority::Normal);
         }
         let b = s.q.poll_transmit(s.now).unwrap();
-        assert_eq!(ids_of(&b.body), ["e3", "e4", "e5"]);
+        assert_eq!(ids_of(&b.body), ["e4", "e5", "e6"]);
         assert!(s.q.poll_transmit(s.now).is_none(), "the rest lingers");
         assert_eq!(s.q.poll_timeout(), Some(s.now + ms(5)));
+        // Once nothing is in flight, what lingers goes at once.
+        for batch in [&first, &second, &b] {
+            s.reply(batch, accept_all(&batch.body));
+        }
+        let rest =
+            s.q.poll_transmit(s.now)
+                .expect("nothing in flight: no linger");
+        assert_eq!(ids_of(&rest.body), ["e7"]);
     }
 
     #[test]
@@ -2341,14 +2568,15 @@ mod tests {
         for _ in 0..3 {
             s.push(Priority::Normal);
         }
-        // Learned 2 per second: one request every 500 ms.
+        // Learned 2 per second from an unnamed policy: burst 2 (the quota), then one
+        // request every 500 ms. (Before per-bucket limits the burst was 1: [0, 500, 1000].)
         let mut sent_at = Vec::new();
         for _ in 0..3 {
             let b = s.wait_and_send();
             sent_at.push(s.at());
             s.reply(&b, accept_all(&b.body));
         }
-        assert_eq!(sent_at, [0, 500, 1_000]);
-        assert_eq!(s.q.stats(s.now).rate_limit_waits, 2);
+        assert_eq!(sent_at, [0, 0, 500]);
+        assert_eq!(s.q.stats(s.now).rate_limit_waits, 1);
     }
 }

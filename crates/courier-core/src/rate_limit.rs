@@ -27,7 +27,22 @@
 //!   source that reported the smallest `remaining` (the longest such reset on a tie), or,
 //!   when none reported one, is the longest reset seen. So with two policies
 //!   `"minute";r=0;t=5, "day";r=900;t=40000` the client waits 5 seconds, not 11 hours.
-//! - A policy needs a quota ≥ 1 and a window > 0; other policies are ignored.
+//! - A policy needs a quota ≥ 1 and a window > 0; other policies are ignored, and so is a
+//!   policy with the boolean parameter `shadow` (it is measured, never enforced).
+//!
+//! # Per-bucket view
+//!
+//! A server that names its buckets (the draft 08 list forms, as the Courier server writes
+//! them) is also read bucket by bucket with [`parse_bucket_headers`], for the
+//! [per-bucket limiter](crate::limits):
+//!
+//! - `RateLimit-Policy: "user";q=600;w=60;burst=600, "type:deposit";q=5;w=60, …` gives one
+//!   [`NamedPolicy`] per member whose item is a string (or a token) with `q ≥ 1` and
+//!   `w > 0`: `burst` is the `burst` parameter (absent: none given), `shadow` the boolean
+//!   parameter. Unnamed members (drafts 06–07, `100;w=60`) are left to the folded view.
+//! - `RateLimit: "user";r=595;t=1, "type:deposit";r=0;t=60` gives one [`BucketRemaining`]
+//!   per named member (`r` and `t` optional, `t` read as a reset value above).
+//! - The first member of a name wins; malformed members are skipped.
 
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +107,139 @@ impl RateLimitInfo {
     }
 }
 
+/// One bucket of a `RateLimit-Policy` list: `"name";q=…;w=…;burst=…;shadow`.
+///
+/// Serialized with the window in whole milliseconds (`window_ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedPolicy {
+    /// The bucket's name, e.g. `user`, `type:deposit`, `fallback`.
+    pub name: String,
+    /// Requests allowed per window (at least 1).
+    pub quota: u64,
+    /// The window length; serialized as `window_ms`.
+    #[serde(rename = "window_ms", with = "duration_ms")]
+    pub window: Duration,
+    /// Requests allowed back to back from idle, when the server says.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// A bucket that is measured but never refuses.
+    #[serde(default)]
+    pub shadow: bool,
+}
+
+impl NamedPolicy {
+    /// The burst in force: the announced one, else the quota (a server that names no burst
+    /// lets a whole window's quota go back to back), at least 1.
+    pub fn effective_burst(&self) -> u64 {
+        self.burst.unwrap_or(self.quota).max(1)
+    }
+}
+
+/// One named member of a `RateLimit` list: `"name";r=…;t=…`.
+///
+/// Serialized with the reset in whole milliseconds (`reset_ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRemaining {
+    /// The bucket's name.
+    pub name: String,
+    /// Requests left back to back (`r`).
+    #[serde(default)]
+    pub remaining: Option<u64>,
+    /// Time until the bucket is full again (`t`; serialized as `reset_ms`).
+    #[serde(default, rename = "reset_ms", with = "opt_duration_ms")]
+    pub reset: Option<Duration>,
+}
+
+/// The named buckets of a response (see the module docs, "Per-bucket view").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BucketHeaders {
+    /// The server's table, from `RateLimit-Policy`, in header order.
+    pub policies: Vec<NamedPolicy>,
+    /// The state of the buckets this request was charged against, from `RateLimit`.
+    pub remaining: Vec<BucketRemaining>,
+}
+
+/// Parses the named members of `RateLimit-Policy` and `RateLimit` (see the module docs).
+///
+/// `wall_now` turns Unix timestamps in `t` into delays; `cap` bounds every delay.
+pub fn parse_bucket_headers<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    wall_now: SystemTime,
+    cap: Duration,
+) -> BucketHeaders {
+    let mut out = BucketHeaders::default();
+    for (name, value) in headers {
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("ratelimit-policy") {
+            for member in split_top_level(value, b',') {
+                let (bare, params) = parse_member(member);
+                let Some(bucket) = member_name(bare) else {
+                    continue;
+                };
+                let quota = param(&params, "q").and_then(parse_integer);
+                let window = param(&params, "w").and_then(parse_seconds);
+                let Some(p) = policy(quota, window) else {
+                    continue;
+                };
+                if out.policies.iter().any(|q| q.name == bucket) {
+                    continue;
+                }
+                out.policies.push(NamedPolicy {
+                    name: bucket,
+                    quota: p.quota,
+                    window: p.window,
+                    burst: param(&params, "burst")
+                        .and_then(parse_integer)
+                        .filter(|b| *b > 0),
+                    shadow: has_flag(&params, "shadow"),
+                });
+            }
+        } else if name.eq_ignore_ascii_case("ratelimit") {
+            for member in split_top_level(value, b',') {
+                let (bare, params) = parse_member(member);
+                let Some(bucket) = member_name(bare) else {
+                    continue;
+                };
+                if out.remaining.iter().any(|r| r.name == bucket) {
+                    continue;
+                }
+                out.remaining.push(BucketRemaining {
+                    name: bucket,
+                    remaining: param(&params, "r").and_then(parse_integer),
+                    reset: param(&params, "t").and_then(|t| parse_reset(t, wall_now, cap)),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The name of a list member: a string (`"type:deposit"`, escapes undone) or a token
+/// (`default`); `None` for an integer item or anything else.
+fn member_name(bare: &str) -> Option<String> {
+    if let Some(inner) = bare.strip_prefix('"') {
+        let inner = inner.strip_suffix('"')?;
+        // Only `\"` and `\\` are escapes; dropping a backslash keeps the text UTF-8.
+        let mut name = Vec::with_capacity(inner.len());
+        let mut bytes = inner.bytes();
+        while let Some(b) = bytes.next() {
+            match b {
+                b'\\' => name.push(bytes.next()?),
+                b'"' => return None,
+                b => name.push(b),
+            }
+        }
+        return String::from_utf8(name).ok().filter(|n| !n.is_empty());
+    }
+    let first = bare.bytes().next()?;
+    let token = (first.is_ascii_alphabetic() || first == b'*')
+        && bare
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b));
+    token.then(|| bare.to_owned())
+}
+
 /// Values reported together by one source (one header group or one list member).
 #[derive(Debug, Default, Clone, Copy)]
 struct Observation {
@@ -144,6 +292,10 @@ pub fn parse_rate_limit_headers<'a>(
         } else if is("ratelimit-policy") {
             for member in split_top_level(value, b',') {
                 let (bare, params) = parse_member(member);
+                // A shadow policy never refuses: nothing to learn from it.
+                if has_flag(&params, "shadow") {
+                    continue;
+                }
                 // Draft 08 on: a named policy with `q`; drafts 06-07: the quota is the item.
                 let quota = match param(&params, "q") {
                     Some(q) => parse_integer(q),
@@ -305,6 +457,13 @@ fn param<'a>(params: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
         .map(|&(_, v)| v)
+}
+
+/// A boolean parameter: present bare (`;shadow`) or as `?1`.
+fn has_flag(params: &[(&str, &str)], key: &str) -> bool {
+    params
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case(key) && (v.is_empty() || *v == "?1"))
 }
 
 fn min_into<T: Ord + Copy>(slot: &mut Option<T>, v: Option<T>) {
@@ -508,6 +667,44 @@ mod tests {
         assert_eq!(back.reset, Some(Duration::from_millis(2)));
         let empty: RateLimitInfo = serde_json::from_str("{}").unwrap();
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn named_buckets_one_by_one() {
+        let now = UNIX_EPOCH + Duration::from_secs(NOW_SECS);
+        let named = parse_bucket_headers(
+            [
+                (
+                    "RateLimit-Policy",
+                    "\"user\";q=600;w=60;burst=600, \"type:deposit\";q=5;w=60, \
+                     \"type:audit\";q=1;w=60;shadow, 100;w=60",
+                ),
+                ("RateLimit", "\"user\";r=595;t=1, \"type:deposit\";r=0;t=60"),
+            ],
+            now,
+            Duration::from_secs(300),
+        );
+        let names: Vec<_> = named.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["user", "type:deposit", "type:audit"]);
+        assert_eq!(named.policies[0].effective_burst(), 600);
+        assert_eq!(
+            (named.policies[1].burst, named.policies[1].effective_burst()),
+            (None, 5),
+            "no burst given: the quota"
+        );
+        assert!(named.policies[2].shadow && !named.policies[1].shadow);
+        assert_eq!(
+            named.remaining[1],
+            BucketRemaining {
+                name: "type:deposit".into(),
+                remaining: Some(0),
+                reset: secs(60)
+            }
+        );
+        assert_eq!(member_name("\"a\\\"b\""), Some("a\"b".into()));
+        assert_eq!(member_name("\"\""), None);
+        assert_eq!(member_name("42"), None);
+        assert_eq!(member_name("default"), Some("default".into()));
     }
 
     #[test]

@@ -83,4 +83,28 @@ fn a_wrong_expectation_is_caught() {
     let mut t = cases("transcripts").remove(0);
     t["steps"][1]["expect"] = Value::Array(vec![]);
     assert_ne!(evaluate("transcripts", &t, origin).unwrap(), t);
+    // A queue case: a hold one millisecond short, a batch with one event less.
+    let q = cases("queue").remove(0);
+    assert_eq!(evaluate("queue", &q, origin).unwrap(), q);
+    let held = q["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["next_timeout_ms"] == 12_020)
+        .expect("a step waiting for the deposit bucket");
+    let mut early = q.clone();
+    early["steps"][held]["next_timeout_ms"] = Value::from(12_019u64);
+    assert_ne!(evaluate("queue", &early, origin).unwrap(), early);
+    let sending = q["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["sent"].as_array().is_some_and(|b| !b.is_empty()))
+        .unwrap();
+    let mut fewer = q.clone();
+    fewer["steps"][sending]["sent"][0]["events"]
+        .as_array_mut()
+        .unwrap()
+        .pop();
+    assert_ne!(evaluate("queue", &fewer, origin).unwrap(), fewer);
 }

@@ -178,6 +178,11 @@ pub struct WsConfig {
     pub pong_timeout_ms: u64,
     /// Frames queued for one connection before it counts as a slow consumer (4008).
     pub outbound_queue: usize,
+    /// Bytes of frames queued for one connection before it counts as a slow consumer
+    /// (4008), however few frames that is (`COURIER_WS__MAX_QUEUED_BYTES`). One frame is
+    /// always admitted into an empty queue. Bounds the memory a subscriber that stops
+    /// reading holds: `outbound_queue` frames of large events would be far more.
+    pub max_queued_bytes: usize,
     /// Most channels one connection may subscribe to.
     pub max_subscriptions: usize,
 }
@@ -189,6 +194,7 @@ impl Default for WsConfig {
             ping_interval_ms: 15_000,
             pong_timeout_ms: 10_000,
             outbound_queue: 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
             max_subscriptions: 1024,
         }
     }
@@ -554,6 +560,10 @@ mod tests {
             ("COURIER_JWT_SECRET".to_owned(), "s3cret".to_owned()),
             ("COURIER_WS__OUTBOUND_QUEUE".to_owned(), "8".to_owned()),
             (
+                "COURIER_WS__MAX_QUEUED_BYTES".to_owned(),
+                "65536".to_owned(),
+            ),
+            (
                 "COURIER_CORS_ORIGINS".to_owned(),
                 "http://a,http://b".to_owned(),
             ),
@@ -569,6 +579,7 @@ mod tests {
         assert_eq!(c.auth.jwt_secret, "s3cret");
         assert_eq!(c.ws.ping_interval_ms, 99);
         assert_eq!(c.ws.outbound_queue, 8);
+        assert_eq!(c.ws.max_queued_bytes, 65536);
         assert_eq!(c.cors_origins, vec!["http://a", "http://b"]);
         assert!(!c.rate_limits.enabled);
         assert_eq!(c.rate_limits.types["trade"].limit, 7);

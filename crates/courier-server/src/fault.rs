@@ -3,9 +3,10 @@
 //!
 //! Faults apply to the API routes (`/publish*` and `/ws*`), never to `/_fault`, health,
 //! stats, metrics or the OpenAPI document. Every request to an API route is also recorded
-//! (arrival time, path, the token's `sub`, the status and `Retry-After` answered) and served
-//! at `GET /_fault/requests`, so a test can check from the server's side that clients honour
-//! `Retry-After` and spread their reconnects.
+//! (arrival time, path, the token's `sub`, the status and `Retry-After` answered, the
+//! rate-limit buckets of the events it carried and those that refused one) and served at
+//! `GET /_fault/requests`, so a test can check from the server's side that clients honour
+//! `Retry-After`, per bucket too, and spread their reconnects.
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -69,6 +70,29 @@ pub struct RequestRecord {
     pub retry_after: Option<String>,
     /// `Retry-After` in milliseconds when it was a number of seconds.
     pub retry_after_ms: Option<u64>,
+    /// The rate-limit buckets of the events the request carried (`user` first, then each
+    /// type's bucket), accepted or not; empty when limiting is off or for a WebSocket.
+    pub buckets: Vec<String>,
+    /// Every per-event rate-limit refusal of the request, in order.
+    pub refused: Vec<Refused>,
+}
+
+/// A rate-limit bucket refused an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refused {
+    /// The bucket (`user`, `type:<prefix>`, `fallback`).
+    pub bucket: String,
+    /// The wait answered for that event, exact.
+    pub retry_after_ms: u64,
+}
+
+/// What a publish handler leaves in its response's extensions for the request log.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Charged {
+    /// See [`RequestRecord::buckets`].
+    pub(crate) buckets: Vec<String>,
+    /// See [`RequestRecord::refused`].
+    pub(crate) refused: Vec<Refused>,
 }
 
 /// Most requests recorded; later ones are only counted.
@@ -139,13 +163,13 @@ fn unix_ms_f64() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The `sub` of a valid bearer token in `Authorization`, if any.
-fn bearer_sub(state: &crate::AppState, req: &Request) -> Option<String> {
+/// The claims of a valid bearer token in `Authorization`, if any.
+fn bearer_claims(state: &crate::AppState, req: &Request) -> Option<crate::auth::Claims> {
     let value = req.headers().get("authorization")?.to_str().ok()?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))?;
-    state.verifier.verify(token.trim()).ok().map(|c| c.sub)
+    state.verifier.verify(token.trim()).ok()
 }
 
 /// Middleware applying the faults to API routes.
@@ -160,8 +184,12 @@ pub(crate) async fn middleware(
     }
     let at_ms = unix_ms_f64();
     let path = path.to_owned();
-    let sub = bearer_sub(&state, &req);
-    let response = faulted(&state, req, next).await;
+    let sub = bearer_claims(&state, &req).map(|c| c.sub);
+    let mut response = faulted(&state, req, next).await;
+    let charged = response
+        .extensions_mut()
+        .remove::<Charged>()
+        .unwrap_or_default();
     let retry_after = response
         .headers()
         .get("retry-after")
@@ -177,6 +205,8 @@ pub(crate) async fn middleware(
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| s.saturating_mul(1000)),
         retry_after,
+        buckets: charged.buckets,
+        refused: charged.refused,
     });
     response
 }
@@ -200,9 +230,42 @@ async fn faulted(state: &crate::SharedState, req: Request, next: Next) -> Respon
                 err.headers.insert("retry-after", v);
             }
         }
-        return err.into_response();
+        let buckets = carried_buckets(state, req).await;
+        let mut response = err.into_response();
+        response.extensions_mut().insert(Charged {
+            buckets,
+            refused: Vec::new(),
+        });
+        return response;
     }
     next.run(req).await
+}
+
+/// The buckets of the events in a publish body the handler never saw (an injected fault),
+/// so the request log names them all the same.
+async fn carried_buckets(state: &crate::SharedState, req: Request) -> Vec<String> {
+    let Some(claims) = bearer_claims(state, &req) else {
+        return Vec::new();
+    };
+    let limit = state
+        .config
+        .max_batch_bytes
+        .max(state.config.max_frame_bytes);
+    let Ok(body) = axum::body::to_bytes(req.into_body(), limit).await else {
+        return Vec::new();
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return Vec::new();
+    };
+    let events = match value.get("events").and_then(|e| e.as_array()) {
+        Some(events) => events.iter().collect(),
+        None => vec![&value],
+    };
+    let mut usage = state.limiter.usage(&claims);
+    for e in events {
+        usage.carry(e.get("type").and_then(|t| t.as_str()).unwrap_or_default());
+    }
+    usage.record().buckets
 }
 
 /// `GET /_fault`: the active faults.

@@ -14,7 +14,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use courier_core::event::check_event_type;
 use courier_core::frame::{Delivery, ServerFrame};
 use courier_core::queue::{BatchItemResult, BatchResponseBody, ErrorBody, ErrorResponse};
 use courier_core::{ChannelName, ErrorCode, Event, ValidationError};
@@ -23,6 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::SharedState;
 use crate::auth::{AuthError, Claims};
+use crate::ratelimit::{Usage, millis};
 use crate::store::{Claim, PublishRecord, Published};
 
 /// Unix milliseconds now.
@@ -210,46 +210,45 @@ pub(crate) fn parse_event(text: &str) -> Result<Event, ApiError> {
     Ok(event)
 }
 
-/// Rate-limits one publish; `Ok` carries the headers for the answer.
-pub(crate) async fn rate_limit(
-    state: &SharedState,
-    claims: &Claims,
-    event_type: &str,
-) -> Result<HeaderMap, ApiError> {
-    let event_type = if check_event_type(event_type).is_ok() {
-        event_type
-    } else {
-        "_invalid"
-    };
-    let decision = state
+/// Charges one otherwise accepted event to its rate-limit buckets in `usage`; a refusal is
+/// `RATE_LIMIT_EXCEEDED` naming the bucket, with the exact wait and `Retry-After` (whole
+/// seconds, rounded up; a batch drops it).
+async fn charge(state: &SharedState, usage: &mut Usage, event_type: &str) -> Result<(), ApiError> {
+    let charge = state
         .limiter
-        .check(claims, event_type)
+        .charge(usage, event_type)
         .await
         .map_err(ApiError::store)?;
-    for (rule, shadow) in &decision.hits {
+    for (rule, shadow) in &charge.hits {
         state.metrics.rate_limit_hit(rule, *shadow);
     }
-    if decision.allowed {
-        return Ok(decision.headers);
-    }
-    let wait = decision.retry_after.unwrap_or(Duration::from_secs(1));
+    let Some(refusal) = charge.refused else {
+        return Ok(());
+    };
+    let wait_ms = millis(refusal.retry_after).max(1);
     let mut err = ApiError::new(
         ErrorCode::RateLimitExceeded,
         format!(
-            "rate limit exceeded for `{event_type}`; retry after {} ms",
-            wait.as_millis()
+            "rate limit `{}` exceeded; retry after {wait_ms} ms",
+            refusal.bucket
         ),
     );
-    err.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
-    err.headers = decision.headers;
+    err.retry_after_ms = Some(wait_ms);
+    err.limit_type = Some(refusal.bucket);
+    if let Ok(v) = HeaderValue::from_str(&wait_ms.div_ceil(1000).to_string()) {
+        err.headers.insert(header::RETRY_AFTER, v);
+    }
     Err(err)
 }
 
-/// Authorizes, stamps, validates, deduplicates, stores and fans out one event.
+/// Authorizes, stamps, validates, deduplicates, rate-limits (charging `usage`), stores and
+/// fans out one event. Only an event that would otherwise be accepted is charged: an
+/// invalid or forbidden event, or a duplicate of an accepted id, costs nothing.
 pub(crate) async fn publish_event(
     state: &SharedState,
     claims: &Claims,
     mut event: Event,
+    usage: &mut Usage,
 ) -> Result<PublishResponse, ApiError> {
     if !claims.can_publish(&event.channel) {
         return Err(ApiError::new(
@@ -304,6 +303,13 @@ pub(crate) async fn publish_event(
                 }
             }
         }
+    }
+    if let Err(e) = charge(state, usage, &event.event_type).await {
+        // Refused: the id must not stay claimed, so a retry is published, not a duplicate.
+        if dedupe {
+            state.idempotency.release(&key).await;
+        }
+        return Err(e);
     }
     let id = event.id.clone();
     let channel = event.channel.clone();
@@ -373,7 +379,7 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError>
     })
 }
 
-/// Reads `type` from a JSON object for rate limiting before full validation.
+/// Reads `type` from a JSON object, for the request log of an event that may be invalid.
 fn peek_type(text: &str) -> String {
     #[derive(Deserialize)]
     struct TypeOnly {
@@ -387,17 +393,22 @@ fn peek_type(text: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Adds the rate-limit headers of `usage` and its record for the fault layer.
+fn with_usage(mut response: Response, usage: &Usage) -> Response {
+    response.headers_mut().extend(usage.headers());
+    response.extensions_mut().insert(usage.record());
+    response
+}
+
 async fn publish_text(state: &SharedState, headers: &HeaderMap, text: &str) -> Response {
     let claims = match authenticate(state, headers) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let rl_headers = match rate_limit(state, &claims, &peek_type(text)).await {
-        Ok(h) => h,
-        Err(e) => return e.into_response(),
-    };
+    let mut usage = state.limiter.usage(&claims);
+    usage.carry(&peek_type(text));
     let result = match parse_event(text) {
-        Ok(event) => publish_event(state, &claims, event).await,
+        Ok(event) => publish_event(state, &claims, event, &mut usage).await,
         Err(e) => {
             state
                 .metrics
@@ -405,12 +416,11 @@ async fn publish_text(state: &SharedState, headers: &HeaderMap, text: &str) -> R
             Err(e)
         }
     };
-    let mut response = match result {
+    let response = match result {
         Ok(ok) => Json(ok).into_response(),
         Err(e) => e.into_response(),
     };
-    response.headers_mut().extend(rl_headers);
-    response
+    with_usage(response, &usage)
 }
 
 /// `POST /publish`.
@@ -422,7 +432,7 @@ async fn publish_text(state: &SharedState, headers: &HeaderMap, text: &str) -> R
         (status = 401, description = "Missing, invalid or expired token", body = ErrorResponse),
         (status = 403, description = "The token may not publish to the channel", body = ErrorResponse),
         (status = 413, description = "Over the payload limit", body = ErrorResponse),
-        (status = 429, description = "Rate limited; see Retry-After", body = ErrorResponse),
+        (status = 429, description = "Rate limited; see Retry-After (whole seconds), `retry_after_ms` (exact) and `limit_type` (the bucket: `user`, `type:<prefix>`, `fallback`)", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn publish(
@@ -500,7 +510,7 @@ pub(crate) async fn publish_to_channel(
 #[utoipa::path(post, path = "/publish/batch", tag = "publish",
     request_body(content = courier_core::queue::BatchRequest),
     responses(
-        (status = 200, description = "One result per event", body = BatchResponseBody),
+        (status = 200, description = "One result per event; a rate-limited event is rejected on its own (`RATE_LIMIT_EXCEEDED`, `retry_after_ms`, `limit_type` = the bucket) and the others are still accepted", body = BatchResponseBody),
         (status = 400, description = "The body is not a batch", body = ErrorResponse),
         (status = 401, description = "Unauthorized", body = ErrorResponse),
         (status = 413, description = "Too large or too many events", body = ErrorResponse),
@@ -539,7 +549,7 @@ pub(crate) async fn publish_batch(
         .into_response();
     }
     let mut results = Vec::with_capacity(batch.events.len());
-    let mut last_headers = HeaderMap::new();
+    let mut usage = state.limiter.usage(&claims);
     for (i, raw) in batch.events.iter().enumerate() {
         let text = raw.get();
         #[derive(Deserialize, Default)]
@@ -550,15 +560,15 @@ pub(crate) async fn publish_batch(
             channel: serde_json::Value,
         }
         let peek: Peek = serde_json::from_str(text).unwrap_or_default();
+        usage.carry(&peek_type(text));
+        // Each event on its own: a refusal (rate limit included) rejects that event only.
         let outcome = async {
-            let headers = rate_limit(&state, &claims, &peek_type(text)).await?;
-            last_headers = headers;
             let event = parse_event(text).inspect_err(|e| {
                 state
                     .metrics
                     .validation_failure(e.field.as_deref().unwrap_or("body"))
             })?;
-            publish_event(&state, &claims, event).await
+            publish_event(&state, &claims, event, &mut usage).await
         }
         .await;
         results.push(match outcome {
@@ -570,9 +580,6 @@ pub(crate) async fn publish_batch(
                 if let Some(f) = &e.field {
                     e.field = Some(format!("events[{i}].{f}"));
                 }
-                if !e.headers.is_empty() {
-                    last_headers = std::mem::take(&mut e.headers);
-                }
                 BatchItemResult::rejected(
                     peek.id.as_str().unwrap_or_default(),
                     peek.channel.as_str().map(str::to_owned),
@@ -581,10 +588,8 @@ pub(crate) async fn publish_batch(
             }
         });
     }
-    let mut response = Json(BatchResponseBody { results }).into_response();
-    last_headers.remove(header::RETRY_AFTER);
-    response.headers_mut().extend(last_headers);
-    response
+    // A 200 carries no Retry-After: each refused event has its own `retry_after_ms`.
+    with_usage(Json(BatchResponseBody { results }).into_response(), &usage)
 }
 
 fn rss_bytes() -> Option<u64> {

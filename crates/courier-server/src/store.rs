@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use courier_core::{ChannelName, Event};
+use courier_core::{ChannelName, Event, StreamPosition};
 
 /// A store failed (a backend is down); the request may be retried.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,13 +37,53 @@ pub struct StoredEvent {
     pub event: Arc<Event>,
 }
 
-/// What a resume can replay.
+/// What a channel's history still holds for a resume, read in one step.
 #[derive(Debug, Clone)]
-pub enum Replay {
-    /// Every event after the asked offset, in order (possibly none).
-    Complete(Vec<StoredEvent>),
-    /// History no longer holds the event right after the asked offset.
-    Gap,
+pub struct Retained {
+    /// The current epoch.
+    pub epoch: Arc<str>,
+    /// The channel's latest offset in `epoch` (0 when it has none).
+    pub latest: u64,
+    /// The held events of `epoch` the resuming client has not seen, in order: those after
+    /// `since.offset` when `since` is in `epoch`, else all of them.
+    pub events: Vec<StoredEvent>,
+}
+
+/// Where a subscription with `since` continues (docs/protocol.md, resume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// Nothing between `since` and `replay_from` is missing.
+    pub recovered: bool,
+    /// The first offset delivered after `subscribed`, replayed or live.
+    pub replay_from: u64,
+}
+
+impl Retained {
+    /// The resume rule: continue right after `since` when the history still holds what
+    /// follows it; otherwise from the oldest event held (of the current epoch), so that only
+    /// what the server no longer has is lost.
+    pub fn resume_point(&self, since: &StreamPosition) -> ResumePoint {
+        let held_from = self.events.first().map_or(self.latest + 1, |e| e.offset);
+        if *since.epoch != *self.epoch {
+            return ResumePoint {
+                recovered: false,
+                replay_from: held_from,
+            };
+        }
+        // A client ahead of the history (it cannot be, within one epoch) resumes live.
+        let next = since.offset.min(self.latest) + 1;
+        if held_from <= next {
+            ResumePoint {
+                recovered: true,
+                replay_from: next,
+            }
+        } else {
+            ResumePoint {
+                recovered: false,
+                replay_from: held_from,
+            }
+        }
+    }
 }
 
 /// Sizes, for `/health` and `/stats`.
@@ -64,8 +104,13 @@ pub trait HistoryStore: Send + Sync + 'static {
     async fn append(&self, event: Event) -> Result<StoredEvent, StoreError>;
     /// The channel's latest offset (0 when it never had an event).
     async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError>;
-    /// The events with offset greater than `after`, or [`Replay::Gap`].
-    async fn read_after(&self, channel: &ChannelName, after: u64) -> Result<Replay, StoreError>;
+    /// What a resume from `since` can replay (see [`Retained::events`]). The latest offset
+    /// is read with the events, so it is never older than the last of them.
+    async fn read_since(
+        &self,
+        channel: &ChannelName,
+        since: &StreamPosition,
+    ) -> Result<Retained, StoreError>;
     /// Sizes.
     async fn stats(&self) -> HistoryStats;
     /// Whether the backend can serve now (`/health/ready`); in-process stores always can.
@@ -135,14 +180,15 @@ pub struct BucketRequest {
     pub shadow: bool,
 }
 
-/// The state of one bucket after a check.
+/// The state of one bucket after a check: charged when the request was admitted, as it
+/// was when it was refused (by this bucket or another).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketDecision {
     /// This bucket alone would admit the request.
     pub allowed: bool,
-    /// Requests still admissible back to back after this one.
+    /// Requests still admissible back to back in the state the check left.
     pub remaining: u64,
-    /// Until the bucket is full again.
+    /// Until the bucket is full again, in that state.
     pub reset_after: Duration,
     /// Until a refused request would be admitted (zero when allowed).
     pub retry_after: Duration,
@@ -340,31 +386,34 @@ impl HistoryStore for MemoryHistory {
             .map_or(0, |h| h.latest))
     }
 
-    async fn read_after(&self, channel: &ChannelName, after: u64) -> Result<Replay, StoreError> {
+    async fn read_since(
+        &self,
+        channel: &ChannelName,
+        since: &StreamPosition,
+    ) -> Result<Retained, StoreError> {
+        // One epoch per process: a foreign one has seen none of this history.
+        let after = if *since.epoch == *self.epoch {
+            since.offset
+        } else {
+            0
+        };
         let now = Instant::now();
         let mut channels = self.channels.lock().expect("history lock");
-        let Some(h) = channels.get_mut(channel) else {
-            return Ok(if after == 0 {
-                Replay::Complete(Vec::new())
-            } else {
-                Replay::Gap
-            });
+        let (latest, events) = match channels.get_mut(channel) {
+            None => (0, Vec::new()),
+            Some(h) => {
+                self.trim(h, now);
+                // Offsets are dense and ascending: find the first unseen one by bisection.
+                let start = h.events.partition_point(|(_, e)| e.offset <= after);
+                let events = h.events.range(start..).map(|(_, e)| e.clone()).collect();
+                (h.latest, events)
+            }
         };
-        self.trim(h, now);
-        if h.latest <= after {
-            return Ok(Replay::Complete(Vec::new()));
-        }
-        let first = h.events.front().map_or(h.latest + 1, |(_, e)| e.offset);
-        if first > after + 1 {
-            return Ok(Replay::Gap);
-        }
-        Ok(Replay::Complete(
-            h.events
-                .iter()
-                .filter(|(_, e)| e.offset > after)
-                .map(|(_, e)| e.clone())
-                .collect(),
-        ))
+        Ok(Retained {
+            epoch: self.epoch.clone(),
+            latest,
+            events,
+        })
     }
 
     async fn stats(&self) -> HistoryStats {
@@ -477,13 +526,20 @@ impl MemoryRateLimits {
     }
 }
 
-fn gcra_decide(tat: Option<u128>, now: u128, req: &BucketRequest) -> (BucketDecision, u128) {
+/// One bucket's GCRA decision at `now`: whether it alone admits the request, and its state
+/// after the request, charged (`charge`, and only when admitted) or not.
+fn gcra_decide(
+    tat: Option<u128>,
+    now: u128,
+    req: &BucketRequest,
+    charge: bool,
+) -> (BucketDecision, u128) {
     let t = req.emission_interval.as_nanos().max(1);
     let tau = t * u128::from(req.burst.max(1) - 1);
     let tat = tat.unwrap_or(now).max(now);
     let allowed = tat <= now + tau;
-    let new_tat = if allowed { tat + t } else { tat };
-    // Remaining back-to-back requests after this decision.
+    let new_tat = if allowed && charge { tat + t } else { tat };
+    // Requests still admissible back to back in the state left behind.
     let remaining = (now + tau + t).saturating_sub(new_tat) / t;
     let reset_after = Duration::from_nanos(u64::try_from(new_tat - now).unwrap_or(u64::MAX));
     let retry_after = if allowed {
@@ -511,19 +567,24 @@ impl RateLimitStore for MemoryRateLimits {
         if self.checks.fetch_add(1, Ordering::Relaxed) % 4096 == 4095 {
             tats.retain(|_, tat| *tat > now);
         }
-        let decided: Vec<(BucketDecision, u128)> = buckets
-            .iter()
-            .map(|b| gcra_decide(tats.get(&b.key).copied(), now, b))
-            .collect();
+        let decide = |charge: bool| -> Vec<(BucketDecision, u128)> {
+            buckets
+                .iter()
+                .map(|b| gcra_decide(tats.get(&b.key).copied(), now, b, charge))
+                .collect()
+        };
+        let decided = decide(true);
         let admitted = buckets
             .iter()
             .zip(&decided)
             .all(|(b, (d, _))| d.allowed || b.shadow);
-        if admitted {
-            for (b, (d, new_tat)) in buckets.iter().zip(&decided) {
-                if d.allowed {
-                    tats.insert(b.key.clone(), *new_tat);
-                }
+        if !admitted {
+            // Nothing is charged: report the buckets as they stay.
+            return Ok(decide(false).into_iter().map(|(d, _)| d).collect());
+        }
+        for (b, (d, new_tat)) in buckets.iter().zip(&decided) {
+            if d.allowed {
+                tats.insert(b.key.clone(), *new_tat);
             }
         }
         Ok(decided.into_iter().map(|(d, _)| d).collect())
@@ -634,23 +695,20 @@ mod tests {
         let mut tat = None;
         let now = 1_000_000_000u128;
         for expected_remaining in [2, 1, 0] {
-            let (d, t) = gcra_decide(tat, now, &b);
+            let (d, t) = gcra_decide(tat, now, &b, true);
             assert!(d.allowed);
             assert_eq!(d.remaining, expected_remaining);
             tat = Some(t);
         }
-        let (d, _) = gcra_decide(tat, now, &b);
+        let (d, _) = gcra_decide(tat, now, &b, true);
         assert!(!d.allowed);
         assert_eq!(d.retry_after, Duration::from_secs(1));
-        let (d, _) = gcra_decide(tat, now + 1_000_000_000, &b);
+        let (d, _) = gcra_decide(tat, now + 1_000_000_000, &b, true);
         assert!(d.allowed);
     }
 
-    #[tokio::test]
-    async fn history_gap_and_replay() {
-        let h = MemoryHistory::new(2, Duration::from_secs(60), 10);
-        let ch = ChannelName::new("a").unwrap();
-        for i in 0..3 {
+    async fn appended(h: &MemoryHistory, ch: &ChannelName, n: u64) {
+        for i in 0..n {
             let e = Event::new(
                 format!("e{i}"),
                 "x",
@@ -658,14 +716,84 @@ mod tests {
                 &serde_json::json!({}),
                 Default::default(),
             );
-            assert_eq!(h.append(e).await.unwrap().offset, i + 1);
+            h.append(e).await.unwrap();
         }
-        assert!(matches!(h.read_after(&ch, 0).await.unwrap(), Replay::Gap));
-        let Replay::Complete(v) = h.read_after(&ch, 1).await.unwrap() else {
-            panic!("gap")
-        };
-        assert_eq!(v.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![2, 3]);
-        assert!(matches!(h.read_after(&ch, 3).await.unwrap(), Replay::Complete(v) if v.is_empty()));
+    }
+
+    fn at(epoch: &str, offset: u64) -> StreamPosition {
+        StreamPosition {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
+    /// The offsets held for `since`, and where the resume continues.
+    async fn resume(
+        h: &MemoryHistory,
+        ch: &ChannelName,
+        since: StreamPosition,
+    ) -> (Vec<u64>, u64, bool) {
+        let r = h.read_since(ch, &since).await.unwrap();
+        let p = r.resume_point(&since);
+        (
+            r.events.iter().map(|e| e.offset).collect(),
+            p.replay_from,
+            p.recovered,
+        )
+    }
+
+    #[tokio::test]
+    async fn history_resume_points() {
+        let h = MemoryHistory::new(3, Duration::from_secs(60), 10);
+        let ch = ChannelName::new("a").unwrap();
+        let e = h.epoch().to_string();
+        // Empty channel: nothing to replay, nothing missing.
+        assert_eq!(resume(&h, &ch, at(&e, 0)).await, (vec![], 1, true));
+        assert_eq!(resume(&h, &ch, at("old", 7)).await, (vec![], 1, false));
+        appended(&h, &ch, 5).await;
+        // Holds 3..=5. Right after a held offset, or at the end: recovered.
+        assert_eq!(resume(&h, &ch, at(&e, 2)).await, (vec![3, 4, 5], 3, true));
+        assert_eq!(resume(&h, &ch, at(&e, 4)).await, (vec![5], 5, true));
+        assert_eq!(resume(&h, &ch, at(&e, 5)).await, (vec![], 6, true));
+        assert_eq!(resume(&h, &ch, at(&e, 9)).await, (vec![], 6, true));
+        // Older than what is held: from the oldest held.
+        assert_eq!(resume(&h, &ch, at(&e, 0)).await, (vec![3, 4, 5], 3, false));
+        assert_eq!(resume(&h, &ch, at(&e, 1)).await, (vec![3, 4, 5], 3, false));
+        // Another epoch: everything held, whatever its offset says.
+        assert_eq!(
+            resume(&h, &ch, at("old", 4)).await,
+            (vec![3, 4, 5], 3, false)
+        );
+        assert_eq!(
+            resume(&h, &ch, at("old", 99)).await,
+            (vec![3, 4, 5], 3, false)
+        );
+    }
+
+    #[tokio::test]
+    async fn history_resume_after_age_trim_and_eviction() {
+        let h = MemoryHistory::new(100, Duration::from_millis(50), 1);
+        let (a, b) = (
+            ChannelName::new("a").unwrap(),
+            ChannelName::new("b").unwrap(),
+        );
+        let e = h.epoch().to_string();
+        appended(&h, &a, 2).await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        appended(&h, &a, 2).await;
+        // 1 and 2 aged out.
+        assert_eq!(resume(&h, &a, at(&e, 0)).await, (vec![3, 4], 3, false));
+        assert_eq!(resume(&h, &a, at("old", 0)).await, (vec![3, 4], 3, false));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Nothing held: live from after the latest.
+        assert_eq!(resume(&h, &a, at(&e, 1)).await, (vec![], 5, false));
+        assert_eq!(resume(&h, &a, at("old", 1)).await, (vec![], 5, false));
+        assert_eq!(resume(&h, &a, at(&e, 4)).await, (vec![], 5, true));
+        // A second channel evicts the first one's events but not its offsets.
+        appended(&h, &a, 1).await;
+        appended(&h, &b, 1).await;
+        assert_eq!(resume(&h, &a, at(&e, 4)).await, (vec![], 6, false));
+        assert_eq!(resume(&h, &b, at(&e, 0)).await, (vec![1], 1, true));
     }
 
     #[tokio::test]

@@ -1,11 +1,14 @@
 //! WebSocket protocol v1.
 //!
 //! Each connection has a reader (this task: frames, timers) and a writer task draining a
-//! bounded outbound queue. Fan-out never blocks: a full queue closes the connection with
-//! 4008 (slow consumer); the client resumes from history. Close requests that must follow
-//! an error frame travel through the queue, so the error is written first.
+//! bounded outbound queue. Fan-out never blocks: a queue full by frame count
+//! (`ws.outbound_queue`) or by bytes (`ws.max_queued_bytes`) closes the connection with 4008
+//! (slow consumer); the client resumes from history. Close requests that must follow an
+//! error frame travel through the queue, so the error is written first. A close reason is
+//! cut to what a close frame can carry, so the code always reaches the client.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,8 +26,8 @@ use tokio::time::Instant;
 use crate::SharedState;
 use crate::auth::{AuthError, Claims, unix_now};
 use crate::connections::{ConnectionGuard, Refused};
-use crate::http::{ApiError, publish_event, rate_limit};
-use crate::store::{Published, Replay, Subscriber, SubscriptionId};
+use crate::http::{ApiError, publish_event};
+use crate::store::{Published, ResumePoint, Retained, StoreError, Subscriber, SubscriptionId};
 
 /// `GET /ws`.
 pub(crate) async fn ws_root(State(state): State<SharedState>, ws: WebSocketUpgrade) -> Response {
@@ -64,6 +67,25 @@ fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName
         .on_upgrade(move |socket| tracker.track_future(run(state, socket, channel)))
 }
 
+/// Close code for a text frame that is not UTF-8 (RFC 6455 §7.4.1).
+const INVALID_PAYLOAD: u16 = 1007;
+
+/// A close frame's payload is at most 125 bytes: the 2-byte code and the reason.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// The close frame for `code`: a longer reason would make tungstenite refuse to send it
+/// (the client would see 1006 instead of the code), so it is cut on a UTF-8 boundary.
+fn close_frame(code: u16, reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    }
+}
+
 enum Outbound {
     Frame(String),
     Event(Arc<Published>),
@@ -71,10 +93,26 @@ enum Outbound {
     Close(u16, String),
 }
 
+impl Outbound {
+    /// The bytes this item holds against the connection's byte budget. A replay is not
+    /// counted: it waits for room in the queue instead of overflowing it.
+    fn budgeted_bytes(&self) -> usize {
+        match self {
+            Outbound::Frame(t) => t.len(),
+            Outbound::Event(p) => p.frame.len(),
+            Outbound::Replayed(_) | Outbound::Close(..) => 0,
+        }
+    }
+}
+
 struct Conn {
     out: mpsc::Sender<Outbound>,
     close: watch::Sender<Option<(u16, String)>>,
     state: SharedState,
+    /// Bytes of queued live frames not yet written (the writer subtracts what it wrote).
+    queued_bytes: Arc<AtomicUsize>,
+    /// `ws.max_queued_bytes`.
+    max_queued_bytes: usize,
 }
 
 impl Conn {
@@ -100,7 +138,7 @@ impl Conn {
         }
         self.close_now(
             close::SLOW_CONSUMER,
-            "slow consumer: outbound queue full; resume from history",
+            "slow consumer: outbound queue full (frames or bytes); resume from history",
         );
     }
 
@@ -111,10 +149,24 @@ impl Conn {
     }
 
     fn push(&self, item: Outbound) {
+        let bytes = item.budgeted_bytes();
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        // One frame always fits an empty queue, however large: a client that keeps up is
+        // never closed for the size of a single event.
+        if before > 0 && before + bytes > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.slow();
+            return;
+        }
         match self.out.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.slow(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.slow();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            }
         }
     }
 
@@ -197,6 +249,7 @@ async fn writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     close_tx: watch::Sender<Option<(u16, String)>>,
+    queued_bytes: Arc<AtomicUsize>,
     state: SharedState,
 ) {
     let mut close_rx = close_tx.subscribe();
@@ -206,6 +259,7 @@ async fn writer(
             _ = close_rx.changed() => break close_rx.borrow().clone(),
             item = rx.recv() => item,
         };
+        let bytes = item.as_ref().map_or(0, Outbound::budgeted_bytes);
         let (text, accepted_at) = match item {
             None => break None,
             Some(Outbound::Close(code, reason)) => {
@@ -232,6 +286,7 @@ async fn writer(
         if sink.send(Message::Text(text.into())).await.is_err() {
             return;
         }
+        queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         if let Some(at) = accepted_at {
             state
                 .metrics
@@ -242,24 +297,56 @@ async fn writer(
     };
     if let Some((code, reason)) = close {
         let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
+            .send(Message::Close(Some(close_frame(code, &reason))))
             .await;
         let _ = sink.flush().await;
     }
 }
 
-/// Reads the next text frame; `None` when the peer is gone or closed.
-async fn next_text(stream: &mut SplitStream<WebSocket>) -> Option<Result<String, ()>> {
+/// What the reader got from the peer.
+enum Incoming {
+    Text(String),
+    Binary,
+    /// A frame the WebSocket layer refused: the error to answer and the close code.
+    Refused(ErrorCode, u16, &'static str),
+}
+
+/// Reads the next frame; `None` when the peer is gone or closed.
+async fn next_text(stream: &mut SplitStream<WebSocket>) -> Option<Incoming> {
     loop {
         match stream.next().await? {
-            Ok(Message::Text(t)) => return Some(Ok(t.to_string())),
-            Ok(Message::Binary(_)) => return Some(Err(())),
+            Ok(Message::Text(t)) => return Some(Incoming::Text(t.to_string())),
+            Ok(Message::Binary(_)) => return Some(Incoming::Binary),
             Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Close(_)) => return None,
+            Err(e) => return refused_frame(&e),
         }
+    }
+}
+
+/// The documented answer to a read error that is the peer's fault and leaves the connection
+/// able to send a close frame; `None` for the rest (I/O, protocol), which end the connection
+/// without one.
+///
+/// The error is tungstenite's, boxed by axum; axum's tungstenite is not a version this crate
+/// can name, so the two cases are told apart by their messages (the 1007 and 1009 tests in
+/// tests/api pin them).
+fn refused_frame(e: &axum::Error) -> Option<Incoming> {
+    let text = e.to_string();
+    if text.starts_with("UTF-8 encoding error") {
+        Some(Incoming::Refused(
+            ErrorCode::BadRequest,
+            INVALID_PAYLOAD,
+            "a text frame was not valid UTF-8",
+        ))
+    } else if text.starts_with("Space limit exceeded") {
+        Some(Incoming::Refused(
+            ErrorCode::PayloadTooLarge,
+            close::MESSAGE_TOO_BIG,
+            "a frame was over the size limit",
+        ))
+    } else {
+        None
     }
 }
 
@@ -281,12 +368,15 @@ async fn run(state: SharedState, socket: WebSocket, channel: Option<ChannelName>
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(state.config.ws.outbound_queue.max(1));
     let (close_tx, mut close_rx) = watch::channel(None);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     let conn = Arc::new(Conn {
         out: out_tx,
         close: close_tx.clone(),
         state: state.clone(),
+        queued_bytes: queued_bytes.clone(),
+        max_queued_bytes: state.config.ws.max_queued_bytes,
     });
-    let mut writer_task = tokio::spawn(writer(sink, out_rx, close_tx, state.clone()));
+    let mut writer_task = tokio::spawn(writer(sink, out_rx, close_tx, queued_bytes, state.clone()));
     let mut drop_rx = state.drop_tx.subscribe();
     let mut shutdown_rx = state.shutdown_tx.subscribe();
 
@@ -342,8 +432,19 @@ async fn run(state: SharedState, socket: WebSocket, channel: Option<ChannelName>
     {
         writer_task.abort();
     }
+    // After a frame the WebSocket layer refused (1007, 1009) the reader is done and may
+    // leave the frame's bytes unread: dropping the socket then resets the connection, and the
+    // kernel discards what it has not transmitted yet, the close frame included. Holding the
+    // socket a moment lets the close reach the client.
+    let refused_read = matches!(
+        close_rx.borrow().as_ref(),
+        Some((INVALID_PAYLOAD | close::MESSAGE_TOO_BIG, _))
+    );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while stream.next().await.is_some() {}
+        if refused_read {
+            std::future::pending::<()>().await;
+        }
     })
     .await;
 }
@@ -375,7 +476,7 @@ async fn authenticate(
             return None;
         }
         Ok(None) => return None,
-        Ok(Some(Err(()))) => {
+        Ok(Some(Incoming::Binary)) => {
             fail(
                 ErrorCode::BadRequest,
                 close::BAD_REQUEST,
@@ -383,7 +484,11 @@ async fn authenticate(
             );
             return None;
         }
-        Ok(Some(Ok(t))) => t,
+        Ok(Some(Incoming::Refused(code, close_code, message))) => {
+            fail(code, close_code, message);
+            return None;
+        }
+        Ok(Some(Incoming::Text(t))) => t,
     };
     let token = match ClientFrame::decode(&text, state.config.max_frame_bytes) {
         Ok(ClientFrame::Connect { token, .. }) => token,
@@ -527,8 +632,13 @@ impl Session {
                 }
                 msg = next_text(stream) => match msg {
                     None => return false,
-                    Some(Err(())) => self.conn.error(ErrorFrame::new(None, ErrorCode::BadRequest, "frames are JSON text")),
-                    Some(Ok(text)) => {
+                    Some(Incoming::Binary) => self.conn.error(ErrorFrame::new(None, ErrorCode::BadRequest, "frames are JSON text")),
+                    Some(Incoming::Refused(code, close_code, message)) => {
+                        self.conn.error(ErrorFrame::new(None, code, message));
+                        self.conn.close_after_queue(close_code, message);
+                        return false;
+                    }
+                    Some(Incoming::Text(text)) => {
                         if self.handle(&text, &mut pong_deadline).await {
                             return false;
                         }
@@ -573,12 +683,8 @@ impl Session {
                 self.conn.send(&ServerFrame::Unsubscribed { id, channel });
             }
             ClientFrame::Publish { id, event } => {
-                let result = async {
-                    rate_limit(&self.state, &self.claims, &event.event_type).await?;
-                    publish_event(&self.state, &self.claims, event).await
-                }
-                .await;
-                match result {
+                let mut usage = self.state.limiter.usage(&self.claims);
+                match publish_event(&self.state, &self.claims, event, &mut usage).await {
                     Ok(ok) => self.conn.send(&ServerFrame::Ack {
                         id,
                         event_id: ok.id,
@@ -609,6 +715,47 @@ impl Session {
                 "unsupported op",
             )),
         }
+        false
+    }
+
+    /// What the history holds for a subscription from `since`, and where it continues.
+    async fn resume(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+    ) -> Result<(Retained, ResumePoint), StoreError> {
+        let history = &self.state.history;
+        match since {
+            Some(pos) => {
+                let held = history.read_since(channel, pos).await?;
+                let point = held.resume_point(pos);
+                Ok((held, point))
+            }
+            // A first subscription: live from after the latest.
+            None => {
+                let latest = history.latest(channel).await?;
+                let held = Retained {
+                    epoch: history.epoch(),
+                    latest,
+                    events: Vec::new(),
+                };
+                let point = ResumePoint {
+                    recovered: true,
+                    replay_from: latest + 1,
+                };
+                Ok((held, point))
+            }
+        }
+    }
+
+    /// Answers a subscribe that a store failed; the connection stays.
+    fn subscribe_failed(&self, id: u64, e: &StoreError) -> bool {
+        tracing::error!(error = %e, "subscribe failed");
+        self.conn.error(ErrorFrame::new(
+            Some(id),
+            ErrorCode::Unavailable,
+            "history is unavailable; retry",
+        ));
         false
     }
 
@@ -652,45 +799,33 @@ impl Session {
             phase: Mutex::new(Phase::Buffering(Vec::new())),
             buffer_cap: self.state.config.ws.outbound_queue.max(1),
         });
-        let result = async {
-            let sid = self.state.broker.subscribe(&channel, sub.clone()).await?;
-            let latest = self.state.history.latest(&channel).await?;
-            let epoch = self.state.history.epoch();
-            let (recovered, replay) = match &since {
-                None => (true, Vec::new()),
-                Some(pos) if *pos.epoch != *epoch => (false, Vec::new()),
-                Some(pos) if latest <= pos.offset => (true, Vec::new()),
-                Some(pos) => match self.state.history.read_after(&channel, pos.offset).await? {
-                    Replay::Complete(events) => (true, events),
-                    Replay::Gap => (false, Vec::new()),
-                },
-            };
-            Ok::<_, crate::store::StoreError>((sid, latest, epoch, recovered, replay))
-        }
-        .await;
-        let (sid, latest, epoch, recovered, replay) = match result {
+        // Subscribed before reading the history: what is appended after the read reaches the
+        // buffer, so replay and live meet without a hole (`go_live` drops the overlap).
+        let sid = match self.state.broker.subscribe(&channel, sub.clone()).await {
+            Ok(sid) => sid,
+            Err(e) => return self.subscribe_failed(id, &e),
+        };
+        let (held, point) = match self.resume(&channel, since.as_ref()).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "subscribe failed");
-                self.conn.error(ErrorFrame::new(
-                    Some(id),
-                    ErrorCode::Unavailable,
-                    "history is unavailable; retry",
-                ));
-                return false;
+                // Not left in the broker: its buffer would fill and close the connection.
+                self.state.broker.unsubscribe(&channel, sid).await;
+                return self.subscribe_failed(id, &e);
             }
         };
         self.subs.insert(channel.clone(), (sid, sub.clone()));
         self.conn.send(&ServerFrame::Subscribed {
             id,
             channel,
-            recovered,
-            epoch: epoch.to_string(),
-            offset: latest,
-            replay_from: None,
+            recovered: point.recovered,
+            epoch: held.epoch.to_string(),
+            offset: held.latest,
+            replay_from: Some(point.replay_from),
         });
-        let mut last = latest;
-        for stored in replay {
+        // Every held event the client has not seen, from `replay_from`, whether or not
+        // older ones are lost: losing some is no reason to skip the rest.
+        let mut last = held.latest;
+        for stored in held.events {
             last = last.max(stored.offset);
             let frame = ServerFrame::Event(courier_core::Delivery {
                 epoch: stored.epoch.to_string(),
@@ -703,7 +838,29 @@ impl Session {
                 return true;
             }
         }
-        sub.go_live(epoch, last);
+        sub.go_live(held.epoch, last);
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_cut_to_123_bytes_on_a_char_boundary() {
+        let short = close_frame(4001, "token has expired");
+        assert_eq!(
+            (short.code, short.reason.as_str()),
+            (4001, "token has expired")
+        );
+        let ascii = "x".repeat(300);
+        assert_eq!(close_frame(4001, &ascii).reason.len(), 123);
+        // 122 ASCII bytes then a 4-byte character: cut before it, not through it.
+        let wide = format!("{}🦀🦀", "a".repeat(122));
+        let cut = close_frame(4000, &wide);
+        assert_eq!(cut.reason.as_str(), "a".repeat(122));
+        let accents = "é".repeat(100);
+        assert_eq!(close_frame(4000, &accents).reason.as_str(), "é".repeat(61));
     }
 }

@@ -8,9 +8,13 @@ mod util;
 mod auth;
 #[path = "api/faults.rs"]
 mod faults;
+#[path = "api/frames.rs"]
+mod frames;
 #[path = "api/limits.rs"]
 mod limits;
 #[path = "api/ops.rs"]
 mod ops;
 #[path = "api/publish.rs"]
 mod publish;
+#[path = "api/resume.rs"]
+mod resume;

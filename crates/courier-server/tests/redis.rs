@@ -104,6 +104,29 @@ impl Redis {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Sends one inline command and returns the first line of the reply.
+    async fn command(&self, line: &str) -> String {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        s.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        tokio::time::timeout(STEP, BufReader::new(s).read_line(&mut reply))
+            .await
+            .expect("redis answers")
+            .unwrap();
+        reply.trim_end().to_owned()
+    }
+
+    /// Restarts with nothing: as a Redis without persistence comes back.
+    async fn restart_empty(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir).unwrap();
+        std::fs::create_dir_all(&self.dir).unwrap();
+        self.spawn().await;
+    }
+
     /// SIGKILL: no shutdown save; only the AOF survives.
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -236,8 +259,12 @@ async fn subscriber_resumes_on_another_instance_and_after_restarting_all() {
         .subscribe(2, "global", Some(json!({"epoch": epoch, "offset": 10})))
         .await;
     assert_eq!(
-        (f["recovered"].as_bool(), f["offset"].as_u64()),
-        (Some(true), Some(20)),
+        (
+            f["recovered"].as_bool(),
+            f["offset"].as_u64(),
+            f["replay_from"].as_u64()
+        ),
+        (Some(true), Some(20), Some(11)),
         "{f}"
     );
     expect_events(&mut ws, 11, 10).await;
@@ -254,7 +281,11 @@ async fn subscriber_resumes_on_another_instance_and_after_restarting_all() {
     let f = ws
         .subscribe(3, "global", Some(json!({"epoch": epoch, "offset": 20})))
         .await;
-    assert_eq!(f["recovered"], true, "{f}");
+    assert_eq!(
+        (f["recovered"].as_bool(), f["replay_from"].as_u64()),
+        (Some(true), Some(21)),
+        "{f}"
+    );
     let got = expect_events(&mut ws, 21, 5).await;
     assert_eq!(got[0]["event"]["id"], "e21");
     // The idempotency window survived the restart too.
@@ -307,6 +338,107 @@ async fn rate_limit_holds_across_instances() {
         (10, 20),
         "the sum admitted stays within the limit"
     );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `RateLimit` members of an answer: bucket -> remaining.
+fn remaining(h: &reqwest::header::HeaderMap) -> std::collections::BTreeMap<String, u64> {
+    let Some(v) = h.get("ratelimit") else {
+        return Default::default();
+    };
+    v.to_str()
+        .unwrap()
+        .split(", ")
+        .map(|m| {
+            let mut parts = m.split(';');
+            let name = parts.next().unwrap().trim_matches('"').to_owned();
+            let r = parts.next().unwrap().strip_prefix("r=").unwrap();
+            (name, r.parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn buckets_are_shared_by_instances_and_charged_per_accepted_event() {
+    use courier_server::config::LimitRule;
+    let redis = need_redis!();
+    let limited = |c: &mut courier_server::Config| {
+        c.rate_limits.enabled = true;
+        // Long windows: nothing refills during the test, so counts are exact.
+        c.rate_limits.user = LimitRule {
+            limit: 20,
+            window_secs: 600,
+            ..LimitRule::default()
+        };
+        c.rate_limits.fallback = LimitRule {
+            limit: 2,
+            window_secs: 600,
+            ..LimitRule::default()
+        };
+    };
+    let a = instance(&redis, limited).await;
+    let b = instance(&redis, limited).await;
+    let alice = util::user_with("alice", &[], &["global"]);
+    let typed = |id: &str, t: &str| json!({"id": id, "type": t, "channel": "global", "data": {}});
+    // Two custom types, one on each instance, share the one fallback bucket.
+    let r = a
+        .post("/publish", Some(&alice), &typed("x1", "custom.x"))
+        .await;
+    assert_eq!(remaining(r.headers())["fallback"], 1);
+    let r = b
+        .post("/publish", Some(&alice), &typed("y1", "custom.y"))
+        .await;
+    assert_eq!(
+        remaining(r.headers()),
+        [("fallback".into(), 0), ("user".into(), 18)].into()
+    );
+    let r = a
+        .post("/publish", Some(&alice), &typed("z1", "other.z"))
+        .await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["limit_type"],
+        "fallback"
+    );
+    // The refusal, a duplicate and an invalid event took nothing from `user`; a batch is
+    // refused per event: deposits (5 in the default table) go through, the custom type not.
+    let body = json!({"events": [
+        typed("x1", "custom.x"),
+        {"type": "custom.q", "channel": "global"},
+        typed("z1", "other.z"),
+        typed("d1", "deposit.made"),
+        typed("d2", "deposit.made"),
+    ]});
+    let r = b.post("/publish/batch", Some(&alice), &body).await;
+    assert_eq!(r.status(), 200);
+    let h = remaining(r.headers());
+    assert_eq!(
+        h,
+        [
+            ("fallback".into(), 0),
+            ("type:deposit".into(), 3),
+            ("user".into(), 16)
+        ]
+        .into()
+    );
+    let v: Value = r.json().await.unwrap();
+    let statuses: Vec<&str> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["duplicate", "rejected", "rejected", "accepted", "accepted"]
+    );
+    assert_eq!(v["results"][2]["error"]["limit_type"], "fallback");
+    // The refused id was not kept: it is still refused (not a duplicate) on the other instance.
+    let r = a
+        .post("/publish", Some(&alice), &typed("z1", "other.z"))
+        .await;
+    assert_eq!(r.status(), 429);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -436,6 +568,268 @@ async fn redis_killed_and_restarted_loses_nothing_acknowledged() {
         .map(|f| f["event"]["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids, acked, "every acknowledged event, once, in order");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Publishes until acknowledged (same id), as the SDKs do while Redis comes back.
+async fn publish_retrying(server: &Server, token: &str, body: &Value) -> Value {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let r = server.post("/publish", Some(token), body).await;
+        match r.status().as_u16() {
+            200 => return r.json().await.unwrap(),
+            503 => {
+                assert!(tokio::time::Instant::now() < deadline, "Redis never back");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            s => panic!("unexpected {s}"),
+        }
+    }
+}
+
+/// Subscribes with `since` from a lost epoch and expects the new epoch from offset 1:
+/// `subscribed {recovered: false, replay_from: 1}`, then `ids` as offsets 1, 2, …
+async fn expect_new_epoch(ws: &mut Ws, since: Value, old_epoch: &str, ids: &[String]) -> String {
+    let f = ws.subscribe(9, "global", Some(since)).await;
+    assert_eq!(f["op"], "subscribed", "{f}");
+    let epoch = f["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(epoch, old_epoch, "{f}");
+    assert_eq!(
+        (
+            f["recovered"].as_bool(),
+            f["offset"].as_u64(),
+            f["replay_from"].as_u64()
+        ),
+        (Some(false), Some(ids.len() as u64), Some(1)),
+        "{f}"
+    );
+    let got = expect_events(ws, 1, ids.len() as u64).await;
+    for (f, id) in got.iter().zip(ids) {
+        assert_eq!(
+            (f["epoch"].as_str(), f["event"]["id"].as_str()),
+            (Some(epoch.as_str()), Some(id.as_str()))
+        );
+    }
+    epoch
+}
+
+#[tokio::test]
+async fn redis_losing_its_data_replays_the_new_epoch_from_its_first_event() {
+    let redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    let (mut ws, _) = a.connect(&user("u")).await;
+    let old_epoch = ws.subscribe(1, "global", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=5 {
+        publish_ok(&b, &svc, &ev(&format!("o{i}"), "global", i)).await;
+    }
+    expect_events(&mut ws, 1, 5).await;
+    // Redis loses everything (FLUSHALL); publishing goes on in a new epoch.
+    assert_eq!(redis.command("FLUSHALL").await, "+OK");
+    let ids: Vec<String> = (1..=4).map(|i| format!("n{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        publish_ok(&b, &svc, &ev(id, "global", i as u64)).await;
+    }
+    // The subscriber is told to resubscribe (1012), and comes back on the other instance.
+    let (frames, end) = ws.until_end().await;
+    assert_eq!(
+        (frames.len(), end),
+        (0, util::End::Close(1012)),
+        "{frames:?}"
+    );
+    let (mut ws, _) = b.connect(&user("u")).await;
+    let epoch = expect_new_epoch(
+        &mut ws,
+        json!({"epoch": old_epoch, "offset": 5}),
+        &old_epoch,
+        &ids,
+    )
+    .await;
+    // Live after the replay, from either instance.
+    publish_ok(&a, &svc, &ev("n5", "global", 5)).await;
+    let live = expect_events(&mut ws, 5, 1).await;
+    assert_eq!(
+        (live[0]["epoch"].as_str(), live[0]["event"]["id"].as_str()),
+        (Some(epoch.as_str()), Some("n5"))
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_and_every_instance_restarted_without_data_replay_the_new_epoch() {
+    let mut redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    let (mut ws, _) = a.connect(&user("u")).await;
+    let old_epoch = ws.subscribe(1, "global", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=5 {
+        publish_ok(&b, &svc, &ev(&format!("o{i}"), "global", i)).await;
+    }
+    expect_events(&mut ws, 1, 5).await;
+    // Everything goes down; Redis comes back empty, then new instances.
+    kill(a).await;
+    kill(b).await;
+    assert!(ws.next().await.is_err());
+    redis.restart_empty().await;
+    let c = instance(&redis, |_| {}).await;
+    let d = instance(&redis, |_| {}).await;
+    let ids: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        publish_retrying(&c, &svc, &ev(id, "global", i as u64)).await;
+    }
+    let (mut ws, _) = d.connect(&user("u")).await;
+    expect_new_epoch(
+        &mut ws,
+        json!({"epoch": old_epoch, "offset": 5}),
+        &old_epoch,
+        &ids,
+    )
+    .await;
+    publish_ok(&c, &svc, &ev("n4", "global", 4)).await;
+    assert_eq!(expect_events(&mut ws, 4, 1).await[0]["event"]["id"], "n4");
+    c.shutdown().await;
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_restarted_while_instances_run_replays_the_new_epoch() {
+    let mut redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    let (mut ws, _) = a.connect(&user("u")).await;
+    let old_epoch = ws.subscribe(1, "global", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=3 {
+        publish_ok(&b, &svc, &ev(&format!("o{i}"), "global", i)).await;
+    }
+    expect_events(&mut ws, 1, 3).await;
+    // Redis without persistence restarts under running instances.
+    redis.restart_empty().await;
+    let ids: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        publish_retrying(&b, &svc, &ev(id, "global", i as u64)).await;
+    }
+    let (frames, end) = ws.until_end().await;
+    assert_eq!(
+        (frames.len(), end),
+        (0, util::End::Close(1012)),
+        "{frames:?}"
+    );
+    let (mut ws, _) = a.connect(&user("u")).await;
+    expect_new_epoch(
+        &mut ws,
+        json!({"epoch": old_epoch, "offset": 3}),
+        &old_epoch,
+        &ids,
+    )
+    .await;
+    publish_ok(&b, &svc, &ev("n4", "global", 4)).await;
+    assert_eq!(expect_events(&mut ws, 4, 1).await[0]["event"]["id"], "n4");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_history_older_than_held_replays_from_the_oldest_after_restarting_all() {
+    let redis = need_redis!();
+    let three = |c: &mut courier_server::Config| c.history.max_events_per_channel = 3;
+    let a = instance(&redis, three).await;
+    let svc = service("svc");
+    let epoch = a.connect(&user("u")).await.1["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=6 {
+        publish_ok(&a, &svc, &ev(&format!("e{i}"), "global", i)).await;
+    }
+    // Every instance restarts; Redis keeps the history (4..=6) and the epoch.
+    kill(a).await;
+    let b = instance(&redis, three).await;
+    let (mut ws, _) = b.connect(&user("u")).await;
+    let f = ws
+        .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 1})))
+        .await;
+    assert_eq!(
+        (
+            f["epoch"].as_str(),
+            f["recovered"].as_bool(),
+            f["offset"].as_u64(),
+            f["replay_from"].as_u64()
+        ),
+        (Some(epoch.as_str()), Some(false), Some(6), Some(4)),
+        "{f}"
+    );
+    let got = expect_events(&mut ws, 4, 3).await;
+    assert_eq!(got[0]["event"]["id"], "e4");
+    publish_ok(&b, &svc, &ev("e7", "global", 7)).await;
+    expect_events(&mut ws, 7, 1).await;
+    // Right after a held offset: recovered, as before.
+    let (mut ws, _) = b.connect(&user("u")).await;
+    let f = ws
+        .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 5})))
+        .await;
+    assert_eq!(
+        (f["recovered"].as_bool(), f["replay_from"].as_u64()),
+        (Some(true), Some(6)),
+        "{f}"
+    );
+    expect_events(&mut ws, 6, 2).await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_new_epoch_replay_meets_live_publishes_without_holes_or_duplicates() {
+    let redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    for i in 1..=50 {
+        publish_ok(&a, &svc, &ev(&format!("r{i}"), "global", i)).await;
+    }
+    let publisher = {
+        let http = a.http.clone();
+        let url = a.url("/publish");
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            for i in 51..=150 {
+                let r = http
+                    .post(&url)
+                    .bearer_auth(&svc)
+                    .json(&ev(&format!("r{i}"), "global", i))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    let (mut ws, _) = b.connect(&user("u")).await;
+    let f = ws
+        .subscribe(1, "global", Some(json!({"epoch": "gone", "offset": 120})))
+        .await;
+    assert_eq!(
+        (f["recovered"].as_bool(), f["replay_from"].as_u64()),
+        (Some(false), Some(1)),
+        "{f}"
+    );
+    let got = expect_events(&mut ws, 1, 150).await;
+    for (i, f) in got.iter().enumerate() {
+        assert_eq!(f["event"]["id"], format!("r{}", i + 1));
+    }
+    publisher.await.unwrap();
     a.shutdown().await;
     b.shutdown().await;
 }

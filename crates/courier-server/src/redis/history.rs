@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use courier_core::{ChannelName, Event};
+use courier_core::{ChannelName, Event, StreamPosition};
 use redis::Script;
 
 use super::{Shared, timed};
-use crate::store::{HistoryStats, HistoryStore, Replay, StoreError, StoredEvent};
+use crate::store::{HistoryStats, HistoryStore, Retained, StoreError, StoredEvent};
 
 /// KEYS: seq, stream, epoch. ARGV: event JSON, max events, max age (ms), pub/sub channel,
 /// epoch candidate. Returns `{offset, epoch, unix_ms}`.
@@ -177,12 +177,29 @@ impl HistoryStore for RedisHistory {
         Ok(latest.unwrap_or(0))
     }
 
-    async fn read_after(&self, channel: &ChannelName, after: u64) -> Result<Replay, StoreError> {
-        let latest = self.latest(channel).await?;
-        if latest <= after {
-            return Ok(Replay::Complete(Vec::new()));
-        }
+    async fn read_since(
+        &self,
+        channel: &ChannelName,
+        since: &StreamPosition,
+    ) -> Result<Retained, StoreError> {
+        // The epoch first: it decides where the client's unseen events start.
+        let mut latest = self.latest(channel).await?;
         let epoch = self.shared.epoch();
+        let after = if *since.epoch == *epoch {
+            since.offset
+        } else {
+            0
+        };
+        if latest <= after {
+            return Ok(Retained {
+                epoch,
+                latest,
+                events: Vec::new(),
+            });
+        }
+        // The stream is trimmed by count on append (exact MAXLEN) and by age lazily (a few
+        // entries per append, or the whole key when idle), so entries older than the age
+        // limit may still be there: skip them as the trim would have.
         let entries = read_range(&self.shared, channel, after, None).await?;
         let cutoff = crate::http::unix_ms()
             .saturating_sub(u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX));
@@ -199,11 +216,15 @@ impl HistoryStore for RedisHistory {
                 event: Arc::new(event),
             });
         }
-        let first = events.first().map_or(latest + 1, |e| e.offset);
-        if first > after + 1 {
-            return Ok(Replay::Gap);
+        // Appends between the two reads: the replay includes them, so the latest does too.
+        if let Some(last) = events.last() {
+            latest = latest.max(last.offset);
         }
-        Ok(Replay::Complete(events))
+        Ok(Retained {
+            epoch,
+            latest,
+            events,
+        })
     }
 
     async fn stats(&self) -> HistoryStats {

@@ -8,7 +8,7 @@
 //! | `seq:{channel}` | string | the channel's latest offset (`INCR`, never expires) |
 //! | `h:{channel}` | stream | the channel's history; entry id `{offset}-0`, fields `e` (event JSON), `p` (epoch), `t` (Unix ms); trimmed by count and age, expires when idle |
 //! | `ev:{channel}` | pub/sub | every appended event, published in the same script as the append |
-//! | `rl:…` | string | a GCRA bucket's theoretical arrival time (µs), expiring when full |
+//! | `rl:{bucket}:{sub}` | string | a GCRA bucket's theoretical arrival time (µs), expiring when full; `{bucket}` is `user`, `type:{prefix}` or `fallback` (one per user for every type no row matches) |
 //! | `idem:{sub}:{id}` | string | `pending` while publishing, then the first publish's position |
 //! | `conn:{user}` | hash | connections per instance id |
 //! | `inst:{id}` | string | an instance's heartbeat; it expires when the instance dies |

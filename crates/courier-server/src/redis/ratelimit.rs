@@ -13,41 +13,41 @@ use crate::store::{BucketDecision, BucketRequest, RateLimitStore, StoreError};
 /// KEYS: the buckets. ARGV, three per bucket: emission interval (µs), burst, shadow (0/1).
 /// Mirrors `store::gcra_decide`; the request is admitted when every non-shadow bucket
 /// admits it, and only then are the admitting buckets advanced. Returns, per bucket,
-/// `{allowed, remaining, reset_after_us, retry_after_us}`.
+/// `{allowed, remaining, reset_after_us, retry_after_us}`, the state left behind (a refused
+/// request is reported against the buckets as they stay).
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local res = {}
 local tats = {}
+local allowed = {}
 local admitted = true
 for i = 1, #KEYS do
   local ti = tonumber(ARGV[3 * i - 2])
   local burst = tonumber(ARGV[3 * i - 1])
-  local shadow = ARGV[3 * i] == '1'
   local tau = ti * (burst - 1)
   local tat = tonumber(redis.call('GET', KEYS[i]) or now)
   if tat < now then tat = now end
-  local allowed = tat <= now + tau
-  local new_tat = tat
-  if allowed then new_tat = tat + ti end
+  tats[i] = tat
+  allowed[i] = tat <= now + tau
+  if not allowed[i] and ARGV[3 * i] ~= '1' then admitted = false end
+end
+local res = {}
+for i = 1, #KEYS do
+  local ti = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local tau = ti * (burst - 1)
+  local new_tat = tats[i]
+  if admitted and allowed[i] then
+    new_tat = tats[i] + ti
+    local ttl = math.ceil((new_tat - now) / 1000) + 1
+    redis.call('SET', KEYS[i], string.format('%d', new_tat), 'PX', ttl)
+  end
   local remaining = math.floor((now + tau + ti - new_tat) / ti)
   if remaining < 0 then remaining = 0 end
   if remaining > burst then remaining = burst end
   local retry_after = 0
-  if not allowed then
-    retry_after = tat - tau - now
-    if not shadow then admitted = false end
-  end
-  tats[i] = new_tat
-  res[i] = {allowed and 1 or 0, remaining, new_tat - now, retry_after}
-end
-if admitted then
-  for i = 1, #KEYS do
-    if res[i][1] == 1 then
-      local ttl = math.ceil((tats[i] - now) / 1000) + 1
-      redis.call('SET', KEYS[i], string.format('%d', tats[i]), 'PX', ttl)
-    end
-  end
+  if not allowed[i] then retry_after = tats[i] - tau - now end
+  res[i] = {allowed[i] and 1 or 0, remaining, new_tat - now, retry_after}
 end
 return res
 "#;

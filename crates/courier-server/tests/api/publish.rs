@@ -120,7 +120,7 @@ async fn duplicate_id_is_acknowledged_and_delivered_once() {
 }
 
 #[tokio::test]
-async fn history_resume_replays_in_order_or_reports_a_gap() {
+async fn history_resume_replays_in_order_from_what_is_held() {
     let server = start_with(|c| c.history.max_events_per_channel = 3).await;
     let svc = service("svc");
     let (mut a, connected) = server.connect(&user("alice")).await;
@@ -139,8 +139,12 @@ async fn history_resume_replays_in_order_or_reports_a_gap() {
         .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 1})))
         .await;
     assert_eq!(
-        (f["recovered"].as_bool(), f["offset"].as_u64()),
-        (Some(true), Some(3))
+        (
+            f["recovered"].as_bool(),
+            f["offset"].as_u64(),
+            f["replay_from"].as_u64()
+        ),
+        (Some(true), Some(3), Some(2))
     );
     assert_eq!(a.recv().await["offset"], 2);
     assert_eq!(a.recv().await["offset"], 3);
@@ -153,20 +157,37 @@ async fn history_resume_replays_in_order_or_reports_a_gap() {
     let f = b
         .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 4})))
         .await;
-    assert_eq!(f["recovered"], true);
-    // History holds 2..4 now: offset 0 is a gap, and so is a foreign epoch.
+    assert_eq!(
+        (f["recovered"].as_bool(), f["replay_from"].as_u64()),
+        (Some(true), Some(5))
+    );
+    // History holds 2..4 now: after offset 0, 1 is lost and 2..4 are replayed; a foreign
+    // epoch has seen none of them, so it gets all three too.
     let (mut c, _) = server.connect(&user("carol")).await;
     let f = c
         .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 0})))
         .await;
     assert_eq!(
-        (f["recovered"].as_bool(), f["offset"].as_u64()),
-        (Some(false), Some(4))
+        (
+            f["recovered"].as_bool(),
+            f["offset"].as_u64(),
+            f["replay_from"].as_u64()
+        ),
+        (Some(false), Some(4), Some(2))
     );
+    for expected in 2..=4 {
+        assert_eq!(c.recv().await["offset"], expected);
+    }
     let f = c
         .subscribe(2, "global", Some(json!({"epoch": "other", "offset": 3})))
         .await;
-    assert_eq!(f["recovered"], false);
+    assert_eq!(
+        (f["recovered"].as_bool(), f["replay_from"].as_u64()),
+        (Some(false), Some(2))
+    );
+    for expected in 2..=4 {
+        assert_eq!(c.recv().await["offset"], expected);
+    }
     server
         .post("/publish", Some(&svc), &event("h5", "global", 5))
         .await;
@@ -211,7 +232,10 @@ async fn replay_races_live_publishes_without_holes_or_duplicates() {
             Some(json!({"epoch": epoch, "offset": 10})),
         )
         .await;
-    assert_eq!(f["recovered"], true);
+    assert_eq!(
+        (f["recovered"].as_bool(), f["replay_from"].as_u64()),
+        (Some(true), Some(11))
+    );
     for expected in 11..=150u64 {
         assert_eq!(a.recv().await["offset"].as_u64(), Some(expected));
     }
