@@ -108,6 +108,21 @@ def test_unlimited_types_are_not_held_back(run: Run, client: str) -> None:
         f"{[(round(x[0]), x[1], x[2], round(x[3])) for x in slow]} (bound {bound} ms)")
 
 
+def refusal_story(run: Run, client: str, bucket: str) -> str:
+    """Each per-event refusal of `bucket` for `client` (ms after go, retry_after_ms) and when
+    the next request carrying that bucket arrived."""
+    reqs = sorted((q for q in run.requests if q["sub"] == run.sub(client) and bucket in (q.get("buckets") or [])),
+                  key=lambda q: q["at_ms"])
+    out = []
+    for i, q in enumerate(reqs):
+        for ref in q.get("refused") or []:
+            if ref["bucket"] == bucket:
+                nxt = f"{reqs[i + 1]['at_ms'] - run.go_ms:.0f}" if i + 1 < len(reqs) else "none"
+                out.append(f"refused at +{q['at_ms'] - run.go_ms:.0f} ms (retry_after_ms {ref['retry_after_ms']}), "
+                           f"next request with {bucket} at +{nxt} ms")
+    return "; ".join(dict.fromkeys(out)) or f"no refusal of {bucket}"
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 def test_limited_wait_ends_when_the_bucket_refills(run: Run, client: str) -> None:
     """The last event of a limited type cannot be accepted before its bucket lets it through
@@ -140,7 +155,8 @@ def test_limited_wait_ends_when_the_bucket_refills(run: Run, client: str) -> Non
             f"({lim['bucket']}, {lim['quota']}/{lim['window_s']} s, burst {lim['burst']}) could accept it: is the limiter on?")
         assert last <= latest, (
             f"{client}: the last {ty} was acknowledged {(last - latest + slack) / 1000:.1f} s after its bucket "
-            f"({lim['bucket']}) allowed it (slack {slack} ms): the client waited for nothing")
+            f"({lim['bucket']}) allowed it (slack {slack} ms): the client waited for nothing. "
+            f"Server record: {refusal_story(run, client, lim['bucket'])}")
 
 
 def test_no_request_before_retry_after(run: Run) -> None:
