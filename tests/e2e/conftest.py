@@ -31,7 +31,6 @@ PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 NODE = shutil.which("node") or "node"
 
 
-
 def load_scenario(name: str) -> Dict[str, Any]:
     """scenarios/NAME.json."""
     with open(os.path.join(SCENARIOS, f"{name}.json")) as f:
