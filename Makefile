@@ -80,5 +80,5 @@ demo: tools-rust python-dev npm-build
 ## --- bench ------------------------------------------------------------------------------
 
 bench: tools-rust tools-redis python-dev npm-build
-	.venv/bin/python -m pip install -q 'matplotlib>=3.8'
+	.venv/bin/python -m pip install -q 'matplotlib>=3.8' 'requests>=2.31' 'aiohttp>=3.9'
 	.venv/bin/python tests/bench/run.py

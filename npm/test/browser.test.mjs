@@ -17,7 +17,7 @@ let web;
 let browser;
 
 before(async () => {
-  server = await startServer({ env: { COURIER_RATE_LIMITS__ENABLED: 'false' } });
+  server = await startServer();
   // Static files: /dist/* and /test/browser/* from npm/, with application/wasm for .wasm.
   web = createServer((req, res) => {
     const path = normalize(new URL(req.url, 'http://x').pathname);

@@ -23,8 +23,10 @@ function client(options) {
 const subscriber = (channels = ['backtest.*']) => client({ token: token({ sub: 'alice', channels }) });
 const publisher = (options = {}) => client({ token: token({ sub: 'svc', role: 'service', tier: 'service' }), ...options });
 
+// The server at its defaults, rate limits on: publishers are services (limits ×20), and
+// each test's user has its own `sub`, so its own buckets.
 before(async () => {
-  server = await startServer({ env: { COURIER_RATE_LIMITS__ENABLED: 'false' } });
+  server = await startServer();
 });
 after(async () => {
   for (const c of clients) c.close();
@@ -130,7 +132,7 @@ test('dropped connections resume with nothing lost and nothing duplicated', asyn
 });
 
 test('a server restart is reported as a gap and the stream goes on', async () => {
-  const own = await startServer({ env: { COURIER_RATE_LIMITS__ENABLED: 'false' } });
+  const own = await startServer();
   try {
     const sub = client({ url: own.wsUrl, token: token({ sub: 'alice', channels: ['backtest.*'] }) });
     const pub = client({ url: own.wsUrl, token: token({ sub: 'svc', role: 'service' }) });
@@ -149,7 +151,7 @@ test('a server restart is reported as a gap and the stream goes on', async () =>
 
     await own.stop();
     await until(() => sub.state !== 'connected', { what: 'disconnect' });
-    const again = await startServer({ listen: own.addr, env: { COURIER_RATE_LIMITS__ENABLED: 'false' } });
+    const again = await startServer({ listen: own.addr });
     own.stop = again.stop; // the after-hook of this test stops the new process
     await until(() => gaps.length === 1, { what: 'gap', timeoutMs: 10_000 });
     for (let i = 4; i <= 5; i++) await pub.publish('backtest.restart', 'backtest.progress', { backtest_id: 'r', percent: i });
@@ -264,4 +266,67 @@ test('a closed client refuses work with a UsageError', async () => {
 
 test('a URL that is not ws(s):// is refused with a UsageError', () => {
   assert.throws(() => new CourierClient({ url: 'ftp://x', token: 't' }), (e) => e instanceof UsageError);
+});
+
+// --- the client-side limiter against the server's default limits ---------------------------
+// The default table (courier-server config.rs): `deposit` (and `deposit.*`) allows 5 a
+// minute, all 5 back to back, then one every 12 s; the `premium` tier multiplies that by 5
+// (25, then one every 2.4 s). A type no row matches (`custom.x`) is charged to the user's
+// fallback bucket (300). Margins: "at once" is a fraction of the refill interval (a client
+// that waited for the bucket at all would take a whole interval); "when it refills" has
+// 1.5 s of slack for a loaded machine.
+const LIMITED_TYPE = 'deposit.made';
+const UNLIMITED_TYPE = 'custom.x';
+const limitedUser = (sub, tier) => client({ token: token({ sub, role: 'user', publish: ['backtest.*'], tier }) });
+
+/**
+ * The server's record of every publish request made with a token of `sub`, in arrival order,
+ * after checking that none was refused, whole (429) or per event (`refused`): whatever the
+ * client waited for, it waited on its own.
+ */
+async function publishesNoneRefused(sub) {
+  const { requests } = await (await fetch(`${server.httpUrl}/_fault/requests`)).json();
+  const mine = requests.filter((r) => r.path.startsWith('/publish') && r.sub === sub);
+  assert.ok(mine.length > 0, 'the server saw the publishes');
+  assert.deepEqual(mine.filter((r) => r.status !== 200 || r.refused?.length), [], 'refused by the server');
+  return mine;
+}
+
+test('a limited burst goes out at once and an unlimited type is not held behind it', async () => {
+  const pub = limitedUser('node-burst', 'standard');
+  let started = performance.now();
+  for (let i = 0; i < 5; i++) {
+    const r = await pub.publish('backtest.limits', LIMITED_TYPE, { amount: String(i) });
+    assert.equal(r.attempts, 1);
+  }
+  const burst = performance.now() - started;
+  assert.equal(pub.stats().rateLimitWaits, 0, 'the whole burst went out without a wait');
+  // Any wait for the deposit bucket lasts a refill interval (12 s).
+  assert.ok(burst < 6_000, `5 publishes took ${burst.toFixed(0)} ms`);
+  // The deposit bucket is now empty for 12 s; the fallback bucket is almost full.
+  started = performance.now();
+  const r = await pub.publish('backtest.limits', UNLIMITED_TYPE, { n: 1 });
+  const took = performance.now() - started;
+  assert.ok(took < 1_000, `an unlimited type waited ${took.toFixed(0)} ms behind the deposit bucket`);
+  assert.equal(r.attempts, 1);
+  assert.equal(pub.stats().rateLimitWaits, 0);
+  await publishesNoneRefused('node-burst');
+});
+
+test('an exhausted bucket holds its event until it refills, not later', async () => {
+  // Premium: 25 deposits back to back, then one every 2.4 s (standard would take 12 s).
+  const pub = limitedUser('node-refill', 'premium');
+  for (let i = 0; i < 25; i++) await pub.publish('backtest.limits', LIMITED_TYPE, { amount: String(i) });
+  assert.equal(pub.stats().rateLimitWaits, 0, 'the whole burst went out without a wait');
+  const r = await pub.publish('backtest.limits', LIMITED_TYPE, { amount: 'held' });
+  const ackedAt = Date.now();
+  assert.equal(r.attempts, 1, 'sent once: when the bucket had refilled');
+  assert.ok(pub.stats().rateLimitWaits >= 1, 'the client held it');
+  const records = await publishesNoneRefused('node-refill');
+  assert.equal(records.length, 26, 'one request per event, none repeated');
+  // The server's bucket gives one back a refill interval after the burst's first event, as
+  // long as each burst event came within an interval of the one before (it did).
+  const refill = records[0].at_ms + 2_400;
+  assert.ok(records[25].at_ms >= refill - 50, `sent ${(refill - records[25].at_ms).toFixed(0)} ms before the refill`);
+  assert.ok(ackedAt <= refill + 1_500, `acked ${ackedAt - refill} ms after the refill`);
 });

@@ -22,7 +22,7 @@ let sub;
 let pub;
 
 before(async () => {
-  server = await startServer({ env: { COURIER_RATE_LIMITS__ENABLED: 'false' } });
+  server = await startServer();
   sub = new CourierClient({ url: server.wsUrl, token: token({ sub: 'alice', channels: ['backtest.*'] }) });
   pub = new CourierClient({ url: server.wsUrl, token: token({ sub: 'svc', role: 'service' }) });
 });

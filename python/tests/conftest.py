@@ -22,16 +22,46 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SECRET = "courier-python-tests"
 
 
+# The server's default rate-limit table (crates/courier-server/src/config.rs), which the
+# limiter tests run against: `deposit` (and `deposit.*`) allows 5 a minute, all 5 back to back,
+# then one every 12 s; the `premium` tier multiplies that by 5 (25, then one every 2.4 s). A
+# type no row matches, such as `custom.x`, is charged to the user's fallback bucket (300).
+LIMITED_TYPE = "deposit.made"
+LIMITED_BURST = {"standard": 5, "premium": 25}
+LIMITED_REFILL_S = {"standard": 12.0, "premium": 2.4}
+UNLIMITED_TYPE = "custom.x"
+
+
+def assert_none_refused(records: List[Dict[str, Any]]) -> None:
+    """No request of `records` (Server.publish_requests) was refused by the server, whole
+    (429) or per event (`refused`): whatever the client waited for, it waited on its own."""
+    assert records, "the server saw the publishes"
+    bad = [r for r in records if r["status"] != 200 or r.get("refused")]
+    assert bad == [], bad
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def make_token(sub: str = "svc-py", role: str = "service", ttl: float = 3600, channels: Optional[List[str]] = None) -> str:
-    """An HS256 JWT for the test server's secret."""
+def make_token(
+    sub: str = "svc-py",
+    role: str = "service",
+    ttl: float = 3600,
+    channels: Optional[List[str]] = None,
+    publish: Optional[List[str]] = None,
+    tier: Optional[str] = None,
+) -> str:
+    """An HS256 JWT for the test server's secret. Without `tier` the server applies the
+    role's: `service` (limits x20) for services, `standard` (x1) for users."""
     now = int(time.time())
     claims: Dict[str, Any] = {"sub": sub, "exp": int(now + ttl), "iat": now, "role": role}
     if channels:
         claims["channels"] = channels
+    if publish:
+        claims["publish"] = publish
+    if tier:
+        claims["tier"] = tier
     head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     body = _b64(json.dumps(claims).encode())
     sig = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
@@ -75,6 +105,13 @@ class Server:
             except ValueError:
                 return body.decode()
 
+    def publish_requests(self, sub: str) -> List[Dict[str, Any]]:
+        """The server's record (`GET /_fault/requests`) of every publish request made with a
+        token of `sub`, in arrival order: `at_ms` (Unix ms), `status`, and per event refused
+        by the limiter an entry of `refused` ({bucket, retry_after_ms})."""
+        records = self.get("/_fault/requests")["requests"]
+        return [r for r in records if r["path"].startswith("/publish") and r.get("sub") == sub]
+
     def requests(self, path: str) -> List[Dict[str, Any]]:
         """The server's own timestamped log of HTTP requests to `path`:
         [{"event": "start"|"finish", "at": seconds, "status": int?}] in order."""
@@ -117,10 +154,11 @@ def start_server(binary: str, env_extra: Optional[Dict[str, str]] = None) -> Ser
     env = {k: v for k, v in os.environ.items() if not k.startswith("COURIER_") or k in keep}
     if env.get("COURIER_BACKEND") == "redis":
         env["COURIER_REDIS__KEY_PREFIX"] = f"pytest-{os.getpid()}-{time.monotonic_ns()}:"
+    # Rate limits stay at the server's defaults (on): the suite runs against the server as a
+    # user gets it. A test about something else that needs them off passes its own override.
     env.update(
         {
             "COURIER_JWT_SECRET": SECRET,
-            "COURIER_RATE_LIMITS__ENABLED": "false",
             "COURIER_LOG_LEVEL": "info,tower_http=debug",
         }
     )

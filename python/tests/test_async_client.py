@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import List
 
 import pytest
@@ -17,7 +18,15 @@ from courier_client import (
     ValidationError,
 )
 
-from conftest import Server, make_token
+from conftest import (
+    LIMITED_BURST,
+    LIMITED_REFILL_S,
+    LIMITED_TYPE,
+    UNLIMITED_TYPE,
+    Server,
+    assert_none_refused,
+    make_token,
+)
 
 
 def progress(bid: str, percent: float) -> dict:
@@ -247,3 +256,52 @@ async def test_a_cancelled_publish_withdraws_its_event_if_it_was_not_sent(server
         fourth = await client.publish("backtest.a-cancel", "backtest.progress", progress("c", 4))
         assert fourth.offset == 2, "the withdrawn events never took an offset"
         assert client.stats().acknowledged == 2
+
+
+# --- the client-side limiter against the server's default limits --------------------------
+# Margins: "at once" is asserted as a fraction of the bucket's refill interval (a client
+# that waited for the bucket at all would take at least one interval), "when it refills"
+# with 1.5 s of slack for a loaded machine.
+
+
+async def test_a_limited_burst_goes_out_at_once_and_an_unlimited_type_is_not_held_behind_it(server: Server) -> None:
+    sub = "py-async-burst"
+    user = make_token(sub=sub, role="user", publish=["backtest.*"], tier="standard")
+    async with AsyncCourierClient(server.url, token=user) as client:
+        started = time.monotonic()
+        for i in range(LIMITED_BURST["standard"]):
+            ack = await client.publish("backtest.limits", LIMITED_TYPE, {"amount": str(i)})
+            assert ack.attempts == 1
+        burst = time.monotonic() - started
+        assert client.stats().rate_limit_waits == 0, "the whole burst went out without a wait"
+        # Any wait for the deposit bucket lasts a refill interval (12 s).
+        assert burst < LIMITED_REFILL_S["standard"] / 2, f"5 publishes took {burst:.2f} s"
+        # The deposit bucket is now empty for 12 s; the fallback bucket is almost full.
+        started = time.monotonic()
+        ack = await client.publish("backtest.limits", UNLIMITED_TYPE, {"n": 1})
+        took = time.monotonic() - started
+        assert took < 1.0, f"an unlimited type waited {took:.2f} s behind the deposit bucket"
+        assert ack.attempts == 1 and client.stats().rate_limit_waits == 0
+    assert_none_refused(server.publish_requests(sub))
+
+
+async def test_an_exhausted_bucket_holds_its_event_until_it_refills_not_later(server: Server) -> None:
+    # Premium: 25 deposits back to back, then one every 2.4 s (standard would take 12 s).
+    sub = "py-async-refill"
+    user = make_token(sub=sub, role="user", publish=["backtest.*"], tier="premium")
+    async with AsyncCourierClient(server.url, token=user) as client:
+        for i in range(LIMITED_BURST["premium"]):
+            await client.publish("backtest.limits", LIMITED_TYPE, {"amount": str(i)})
+        assert client.stats().rate_limit_waits == 0, "the whole burst went out without a wait"
+        ack = await client.publish("backtest.limits", LIMITED_TYPE, {"amount": "held"}, timeout=30)
+        acked_at = time.time()
+        assert ack.attempts == 1, "sent once: when the bucket had refilled"
+        assert client.stats().rate_limit_waits >= 1, "the client held it"
+    records = server.publish_requests(sub)
+    assert_none_refused(records)
+    assert len(records) == LIMITED_BURST["premium"] + 1, "one request per event, none repeated"
+    # The server's bucket gives one back a refill interval after the burst's first event,
+    # as long as each burst event came within an interval of the one before (it did).
+    refill = records[0]["at_ms"] / 1000 + LIMITED_REFILL_S["premium"]
+    assert records[-1]["at_ms"] / 1000 >= refill - 0.05, "not sent before the refill"
+    assert acked_at <= refill + 1.5, f"acked {acked_at - refill:.2f} s after the refill"

@@ -13,7 +13,15 @@ import pytest
 
 from courier_client import CourierClient, CourierTimeoutError, ValidationError
 
-from conftest import Server, make_token
+from conftest import (
+    LIMITED_BURST,
+    LIMITED_REFILL_S,
+    LIMITED_TYPE,
+    UNLIMITED_TYPE,
+    Server,
+    assert_none_refused,
+    make_token,
+)
 
 
 def progress(bid: str, percent: float) -> dict:
@@ -188,3 +196,45 @@ def test_a_timed_out_publish_withdraws_its_event_if_it_was_not_sent(server: Serv
         assert first == [1]
         again = client.publish("backtest.s-cancel", "backtest.progress", {"backtest_id": "c", "percent": 3})
         assert again.offset == 2, "the withdrawn event never took an offset"
+
+
+# --- the client-side limiter against the server's default limits --------------------------
+# The same scenarios as the async suite (margins explained there).
+
+
+def test_a_limited_burst_goes_out_at_once_and_an_unlimited_type_is_not_held_behind_it(server: Server) -> None:
+    sub = "py-sync-burst"
+    user = make_token(sub=sub, role="user", publish=["backtest.*"], tier="standard")
+    with CourierClient(server.url, token=user) as client:
+        started = time.monotonic()
+        for i in range(LIMITED_BURST["standard"]):
+            ack = client.publish("backtest.limits", LIMITED_TYPE, {"amount": str(i)})
+            assert ack.attempts == 1
+        burst = time.monotonic() - started
+        assert client.stats().rate_limit_waits == 0, "the whole burst went out without a wait"
+        assert burst < LIMITED_REFILL_S["standard"] / 2, f"5 publishes took {burst:.2f} s"
+        started = time.monotonic()
+        ack = client.publish("backtest.limits", UNLIMITED_TYPE, {"n": 1})
+        took = time.monotonic() - started
+        assert took < 1.0, f"an unlimited type waited {took:.2f} s behind the deposit bucket"
+        assert ack.attempts == 1 and client.stats().rate_limit_waits == 0
+    assert_none_refused(server.publish_requests(sub))
+
+
+def test_an_exhausted_bucket_holds_its_event_until_it_refills_not_later(server: Server) -> None:
+    sub = "py-sync-refill"
+    user = make_token(sub=sub, role="user", publish=["backtest.*"], tier="premium")
+    with CourierClient(server.url, token=user) as client:
+        for i in range(LIMITED_BURST["premium"]):
+            client.publish("backtest.limits", LIMITED_TYPE, {"amount": str(i)})
+        assert client.stats().rate_limit_waits == 0, "the whole burst went out without a wait"
+        ack = client.publish("backtest.limits", LIMITED_TYPE, {"amount": "held"}, timeout=30)
+        acked_at = time.time()
+        assert ack.attempts == 1, "sent once: when the bucket had refilled"
+        assert client.stats().rate_limit_waits >= 1, "the client held it"
+    records = server.publish_requests(sub)
+    assert_none_refused(records)
+    assert len(records) == LIMITED_BURST["premium"] + 1, "one request per event, none repeated"
+    refill = records[0]["at_ms"] / 1000 + LIMITED_REFILL_S["premium"]
+    assert records[-1]["at_ms"] / 1000 >= refill - 0.05, "not sent before the refill"
+    assert acked_at <= refill + 1.5, f"acked {acked_at - refill:.2f} s after the refill"

@@ -24,25 +24,37 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 E2E = os.path.join(ROOT, "tests", "e2e")
 ARTIFACTS = os.path.join(ROOT, "tests", "artifacts", "e2e")
-SCENARIO_PATH = os.path.join(E2E, "scenario.json")
+SCENARIOS = os.path.join(E2E, "scenarios")
 SECRET = "courier-e2e-secret-0123456789"
 TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
 PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
 NODE = shutil.which("node") or "node"
 
-with open(SCENARIO_PATH) as _f:
-    SCENARIO: Dict[str, Any] = json.load(_f)
+
+def load_scenario(name: str) -> Dict[str, Any]:
+    """scenarios/NAME.json."""
+    with open(os.path.join(SCENARIOS, f"{name}.json")) as f:
+        return dict(json.load(f))
+
+
+# The chaos scenario also holds the reconnect storm's parameters and the server settings the
+# storm and dashboard tests borrow.
+SCENARIO_PATH = os.path.join(SCENARIOS, "chaos.json")
+SCENARIO: Dict[str, Any] = load_scenario("chaos")
 
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def token(sub: str, role: str = "service", channels: Optional[List[str]] = None, ttl: int = 3600) -> str:
+def token(sub: str, role: str = "service", channels: Optional[List[str]] = None, ttl: int = 3600,
+          tier: Optional[str] = None) -> str:
     now = int(time.time())
     claims: Dict[str, Any] = {"sub": sub, "exp": now + ttl, "iat": now, "role": role}
     if channels:
         claims["channels"] = channels
+    if tier is not None:
+        claims["tier"] = tier  # the rate-limit multiplier's key; without it a service gets `service` (x20)
     head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     body = _b64(json.dumps(claims).encode())
     sig = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
@@ -112,11 +124,32 @@ class Server:
         self.proc = None
         return time.time() * 1000
 
-    def restart(self) -> Dict[str, float]:
+    def kill(self) -> float:
+        """SIGKILL (no shutdown at all: in-memory history and the request record die with it)
+        and wait; returns when it exited (Unix ms)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=15)
+        self.proc = None
+        return time.time() * 1000
+
+    def restart(self, kill: bool = False, down_s: float = 0.0) -> Dict[str, float]:
+        """Stops (SIGTERM, or SIGKILL with `kill`), stays down `down_s`, starts on the same port."""
         t0 = time.time() * 1000
-        down = self.stop()
+        down = self.kill() if kill else self.stop()
+        if down_s > 0:
+            time.sleep(down_s)
         self.start()
         return {"signal_ms": t0, "down_ms": down, "up_ms": self.up_at}
+
+    def publish_batch(self, tok: str, events: List[Dict[str, Any]]) -> Any:
+        """POST /publish/batch with `tok`; the parsed answer."""
+        req = urllib.request.Request(
+            f"{self.url}/publish/batch", data=json.dumps({"events": events}).encode(),
+            headers={"content-type": "application/json", "authorization": f"Bearer {tok}"}, method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
 
     def fault(self, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
         req = urllib.request.Request(

@@ -1,9 +1,11 @@
 ## --- e2e: the cross-language end-to-end suite (tests/e2e) --------------------------------
-# Included by the top Makefile. One scenario (tests/e2e/scenario.json) run by the Rust native,
-# Python async and sync, Node and browser clients against the real server with chaos (drops,
-# 429/503 bursts, a restart), the Retry-After check measured at the server, a 500-subscriber
-# reconnect storm, and the example dashboard in headless Chromium. Records, server logs and
-# screenshots go to tests/artifacts/e2e/ (git-ignored).
+# Included by the top Makefile. Three scenarios (tests/e2e/scenarios/*.json), each run by the
+# Rust native, Python async and sync, Node and browser clients at once against the real
+# server: `chaos` (drops, 429/503 bursts, a restart; limiter off), `limits` (the rate limiter
+# at its defaults, standard tier, limited and unlimited types mixed) and `kill` (SIGKILL and
+# restart twice mid-stream); Retry-After checked at the server (whole request and per
+# bucket), a 500-subscriber reconnect storm, and the example dashboard in headless Chromium.
+# Records, server logs and screenshots go to tests/artifacts/e2e/ (git-ignored).
 
 TEST_TARGETS += test-e2e
 

@@ -1,7 +1,7 @@
 //! The Rust client of the cross-language end-to-end suite (`tests/e2e/`).
 //!
 //! ```text
-//! e2e_client chaos SCENARIO NAME URL TOKEN OUT.jsonl   # the shared scenario's role
+//! e2e_client chaos SCENARIO NAME URL TOKEN OUT.jsonl   # a scenario's role (any scenario)
 //! e2e_client storm SCENARIO URL TOKEN OUT.jsonl        # N subscribers, one connection each
 //! ```
 //!
@@ -156,21 +156,18 @@ async fn chaos(scenario: &Value, name: &str, url: &str, token: &str, out_path: &
     say("ready");
     wait_for(&mut ctl, "go").await;
 
-    let total = scenario["events_per_client"]
-        .as_u64()
-        .expect("events_per_client");
-    let rate = scenario["publish_rate_per_s"].as_f64().expect("rate");
-    let tick_ms = scenario["publish_tick_ms"].as_u64().expect("tick");
-    let event_type = scenario["event_type"].as_str().expect("event_type");
-    let per_tick = rate * tick_ms as f64 / 1000.0;
+    // The orchestrator resolved the scenario's streams into ticks of
+    // `{at_ms, events: [[seq, channel, type], ...]}` (tests/e2e/harness.py).
+    let schedule = scenario["schedule"].as_array().expect("schedule");
     let start = tokio::time::Instant::now();
     let publisher = client.publisher().clone();
-    let mut seq = 0u64;
-    let mut tick = 0u64;
-    while seq < total {
-        let due = total.min(((tick + 1) as f64 * per_tick).round() as u64);
-        while seq < due {
-            let ch = channels[(seq % channels.len() as u64) as usize].clone();
+    for tick in schedule {
+        let at_ms = tick["at_ms"].as_f64().expect("at_ms");
+        tokio::time::sleep_until(start + Duration::from_secs_f64(at_ms / 1000.0)).await;
+        for e in tick["events"].as_array().expect("events") {
+            let seq = e[0].as_u64().expect("seq");
+            let ch = e[1].as_str().expect("channel").to_owned();
+            let event_type = e[2].as_str().expect("type");
             let id = format!("{name}-{seq}");
             let data = json!({"client": name, "seq": seq}).to_string();
             let event = publisher
@@ -185,20 +182,18 @@ async fn chaos(scenario: &Value, name: &str, url: &str, token: &str, out_path: &
                 )
                 .expect("a valid event");
             let o = out.clone();
+            let sent = now_ms();
             publisher
                 .enqueue(
                     event,
                     PublishOptions::default(),
                     Box::new(move |r| match r {
-                        Ok(r) => write(&o, &json!({"k": "ack", "id": id, "ch": ch, "epoch": r.epoch, "offset": r.offset, "dup": r.duplicate, "attempts": r.attempts})),
-                        Err(e) => write(&o, &json!({"k": "dead", "id": id, "ch": ch, "code": e.code(), "message": e.to_string(), "attempts": null})),
+                        Ok(r) => write(&o, &json!({"k": "ack", "id": id, "ch": ch, "epoch": r.epoch, "offset": r.offset, "dup": r.duplicate, "attempts": r.attempts, "sent": sent, "t": now_ms()})),
+                        Err(e) => write(&o, &json!({"k": "dead", "id": id, "ch": ch, "code": e.code(), "message": e.to_string(), "attempts": null, "sent": sent, "t": now_ms()})),
                     }),
                 )
                 .expect("queued");
-            seq += 1;
         }
-        tick += 1;
-        tokio::time::sleep_until(start + Duration::from_millis(tick * tick_ms)).await;
     }
     tokio::time::timeout(Duration::from_secs(120), client.flush())
         .await

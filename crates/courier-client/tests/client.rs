@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use courier_client::{Client, ClientConfig, StaticToken, SubscriptionItem, token_fn};
 use courier_core::queue::PublishOptions;
-use courier_core::{Error, ValidationKind};
+use courier_core::{ChannelPattern, Error, ValidationKind};
 use courier_server::auth::{Role, claims_for, sign_hs256};
 use courier_server::{Config, ServerHandle};
 use serde_json::json;
@@ -36,14 +36,11 @@ async fn server_on(
         std::env::vars().filter(|(k, _)| k == "COURIER_BACKEND" || k == "COURIER_REDIS_URL"),
     )
     .expect("server configuration from the environment");
-    config.redis.key_prefix = format!(
-        "rusttest-{}-{:?}:",
-        std::process::id(),
-        std::time::SystemTime::now()
-    );
+    config.redis.key_prefix = format!("rusttest-{}-{:?}:", std::process::id(), SystemTime::now());
     config.auth.jwt_secret = SECRET.into();
     config.enable_fault_injection = true;
-    config.rate_limits.enabled = false;
+    // Rate limits stay at their defaults (on), as a user gets the server; `token` is a
+    // service (limits ×20), far above what any test here publishes.
     adjust(&mut config);
     courier_server::start(config, listener).await.unwrap()
 }
@@ -647,4 +644,154 @@ async fn the_http_pool_keeps_what_is_in_flight() {
         "{accepted} connections for 5 rounds of at most 64 in flight"
     );
     client.close().await;
+}
+
+// --- the client-side limiter against the server's default limits ---------------------------
+// The default table (courier-server config.rs): `deposit` (and `deposit.*`) allows 5 a
+// minute, all 5 back to back, then one every 12 s; the `premium` tier multiplies that by 5
+// (25, then one every 2.4 s). A type no row matches (`custom.x`) is charged to the user's
+// fallback bucket (300). Margins: "at once" is a fraction of the refill interval (a client
+// that waited for the bucket at all would take a whole interval); "when it refills" has
+// 1.5 s of slack for a loaded machine.
+
+const LIMITED_TYPE: &str = "deposit.made";
+const UNLIMITED_TYPE: &str = "custom.x";
+
+/// A client for a `user` of `tier` allowed to publish to `backtest.*`.
+fn user_client(server: &ServerHandle, sub: &str, tier: &str) -> Client {
+    let mut claims = claims_for(sub, Role::User, vec![], 3600);
+    claims.publish = vec![ChannelPattern::new("backtest.*").unwrap()];
+    claims.tier = Some(tier.into());
+    Client::new(
+        ClientConfig::new(format!("http://{}", server.local_addr())),
+        Arc::new(StaticToken(sign_hs256(SECRET, &claims))),
+    )
+    .unwrap()
+}
+
+/// The server's record of every publish request made with a token of `sub`, in arrival
+/// order, after checking that none was refused, whole (429) or per event (`refused`):
+/// whatever the client waited for, it waited on its own. Returns the arrival times (Unix s).
+async fn publishes_none_refused(server: &ServerHandle, sub: &str) -> Vec<f64> {
+    let log: serde_json::Value =
+        reqwest::get(format!("http://{}/_fault/requests", server.local_addr()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let mine: Vec<&serde_json::Value> = log["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["path"].as_str().unwrap_or("").starts_with("/publish") && r["sub"] == json!(sub)
+        })
+        .collect();
+    assert!(!mine.is_empty(), "the server saw the publishes");
+    let refused: Vec<_> = mine
+        .iter()
+        .filter(|r| {
+            r["status"] != json!(200) || r["refused"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .collect();
+    assert!(refused.is_empty(), "refused by the server: {refused:?}");
+    mine.iter()
+        .map(|r| r["at_ms"].as_f64().unwrap() / 1000.0)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_limited_burst_goes_out_at_once_and_an_unlimited_type_is_not_held_behind_it() {
+    let server = server().await;
+    let client = user_client(&server, "rs-burst", "standard");
+    let started = Instant::now();
+    for i in 0..5 {
+        let ack = client
+            .publish(
+                "backtest.limits",
+                LIMITED_TYPE,
+                &json!({"amount": i.to_string()}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(ack.attempts, 1);
+    }
+    let burst = started.elapsed();
+    assert_eq!(
+        client.stats().queue.rate_limit_waits,
+        0,
+        "the whole burst went out without a wait"
+    );
+    // Any wait for the deposit bucket lasts a refill interval (12 s).
+    assert!(burst < Duration::from_secs(6), "5 publishes took {burst:?}");
+    // The deposit bucket is now empty for 12 s; the fallback bucket is almost full.
+    let started = Instant::now();
+    let ack = client
+        .publish("backtest.limits", UNLIMITED_TYPE, &json!({"n": 1}))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "an unlimited type waited {took:?} behind the deposit bucket"
+    );
+    assert_eq!(ack.attempts, 1);
+    assert_eq!(client.stats().queue.rate_limit_waits, 0);
+    client.close().await;
+    publishes_none_refused(&server, "rs-burst").await;
+}
+
+#[tokio::test]
+async fn an_exhausted_bucket_holds_its_event_until_it_refills_not_later() {
+    let server = server().await;
+    // Premium: 25 deposits back to back, then one every 2.4 s (standard would take 12 s).
+    let client = user_client(&server, "rs-refill", "premium");
+    for i in 0..25 {
+        client
+            .publish(
+                "backtest.limits",
+                LIMITED_TYPE,
+                &json!({"amount": i.to_string()}),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        client.stats().queue.rate_limit_waits,
+        0,
+        "the whole burst went out without a wait"
+    );
+    let ack = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.publish("backtest.limits", LIMITED_TYPE, &json!({"amount": "held"})),
+    )
+    .await
+    .expect("acknowledged")
+    .unwrap();
+    let acked_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(ack.attempts, 1, "sent once: when the bucket had refilled");
+    assert!(
+        client.stats().queue.rate_limit_waits >= 1,
+        "the client held it"
+    );
+    client.close().await;
+    let arrivals = publishes_none_refused(&server, "rs-refill").await;
+    assert_eq!(arrivals.len(), 26, "one request per event, none repeated");
+    // The server's bucket gives one back a refill interval after the burst's first event,
+    // as long as each burst event came within an interval of the one before (it did).
+    let refill = arrivals[0] + 2.4;
+    assert!(
+        arrivals[25] >= refill - 0.05,
+        "sent {:.3} s before the refill",
+        refill - arrivals[25]
+    );
+    assert!(
+        acked_at <= refill + 1.5,
+        "acked {:.2} s after the refill",
+        acked_at - refill
+    );
 }

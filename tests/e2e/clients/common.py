@@ -6,7 +6,7 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 class Args:
@@ -25,24 +25,23 @@ class Args:
             "max_queued": 100_000,
         }
 
-    def schedule(self) -> List[Any]:
-        """(tick, [(seq, channel, id), ...]) for every tick of the paced publisher."""
-        s = self.scenario
-        total = s["events_per_client"]
-        per_tick = s["publish_rate_per_s"] * s["publish_tick_ms"] / 1000
-        channels = s["channels"]
-        out = []
-        seq = 0
-        tick = 0
-        while seq < total:
-            due = min(total, round((tick + 1) * per_tick))
-            group = []
-            while seq < due:
-                group.append((seq, channels[seq % len(channels)], f"{self.name}-{seq}"))
-                seq += 1
-            out.append(group)
-            tick += 1
-        return out
+    def schedule(self) -> List[Tuple[float, List[Tuple[int, str, str]]]]:
+        """(seconds after `go`, [(seq, channel, type), ...]) for every tick, as the orchestrator
+        resolved the scenario's streams (tests/e2e/harness.py)."""
+        return [(t["at_ms"] / 1000, [(int(e[0]), str(e[1]), str(e[2])) for e in t["events"]])
+                for t in self.scenario["schedule"]]
+
+
+def by_type(group: List[Tuple[int, str, str]]) -> Dict[str, List[Tuple[int, str, str]]]:
+    """A tick's events split by type, publish order kept within each."""
+    out: Dict[str, List[Tuple[int, str, str]]] = {}
+    for e in group:
+        out.setdefault(e[2], []).append(e)
+    return out
+
+
+def now_ms() -> float:
+    return time.time() * 1000
 
 
 class Record:

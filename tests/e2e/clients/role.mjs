@@ -1,6 +1,6 @@
 // The e2e role for the TypeScript package, shared by the Node client (client.mjs) and the
 // browser page (browser.html): subscribe to every channel of the scenario, say `ready`,
-// publish this client's share paced by the scenario once told `go`, say `published` after
+// publish this client's share on the scenario's schedule once told `go`, say `published` after
 // every event is acknowledged or dead-lettered, and on `stop` wait for the stream to go
 // quiet, then say `done`.
 //
@@ -44,25 +44,22 @@ export async function runRole({ CourierClient, url, token, scenario, name, write
   status('ready');
 
   await go;
+  // The orchestrator resolved the scenario's streams into ticks of
+  // `{at_ms, events: [[seq, channel, type], ...]}` (tests/e2e/harness.py).
   const start = Date.now();
-  const total = scenario.events_per_client;
-  const perTick = (scenario.publish_rate_per_s * scenario.publish_tick_ms) / 1000;
   const pending = [];
-  let seq = 0;
-  for (let tick = 0; seq < total; tick++) {
-    const due = Math.min(total, Math.round((tick + 1) * perTick));
-    for (; seq < due; seq++) {
-      const ch = scenario.channels[seq % scenario.channels.length];
+  for (const tick of scenario.schedule) {
+    await sleep(Math.max(0, start + tick.at_ms - Date.now()));
+    for (const [seq, ch, type] of tick.events) {
       const id = `${name}-${seq}`;
+      const sent = Date.now();
       pending.push(
-        client.publish(ch, scenario.event_type, { client: name, seq }, { idempotencyKey: id }).then(
-          (r) => write({ k: 'ack', id, ch, epoch: r.epoch, offset: r.offset, dup: r.duplicate, attempts: r.attempts }),
-          (err) => write({ k: 'dead', id, ch, code: err.code ?? 'UNKNOWN', message: String(err.message ?? err), attempts: null }),
+        client.publish(ch, type, { client: name, seq }, { idempotencyKey: id }).then(
+          (r) => write({ k: 'ack', id, ch, epoch: r.epoch, offset: r.offset, dup: r.duplicate, attempts: r.attempts, sent, t: Date.now() }),
+          (err) => write({ k: 'dead', id, ch, code: err.code ?? 'UNKNOWN', message: String(err.message ?? err), attempts: null, sent, t: Date.now() }),
         ),
       );
     }
-    const next = start + (tick + 1) * scenario.publish_tick_ms;
-    await sleep(Math.max(0, next - Date.now()));
   }
   await Promise.all(pending);
   await client.flush();
