@@ -93,6 +93,17 @@ impl Gcra {
         Ok(())
     }
 
+    /// Records a request at `at` whether or not it would be admitted: `TAT ← max(TAT, at) +
+    /// T`. For a request the server already counted that this limiter did not (it was sent
+    /// before the limiter knew the policy).
+    pub fn charge(&mut self, at: Instant) {
+        let t = self.offset(at);
+        if !self.emission_interval.is_zero() {
+            let start = self.tat.map_or(t, |tat| tat.max(t));
+            self.tat = Some(start.saturating_add(self.emission_interval));
+        }
+    }
+
     /// How long a request at `now` would have to wait; zero if it would be admitted.
     pub fn wait_time(&self, now: Instant) -> Duration {
         let Some(base) = self.base else {

@@ -219,6 +219,22 @@ impl BucketLimiter {
         true
     }
 
+    /// Charges an event of `route` that the server accepted at about `at` but that went out
+    /// under another table (before this one was learned), so this table never counted it.
+    /// Without it the mirror stays one cell per such event short of the server's bucket, and
+    /// would send an event the server then refuses.
+    pub fn charge_late(&mut self, route: Route, at: Instant) {
+        let ty = route.index();
+        for (i, b) in self.buckets.iter_mut().enumerate() {
+            if b.scope == Scope::Every || Some(i) == ty {
+                b.gcra.charge(at);
+            }
+        }
+        if !self.is_named() {
+            self.anonymous.charge(at);
+        }
+    }
+
     /// Gives back the cells of an event of `route` that the server did not charge.
     pub fn refund(&mut self, route: Route, now: Instant) {
         let ty = route.index();

@@ -709,6 +709,9 @@ struct Entry {
 struct InFlight {
     entries: Vec<Entry>,
     sent_at: Instant,
+    /// Whether its events were charged to a named table (false: sent before the server
+    /// named its buckets, so no named bucket counted them).
+    charged_named: bool,
 }
 
 /// What the next batch may contain.
@@ -994,6 +997,7 @@ impl PublishQueue {
             InFlight {
                 entries,
                 sent_at: now,
+                charged_named: self.limits.is_named(),
             },
         );
         Some(OutgoingBatch { id, body, count })
@@ -1463,10 +1467,19 @@ impl PublishQueue {
         let cap = Duration::from_millis(self.config.retry_after_cap_ms);
         let mut success = false;
         let mut retrying = false;
+        // Events sent before the server named its buckets were not counted in them: those
+        // the server accepted are counted now, at their send time, before the sync, so the
+        // mirror is not one cell per such event short (and refused ones have nothing to give
+        // back).
+        let uncounted = !flight.charged_named && self.limits.is_named();
         for (entry, item) in flight.entries.into_iter().zip(results) {
             match item.status {
                 ItemStatus::Accepted | ItemStatus::Duplicate => {
-                    if item.status == ItemStatus::Duplicate {
+                    if uncounted && item.status == ItemStatus::Accepted {
+                        let route = self.limits.route(&entry.event.event_type);
+                        self.limits.charge_late(route, flight.sent_at);
+                    }
+                    if item.status == ItemStatus::Duplicate && !uncounted {
                         // Answered from the idempotency check: the server charged nothing.
                         let route = self.limits.route(&entry.event.event_type);
                         self.limits.refund(route, now);
@@ -1501,7 +1514,9 @@ impl PublishQueue {
                     // or by it: a refusal charges no bucket), so its cells come back. For a
                     // rate-limit refusal the bucket's block below then says exactly when its
                     // next cell is free; keeping the cell would add a whole interval on top.
-                    self.limits.refund(route, now);
+                    if !uncounted {
+                        self.limits.refund(route, now);
+                    }
                     match (
                         refusal.retry_after.and_then(|d| now.checked_add(d)),
                         limited,

@@ -202,8 +202,8 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         )
     };
 
-    // Warm-up: the first answer teaches the table (the server charged the warm-up before
-    // anyone could know the table, so neither does the model).
+    // Warm-up: the first answer teaches the table. The server charged the warm-up like any
+    // event, so the model does too, and the queue must count it once it learns the table.
     q.push(
         event("warm".into(), "warm.up"),
         PublishOptions::default(),
@@ -228,6 +228,7 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         wall,
     );
     while q.poll_completion().is_some() {}
+    model.charge("warm.up", 0);
 
     let mut pending: Vec<(u64, usize, String, Priority)> = Vec::new();
     let mut t = 0u64;
