@@ -44,6 +44,12 @@
 //! has, and the server then refuses that one event with a `retry_after_ms`, which blocks the
 //! bucket exactly (below). When the client's own count is right, neither bound moves it.
 //!
+//! **Late charge.** Events sent before the first named table were charged to no named
+//! bucket; the server counted them. Those it accepted are charged once the table is learned,
+//! at their send time ([`charge_late`](BucketLimiter::charge_late)), before the sync of the
+//! same response: otherwise the mirror stays one cell short and sends an event to be
+//! refused.
+//!
 //! **Refund.** An event answered `duplicate`, or rejected for any reason (a rate-limit
 //! refusal included: the server charges no bucket for a refused event), was not charged by
 //! the server: its cells come back
