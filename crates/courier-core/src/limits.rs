@@ -46,7 +46,8 @@
 //!
 //! **Late charge.** Events sent before the first named table were charged to no named
 //! bucket; the server counted them. Those it accepted are charged once the table is learned,
-//! at their send time ([`charge_late`](BucketLimiter::charge_late)), before the sync of the
+//! at the answer's arrival ([`charge_late`](BucketLimiter::charge_late); the server counted
+//! them between the send and then, and the later end is never early), before the sync of the
 //! same response: otherwise the mirror stays one cell short and sends an event to be
 //! refused.
 //!

@@ -1468,16 +1468,18 @@ impl PublishQueue {
         let mut success = false;
         let mut retrying = false;
         // Events sent before the server named its buckets were not counted in them: those
-        // the server accepted are counted now, at their send time, before the sync, so the
-        // mirror is not one cell per such event short (and refused ones have nothing to give
-        // back).
+        // the server accepted are counted now, before the sync, so the mirror is not one cell
+        // per such event short (and refused ones have nothing to give back). They are counted
+        // at the answer's arrival, not at the send: the server counted them somewhere in
+        // between, and a first request's connection set-up puts that well after the send; the
+        // later end can only make the client late by the answer's way back, never early.
         let uncounted = !flight.charged_named && self.limits.is_named();
         for (entry, item) in flight.entries.into_iter().zip(results) {
             match item.status {
                 ItemStatus::Accepted | ItemStatus::Duplicate => {
                     if uncounted && item.status == ItemStatus::Accepted {
                         let route = self.limits.route(&entry.event.event_type);
-                        self.limits.charge_late(route, flight.sent_at);
+                        self.limits.charge_late(route, now);
                     }
                     if item.status == ItemStatus::Duplicate && !uncounted {
                         // Answered from the idempotency check: the server charged nothing.
