@@ -3,8 +3,14 @@
 JSON Schema that the Rust types export: the Rust structs in courier-core are the single
 source of truth.
 
+It also generates the typed ``publish`` overloads of both clients (one per catalogue type: a
+``Literal`` event type with its TypedDict data, then ``CustomEventType`` with any JSON data) into
+the marked regions of courier_client/_client.py, the same overloads of the ``EventToPublish``
+constructor into courier_client/_types.py, and one ``publish_many`` item TypedDict per catalogue
+type (``PublishItem``), so that mypy rejects wrong data for a catalogue type.
+
 Usage: python3 python/gen_events.py            (runs the core's export_schema example)
-       python3 python/gen_events.py --check    (fails if events.py is out of date)
+       python3 python/gen_events.py --check    (fails if a generated file is out of date)
 
 A field is required in the TypedDict when the schema requires it, or when it is a scalar
 that cannot be null (the core validates those as present: ids, percentages).
@@ -21,6 +27,8 @@ from typing import Any, Dict, List, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TARGET = os.path.join(HERE, "courier_client", "events.py")
+CLIENT = os.path.join(HERE, "courier_client", "_client.py")
+TYPES = os.path.join(HERE, "courier_client", "_types.py")
 
 
 def class_name(event_type: str) -> str:
@@ -84,13 +92,15 @@ def render(schema: Dict[str, Any]) -> str:
         "",
         "from __future__ import annotations",
         "",
-        "from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, TypedDict, Union",
+        "from typing import Any, Dict, List, Literal, Mapping, NewType, Optional, Sequence, TypedDict, Union",
         "",
         "__all__ = [",
     ]
     events = schema["events"]
     names = [class_name(t) for t in sorted(events)]
-    for n in ["Decimal", "JsonValue", "Metadata", "EventType", "EVENT_TYPES", "EventData"] + names:
+    fixed = ["Decimal", "JsonValue", "Metadata", "EventType", "EVENT_TYPES", "EventData", "CustomEventType"]
+    fixed += ["Priority", "PublishOptions", "PublishItem", "CustomItem"]
+    for n in fixed + names + [n + "Item" for n in names]:
         out.append(f"    {n!r},")
     out += [
         "]",
@@ -156,7 +166,111 @@ def render(schema: Dict[str, Any]) -> str:
     for t in sorted(events):
         out.append(f"    {json.dumps(t)}: {class_name(t)},")
     out.append("}")
+    out += render_items(events)
     return "\n".join(out) + "\n"
+
+
+def render_items(events: Dict[str, Any]) -> List[str]:
+    """``CustomEventType``, ``Priority`` and the ``publish_many`` item TypedDicts."""
+    out = [
+        "",
+        "CustomEventType = NewType(\"CustomEventType\", str)",
+        '"""An event type outside the catalogue, e.g. ``CustomEventType("deploy.finished")``: its data',
+        "is any JSON value. Type checkers take a plain string only for a catalogue type, and then only",
+        "with that type's data (Python has no type for 'any string but these'); the value is the same",
+        'string at run time, and the core validates catalogue data whichever way it is typed."""',
+        "",
+        "Priority = Literal[\"high\", \"normal\", \"low\"]",
+        '"""How urgently an event is sent: high before normal before low."""',
+        "",
+        "",
+        "class PublishOptions(TypedDict, total=False):",
+        '    """The optional keys of a ``publish_many`` item."""',
+        "",
+        "    priority: Priority",
+        "    idempotency_key: Optional[str]",
+        "    metadata: Optional[Metadata]",
+        "    retry: bool",
+    ]
+    for t in sorted(events):
+        name = class_name(t)
+        out += ["", ""]
+        out.append(f"class {name}Item(PublishOptions):")
+        out.append(f'    """A ``publish_many`` item of ``{t}``."""')
+        out.append("")
+        out.append("    channel: str")
+        out.append(f"    event_type: Literal[{json.dumps(t)}]")
+        out.append(f"    data: {name}")
+    out += [
+        "",
+        "",
+        "class CustomItem(PublishOptions):",
+        '    """A ``publish_many`` item of a type outside the catalogue."""',
+        "",
+        "    channel: str",
+        "    event_type: CustomEventType",
+        "    data: JsonValue",
+        "",
+        "",
+        "PublishItem = Union[",
+    ]
+    for t in sorted(events):
+        out.append(f"    {class_name(t)}Item,")
+    out.append("    CustomItem,")
+    out.append("]")
+    out.append('"""A ``publish_many`` item as a dict: a catalogue type with its data, or a custom type."""')
+    return out
+
+
+def overloads(events: Dict[str, Any], template: str, indent: str) -> str:
+    """``template`` once per catalogue type (its ``Literal`` with its TypedDict data), then once
+    for ``CustomEventType`` with any JSON value, each preceded by ``@overload``."""
+    pairs = [(f"Literal[{json.dumps(t)}]", f"_events.{class_name(t)}") for t in sorted(events)]
+    pairs.append(("_events.CustomEventType", "JsonValue"))
+    out: List[str] = []
+    for event_type, data in pairs:
+        out.append("@overload")
+        out += template.format(event_type=event_type, data=data).strip("\n").split("\n")
+    return "".join(indent + line + "\n" for line in out)
+
+
+PUBLISH = """
+{prefix}def publish(
+    self, channel: str, event_type: {{event_type}}, data: {{data}},
+    *, priority: Priority = ..., idempotency_key: Optional[str] = ..., metadata: Optional[Metadata] = ...,
+    retry: bool = ..., timeout: Optional[float] = ...,
+) -> PublishResult: ...
+"""
+
+EVENT_TO_PUBLISH_INIT = """
+def __init__(
+    self, channel: str, event_type: {event_type}, data: {data},
+    priority: Priority = ..., idempotency_key: Optional[str] = ..., metadata: Optional[Metadata] = ...,
+    retry: bool = ...,
+) -> None: ...
+"""
+
+
+def splice(text: str, name: str, block: str) -> str:
+    """Replaces the lines between ``# BEGIN name`` and ``# END name`` with ``block``."""
+    begin = f"# BEGIN {name}: generated by python/gen_events.py from the catalogue, do not edit\n"
+    start = text.index(begin) + len(begin)
+    stop = text.rindex("\n", 0, text.index(f"# END {name}\n", start)) + 1
+    return text[:start] + block + text[stop:]
+
+
+def render_client(schema: Dict[str, Any], text: str) -> str:
+    """courier_client/_client.py with the ``publish`` overloads of both clients regenerated."""
+    for kind, prefix in (("async", "async "), ("sync", "")):
+        block = overloads(schema["events"], PUBLISH.format(prefix=prefix), "    ")
+        text = splice(text, f"{kind} publish overloads", block)
+    return text
+
+
+def render_types(schema: Dict[str, Any], text: str) -> str:
+    """courier_client/_types.py with the ``EventToPublish`` constructor overloads regenerated."""
+    block = overloads(schema["events"], EVENT_TO_PUBLISH_INIT, "        ")
+    return splice(text, "EventToPublish overloads", block)
 
 
 def schema_from_cargo() -> Dict[str, Any]:
@@ -168,16 +282,23 @@ def schema_from_cargo() -> Dict[str, Any]:
 
 
 def main() -> int:
-    text = render(schema_from_cargo())
+    schema = schema_from_cargo()
+    outputs = [(TARGET, render(schema))]
+    for path, fill in ((CLIENT, render_client), (TYPES, render_types)):
+        with open(path) as f:
+            outputs.append((path, fill(schema, f.read())))
     if "--check" in sys.argv:
-        with open(TARGET) as f:
-            if f.read() != text:
-                print(f"{TARGET} is out of date: run python3 python/gen_events.py", file=sys.stderr)
-                return 1
-        return 0
-    with open(TARGET, "w") as f:
-        f.write(text)
-    print(f"wrote {TARGET}")
+        stale = False
+        for path, text in outputs:
+            with open(path) as f:
+                if f.read() != text:
+                    print(f"{path} is out of date: run python3 python/gen_events.py", file=sys.stderr)
+                    stale = True
+        return 1 if stale else 0
+    for path, text in outputs:
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"wrote {path}")
     return 0
 
 

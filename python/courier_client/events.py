@@ -6,7 +6,7 @@ percentages are numbers from 0 to 100; timestamps are Unix milliseconds."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, TypedDict, Union
+from typing import Any, Dict, List, Literal, Mapping, NewType, Optional, Sequence, TypedDict, Union
 
 __all__ = [
     'Decimal',
@@ -15,6 +15,11 @@ __all__ = [
     'EventType',
     'EVENT_TYPES',
     'EventData',
+    'CustomEventType',
+    'Priority',
+    'PublishOptions',
+    'PublishItem',
+    'CustomItem',
     'BacktestCompleted',
     'BacktestFailed',
     'BacktestProgress',
@@ -32,6 +37,23 @@ __all__ = [
     'StrategyGenerationProgress',
     'StrategyGenerationStarted',
     'TradeExecuted',
+    'BacktestCompletedItem',
+    'BacktestFailedItem',
+    'BacktestProgressItem',
+    'BacktestStartedItem',
+    'ForgeJobCompletedItem',
+    'ForgeJobFailedItem',
+    'ForgeJobProgressItem',
+    'ForgeJobStartedItem',
+    'OrderCancelledItem',
+    'OrderFilledItem',
+    'OrderPlacedItem',
+    'PositionUpdatedItem',
+    'StrategyGenerationCompletedItem',
+    'StrategyGenerationFailedItem',
+    'StrategyGenerationProgressItem',
+    'StrategyGenerationStartedItem',
+    'TradeExecutedItem',
 ]
 
 #: An exact decimal number as a string, e.g. ``"101.25"``.
@@ -387,3 +409,188 @@ EVENT_TYPES: Dict[str, type] = {
     "strategy.generation.started": StrategyGenerationStarted,
     "trade.executed": TradeExecuted,
 }
+
+CustomEventType = NewType("CustomEventType", str)
+"""An event type outside the catalogue, e.g. ``CustomEventType("deploy.finished")``: its data
+is any JSON value. Type checkers take a plain string only for a catalogue type, and then only
+with that type's data (Python has no type for 'any string but these'); the value is the same
+string at run time, and the core validates catalogue data whichever way it is typed."""
+
+Priority = Literal["high", "normal", "low"]
+"""How urgently an event is sent: high before normal before low."""
+
+
+class PublishOptions(TypedDict, total=False):
+    """The optional keys of a ``publish_many`` item."""
+
+    priority: Priority
+    idempotency_key: Optional[str]
+    metadata: Optional[Metadata]
+    retry: bool
+
+
+class BacktestCompletedItem(PublishOptions):
+    """A ``publish_many`` item of ``backtest.completed``."""
+
+    channel: str
+    event_type: Literal["backtest.completed"]
+    data: BacktestCompleted
+
+
+class BacktestFailedItem(PublishOptions):
+    """A ``publish_many`` item of ``backtest.failed``."""
+
+    channel: str
+    event_type: Literal["backtest.failed"]
+    data: BacktestFailed
+
+
+class BacktestProgressItem(PublishOptions):
+    """A ``publish_many`` item of ``backtest.progress``."""
+
+    channel: str
+    event_type: Literal["backtest.progress"]
+    data: BacktestProgress
+
+
+class BacktestStartedItem(PublishOptions):
+    """A ``publish_many`` item of ``backtest.started``."""
+
+    channel: str
+    event_type: Literal["backtest.started"]
+    data: BacktestStarted
+
+
+class ForgeJobCompletedItem(PublishOptions):
+    """A ``publish_many`` item of ``forge.job.completed``."""
+
+    channel: str
+    event_type: Literal["forge.job.completed"]
+    data: ForgeJobCompleted
+
+
+class ForgeJobFailedItem(PublishOptions):
+    """A ``publish_many`` item of ``forge.job.failed``."""
+
+    channel: str
+    event_type: Literal["forge.job.failed"]
+    data: ForgeJobFailed
+
+
+class ForgeJobProgressItem(PublishOptions):
+    """A ``publish_many`` item of ``forge.job.progress``."""
+
+    channel: str
+    event_type: Literal["forge.job.progress"]
+    data: ForgeJobProgress
+
+
+class ForgeJobStartedItem(PublishOptions):
+    """A ``publish_many`` item of ``forge.job.started``."""
+
+    channel: str
+    event_type: Literal["forge.job.started"]
+    data: ForgeJobStarted
+
+
+class OrderCancelledItem(PublishOptions):
+    """A ``publish_many`` item of ``order.cancelled``."""
+
+    channel: str
+    event_type: Literal["order.cancelled"]
+    data: OrderCancelled
+
+
+class OrderFilledItem(PublishOptions):
+    """A ``publish_many`` item of ``order.filled``."""
+
+    channel: str
+    event_type: Literal["order.filled"]
+    data: OrderFilled
+
+
+class OrderPlacedItem(PublishOptions):
+    """A ``publish_many`` item of ``order.placed``."""
+
+    channel: str
+    event_type: Literal["order.placed"]
+    data: OrderPlaced
+
+
+class PositionUpdatedItem(PublishOptions):
+    """A ``publish_many`` item of ``position.updated``."""
+
+    channel: str
+    event_type: Literal["position.updated"]
+    data: PositionUpdated
+
+
+class StrategyGenerationCompletedItem(PublishOptions):
+    """A ``publish_many`` item of ``strategy.generation.completed``."""
+
+    channel: str
+    event_type: Literal["strategy.generation.completed"]
+    data: StrategyGenerationCompleted
+
+
+class StrategyGenerationFailedItem(PublishOptions):
+    """A ``publish_many`` item of ``strategy.generation.failed``."""
+
+    channel: str
+    event_type: Literal["strategy.generation.failed"]
+    data: StrategyGenerationFailed
+
+
+class StrategyGenerationProgressItem(PublishOptions):
+    """A ``publish_many`` item of ``strategy.generation.progress``."""
+
+    channel: str
+    event_type: Literal["strategy.generation.progress"]
+    data: StrategyGenerationProgress
+
+
+class StrategyGenerationStartedItem(PublishOptions):
+    """A ``publish_many`` item of ``strategy.generation.started``."""
+
+    channel: str
+    event_type: Literal["strategy.generation.started"]
+    data: StrategyGenerationStarted
+
+
+class TradeExecutedItem(PublishOptions):
+    """A ``publish_many`` item of ``trade.executed``."""
+
+    channel: str
+    event_type: Literal["trade.executed"]
+    data: TradeExecuted
+
+
+class CustomItem(PublishOptions):
+    """A ``publish_many`` item of a type outside the catalogue."""
+
+    channel: str
+    event_type: CustomEventType
+    data: JsonValue
+
+
+PublishItem = Union[
+    BacktestCompletedItem,
+    BacktestFailedItem,
+    BacktestProgressItem,
+    BacktestStartedItem,
+    ForgeJobCompletedItem,
+    ForgeJobFailedItem,
+    ForgeJobProgressItem,
+    ForgeJobStartedItem,
+    OrderCancelledItem,
+    OrderFilledItem,
+    OrderPlacedItem,
+    PositionUpdatedItem,
+    StrategyGenerationCompletedItem,
+    StrategyGenerationFailedItem,
+    StrategyGenerationProgressItem,
+    StrategyGenerationStartedItem,
+    TradeExecutedItem,
+    CustomItem,
+]
+"""A ``publish_many`` item as a dict: a catalogue type with its data, or a custom type."""

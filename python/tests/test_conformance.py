@@ -44,6 +44,11 @@ def test_generated_event_types_are_current() -> None:
         import gen_events
     finally:
         sys.path.pop(0)
+    schema = json.loads(_native.catalogue_schema())
     with open(gen_events.TARGET) as f:
         current = f.read()
-    assert gen_events.render(json.loads(_native.catalogue_schema())) == current, "run python3 python/gen_events.py"
+    assert gen_events.render(schema) == current, "run python3 python/gen_events.py"
+    for path, fill in ((gen_events.CLIENT, gen_events.render_client), (gen_events.TYPES, gen_events.render_types)):
+        with open(path) as f:
+            text = f.read()
+        assert fill(schema, text) == text, f"{path}: run python3 python/gen_events.py"
