@@ -5,6 +5,11 @@
 //! - [`Refusal`]: the server understood and said no; it may carry a delay.
 //! - [`UsageError`]: the API was used in a way that cannot work (queue full, closed).
 //! - [`Error::Transport`]: the network failed; retried by the core where that is safe.
+//!
+//! Every code, on the wire or local, has one [`ErrorCategory`] (what the application can do
+//! about it) and a `retryable` flag, decided here for every SDK: each binding picks its
+//! exception class from the category (`tests/vectors/errors.json` lists the classes, and each
+//! language's test checks its own against it).
 
 use std::fmt;
 
@@ -52,7 +57,84 @@ pub enum ErrorCode {
     Unknown,
 }
 
+/// What the application can do about an error; every binding picks its exception class
+/// from this (one class per category, named the same in every language).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCategory {
+    /// The caller's input is invalid: fix it; sending it again fails the same way.
+    Validation,
+    /// The credentials were refused (missing, malformed, expired): get a new token.
+    Authentication,
+    /// The credentials are good but do not grant this: ask for a token that does.
+    Authorization,
+    /// A rate or connection limit was hit: wait (`retry_after_ms` when given) and retry.
+    RateLimited,
+    /// The connection failed, stalled or broke the protocol: the client reconnects by itself.
+    Connection,
+    /// The server could not serve right now: it is retried after the delay.
+    Server,
+    /// The API was used in a way that cannot work (closed client, full queue, timeout).
+    Usage,
+    /// A code this version of the core does not know.
+    Unknown,
+}
+
+impl ErrorCategory {
+    /// Every category, in declaration order.
+    pub const ALL: [ErrorCategory; 8] = [
+        ErrorCategory::Validation,
+        ErrorCategory::Authentication,
+        ErrorCategory::Authorization,
+        ErrorCategory::RateLimited,
+        ErrorCategory::Connection,
+        ErrorCategory::Server,
+        ErrorCategory::Usage,
+        ErrorCategory::Unknown,
+    ];
+
+    /// The spelling the bindings and `errors.json` use, e.g. `rate_limited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCategory::Validation => "validation",
+            ErrorCategory::Authentication => "authentication",
+            ErrorCategory::Authorization => "authorization",
+            ErrorCategory::RateLimited => "rate_limited",
+            ErrorCategory::Connection => "connection",
+            ErrorCategory::Server => "server",
+            ErrorCategory::Usage => "usage",
+            ErrorCategory::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCategory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ErrorCode {
+    /// Every code this version knows, [`ErrorCode::Unknown`] last.
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::RateLimitExceeded,
+        ErrorCode::ConnectionLimitExceeded,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::ForbiddenChannel,
+        ErrorCode::InvalidEvent,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnknownOp,
+        ErrorCode::BadRequest,
+        ErrorCode::AuthTimeout,
+        ErrorCode::SlowConsumer,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::Unknown,
+    ];
+
     /// The wire spelling, e.g. `RATE_LIMIT_EXCEEDED`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,25 +158,37 @@ impl ErrorCode {
 
     /// The code for a wire spelling; codes this version does not know are [`ErrorCode::Unknown`].
     pub fn from_wire(s: &str) -> Self {
-        const ALL: [ErrorCode; 14] = [
-            ErrorCode::RateLimitExceeded,
-            ErrorCode::ConnectionLimitExceeded,
-            ErrorCode::Unauthorized,
-            ErrorCode::TokenExpired,
-            ErrorCode::ForbiddenChannel,
-            ErrorCode::InvalidEvent,
-            ErrorCode::PayloadTooLarge,
-            ErrorCode::UnknownOp,
-            ErrorCode::BadRequest,
-            ErrorCode::AuthTimeout,
-            ErrorCode::SlowConsumer,
-            ErrorCode::ShuttingDown,
-            ErrorCode::Unavailable,
-            ErrorCode::Internal,
-        ];
-        ALL.into_iter()
-            .find(|c| c.as_str() == s)
+        Self::ALL
+            .into_iter()
+            .find(|c| *c != ErrorCode::Unknown && c.as_str() == s)
             .unwrap_or(ErrorCode::Unknown)
+    }
+
+    /// What the application can do about this code.
+    ///
+    /// The table follows what the client does (docs/protocol.md, error and close codes):
+    /// `AUTH_TIMEOUT` and `SLOW_CONSUMER` are [`ErrorCategory::Connection`] because the client
+    /// reconnects by itself (close 4004, 4008) and the token is not at fault, unlike
+    /// `UNAUTHORIZED`; `UNKNOWN_OP` and `BAD_REQUEST` mean the frames broke protocol v1, as a
+    /// local [`FrameError`] does; `CONNECTION_LIMIT_EXCEEDED` is a limit like a rate limit,
+    /// with or without a delay.
+    pub fn category(self) -> ErrorCategory {
+        match self {
+            ErrorCode::RateLimitExceeded | ErrorCode::ConnectionLimitExceeded => {
+                ErrorCategory::RateLimited
+            }
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => ErrorCategory::Authentication,
+            ErrorCode::ForbiddenChannel => ErrorCategory::Authorization,
+            ErrorCode::InvalidEvent | ErrorCode::PayloadTooLarge => ErrorCategory::Validation,
+            ErrorCode::UnknownOp
+            | ErrorCode::BadRequest
+            | ErrorCode::AuthTimeout
+            | ErrorCode::SlowConsumer => ErrorCategory::Connection,
+            ErrorCode::ShuttingDown | ErrorCode::Unavailable | ErrorCode::Internal => {
+                ErrorCategory::Server
+            }
+            ErrorCode::Unknown => ErrorCategory::Unknown,
+        }
     }
 
     /// Whether a request refused with this code may be sent again unchanged (after any delay).
@@ -318,6 +412,27 @@ impl Error {
             Error::Refused(r) => r.code.as_str(),
             Error::Protocol(_) => "PROTOCOL_ERROR",
             Error::Transport(_) => "TRANSPORT",
+        }
+    }
+
+    /// What the application can do about this error (see [`ErrorCode::category`]).
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Error::Invalid(_) => ErrorCategory::Validation,
+            Error::Usage(_) => ErrorCategory::Usage,
+            Error::Refused(r) => r.code.category(),
+            Error::Protocol(_) | Error::Transport(_) => ErrorCategory::Connection,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again unchanged, later: a retryable
+    /// refusal ([`ErrorCode::is_retryable`]), a network failure, or a full queue (once some
+    /// events are acknowledged). A timeout is not: the operation may still complete.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Refused(r) => r.code.is_retryable(),
+            Error::Transport(_) | Error::Usage(UsageError::QueueFull { .. }) => true,
+            Error::Invalid(_) | Error::Usage(_) | Error::Protocol(_) => false,
         }
     }
 
