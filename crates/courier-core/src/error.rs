@@ -16,7 +16,8 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::time::Duration;
+use crate::json::{self, JsonError, Reader, Seen};
+use crate::time::{Duration, as_millis_u64};
 
 /// Machine-readable error codes carried by `error` frames and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -443,4 +444,142 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// The error as it travels: `{"code","message","field"?,"retry_after_ms"?,"limit_type"?}`.
+///
+/// One wire struct for every error body: a rejected event inside a batch result
+/// ([`BatchItemResult`](crate::queue::BatchItemResult)), the body of a whole-request error
+/// status (wrapped in an [`ErrorResponse`]), and the payload of an `error` frame
+/// ([`ErrorFrame`](crate::frame::ErrorFrame) adds the request `id`). Its code carries the
+/// core's [`category`](Self::category) and [`retryable`](Self::is_retryable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// The reason, e.g. `INVALID_EVENT`; unknown codes read as [`ErrorCode::Unknown`].
+    pub code: ErrorCode,
+    /// A sentence for humans.
+    pub message: String,
+    /// The field at fault as a dotted path (`data.percent`), for validation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// How long to wait before trying again, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// Which limit was reached: the bucket that refused a publish
+    /// (`RATE_LIMIT_EXCEEDED`: `user`, `type:deposit`, `fallback`, …), or the connection
+    /// limit (`total`, `user`, `channel`) for `CONNECTION_LIMIT_EXCEEDED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_type: Option<String>,
+}
+
+impl ErrorBody {
+    /// What the application can do about it (the code's [`ErrorCategory`]).
+    pub fn category(&self) -> ErrorCategory {
+        self.code.category()
+    }
+
+    /// Whether the refused request may be sent again unchanged (the code's).
+    pub fn is_retryable(&self) -> bool {
+        self.code.is_retryable()
+    }
+
+    /// An error with just a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+            retry_after_ms: None,
+            limit_type: None,
+        }
+    }
+
+    /// The same error as a core [`Refusal`], with the HTTP status it came with.
+    pub fn to_refusal(&self, status: Option<u16>) -> Refusal {
+        Refusal {
+            code: self.code,
+            message: self.message.clone(),
+            retry_after: self.retry_after_ms.map(Duration::from_millis),
+            field: self.field.clone(),
+            limit_type: self.limit_type.clone(),
+            status,
+        }
+    }
+}
+
+impl From<&ValidationError> for ErrorBody {
+    fn from(e: &ValidationError) -> Self {
+        Self {
+            code: e.code(),
+            message: e.message.clone(),
+            field: Some(e.field.clone()),
+            retry_after_ms: None,
+            limit_type: None,
+        }
+    }
+}
+
+impl From<&Refusal> for ErrorBody {
+    fn from(r: &Refusal) -> Self {
+        Self {
+            code: r.code,
+            message: r.message.clone(),
+            field: r.field.clone(),
+            retry_after_ms: r.retry_after.map(as_millis_u64),
+            limit_type: r.limit_type.clone(),
+        }
+    }
+}
+
+impl ErrorBody {
+    /// Reads `{"code","message",…}`; unknown codes read as [`ErrorCode::Unknown`].
+    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
+        let (mut code, mut message, mut field, mut retry_after_ms, mut limit_type) =
+            (None, None, None, None, None);
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "code" => seen.read(0, r, key, &mut code, |r| {
+                Ok(Some(ErrorCode::from_wire(&r.string()?)))
+            }),
+            "message" => seen.read(1, r, key, &mut message, |r| r.owned().map(Some)),
+            "field" => seen.read(2, r, key, &mut field, |r| r.opt(Reader::owned)),
+            "retry_after_ms" => seen.read(3, r, key, &mut retry_after_ms, |r| r.opt(Reader::u64)),
+            "limit_type" => seen.read(4, r, key, &mut limit_type, |r| r.opt(Reader::owned)),
+            _ => r.skip_value().map(drop),
+        })?;
+        Ok(Self {
+            code: json::required(code, r, "code")?,
+            message: json::required(message, r, "message")?,
+            field,
+            retry_after_ms,
+            limit_type,
+        })
+    }
+}
+
+impl ErrorResponse {
+    /// Reads `{"error":{…}}`.
+    pub fn from_json(text: &str) -> Result<Self, JsonError> {
+        let mut r = Reader::new(text);
+        let mut error = None;
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "error" => seen.read(0, r, key, &mut error, |r| ErrorBody::read_json(r).map(Some)),
+            _ => r.skip_value().map(drop),
+        })?;
+        r.end()?;
+        Ok(Self {
+            error: json::required(error, &r, "error")?,
+        })
+    }
+}
+
+/// Body of a whole-request error status (400, 401, 403, 413, 429, 5xx):
+/// `{"error":{"code","message","field"?,"retry_after_ms"?,"limit_type"?}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorBody,
 }
