@@ -27,12 +27,24 @@ export {
   type WebSocketConstructor,
 } from './client.js';
 export {
-  AuthError,
-  ConnectionError,
+  AuthenticationError,
+  ConnectionClosedError,
+  CourierConnectionError,
   CourierError,
-  RateLimitError,
+  CourierTimeoutError,
+  ForbiddenChannelError,
+  PayloadTooLargeError,
+  QueueFullError,
+  RateLimitedError,
   ServerError,
+  TransportError,
   UsageError,
   ValidationError,
+  // Deprecated names of AuthenticationError, RateLimitedError, CourierConnectionError.
+  AuthError,
+  RateLimitError,
+  ConnectionError,
+  type CourierErrorDetails,
+  type ErrorCategory,
 } from './errors.js';
 export type * from './events.generated.js';

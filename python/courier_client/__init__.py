@@ -23,13 +23,16 @@ from ._types import (
 from .errors import (
     AuthenticationError,
     ConnectionClosedError,
+    CourierConnectionError,
     CourierError,
     CourierTimeoutError,
     ForbiddenChannelError,
     PayloadTooLargeError,
     QueueFullError,
     RateLimitedError,
+    ServerError,
     TransportError,
+    UsageError,
     ValidationError,
 )
 from . import events
@@ -59,6 +62,9 @@ __all__ = [
     "QueueFullError",
     "ConnectionClosedError",
     "CourierTimeoutError",
+    "CourierConnectionError",
     "TransportError",
+    "ServerError",
+    "UsageError",
     "events",
 ]

@@ -14,7 +14,7 @@ use crate::backoff::{Backoff, BackoffConfig};
 use crate::channel::ChannelName;
 use crate::close::classify_close;
 use crate::connection::{Connection, ConnectionConfig, Input, Output};
-use crate::error::FrameError;
+use crate::error::{Error, ErrorCode, FrameError, Refusal, UsageError};
 use crate::event::Event;
 use crate::event::Metadata;
 use crate::frame::{ClientFrame, DEFAULT_MAX_FRAME_BYTES, ServerFrame};
@@ -86,6 +86,48 @@ pub fn close_action(case: &Value) -> Value {
         .and_then(|c| u16::try_from(c).ok())
         .unwrap_or(1006);
     serde_json::to_value(classify_close(code)).unwrap_or(Value::Null)
+}
+
+/// The errors that carry the codes no frame or body carries (`Error::code` of the local
+/// variants), one per code.
+fn local_errors() -> [Error; 6] {
+    [
+        UsageError::QueueFull { capacity: 1 }.into(),
+        UsageError::Closed.into(),
+        UsageError::Timeout(Duration::from_secs(1)).into(),
+        UsageError::AlreadySubscribed("c".into()).into(),
+        FrameError::MissingOp.into(),
+        Error::Transport("down".into()),
+    ]
+}
+
+/// An `errors.json` case (`code`) → `{wire, category, retryable}` as the core decides them;
+/// the host-language class names (`python`, `typescript`) are each binding's to check.
+pub fn error_class(case: &Value) -> Result<Value, String> {
+    let code = case["code"].as_str().ok_or("errors case without code")?;
+    let wire = ErrorCode::from_wire(code);
+    let error = if wire.as_str() == code {
+        Error::Refused(Refusal::new(wire, ""))
+    } else {
+        local_errors()
+            .into_iter()
+            .find(|e| e.code() == code)
+            .ok_or_else(|| format!("`{code}` is no code of the core"))?
+    };
+    Ok(json!({
+        "wire": matches!(error, Error::Refused(_)),
+        "category": error.category().as_str(),
+        "retryable": error.is_retryable(),
+    }))
+}
+
+/// Every code the core reports: the wire codes then the local ones (`errors.json` lists each).
+pub fn error_codes() -> Vec<&'static str> {
+    ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .chain(local_errors().iter().map(Error::code))
+        .collect()
 }
 
 /// Replays a `transcripts.json` case step by step on simulated time.
@@ -290,6 +332,7 @@ impl QueueRunner {
 pub const VECTOR_FILES: &[&str] = &[
     "backoff",
     "close_codes",
+    "errors",
     "events",
     "frames",
     "gcra",
@@ -314,6 +357,12 @@ pub fn evaluate(file: &str, case: &Value, origin: Instant) -> Result<Value, Stri
             out["expect"] = v;
         }
         "close_codes" => out["action"] = close_action(case),
+        "errors" => {
+            let got = error_class(case)?;
+            for key in ["wire", "category", "retryable"] {
+                out[key] = got[key].clone();
+            }
+        }
         "retry_after" => {
             let value = case["value"]
                 .as_str()

@@ -5,13 +5,19 @@
 //! - [`Refusal`]: the server understood and said no; it may carry a delay.
 //! - [`UsageError`]: the API was used in a way that cannot work (queue full, closed).
 //! - [`Error::Transport`]: the network failed; retried by the core where that is safe.
+//!
+//! Every code, on the wire or local, has one [`ErrorCategory`] (what the application can do
+//! about it) and a `retryable` flag, decided here for every SDK: each binding picks its
+//! exception class from the category (`tests/vectors/errors.json` lists the classes, and each
+//! language's test checks its own against it).
 
 use std::fmt;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::time::Duration;
+use crate::json::{self, JsonError, Reader, Seen};
+use crate::time::{Duration, as_millis_u64};
 
 /// Machine-readable error codes carried by `error` frames and HTTP error bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -52,7 +58,84 @@ pub enum ErrorCode {
     Unknown,
 }
 
+/// What the application can do about an error; every binding picks its exception class
+/// from this (one class per category, named the same in every language).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCategory {
+    /// The caller's input is invalid: fix it; sending it again fails the same way.
+    Validation,
+    /// The credentials were refused (missing, malformed, expired): get a new token.
+    Authentication,
+    /// The credentials are good but do not grant this: ask for a token that does.
+    Authorization,
+    /// A rate or connection limit was hit: wait (`retry_after_ms` when given) and retry.
+    RateLimited,
+    /// The connection failed, stalled or broke the protocol: the client reconnects by itself.
+    Connection,
+    /// The server could not serve right now: it is retried after the delay.
+    Server,
+    /// The API was used in a way that cannot work (closed client, full queue, timeout).
+    Usage,
+    /// A code this version of the core does not know.
+    Unknown,
+}
+
+impl ErrorCategory {
+    /// Every category, in declaration order.
+    pub const ALL: [ErrorCategory; 8] = [
+        ErrorCategory::Validation,
+        ErrorCategory::Authentication,
+        ErrorCategory::Authorization,
+        ErrorCategory::RateLimited,
+        ErrorCategory::Connection,
+        ErrorCategory::Server,
+        ErrorCategory::Usage,
+        ErrorCategory::Unknown,
+    ];
+
+    /// The spelling the bindings and `errors.json` use, e.g. `rate_limited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCategory::Validation => "validation",
+            ErrorCategory::Authentication => "authentication",
+            ErrorCategory::Authorization => "authorization",
+            ErrorCategory::RateLimited => "rate_limited",
+            ErrorCategory::Connection => "connection",
+            ErrorCategory::Server => "server",
+            ErrorCategory::Usage => "usage",
+            ErrorCategory::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCategory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl ErrorCode {
+    /// Every code this version knows, [`ErrorCode::Unknown`] last.
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::RateLimitExceeded,
+        ErrorCode::ConnectionLimitExceeded,
+        ErrorCode::Unauthorized,
+        ErrorCode::TokenExpired,
+        ErrorCode::ForbiddenChannel,
+        ErrorCode::InvalidEvent,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnknownOp,
+        ErrorCode::BadRequest,
+        ErrorCode::AuthTimeout,
+        ErrorCode::SlowConsumer,
+        ErrorCode::ShuttingDown,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::Unknown,
+    ];
+
     /// The wire spelling, e.g. `RATE_LIMIT_EXCEEDED`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -76,25 +159,37 @@ impl ErrorCode {
 
     /// The code for a wire spelling; codes this version does not know are [`ErrorCode::Unknown`].
     pub fn from_wire(s: &str) -> Self {
-        const ALL: [ErrorCode; 14] = [
-            ErrorCode::RateLimitExceeded,
-            ErrorCode::ConnectionLimitExceeded,
-            ErrorCode::Unauthorized,
-            ErrorCode::TokenExpired,
-            ErrorCode::ForbiddenChannel,
-            ErrorCode::InvalidEvent,
-            ErrorCode::PayloadTooLarge,
-            ErrorCode::UnknownOp,
-            ErrorCode::BadRequest,
-            ErrorCode::AuthTimeout,
-            ErrorCode::SlowConsumer,
-            ErrorCode::ShuttingDown,
-            ErrorCode::Unavailable,
-            ErrorCode::Internal,
-        ];
-        ALL.into_iter()
-            .find(|c| c.as_str() == s)
+        Self::ALL
+            .into_iter()
+            .find(|c| *c != ErrorCode::Unknown && c.as_str() == s)
             .unwrap_or(ErrorCode::Unknown)
+    }
+
+    /// What the application can do about this code.
+    ///
+    /// The table follows what the client does (docs/protocol.md, error and close codes):
+    /// `AUTH_TIMEOUT` and `SLOW_CONSUMER` are [`ErrorCategory::Connection`] because the client
+    /// reconnects by itself (close 4004, 4008) and the token is not at fault, unlike
+    /// `UNAUTHORIZED`; `UNKNOWN_OP` and `BAD_REQUEST` mean the frames broke protocol v1, as a
+    /// local [`FrameError`] does; `CONNECTION_LIMIT_EXCEEDED` is a limit like a rate limit,
+    /// with or without a delay.
+    pub fn category(self) -> ErrorCategory {
+        match self {
+            ErrorCode::RateLimitExceeded | ErrorCode::ConnectionLimitExceeded => {
+                ErrorCategory::RateLimited
+            }
+            ErrorCode::Unauthorized | ErrorCode::TokenExpired => ErrorCategory::Authentication,
+            ErrorCode::ForbiddenChannel => ErrorCategory::Authorization,
+            ErrorCode::InvalidEvent | ErrorCode::PayloadTooLarge => ErrorCategory::Validation,
+            ErrorCode::UnknownOp
+            | ErrorCode::BadRequest
+            | ErrorCode::AuthTimeout
+            | ErrorCode::SlowConsumer => ErrorCategory::Connection,
+            ErrorCode::ShuttingDown | ErrorCode::Unavailable | ErrorCode::Internal => {
+                ErrorCategory::Server
+            }
+            ErrorCode::Unknown => ErrorCategory::Unknown,
+        }
     }
 
     /// Whether a request refused with this code may be sent again unchanged (after any delay).
@@ -321,6 +416,27 @@ impl Error {
         }
     }
 
+    /// What the application can do about this error (see [`ErrorCode::category`]).
+    pub fn category(&self) -> ErrorCategory {
+        match self {
+            Error::Invalid(_) => ErrorCategory::Validation,
+            Error::Usage(_) => ErrorCategory::Usage,
+            Error::Refused(r) => r.code.category(),
+            Error::Protocol(_) | Error::Transport(_) => ErrorCategory::Connection,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again unchanged, later: a retryable
+    /// refusal ([`ErrorCode::is_retryable`]), a network failure, or a full queue (once some
+    /// events are acknowledged). A timeout is not: the operation may still complete.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Refused(r) => r.code.is_retryable(),
+            Error::Transport(_) | Error::Usage(UsageError::QueueFull { .. }) => true,
+            Error::Invalid(_) | Error::Usage(_) | Error::Protocol(_) => false,
+        }
+    }
+
     /// The delay the server asked for, if any.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
@@ -328,4 +444,142 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// The error as it travels: `{"code","message","field"?,"retry_after_ms"?,"limit_type"?}`.
+///
+/// One wire struct for every error body: a rejected event inside a batch result
+/// ([`BatchItemResult`](crate::queue::BatchItemResult)), the body of a whole-request error
+/// status (wrapped in an [`ErrorResponse`]), and the payload of an `error` frame
+/// ([`ErrorFrame`](crate::frame::ErrorFrame) adds the request `id`). Its code carries the
+/// core's [`category`](Self::category) and [`retryable`](Self::is_retryable).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    /// The reason, e.g. `INVALID_EVENT`; unknown codes read as [`ErrorCode::Unknown`].
+    pub code: ErrorCode,
+    /// A sentence for humans.
+    pub message: String,
+    /// The field at fault as a dotted path (`data.percent`), for validation errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// How long to wait before trying again, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// Which limit was reached: the bucket that refused a publish
+    /// (`RATE_LIMIT_EXCEEDED`: `user`, `type:deposit`, `fallback`, …), or the connection
+    /// limit (`total`, `user`, `channel`) for `CONNECTION_LIMIT_EXCEEDED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_type: Option<String>,
+}
+
+impl ErrorBody {
+    /// What the application can do about it (the code's [`ErrorCategory`]).
+    pub fn category(&self) -> ErrorCategory {
+        self.code.category()
+    }
+
+    /// Whether the refused request may be sent again unchanged (the code's).
+    pub fn is_retryable(&self) -> bool {
+        self.code.is_retryable()
+    }
+
+    /// An error with just a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+            retry_after_ms: None,
+            limit_type: None,
+        }
+    }
+
+    /// The same error as a core [`Refusal`], with the HTTP status it came with.
+    pub fn to_refusal(&self, status: Option<u16>) -> Refusal {
+        Refusal {
+            code: self.code,
+            message: self.message.clone(),
+            retry_after: self.retry_after_ms.map(Duration::from_millis),
+            field: self.field.clone(),
+            limit_type: self.limit_type.clone(),
+            status,
+        }
+    }
+}
+
+impl From<&ValidationError> for ErrorBody {
+    fn from(e: &ValidationError) -> Self {
+        Self {
+            code: e.code(),
+            message: e.message.clone(),
+            field: Some(e.field.clone()),
+            retry_after_ms: None,
+            limit_type: None,
+        }
+    }
+}
+
+impl From<&Refusal> for ErrorBody {
+    fn from(r: &Refusal) -> Self {
+        Self {
+            code: r.code,
+            message: r.message.clone(),
+            field: r.field.clone(),
+            retry_after_ms: r.retry_after.map(as_millis_u64),
+            limit_type: r.limit_type.clone(),
+        }
+    }
+}
+
+impl ErrorBody {
+    /// Reads `{"code","message",…}`; unknown codes read as [`ErrorCode::Unknown`].
+    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
+        let (mut code, mut message, mut field, mut retry_after_ms, mut limit_type) =
+            (None, None, None, None, None);
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "code" => seen.read(0, r, key, &mut code, |r| {
+                Ok(Some(ErrorCode::from_wire(&r.string()?)))
+            }),
+            "message" => seen.read(1, r, key, &mut message, |r| r.owned().map(Some)),
+            "field" => seen.read(2, r, key, &mut field, |r| r.opt(Reader::owned)),
+            "retry_after_ms" => seen.read(3, r, key, &mut retry_after_ms, |r| r.opt(Reader::u64)),
+            "limit_type" => seen.read(4, r, key, &mut limit_type, |r| r.opt(Reader::owned)),
+            _ => r.skip_value().map(drop),
+        })?;
+        Ok(Self {
+            code: json::required(code, r, "code")?,
+            message: json::required(message, r, "message")?,
+            field,
+            retry_after_ms,
+            limit_type,
+        })
+    }
+}
+
+impl ErrorResponse {
+    /// Reads `{"error":{…}}`.
+    pub fn from_json(text: &str) -> Result<Self, JsonError> {
+        let mut r = Reader::new(text);
+        let mut error = None;
+        let mut seen = Seen::default();
+        r.object(|r, key| match key {
+            "error" => seen.read(0, r, key, &mut error, |r| ErrorBody::read_json(r).map(Some)),
+            _ => r.skip_value().map(drop),
+        })?;
+        r.end()?;
+        Ok(Self {
+            error: json::required(error, &r, "error")?,
+        })
+    }
+}
+
+/// Body of a whole-request error status (400, 401, 403, 413, 429, 5xx):
+/// `{"error":{"code","message","field"?,"retry_after_ms"?,"limit_type"?}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorBody,
 }

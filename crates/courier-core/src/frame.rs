@@ -14,10 +14,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelName;
-use crate::error::{ErrorCode, FrameError, Refusal};
+use crate::error::{ErrorBody, ErrorCode, FrameError, Refusal};
 use crate::event::{Event, read_channel};
 use crate::json::{self, JsonError, Obj, Reader, Seen};
-use crate::time::Duration;
 
 /// Default limit on one frame's size, in bytes: the payload limit plus room for the envelope.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 128 * 1024;
@@ -147,16 +146,39 @@ impl ErrorFrame {
         }
     }
 
-    /// The same refusal as a core error value.
-    pub fn to_refusal(&self) -> Refusal {
-        Refusal {
+    /// The frame for an error body (the one wire error struct) answering request `id`.
+    pub fn from_body(id: Option<u64>, body: ErrorBody) -> Self {
+        let ErrorBody {
+            code,
+            message,
+            field,
+            retry_after_ms,
+            limit_type,
+        } = body;
+        Self {
+            id,
+            code,
+            message,
+            retry_after_ms,
+            limit_type,
+            field,
+        }
+    }
+
+    /// The error without the request `id`, as HTTP bodies and batch results carry it.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
             code: self.code,
             message: self.message.clone(),
-            retry_after: self.retry_after_ms.map(Duration::from_millis),
             field: self.field.clone(),
+            retry_after_ms: self.retry_after_ms,
             limit_type: self.limit_type.clone(),
-            status: None,
         }
+    }
+
+    /// The same refusal as a core error value.
+    pub fn to_refusal(&self) -> Refusal {
+        self.body().to_refusal(None)
     }
 }
 

@@ -33,7 +33,8 @@ mod vec_map;
 
 pub use channel::{ChannelName, ChannelPattern};
 pub use error::{
-    Error, ErrorCode, FrameError, Refusal, UsageError, ValidationError, ValidationKind,
+    Error, ErrorBody, ErrorCategory, ErrorCode, ErrorResponse, FrameError, Refusal, UsageError,
+    ValidationError, ValidationKind,
 };
 pub use event::{Event, Metadata, RawJson};
 pub use frame::{ClientFrame, Delivery, ErrorFrame, Limits, ServerFrame, StreamPosition};

@@ -66,6 +66,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::error::{Error, ErrorCode, Refusal, UsageError, ValidationError, ValidationKind};
+// The error wire struct lives with the errors; re-exported for the paths that name it here.
+pub use crate::error::{ErrorBody, ErrorResponse};
 use crate::event::{DEFAULT_MAX_PAYLOAD_BYTES, Event, EventIdGenerator};
 use crate::json::{self, JsonError, Reader, Seen};
 use crate::limits::{BucketLimiter, Route};
@@ -257,131 +259,6 @@ impl BatchItemResult {
             error: Some(error),
         }
     }
-}
-
-/// A machine-readable error: `{"code","message","field"?,"retry_after_ms"?,"limit_type"?}`.
-///
-/// Used for a rejected event inside a [`BatchItemResult`], and wrapped in an
-/// [`ErrorResponse`] as the body of a whole-request error status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ErrorBody {
-    /// The reason, e.g. `INVALID_EVENT`; unknown codes read as [`ErrorCode::Unknown`].
-    pub code: ErrorCode,
-    /// A sentence for humans.
-    pub message: String,
-    /// The field at fault as a dotted path (`data.percent`), for validation errors.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-    /// How long to wait before trying again, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retry_after_ms: Option<u64>,
-    /// Which limit was reached: the bucket that refused a publish
-    /// (`RATE_LIMIT_EXCEEDED`: `user`, `type:deposit`, `fallback`, …), or the connection
-    /// limit (`total`, `user`, `channel`) for `CONNECTION_LIMIT_EXCEEDED`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit_type: Option<String>,
-}
-
-impl ErrorBody {
-    /// An error with just a code and a message.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            field: None,
-            retry_after_ms: None,
-            limit_type: None,
-        }
-    }
-
-    /// The same error as a core [`Refusal`], with the HTTP status it came with.
-    pub fn to_refusal(&self, status: Option<u16>) -> Refusal {
-        Refusal {
-            code: self.code,
-            message: self.message.clone(),
-            retry_after: self.retry_after_ms.map(Duration::from_millis),
-            field: self.field.clone(),
-            limit_type: self.limit_type.clone(),
-            status,
-        }
-    }
-}
-
-impl From<&ValidationError> for ErrorBody {
-    fn from(e: &ValidationError) -> Self {
-        Self {
-            code: e.code(),
-            message: e.message.clone(),
-            field: Some(e.field.clone()),
-            retry_after_ms: None,
-            limit_type: None,
-        }
-    }
-}
-
-impl From<&Refusal> for ErrorBody {
-    fn from(r: &Refusal) -> Self {
-        Self {
-            code: r.code,
-            message: r.message.clone(),
-            field: r.field.clone(),
-            retry_after_ms: r.retry_after.map(as_millis_u64),
-            limit_type: r.limit_type.clone(),
-        }
-    }
-}
-
-impl ErrorBody {
-    /// Reads `{"code","message",…}`; unknown codes read as [`ErrorCode::Unknown`].
-    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
-        let (mut code, mut message, mut field, mut retry_after_ms, mut limit_type) =
-            (None, None, None, None, None);
-        let mut seen = Seen::default();
-        r.object(|r, key| match key {
-            "code" => seen.read(0, r, key, &mut code, |r| {
-                Ok(Some(ErrorCode::from_wire(&r.string()?)))
-            }),
-            "message" => seen.read(1, r, key, &mut message, |r| r.owned().map(Some)),
-            "field" => seen.read(2, r, key, &mut field, |r| r.opt(Reader::owned)),
-            "retry_after_ms" => seen.read(3, r, key, &mut retry_after_ms, |r| r.opt(Reader::u64)),
-            "limit_type" => seen.read(4, r, key, &mut limit_type, |r| r.opt(Reader::owned)),
-            _ => r.skip_value().map(drop),
-        })?;
-        Ok(Self {
-            code: json::required(code, r, "code")?,
-            message: json::required(message, r, "message")?,
-            field,
-            retry_after_ms,
-            limit_type,
-        })
-    }
-}
-
-impl ErrorResponse {
-    /// Reads `{"error":{…}}`.
-    pub fn from_json(text: &str) -> Result<Self, JsonError> {
-        let mut r = Reader::new(text);
-        let mut error = None;
-        let mut seen = Seen::default();
-        r.object(|r, key| match key {
-            "error" => seen.read(0, r, key, &mut error, |r| ErrorBody::read_json(r).map(Some)),
-            _ => r.skip_value().map(drop),
-        })?;
-        r.end()?;
-        Ok(Self {
-            error: json::required(error, &r, "error")?,
-        })
-    }
-}
-
-/// Body of a whole-request error status (400, 401, 403, 413, 429, 5xx):
-/// `{"error":{"code","message","field"?,"retry_after_ms"?,"limit_type"?}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ErrorResponse {
-    /// What went wrong.
-    pub error: ErrorBody,
 }
 
 // ---------------------------------------------------------------------------------------

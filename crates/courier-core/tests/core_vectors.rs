@@ -2,7 +2,8 @@
 //! entry point the TypeScript and Python bindings expose, and compares each case with the
 //! core's answer.
 
-use courier_core::conformance::{VECTOR_FILES, evaluate};
+use courier_core::ErrorCategory;
+use courier_core::conformance::{VECTOR_FILES, error_codes, evaluate};
 use serde_json::Value;
 
 fn cases(file: &str) -> Vec<Value> {
@@ -107,4 +108,67 @@ fn a_wrong_expectation_is_caught() {
         .unwrap()
         .pop();
     assert_ne!(evaluate("queue", &fewer, origin).unwrap(), fewer);
+}
+
+/// `errors.json` lists every code the core reports, once, each with a class of its tree, and
+/// every category has a class of its own (the classes are named in the file, once).
+#[test]
+fn errors_json_lists_every_code_and_a_class_per_category() {
+    let path = format!(
+        "{}/../../tests/vectors/errors.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let listed: Vec<&str> = doc["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        error_codes(),
+        "errors.json lists every code once, in order"
+    );
+
+    let classes = doc["classes"].as_array().unwrap();
+    let class = |name: &str| classes.iter().find(|c| c["name"] == name);
+    for c in classes {
+        let parent = c["parent"].as_str();
+        assert!(
+            parent.is_none_or(|p| class(p).is_some()),
+            "{}: unknown parent",
+            c["name"]
+        );
+    }
+    for case in doc["cases"].as_array().unwrap() {
+        for lang in ["python", "typescript"] {
+            let name = case[lang].as_str().unwrap();
+            let c = class(name).unwrap_or_else(|| panic!("{}: no class {name}", case["code"]));
+            assert_eq!(c["category"], case["category"], "{}: {name}", case["code"]);
+        }
+    }
+    for category in ErrorCategory::ALL {
+        let roots: Vec<_> = classes
+            .iter()
+            .filter(|c| {
+                c["category"] == category.as_str()
+                    && c["parent"]
+                        .as_str()
+                        .is_none_or(|p| class(p).unwrap()["category"] != category.as_str())
+            })
+            .collect();
+        assert_eq!(roots.len(), 1, "one class stands for `{category}`");
+    }
+}
+
+#[test]
+fn a_wrong_error_category_is_caught() {
+    let origin = std::time::Instant::now();
+    let mut case = cases("errors").remove(0);
+    assert_eq!(evaluate("errors", &case, origin).unwrap(), case);
+    case["category"] = Value::from("server");
+    assert_ne!(evaluate("errors", &case, origin).unwrap(), case);
+    case["code"] = Value::from("NOT_A_CODE");
+    assert!(evaluate("errors", &case, origin).is_err());
 }

@@ -29,24 +29,15 @@ mod logs;
 // Errors: core errors become the exception classes of `courier_client.errors`.
 // ------------------------------------------------------------------------------------------
 
-fn error_kind(e: &Error) -> &'static str {
-    match e {
-        Error::Invalid(_) => "invalid",
-        Error::Usage(_) => "usage",
-        Error::Refused(_) => "refused",
-        Error::Protocol(_) => "protocol",
-        Error::Transport(_) => "transport",
-        _ => "other",
-    }
-}
-
-/// The exception instance for a core error (built by `courier_client.errors._from_native`).
+/// The exception instance for a core error (built by `courier_client.errors._from_native`,
+/// which picks the class from the core's category).
 fn exception<'py>(py: Python<'py>, e: &Error) -> Bound<'py, PyAny> {
-    let (message, field, reason, retry_after_ms, status) = match e {
+    let (message, field, reason, retry_after_ms, limit_type, status) = match e {
         Error::Invalid(v) => (
             v.message.clone(),
             Some(v.field.clone()),
             Some(kind_str(v)),
+            None,
             None,
             None,
         ),
@@ -55,25 +46,21 @@ fn exception<'py>(py: Python<'py>, e: &Error) -> Bound<'py, PyAny> {
             r.field.clone(),
             None,
             r.retry_after.map(courier_core::time::as_millis_u64),
+            r.limit_type.clone(),
             r.status,
         ),
-        Error::Usage(UsageError::Timeout(d)) => (
-            e.to_string(),
-            None,
-            None,
-            Some(courier_core::time::as_millis_u64(*d)),
-            None,
-        ),
-        other => (other.to_string(), None, None, None, None),
+        other => (other.to_string(), None, None, None, None, None),
     };
     let made = py.import("courier_client.errors").and_then(|m| {
         m.getattr("_from_native")?.call1((
-            error_kind(e),
             e.code(),
+            e.category().as_str(),
+            e.is_retryable(),
             message.clone(),
             field,
             reason,
             retry_after_ms,
+            limit_type,
             status,
         ))
     });

@@ -15,8 +15,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use courier_core::frame::{Delivery, ServerFrame};
-use courier_core::queue::{BatchItemResult, BatchResponseBody, ErrorBody, ErrorResponse};
+use courier_core::queue::{BatchItemResult, BatchResponseBody};
 use courier_core::{ChannelName, ErrorCode, Event, ValidationError};
+use courier_core::{ErrorBody, ErrorResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -86,11 +87,7 @@ impl ApiError {
 
     /// The same error as a WebSocket error frame answering request `id`.
     pub fn to_frame(&self, id: Option<u64>) -> courier_core::ErrorFrame {
-        let mut f = courier_core::ErrorFrame::new(id, self.code, self.message.clone());
-        f.retry_after_ms = self.retry_after_ms;
-        f.field = self.field.clone();
-        f.limit_type = self.limit_type.clone();
-        f
+        courier_core::ErrorFrame::from_body(id, self.body())
     }
 
     /// A backend failed: 503 with `Retry-After` (clients retry with the same event id).

@@ -88,12 +88,15 @@ impl Json {
     }
 }
 
-/// `{"code","message","retry_after_ms"?,"field"?,"status"?,"limit_type"?}`: what the
-/// TypeScript layer turns into a `CourierError` subclass. A refusal's message is the
-/// server's own (without the code prefix its `Display` adds).
+/// `{"code","category","retryable","message","retry_after_ms"?,"field"?,"status"?,"limit_type"?}`:
+/// what the TypeScript layer turns into a `CourierError` subclass (picked by the core's
+/// `category`). A refusal's message is the server's own (without the code prefix its
+/// `Display` adds).
 fn error_json(e: &Error) -> String {
     let mut j = Json::new();
-    j.str("code", e.code());
+    j.str("code", e.code())
+        .str("category", e.category().as_str())
+        .bool("retryable", e.is_retryable());
     match e {
         Error::Refused(r) => {
             j.str("message", &r.message);
