@@ -588,6 +588,29 @@ async fn publish_retrying(server: &Server, token: &str, body: &Value) -> Value {
     }
 }
 
+/// Subscribes `ws` to `global` from its live head, publishes `o1..=on` through `publisher`
+/// and expects them; returns the epoch they were published in (the one about to be lost).
+async fn fill_global(ws: &mut Ws, publisher: &Server, token: &str, n: u64) -> String {
+    let epoch = ws.subscribe(1, "global", None).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=n {
+        publish_ok(publisher, token, &ev(&format!("o{i}"), "global", i)).await;
+    }
+    expect_events(ws, 1, n).await;
+    epoch
+}
+
+/// Publishes `n1..=n3` through `server` while Redis comes back; returns their ids.
+async fn publish_new_epoch(server: &Server, token: &str) -> Vec<String> {
+    let ids: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        publish_retrying(server, token, &ev(id, "global", i as u64)).await;
+    }
+    ids
+}
+
 /// Subscribes with `since` from a lost epoch and expects the new epoch from offset 1:
 /// `subscribed {recovered: false, replay_from: 1}`, then `ids` as offsets 1, 2, …
 async fn expect_new_epoch(ws: &mut Ws, since: Value, old_epoch: &str, ids: &[String]) -> String {
@@ -621,14 +644,7 @@ async fn redis_losing_its_data_replays_the_new_epoch_from_its_first_event() {
     let b = instance(&redis, |_| {}).await;
     let svc = service("svc");
     let (mut ws, _) = a.connect(&user("u")).await;
-    let old_epoch = ws.subscribe(1, "global", None).await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for i in 1..=5 {
-        publish_ok(&b, &svc, &ev(&format!("o{i}"), "global", i)).await;
-    }
-    expect_events(&mut ws, 1, 5).await;
+    let old_epoch = fill_global(&mut ws, &b, &svc, 5).await;
     // Redis loses everything (FLUSHALL); publishing goes on in a new epoch.
     assert_eq!(redis.command("FLUSHALL").await, "+OK");
     let ids: Vec<String> = (1..=4).map(|i| format!("n{i}")).collect();
@@ -668,14 +684,7 @@ async fn redis_and_every_instance_restarted_without_data_replay_the_new_epoch() 
     let b = instance(&redis, |_| {}).await;
     let svc = service("svc");
     let (mut ws, _) = a.connect(&user("u")).await;
-    let old_epoch = ws.subscribe(1, "global", None).await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for i in 1..=5 {
-        publish_ok(&b, &svc, &ev(&format!("o{i}"), "global", i)).await;
-    }
-    expect_events(&mut ws, 1, 5).await;
+    let old_epoch = fill_global(&mut ws, &b, &svc, 5).await;
     // Everything goes down; Redis comes back empty, then new instances.
     kill(a).await;
     kill(b).await;
@@ -683,10 +692,7 @@ async fn redis_and_every_instance_restarted_without_data_replay_the_new_epoch() 
     redis.restart_empty().await;
     let c = instance(&redis, |_| {}).await;
     let d = instance(&redis, |_| {}).await;
-    let ids: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
-    for (i, id) in ids.iter().enumerate() {
-        publish_retrying(&c, &svc, &ev(id, "global", i as u64)).await;
-    }
+    let ids = publish_new_epoch(&c, &svc).await;
     let (mut ws, _) = d.connect(&user("u")).await;
     expect_new_epoch(
         &mut ws,
@@ -708,20 +714,10 @@ async fn redis_restarted_while_instances_run_replays_the_new_epoch() {
     let b = instance(&redis, |_| {}).await;
     let svc = service("svc");
     let (mut ws, _) = a.connect(&user("u")).await;
-    let old_epoch = ws.subscribe(1, "global", None).await["epoch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for i in 1..=3 {
-        publish_ok(&b, &svc, &ev(&format!("o{i}"), "global", i)).await;
-    }
-    expect_events(&mut ws, 1, 3).await;
+    let old_epoch = fill_global(&mut ws, &b, &svc, 3).await;
     // Redis without persistence restarts under running instances.
     redis.restart_empty().await;
-    let ids: Vec<String> = (1..=3).map(|i| format!("n{i}")).collect();
-    for (i, id) in ids.iter().enumerate() {
-        publish_retrying(&b, &svc, &ev(id, "global", i as u64)).await;
-    }
+    let ids = publish_new_epoch(&b, &svc).await;
     let (frames, end) = ws.until_end().await;
     assert_eq!(
         (frames.len(), end),
