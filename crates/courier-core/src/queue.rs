@@ -65,201 +65,24 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::error::{Error, ErrorCode, Refusal, UsageError, ValidationError, ValidationKind};
-// The error wire struct lives with the errors; re-exported for the paths that name it here.
-pub use crate::error::{ErrorBody, ErrorResponse};
+use crate::error::{Error, ErrorCode, UsageError, ValidationError, ValidationKind};
 use crate::event::{DEFAULT_MAX_PAYLOAD_BYTES, Event, EventIdGenerator};
-use crate::json::{self, JsonError, Reader, Seen};
 use crate::limits::{BucketLimiter, Route};
 use crate::rate_limit::{parse_bucket_headers, parse_rate_limit_headers};
 use crate::retry_budget::{RetryBudget, RetryBudgetConfig};
 use crate::time::{Duration, Instant, SystemTime, as_millis_u64};
 use crate::vec_map::VecMap;
-
-/// The HTTP path batches are `POST`ed to.
-pub const PUBLISH_BATCH_PATH: &str = "/publish/batch";
+use crate::wire::{
+    BATCH_BODY_OVERHEAD as BODY_OVERHEAD, batch_body, read_results, refusal_from_error_status,
+};
+// The HTTP wire types live in `wire`; named here too, for code written against these paths.
+pub use crate::wire::{
+    BatchItemResult, BatchRequest, BatchResponseBody, ErrorBody, ErrorResponse, ItemStatus,
+    PUBLISH_BATCH_PATH,
+};
 
 /// Default bound on the JSON body of one batch request, in bytes (1 MB).
 pub const DEFAULT_MAX_BATCH_BYTES: usize = 1_000_000;
-
-/// Length of `{"events":[]}`, the body around the events.
-const BODY_OVERHEAD: usize = 13;
-
-// ---------------------------------------------------------------------------------------
-// Wire types of `POST /publish/batch`, shared with the reference server.
-// ---------------------------------------------------------------------------------------
-
-/// Request body of `POST /publish/batch`: `{"events":[Event, …]}`.
-///
-/// Each event serialises as `{"id","type","channel","data","metadata"}` ([`Event`]).
-/// The server answers `200` with a [`BatchResponseBody`] holding one result per event, in
-/// the same order, or refuses the whole request with an error status and an
-/// [`ErrorResponse`] body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct BatchRequest {
-    /// The events to publish; their ids are the idempotency keys.
-    pub events: Vec<Event>,
-}
-
-/// Successful (`200`) response body of `POST /publish/batch`: `{"results":[…]}`.
-///
-/// Holds exactly one [`BatchItemResult`] per event of the request, in request order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct BatchResponseBody {
-    /// One result per event, in the order of the request.
-    pub results: Vec<BatchItemResult>,
-}
-
-impl BatchResponseBody {
-    /// Reads `{"results":[…]}` with the core's JSON reader (what the publish queue uses on
-    /// every target; unknown members are ignored, as with serde).
-    pub fn from_json(text: &str) -> Result<Self, JsonError> {
-        let mut r = Reader::new(text);
-        let mut results = None;
-        let mut seen = Seen::default();
-        r.object(|r, key| match key {
-            "results" => {
-                seen.first(0, r, key)?;
-                let mut list = Vec::new();
-                r.array(|r| {
-                    list.push(BatchItemResult::read_json(r)?);
-                    Ok(())
-                })?;
-                results = Some(list);
-                Ok(())
-            }
-            _ => r.skip_value().map(drop),
-        })?;
-        r.end()?;
-        Ok(Self {
-            results: json::required(results, &r, "results")?,
-        })
-    }
-}
-
-impl BatchItemResult {
-    /// Reads one result object.
-    pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
-        let (mut id, mut status, mut channel, mut epoch, mut offset, mut error) =
-            (None, None, None, None, None, None);
-        let mut seen = Seen::default();
-        r.object(|r, key| match key {
-            "id" => seen.read(0, r, key, &mut id, |r| r.owned().map(Some)),
-            "status" => {
-                seen.first(1, r, key)?;
-                let at = r.err("unknown status");
-                status = Some(match &*r.string()? {
-                    "accepted" => ItemStatus::Accepted,
-                    "duplicate" => ItemStatus::Duplicate,
-                    "rejected" => ItemStatus::Rejected,
-                    _ => return Err(at),
-                });
-                Ok(())
-            }
-            "channel" => seen.read(2, r, key, &mut channel, |r| r.opt(Reader::owned)),
-            "epoch" => seen.read(3, r, key, &mut epoch, |r| r.opt(Reader::owned)),
-            "offset" => seen.read(4, r, key, &mut offset, |r| r.opt(Reader::u64)),
-            "error" => seen.read(5, r, key, &mut error, |r| r.opt(ErrorBody::read_json)),
-            _ => r.skip_value().map(drop),
-        })?;
-        Ok(Self {
-            id: json::required(id, r, "id")?,
-            status: json::required(status, r, "status")?,
-            channel,
-            epoch,
-            offset,
-            error,
-        })
-    }
-}
-
-/// What became of one event of a batch (wire form `"accepted"`, `"duplicate"`,
-/// `"rejected"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum ItemStatus {
-    /// Stored and delivered to the channel's subscribers.
-    Accepted,
-    /// Its id was already accepted within the idempotency window; not delivered again.
-    /// `channel`, `epoch` and `offset` are those of the first acceptance.
-    Duplicate,
-    /// Refused; `error` says why and whether a retry may help.
-    Rejected,
-}
-
-/// The result for one event of a batch:
-/// `{"id","status","channel"?,"epoch"?,"offset"?,"error"?}`.
-///
-/// `channel`, `epoch` and `offset` are present when the status is `accepted` or
-/// `duplicate` (`channel` may also be present on `rejected`); `error` is present exactly
-/// when it is `rejected`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct BatchItemResult {
-    /// The event's id, as sent.
-    pub id: String,
-    /// What happened to it.
-    pub status: ItemStatus,
-    /// The channel it was published to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub channel: Option<String>,
-    /// The channel's history epoch at the time it was stored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epoch: Option<String>,
-    /// Its offset in the channel's history.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub offset: Option<u64>,
-    /// Why it was rejected.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorBody>,
-}
-
-impl BatchItemResult {
-    /// An `accepted` result.
-    pub fn accepted(
-        id: impl Into<String>,
-        channel: impl Into<String>,
-        epoch: impl Into<String>,
-        offset: u64,
-    ) -> Self {
-        Self {
-            id: id.into(),
-            status: ItemStatus::Accepted,
-            channel: Some(channel.into()),
-            epoch: Some(epoch.into()),
-            offset: Some(offset),
-            error: None,
-        }
-    }
-
-    /// A `duplicate` result, carrying the position of the first acceptance.
-    pub fn duplicate(
-        id: impl Into<String>,
-        channel: impl Into<String>,
-        epoch: impl Into<String>,
-        offset: u64,
-    ) -> Self {
-        Self {
-            status: ItemStatus::Duplicate,
-            ..Self::accepted(id, channel, epoch, offset)
-        }
-    }
-
-    /// A `rejected` result.
-    pub fn rejected(id: impl Into<String>, channel: Option<String>, error: ErrorBody) -> Self {
-        Self {
-            id: id.into(),
-            status: ItemStatus::Rejected,
-            channel,
-            epoch: None,
-            offset: None,
-            error: Some(error),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Options, configuration, outputs.
@@ -849,17 +672,7 @@ impl PublishQueue {
             debug_assert!(withdrawn, "the plan checked the budget");
             self.retried += resent as u64;
         }
-        let mut body = String::with_capacity(
-            BODY_OVERHEAD + entries.iter().map(|e| e.json.len() + 1).sum::<usize>(),
-        );
-        body.push_str("{\"events\":[");
-        for (i, e) in entries.iter().enumerate() {
-            if i > 0 {
-                body.push(',');
-            }
-            body.push_str(&e.json);
-        }
-        body.push_str("]}");
+        let body = batch_body(entries.iter().map(|e| e.json.as_str()));
 
         let mut entries = entries;
         for e in &mut entries {
@@ -914,7 +727,7 @@ impl PublishQueue {
                     self.block_for(now, d);
                 }
                 if (200..300).contains(&status) {
-                    match parse_results(&body, &flight.entries) {
+                    match read_results(&body, flight.entries.iter().map(|e| e.event.id.as_str())) {
                         Ok(results) => self.settle(flight, results, now),
                         Err(detail) => self.fail_batch(flight, &Error::Transport(detail), now),
                     }
@@ -1547,57 +1360,6 @@ fn event_field(field: &str) -> &str {
         .and_then(|rest| rest.split_once("]."))
         .filter(|(i, _)| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
         .map_or(field, |(_, f)| f)
-}
-
-/// Reads a 2xx body: one result per event, same ids, same order.
-fn parse_results(body: &str, entries: &[Entry]) -> Result<Vec<BatchItemResult>, String> {
-    let parsed = BatchResponseBody::from_json(body)
-        .map_err(|e| format!("unreadable response from {PUBLISH_BATCH_PATH}: {e}"))?;
-    if parsed.results.len() != entries.len() {
-        return Err(format!(
-            "response from {PUBLISH_BATCH_PATH} has {} results for {} events",
-            parsed.results.len(),
-            entries.len()
-        ));
-    }
-    if let Some((e, r)) = entries
-        .iter()
-        .zip(&parsed.results)
-        .find(|(e, r)| e.event.id != r.id)
-    {
-        return Err(format!(
-            "response from {PUBLISH_BATCH_PATH} answers `{}` where `{}` was sent",
-            r.id, e.event.id
-        ));
-    }
-    Ok(parsed.results)
-}
-
-/// The refusal a 4xx/5xx answer stands for: its [`ErrorResponse`] body if readable, else
-/// the code the status implies.
-fn refusal_from_error_status(status: u16, body: &str) -> Refusal {
-    if let Ok(parsed) = ErrorResponse::from_json(body) {
-        return parsed.error.to_refusal(Some(status));
-    }
-    let code = match status {
-        400 => ErrorCode::BadRequest,
-        401 => ErrorCode::Unauthorized,
-        403 => ErrorCode::ForbiddenChannel,
-        413 => ErrorCode::PayloadTooLarge,
-        429 => ErrorCode::RateLimitExceeded,
-        502..=504 => ErrorCode::Unavailable,
-        500..=599 => ErrorCode::Internal,
-        _ => ErrorCode::Unknown,
-    };
-    let snippet: String = body.chars().take(200).collect();
-    let message = if snippet.trim().is_empty() {
-        format!("HTTP {status} from {PUBLISH_BATCH_PATH}")
-    } else {
-        format!("HTTP {status} from {PUBLISH_BATCH_PATH}: {snippet}")
-    };
-    let mut refusal = Refusal::new(code, message);
-    refusal.status = Some(status);
-    refusal
 }
 
 #[cfg(test)]
