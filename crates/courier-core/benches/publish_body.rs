@@ -2,12 +2,14 @@
 //! (with the id, channel and type each answer and the request log need), two ways in one
 //! run:
 //!
-//! - `serde_passes`: how the server read it until the core's wire module took over, kept
-//!   here as the baseline: serde_json into raw events, then per event a peek at `id` and
+//! - `serde_passes`: how the reference server (`courier-server`'s `http.rs`) read it until
+//!   the core's wire module took over, kept here as the baseline: serde_json into raw events, then per event a peek at `id` and
 //!   `channel`, a peek at `type`, and serde_path_to_error into an [`Event`].
-//! - `one_pass`: [`BatchRequest::read_items`], one pass with the core's reader.
+//! - `one_pass`: [`BatchRequest::read_items`], one pass with the core's reader (what the
+//!   server does now).
 //!
-//! Run: `cargo bench -p courier-server --bench publish_body`.
+//! In courier-core rather than the server so that it builds without the server's stack.
+//! Run: `cargo bench -p courier-core --bench publish_body`.
 
 use std::hint::black_box;
 
@@ -111,7 +113,10 @@ fn publish_body(c: &mut Criterion) {
     let (a, b) = (serde_passes(&text), one_pass(&text));
     assert_eq!(a.len(), 100);
     for (a, b) in a.iter().zip(&b) {
-        assert_eq!((&a.id, &a.channel, &a.event_type), (&b.id, &b.channel, &b.event_type));
+        assert_eq!(
+            (&a.id, &a.channel, &a.event_type),
+            (&b.id, &b.channel, &b.event_type)
+        );
         assert_eq!(a.event.as_ref().unwrap(), b.event.as_ref().unwrap());
     }
     let mut group = c.benchmark_group("publish_batch_body_100_events");
@@ -119,7 +124,9 @@ fn publish_body(c: &mut Criterion) {
     group.bench_function("serde_passes", |b| {
         b.iter(|| black_box(serde_passes(black_box(&text))))
     });
-    group.bench_function("one_pass", |b| b.iter(|| black_box(one_pass(black_box(&text)))));
+    group.bench_function("one_pass", |b| {
+        b.iter(|| black_box(one_pass(black_box(&text))))
+    });
     group.finish();
 }
 
