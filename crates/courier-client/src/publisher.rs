@@ -10,10 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use courier_core::queue::{
-    BatchId, DeadLetter, PUBLISH_BATCH_PATH, PublishOptions, PublishQueue, PublishResult,
-    QueueStats, Ticket, TransportResult,
+    BatchId, DeadLetter, PublishOptions, PublishQueue, PublishResult, QueueStats, Ticket,
+    TransportResult,
 };
 use courier_core::time::{Instant, SystemTime, UNIX_EPOCH};
+use courier_core::wire::PUBLISH_BATCH_PATH;
 use courier_core::{ChannelName, Error, Event, Metadata, UsageError};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 

@@ -449,7 +449,7 @@ impl Error {
 /// The error as it travels: `{"code","message","field"?,"retry_after_ms"?,"limit_type"?}`.
 ///
 /// One wire struct for every error body: a rejected event inside a batch result
-/// ([`BatchItemResult`](crate::queue::BatchItemResult)), the body of a whole-request error
+/// ([`BatchItemResult`](crate::wire::BatchItemResult)), the body of a whole-request error
 /// status (wrapped in an [`ErrorResponse`]), and the payload of an `error` frame
 /// ([`ErrorFrame`](crate::frame::ErrorFrame) adds the request `id`). Its code carries the
 /// core's [`category`](Self::category) and [`retryable`](Self::is_retryable).
@@ -555,6 +555,19 @@ impl ErrorBody {
             retry_after_ms,
             limit_type,
         })
+    }
+}
+
+impl ErrorBody {
+    /// Appends the error object (the same text serde writes).
+    pub fn write_json(&self, out: &mut String) {
+        json::Obj::new(out)
+            .str("code", self.code.as_str())
+            .str("message", &self.message)
+            .opt_str("field", self.field.as_deref())
+            .opt_u64("retry_after_ms", self.retry_after_ms)
+            .opt_str("limit_type", self.limit_type.as_deref())
+            .end();
     }
 }
 

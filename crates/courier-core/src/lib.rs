@@ -4,7 +4,7 @@
 //! language: typed events and their validation, the protocol v1 frames and codec, channel
 //! names, error codes and the close-code table, reconnect backoff with jitter, Retry-After
 //! and rate-limit header parsing, the client-side GCRA and the per-bucket limiter built on it, the retry budget, the connection
-//! state machine with resume, and the publish queue.
+//! state machine with resume, the publish queue, and the HTTP wire format (`wire`).
 //!
 //! Nothing in this crate reads a clock, sleeps, spawns or touches a socket (the model is
 //! quinn-proto). Drivers feed inputs through `handle_*(…, now)` methods, drain outputs with
@@ -30,6 +30,7 @@ pub mod retry_after;
 pub mod retry_budget;
 pub mod time;
 mod vec_map;
+pub mod wire;
 
 pub use channel::{ChannelName, ChannelPattern};
 pub use error::{

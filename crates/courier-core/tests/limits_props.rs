@@ -11,11 +11,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use courier_core::event::{Event, Metadata};
-use courier_core::queue::{
-    BatchItemResult, BatchRequest, BatchResponseBody, PublishOptions, PublishQueue, QueueConfig,
-    TransportResult,
-};
+use courier_core::queue::{PublishOptions, PublishQueue, QueueConfig, TransportResult};
 use courier_core::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use courier_core::wire::{BatchItemResult, BatchRequest, BatchResponseBody};
 use courier_core::{ChannelName, Priority};
 use proptest::prelude::*;
 

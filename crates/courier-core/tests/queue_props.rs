@@ -6,11 +6,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use courier_core::backoff::BackoffConfig;
 use courier_core::event::{Event, Metadata};
 use courier_core::queue::{
-    BatchId, BatchItemResult, BatchRequest, BatchResponseBody, ErrorBody, ErrorResponse, Priority,
-    PublishOptions, PublishQueue, QueueConfig, Ticket, TransportResult,
+    BatchId, Priority, PublishOptions, PublishQueue, QueueConfig, Ticket, TransportResult,
 };
 use courier_core::retry_budget::RetryBudgetConfig;
 use courier_core::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use courier_core::wire::{
+    BatchItemResult, BatchRequest, BatchResponseBody, ErrorBody, ErrorResponse,
+};
 use courier_core::{ChannelName, Error, ErrorCode};
 use proptest::prelude::*;
 

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 
 use courier_core::event::{Event, Metadata};
 use courier_core::queue::{
-    BatchItemResult, BatchRequest, BatchResponseBody, Completion, ErrorBody, ErrorResponse,
-    OutgoingBatch, Priority, PublishOptions, PublishQueue, QueueConfig, TransportResult,
+    Completion, OutgoingBatch, Priority, PublishOptions, PublishQueue, QueueConfig, TransportResult,
 };
 use courier_core::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use courier_core::wire::{
+    BatchItemResult, BatchRequest, BatchResponseBody, ErrorBody, ErrorResponse,
+};
 use courier_core::{ChannelName, Error, ErrorCode};
 
 /// A server with an idempotency window and a per-channel offset.

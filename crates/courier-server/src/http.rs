@@ -15,11 +15,13 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use courier_core::frame::{Delivery, ServerFrame};
-use courier_core::queue::{BatchItemResult, BatchResponseBody};
+use courier_core::json::Reader;
+use courier_core::wire::{
+    BatchItemResult, BatchRequest, BatchResponseBody, EventItem, FaultKind, ItemFault,
+    PublishResponse,
+};
 use courier_core::{ChannelName, ErrorCode, Event, ValidationError};
 use courier_core::{ErrorBody, ErrorResponse};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::SharedState;
 use crate::auth::{AuthError, Claims};
@@ -131,29 +133,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A publish that was accepted, or recognised as a duplicate.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PublishResponse {
-    /// The event id (server-generated when the request had none).
-    pub id: String,
-    /// The channel.
-    pub channel: String,
-    /// The history epoch.
-    pub epoch: String,
-    /// The event's offset in its channel.
-    pub offset: u64,
-    /// True when the id was seen within the idempotency window (not delivered again).
-    pub duplicate: bool,
-}
-
-/// `POST /publish/batch` body as read: each event stays raw so that one unreadable event
-/// is rejected on its own. The documented shape is core's
-/// [`BatchRequest`](courier_core::queue::BatchRequest).
-#[derive(Debug, Deserialize)]
-struct RawBatchRequest {
-    events: Vec<Box<RawValue>>,
-}
-
 /// Reads the bearer token.
 pub(crate) fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<Claims, ApiError> {
     let value = headers
@@ -177,34 +156,31 @@ pub(crate) fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<C
     Ok(state.verifier.verify(token.trim())?)
 }
 
-/// Parses an event from JSON text, naming the field at fault.
-pub(crate) fn parse_event(text: &str) -> Result<Event, ApiError> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let event: Event = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let msg = inner.split(" at line ").next().unwrap_or(&inner).to_owned();
-        if let Some(rest) = msg.strip_prefix("missing field `") {
-            let field = rest.trim_end_matches('`');
-            let full = if path == "." {
-                field.to_owned()
-            } else {
-                format!("{path}.{field}")
-            };
-            return ApiError::new(ErrorCode::InvalidEvent, format!("`{full}` is required"))
-                .with_field(full);
-        }
-        let field = if path == "." { "body".to_owned() } else { path };
-        ApiError::new(ErrorCode::InvalidEvent, msg).with_field(field)
-    })?;
-    de.end().map_err(|_| {
-        ApiError::new(
-            ErrorCode::BadRequest,
-            "trailing characters after the JSON body",
-        )
-        .with_field("body")
-    })?;
+/// The answer to an event that could not be read: `INVALID_EVENT` naming the member at
+/// fault (`body` for the object itself).
+fn fault_error(f: ItemFault) -> ApiError {
+    let field = f.field.unwrap_or_else(|| "body".to_owned());
+    ApiError::new(ErrorCode::InvalidEvent, f.message).with_field(field)
+}
+
+/// The event of a one-event body read by [`EventItem::read_json`]; `end` is what the
+/// reader found after it (only whitespace may follow).
+fn event_of(item: EventItem, end: Result<(), ApiError>) -> Result<Event, ApiError> {
+    let event = item.into_event().map_err(fault_error)?;
+    end?;
     Ok(event)
+}
+
+/// A `200` with a body the core's writer wrote.
+fn json_response(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// Charges one otherwise accepted event to its rate-limit buckets in `usage`; a refusal is
@@ -376,20 +352,6 @@ fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError>
     })
 }
 
-/// Reads `type` from a JSON object, for the request log of an event that may be invalid.
-fn peek_type(text: &str) -> String {
-    #[derive(Deserialize)]
-    struct TypeOnly {
-        #[serde(rename = "type")]
-        event_type: Option<serde_json::Value>,
-    }
-    serde_json::from_str::<TypeOnly>(text)
-        .ok()
-        .and_then(|t| t.event_type)
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
 /// Adds the rate-limit headers of `usage` and its record for the fault layer.
 fn with_usage(mut response: Response, usage: &Usage) -> Response {
     response.headers_mut().extend(usage.headers());
@@ -397,14 +359,20 @@ fn with_usage(mut response: Response, usage: &Usage) -> Response {
     response
 }
 
-async fn publish_text(state: &SharedState, headers: &HeaderMap, text: &str) -> Response {
+/// Publishes the one event of a body, read in one pass; `end` is what followed it.
+async fn publish_item(
+    state: &SharedState,
+    headers: &HeaderMap,
+    item: EventItem,
+    end: Result<(), ApiError>,
+) -> Response {
     let claims = match authenticate(state, headers) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
     let mut usage = state.limiter.usage(&claims);
-    usage.carry(&peek_type(text));
-    let result = match parse_event(text) {
+    usage.carry(item.event_type.as_deref().unwrap_or_default());
+    let result = match event_of(item, end) {
         Ok(event) => publish_event(state, &claims, event, &mut usage).await,
         Err(e) => {
             state
@@ -414,7 +382,7 @@ async fn publish_text(state: &SharedState, headers: &HeaderMap, text: &str) -> R
         }
     };
     let response = match result {
-        Ok(ok) => Json(ok).into_response(),
+        Ok(ok) => json_response(ok.to_json()),
         Err(e) => e.into_response(),
     };
     with_usage(response, &usage)
@@ -442,7 +410,18 @@ pub(crate) async fn publish(
         Err(e) => return e.into_response(),
     };
     match std::str::from_utf8(&body) {
-        Ok(text) => publish_text(&state, &headers, text).await,
+        Ok(text) => {
+            let mut r = Reader::new(text);
+            let item = EventItem::read_json(&mut r, None);
+            let end = r.end().map_err(|_| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    "trailing characters after the JSON body",
+                )
+                .with_field("body")
+            });
+            publish_item(&state, &headers, item, end).await
+        }
         Err(_) => ApiError::new(ErrorCode::BadRequest, "the body is not UTF-8")
             .with_field("body")
             .into_response(),
@@ -471,41 +450,46 @@ pub(crate) async fn publish_to_channel(
     let result = (|| {
         let body = body_or_error(body)?;
         let channel = ChannelName::new(channel).map_err(ApiError::from)?;
-        let mut value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        let not_json = |e: &dyn std::fmt::Display| {
             ApiError::new(ErrorCode::BadRequest, format!("body is not JSON: {e}"))
                 .with_field("body")
-        })?;
-        let obj = value.as_object_mut().ok_or_else(|| {
-            ApiError::new(ErrorCode::InvalidEvent, "the body must be a JSON object")
-                .with_field("body")
-        })?;
-        match obj.get("channel") {
-            None => {
-                obj.insert(
-                    "channel".into(),
-                    serde_json::Value::String(channel.to_string()),
-                );
-            }
-            Some(serde_json::Value::String(c)) if c == channel.as_str() => {}
-            Some(_) => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidEvent,
-                    "`channel` in the body differs from the path",
-                )
-                .with_field("channel"));
-            }
+        };
+        let text = std::str::from_utf8(&body).map_err(|e| not_json(&e))?;
+        // One pass: the event is read with the path's channel standing in for an absent
+        // `channel`; its `data` stays the exact text that was sent.
+        let mut r = Reader::new(text);
+        let item = EventItem::read_json(&mut r, Some(&channel));
+        if let Some(e) = &item.syntax {
+            return Err(not_json(e));
         }
-        Ok(value.to_string())
+        r.end().map_err(|e| not_json(&e))?;
+        if item
+            .fault()
+            .is_some_and(|f| f.kind == FaultKind::NotAnObject)
+        {
+            return Err(
+                ApiError::new(ErrorCode::InvalidEvent, "the body must be a JSON object")
+                    .with_field("body"),
+            );
+        }
+        if item.has_channel && item.channel.as_deref() != Some(channel.as_str()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidEvent,
+                "`channel` in the body differs from the path",
+            )
+            .with_field("channel"));
+        }
+        Ok(item)
     })();
     match result {
-        Ok(text) => publish_text(&state, &headers, &text).await,
+        Ok(item) => publish_item(&state, &headers, item, Ok(())).await,
         Err(e) => e.into_response(),
     }
 }
 
 /// `POST /publish/batch`: one result per event, in order.
 #[utoipa::path(post, path = "/publish/batch", tag = "publish",
-    request_body(content = courier_core::queue::BatchRequest),
+    request_body(content = courier_core::wire::BatchRequest),
     responses(
         (status = 200, description = "One result per event; a rate-limited event is rejected on its own (`RATE_LIMIT_EXCEEDED`, `retry_after_ms`, `limit_type` = the bucket) and the others are still accepted", body = BatchResponseBody),
         (status = 400, description = "The body is not a batch", body = ErrorResponse),
@@ -526,8 +510,13 @@ pub(crate) async fn publish_batch(
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    let batch: RawBatchRequest = match serde_json::from_slice(&body) {
-        Ok(b) => b,
+    // One pass over the body: a text that is not a batch is refused whole; each event is
+    // read on its own, so one unreadable event is rejected alone.
+    let items = std::str::from_utf8(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|text| BatchRequest::read_items(text).map_err(|e| e.to_string()));
+    let items = match items {
+        Ok(items) => items,
         Err(e) => {
             return ApiError::new(
                 ErrorCode::BadRequest,
@@ -537,7 +526,7 @@ pub(crate) async fn publish_batch(
             .into_response();
         }
     };
-    if batch.events.len() > state.config.max_batch_events {
+    if items.len() > state.config.max_batch_events {
         return ApiError::new(
             ErrorCode::PayloadTooLarge,
             format!("at most {} events per batch", state.config.max_batch_events),
@@ -545,22 +534,15 @@ pub(crate) async fn publish_batch(
         .with_field("events")
         .into_response();
     }
-    let mut results = Vec::with_capacity(batch.events.len());
+    let mut results = Vec::with_capacity(items.len());
     let mut usage = state.limiter.usage(&claims);
-    for (i, raw) in batch.events.iter().enumerate() {
-        let text = raw.get();
-        #[derive(Deserialize, Default)]
-        struct Peek {
-            #[serde(default)]
-            id: serde_json::Value,
-            #[serde(default)]
-            channel: serde_json::Value,
-        }
-        let peek: Peek = serde_json::from_str(text).unwrap_or_default();
-        usage.carry(&peek_type(text));
+    for (i, item) in items.into_iter().enumerate() {
+        // For the answer if the event is refused: what it said its id and channel were.
+        let (id, channel) = (item.id.clone().unwrap_or_default(), item.channel.clone());
+        usage.carry(item.event_type.as_deref().unwrap_or_default());
         // Each event on its own: a refusal (rate limit included) rejects that event only.
         let outcome = async {
-            let event = parse_event(text).inspect_err(|e| {
+            let event = item.into_event().map_err(fault_error).inspect_err(|e| {
                 state
                     .metrics
                     .validation_failure(e.field.as_deref().unwrap_or("body"))
@@ -577,16 +559,15 @@ pub(crate) async fn publish_batch(
                 if let Some(f) = &e.field {
                     e.field = Some(format!("events[{i}].{f}"));
                 }
-                BatchItemResult::rejected(
-                    peek.id.as_str().unwrap_or_default(),
-                    peek.channel.as_str().map(str::to_owned),
-                    e.body(),
-                )
+                BatchItemResult::rejected(id, channel, e.body())
             }
         });
     }
     // A 200 carries no Retry-After: each refused event has its own `retry_after_ms`.
-    with_usage(Json(BatchResponseBody { results }).into_response(), &usage)
+    with_usage(
+        json_response(BatchResponseBody { results }.to_json()),
+        &usage,
+    )
 }
 
 fn rss_bytes() -> Option<u64> {

@@ -18,6 +18,7 @@ use axum::http::{HeaderName, HeaderValue, Request};
 use axum::routing::{get, post};
 use courier_core::ChannelName;
 use courier_core::event::EventIdGenerator;
+use courier_core::wire::{PUBLISH_BATCH_PATH, PUBLISH_CHANNEL_PATH, PUBLISH_PATH};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -229,13 +230,13 @@ pub fn app(state: SharedState) -> Router {
     let single_limit = DefaultBodyLimit::max(state.config.max_frame_bytes);
     let batch_limit = DefaultBodyLimit::max(state.config.max_batch_bytes);
     let mut router = Router::new()
-        .route("/publish", post(http::publish).layer(single_limit))
+        .route(PUBLISH_PATH, post(http::publish).layer(single_limit))
         .route(
-            "/publish/batch",
+            PUBLISH_BATCH_PATH,
             post(http::publish_batch).layer(batch_limit),
         )
         .route(
-            "/publish/{channel}",
+            PUBLISH_CHANNEL_PATH,
             post(http::publish_to_channel).layer(single_limit),
         )
         .route("/ws", get(ws::ws_root))

@@ -1,7 +1,7 @@
 //! The OpenAPI document of the HTTP API, generated from the handlers' annotations.
 
 use axum::Json;
-use courier_core::queue;
+use courier_core::wire;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -39,11 +39,11 @@ impl Modify for Bearer {
         http::metrics,
     ),
     components(schemas(
-        http::PublishResponse,
-        queue::BatchRequest,
-        queue::BatchResponseBody,
-        queue::BatchItemResult,
-        queue::ItemStatus,
+        wire::PublishResponse,
+        wire::BatchRequest,
+        wire::BatchResponseBody,
+        wire::BatchItemResult,
+        wire::ItemStatus,
         courier_core::ErrorResponse,
         courier_core::ErrorBody,
         courier_core::Event,

@@ -6,6 +6,8 @@ mod util;
 
 #[path = "api/auth.rs"]
 mod auth;
+#[path = "api/bodies.rs"]
+mod bodies;
 #[path = "api/faults.rs"]
 mod faults;
 #[path = "api/frames.rs"]

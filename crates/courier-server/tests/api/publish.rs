@@ -384,3 +384,42 @@ async fn batch_publish_reports_each_event() {
     );
     server.shutdown().await;
 }
+
+/// Every publish path passes `data` on as the exact text that was sent: keys in their
+/// order, big integers and `1e999` as written, an escaped lone surrogate kept (issue #14:
+/// `POST /publish/{channel}` used to re-serialise the body and refuse the last two).
+#[tokio::test]
+async fn every_publish_path_keeps_the_data_text() {
+    let server = start().await;
+    let svc = service("svc");
+    let (mut a, _) = server.connect(&user("alice")).await;
+    a.subscribe(1, "global", None).await;
+    let data = r#"{"b": 1, "a": 123456789012345678901234567890, "f": 1e999, "s": "\ud800"}"#;
+    let one = format!(r#"{{"type":"custom.raw","channel":"global","data":{data}}}"#);
+    let no_channel = format!(r#"{{"type":"custom.raw","data":{data}}}"#);
+    let batch = format!(r#"{{"events":[{one}]}}"#);
+    for (path, body) in [
+        ("/publish", one.clone()),
+        ("/publish/global", no_channel),
+        ("/publish/batch", batch),
+    ] {
+        let r = server
+            .http
+            .post(server.url(path))
+            .bearer_auth(&svc)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v.get("error").is_none(), "{path}: {v}");
+        let frame = a.recv_text().await;
+        assert!(
+            frame.contains(&format!(r#""data":{data}"#)),
+            "{path}: {frame}"
+        );
+    }
+    server.shutdown().await;
+}

@@ -194,6 +194,23 @@ impl Ws {
         }
     }
 
+    /// The next text frame as sent (its exact text), skipping server pings.
+    pub(crate) async fn recv_text(&mut self) -> String {
+        loop {
+            let msg = tokio::time::timeout(STEP, self.s.next())
+                .await
+                .expect("no frame in time");
+            match msg {
+                Some(Ok(Message::Text(t))) if t.contains("\"op\":\"ping\"") => {
+                    self.send(json!({"op": "pong"})).await;
+                }
+                Some(Ok(Message::Text(t))) => return t.to_string(),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a frame, got {other:?}"),
+            }
+        }
+    }
+
     pub(crate) async fn next(&mut self) -> Result<Value, End> {
         loop {
             let msg = tokio::time::timeout(STEP, self.s.next())
