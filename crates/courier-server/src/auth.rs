@@ -38,9 +38,19 @@ pub struct Claims {
     /// Patterns granted for publishing (users only; services publish anywhere).
     #[serde(default)]
     pub publish: Vec<ChannelPattern>,
-    /// Rate-limit tier: `standard`, `premium`, `service`.
+    /// Rate-limit tier: one of the server's `rate_limits.tiers` (by default `standard`,
+    /// `premium`, `service`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<String>,
+    /// Not before, Unix seconds: the token is refused until then (minus the leeway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issuer, checked when the server sets `auth.issuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Audience, checked when the server sets `auth.audience`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 impl Claims {
@@ -91,6 +101,10 @@ pub struct Verifier {
     hs256: Option<DecodingKey>,
     rs256: Option<DecodingKey>,
     leeway: u64,
+    issuer: Option<String>,
+    audience: Vec<String>,
+    /// The tiers a token may name; `None` accepts any (rate limits off).
+    tiers: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -103,8 +117,9 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// Builds the verifier; fails if RS256 is listed with an unreadable key.
-    pub fn new(config: &AuthConfig) -> Result<Self, String> {
+    /// Builds the verifier; fails if RS256 is listed with an unreadable key. `tiers` lists the
+    /// rate-limit tiers a token may name (`None`: any).
+    pub fn new(config: &AuthConfig, tiers: Option<Vec<String>>) -> Result<Self, String> {
         let wants = |alg: &str| {
             config
                 .algorithms
@@ -136,6 +151,9 @@ impl Verifier {
             hs256,
             rs256,
             leeway: config.leeway_secs,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            tiers,
         })
     }
 
@@ -155,7 +173,19 @@ impl Verifier {
         let mut validation = Validation::new(header.alg);
         validation.leeway = self.leeway;
         validation.validate_exp = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        if self.audience.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&self.audience);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
             .kind()
         {
@@ -166,10 +196,32 @@ impl Verifier {
             jsonwebtoken::errors::ErrorKind::InvalidSignature => {
                 AuthError::unauthorized("token signature is invalid")
             }
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::unauthorized(
+                "token is not valid yet (`nbf` is in the future): check the issuer's clock or auth.leeway_secs",
+            ),
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => AuthError::unauthorized(format!(
+                "token `iss` is not the configured issuer `{}`",
+                self.issuer.as_deref().unwrap_or_default()
+            )),
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => AuthError::unauthorized(format!(
+                "token `aud` names none of the configured audiences ({})",
+                self.audience.join(", ")
+            )),
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) => {
+                AuthError::unauthorized(format!("token has no `{c}` claim, which this server requires"))
+            }
             _ => AuthError::unauthorized(format!("token is invalid: {e}")),
         })?;
         if data.claims.sub.is_empty() {
             return Err(AuthError::unauthorized("token has an empty `sub`"));
+        }
+        if let (Some(tier), Some(known)) = (&data.claims.tier, &self.tiers) {
+            if !known.iter().any(|k| k == tier) {
+                return Err(AuthError::unauthorized(format!(
+                    "token `tier` `{tier}` is not one of the server's tiers ({}): an unknown tier would get no limits of its own",
+                    known.join(", ")
+                )));
+            }
         }
         Ok(data.claims)
     }
@@ -204,5 +256,8 @@ pub fn claims_for(sub: &str, role: Role, channels: Vec<ChannelPattern>, ttl_secs
         channels,
         publish: Vec::new(),
         tier: None,
+        nbf: None,
+        iss: None,
+        aud: None,
     }
 }

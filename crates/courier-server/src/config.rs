@@ -150,8 +150,13 @@ pub struct AuthConfig {
     pub rsa_public_key_file: Option<String>,
     /// Algorithms accepted: any of `HS256`, `RS256`. RS256 needs a public key.
     pub algorithms: Vec<String>,
-    /// Clock skew tolerated on `exp`, in seconds.
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
+    /// When set, a token must carry exactly this `iss`.
+    pub issuer: Option<String>,
+    /// When not empty, a token must carry an `aud` naming one of these. When empty, `aud`
+    /// is not checked (tokens minted for another audience are then accepted too).
+    pub audience: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -162,6 +167,8 @@ impl Default for AuthConfig {
             rsa_public_key_file: None,
             algorithms: vec!["HS256".into(), "RS256".into()],
             leeway_secs: 0,
+            issuer: None,
+            audience: Vec::new(),
         }
     }
 }
@@ -311,8 +318,13 @@ pub struct RateLimitConfig {
     pub types: BTreeMap<String, LimitRule>,
     /// Per (user, event type) for types no entry of `types` matches.
     pub fallback: LimitRule,
-    /// Multiplier on every limit and burst by the token's `tier` claim.
+    /// Multiplier on every limit and burst by the token's `tier` claim. With limits on, a
+    /// token naming a tier not listed here is refused.
     pub tiers: BTreeMap<String, f64>,
+    /// Shadow mode for every rule at once: limits are measured, announced (`;shadow` in
+    /// `RateLimit-Policy`) and counted in the metrics, but nothing is refused. For trying
+    /// limits out on live traffic.
+    pub shadow: bool,
 }
 
 impl Default for RateLimitConfig {
@@ -338,6 +350,7 @@ impl Default for RateLimitConfig {
             types,
             fallback: LimitRule::per_minute(300),
             tiers,
+            shadow: false,
         }
     }
 }
@@ -392,7 +405,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("COURIER_REDIS_URL", "redis.url"),
 ];
 
-const LIST_KEYS: &[&str] = &["cors_origins", "auth.algorithms"];
+const LIST_KEYS: &[&str] = &["cors_origins", "auth.algorithms", "auth.audience"];
 
 impl Config {
     /// Defaults, then `file` (if any), then the `COURIER_*` variables in `env`.

@@ -16,6 +16,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use courier_core::ChannelName;
 use courier_core::event::EventIdGenerator;
 use courier_core::wire::{PUBLISH_BATCH_PATH, PUBLISH_CHANNEL_PATH, PUBLISH_PATH};
@@ -32,6 +33,7 @@ pub mod config;
 pub mod connections;
 pub mod fault;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
@@ -162,7 +164,12 @@ pub struct AppState {
 impl AppState {
     /// State for `config` over `stores`.
     pub fn new(config: Config, stores: Stores) -> Result<Self, ServerError> {
-        let verifier = Verifier::new(&config.auth).map_err(ServerError::Auth)?;
+        // With limits on, a token naming an unknown tier is refused rather than counted ×1.
+        let tiers = config
+            .rate_limits
+            .enabled
+            .then(|| config.rate_limits.tiers.keys().cloned().collect());
+        let verifier = Verifier::new(&config.auth, tiers).map_err(ServerError::Auth)?;
         let seed = u64::from_le_bytes(
             uuid::Uuid::new_v4().as_bytes()[..8]
                 .try_into()
@@ -410,6 +417,13 @@ async fn run_until_stopped(
     let server = {
         let stop = stop_accepting.clone();
         tokio::spawn(async move {
+            // Without TCP_NODELAY a small frame waits for the previous one's ACK (Nagle);
+            // the writer flushes once per burst, so this costs no extra segments.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             axum::serve(
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -60,7 +60,7 @@ enum Command {
         /// Channel patterns granted for publishing (users), comma-separated.
         #[arg(long, value_delimiter = ',')]
         publish: Vec<String>,
-        /// Rate-limit tier: standard, premium, service.
+        /// Rate-limit tier: one of `rate_limits.tiers` (default: standard, premium, service).
         #[arg(long)]
         tier: Option<String>,
         /// Lifetime in seconds.
@@ -98,8 +98,8 @@ fn load(cli_config: Option<&PathBuf>, args: &ServeArgs) -> Result<Config, String
 }
 
 fn init_logs(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("COURIER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let spec = std::env::var("COURIER_LOG").unwrap_or_else(|_| config.log_level.clone());
+    let filter = courier_server::logs::filter(&spec);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -132,6 +132,16 @@ fn token(
     };
     let mut claims = claims_for(&sub, role, patterns(channels)?, ttl);
     claims.publish = patterns(publish)?;
+    if let Some(t) = &tier {
+        let known = &config.rate_limits.tiers;
+        if !known.contains_key(t) {
+            let names: Vec<&str> = known.keys().map(String::as_str).collect();
+            return Err(format!(
+                "--tier `{t}` is not one of the configured tiers ({}); add it to rate_limits.tiers first",
+                names.join(", ")
+            ));
+        }
+    }
     claims.tier = tier;
     Ok(sign_hs256(&config.auth.jwt_secret, &claims))
 }
@@ -195,5 +205,38 @@ fn main() -> ExitCode {
             eprintln!("courier-server: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_refuses_a_tier_the_server_does_not_know() {
+        let config = Config::default();
+        let err = token(
+            &config,
+            "a".into(),
+            "user",
+            vec![],
+            vec![],
+            Some("gold".into()),
+            60,
+        )
+        .unwrap_err();
+        assert!(err.contains("gold") && err.contains("standard"), "{err}");
+        assert!(
+            token(
+                &config,
+                "a".into(),
+                "user",
+                vec![],
+                vec![],
+                Some("premium".into()),
+                60
+            )
+            .is_ok()
+        );
     }
 }

@@ -63,6 +63,12 @@ impl Table {
             ));
         }
         rows.push(row(FALLBACK_BUCKET.into(), None, &config.fallback, tier));
+        if config.shadow {
+            // Everything is measured, announced (`;shadow`) and counted, nothing refused.
+            for r in &mut rows {
+                r.shadow = true;
+            }
+        }
         let policy = rows
             .iter()
             .map(|r| {
@@ -360,6 +366,9 @@ mod tests {
             channels: vec![],
             publish: vec![],
             tier: Some(tier.into()),
+            nbf: None,
+            iss: None,
+            aud: None,
         }
     }
 

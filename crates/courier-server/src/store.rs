@@ -128,8 +128,8 @@ pub struct Published {
     pub epoch: Arc<str>,
     /// The event's offset in its channel.
     pub offset: u64,
-    /// The encoded `event` frame.
-    pub frame: Arc<str>,
+    /// The encoded `event` frame, shared by every subscriber's socket without a copy.
+    pub frame: axum::extract::ws::Utf8Bytes,
     /// When the server accepted it (for the publish-to-deliver histogram).
     pub accepted_at: Instant,
 }

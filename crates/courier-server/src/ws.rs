@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use courier_core::close;
@@ -245,6 +245,46 @@ impl ChannelSub {
     }
 }
 
+/// Most frames written between two flushes of one connection.
+const MAX_FRAMES_PER_FLUSH: usize = 256;
+
+/// One item of a connection's queue, ready for the socket.
+enum Write {
+    Text(Utf8Bytes, Option<std::time::Instant>, usize),
+    Close(Option<(u16, String)>),
+}
+
+fn to_write(
+    item: Option<Outbound>,
+    close_tx: &watch::Sender<Option<(u16, String)>>,
+    state: &SharedState,
+) -> Write {
+    let bytes = item.as_ref().map_or(0, Outbound::budgeted_bytes);
+    match item {
+        None => Write::Close(None),
+        Some(Outbound::Close(code, reason)) => {
+            close_tx.send_if_modified(|c| {
+                if c.is_none() {
+                    *c = Some((code, reason.clone()));
+                    true
+                } else {
+                    false
+                }
+            });
+            Write::Close(close_tx.borrow().clone())
+        }
+        Some(Outbound::Frame(t)) => Write::Text(t.into(), None, bytes),
+        Some(Outbound::Replayed(t)) => {
+            state.metrics.delivered.fetch_add(1, Ordering::Relaxed);
+            Write::Text(t.into(), None, bytes)
+        }
+        Some(Outbound::Event(p)) => Write::Text(p.frame.clone(), Some(p.accepted_at), bytes),
+    }
+}
+
+/// Writes a connection's queue to its socket: everything queued at once goes out with one
+/// flush (one TCP segment for a burst under `TCP_NODELAY`, not one per frame), and an event's
+/// frame is shared with every other subscriber's writer, never copied.
 async fn writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
@@ -253,45 +293,42 @@ async fn writer(
     state: SharedState,
 ) {
     let mut close_rx = close_tx.subscribe();
-    let close = loop {
+    let mut delivered: Vec<std::time::Instant> = Vec::new();
+    let close = 'outer: loop {
         let item = tokio::select! {
             biased;
             _ = close_rx.changed() => break close_rx.borrow().clone(),
             item = rx.recv() => item,
         };
-        let bytes = item.as_ref().map_or(0, Outbound::budgeted_bytes);
-        let (text, accepted_at) = match item {
-            None => break None,
-            Some(Outbound::Close(code, reason)) => {
-                close_tx.send_if_modified(|c| {
-                    if c.is_none() {
-                        *c = Some((code, reason.clone()));
-                        true
-                    } else {
-                        false
+        let mut next = Some(item);
+        let mut fed_bytes = 0;
+        let mut fed = 0;
+        while let Some(item) = next.take() {
+            match to_write(item, &close_tx, &state) {
+                Write::Close(c) => {
+                    let _ = sink.flush().await;
+                    break 'outer c;
+                }
+                Write::Text(text, accepted_at, bytes) => {
+                    if sink.feed(Message::Text(text)).await.is_err() {
+                        return;
                     }
-                });
-                break close_tx.borrow().clone();
+                    fed_bytes += bytes;
+                    delivered.extend(accepted_at);
+                }
             }
-            Some(Outbound::Frame(t)) => (t, None),
-            Some(Outbound::Replayed(t)) => {
-                state
-                    .metrics
-                    .delivered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                (t, None)
+            fed += 1;
+            // Bounded so one flush never waits on an unbounded burst.
+            if fed < MAX_FRAMES_PER_FLUSH {
+                next = rx.try_recv().ok().map(Some);
             }
-            Some(Outbound::Event(p)) => (p.frame.to_string(), Some(p.accepted_at)),
-        };
-        if sink.send(Message::Text(text.into())).await.is_err() {
+        }
+        if sink.flush().await.is_err() {
             return;
         }
-        queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-        if let Some(at) = accepted_at {
-            state
-                .metrics
-                .delivered
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        queued_bytes.fetch_sub(fed_bytes, Ordering::Relaxed);
+        for at in delivered.drain(..) {
+            state.metrics.delivered.fetch_add(1, Ordering::Relaxed);
             state.metrics.observe_latency(at.elapsed());
         }
     };

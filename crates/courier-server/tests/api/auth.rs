@@ -272,3 +272,132 @@ async fn token_expiry_and_refresh_on_open_connection() {
     assert_eq!(ws.recv().await["op"], "pong");
     server.shutdown().await;
 }
+
+/// `{status, code, message}` of a publish with `token`.
+async fn publish_with(server: &Server, token: &str) -> (u16, String, String) {
+    let r = server
+        .post("/publish", Some(token), &event("", "global", 1))
+        .await;
+    let status = r.status().as_u16();
+    let body = r.json::<serde_json::Value>().await.unwrap();
+    let code = body["error"]["code"].as_str().unwrap_or("").to_owned();
+    let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
+    (status, code, message)
+}
+
+fn service_claims() -> Claims {
+    Claims {
+        role: Role::Service,
+        ..claims("svc")
+    }
+}
+
+#[tokio::test]
+async fn nbf_is_enforced_with_the_leeway() {
+    let server = start_with(|c| c.auth.leeway_secs = 30).await;
+    let later = sign_hs256(
+        SECRET,
+        &Claims {
+            nbf: Some(unix_now() + 3600),
+            ..service_claims()
+        },
+    );
+    let (status, code, message) = publish_with(&server, &later).await;
+    assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"));
+    assert!(message.contains("nbf"), "{message}");
+    let (frame, _) = ws_refused(&server, &later).await;
+    assert_eq!(frame["code"], "UNAUTHORIZED", "{frame}");
+    // Within the leeway: accepted.
+    let skewed = sign_hs256(
+        SECRET,
+        &Claims {
+            nbf: Some(unix_now() + 10),
+            ..service_claims()
+        },
+    );
+    assert_eq!(publish_with(&server, &skewed).await.0, 200);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_configured() {
+    let open = start().await;
+    let foreign = sign_hs256(
+        SECRET,
+        &Claims {
+            iss: Some("elsewhere".into()),
+            aud: Some("another-app".into()),
+            ..service_claims()
+        },
+    );
+    // Not configured: neither is checked (an `aud` used to be refused outright).
+    assert_eq!(publish_with(&open, &foreign).await.0, 200);
+    open.shutdown().await;
+
+    let strict = start_with(|c| {
+        c.auth.issuer = Some("https://auth.example.com".into());
+        c.auth.audience = vec!["courier".into(), "courier-staging".into()];
+    })
+    .await;
+    let good = sign_hs256(
+        SECRET,
+        &Claims {
+            iss: Some("https://auth.example.com".into()),
+            aud: Some("courier-staging".into()),
+            ..service_claims()
+        },
+    );
+    assert_eq!(publish_with(&strict, &good).await.0, 200);
+    let wrong_iss = sign_hs256(
+        SECRET,
+        &Claims {
+            iss: Some("elsewhere".into()),
+            aud: Some("courier".into()),
+            ..service_claims()
+        },
+    );
+    let (status, _, message) = publish_with(&strict, &wrong_iss).await;
+    assert_eq!(status, 401);
+    assert!(message.contains("iss"), "{message}");
+    let wrong_aud = sign_hs256(
+        SECRET,
+        &Claims {
+            iss: Some("https://auth.example.com".into()),
+            aud: Some("another-app".into()),
+            ..service_claims()
+        },
+    );
+    let (status, _, message) = publish_with(&strict, &wrong_aud).await;
+    assert_eq!(status, 401);
+    assert!(message.contains("aud"), "{message}");
+    let (status, _, message) = publish_with(&strict, &service("svc")).await;
+    assert_eq!(status, 401, "no iss/aud at all");
+    assert!(message.contains("claim"), "{message}");
+    strict.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_tier_is_refused_while_limits_are_on() {
+    let server = start().await;
+    let gold = sign_hs256(
+        SECRET,
+        &Claims {
+            tier: Some("gold".into()),
+            ..service_claims()
+        },
+    );
+    let (status, code, message) = publish_with(&server, &gold).await;
+    assert_eq!((status, code.as_str()), (401, "UNAUTHORIZED"));
+    assert!(
+        message.contains("gold") && message.contains("premium"),
+        "{message}"
+    );
+    server.shutdown().await;
+    let off = start_with(|c| c.rate_limits.enabled = false).await;
+    assert_eq!(
+        publish_with(&off, &gold).await.0,
+        200,
+        "no tiers without limits"
+    );
+    off.shutdown().await;
+}

@@ -775,3 +775,35 @@ async fn a_subscriber_that_never_reads_is_closed_once_its_queue_passes_the_byte_
     assert_eq!(end, End::Close(4008));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn global_shadow_measures_and_announces_but_refuses_nothing() {
+    let server = start_with(|c| {
+        c.rate_limits
+            .types
+            .insert("candles".into(), LimitRule::per_minute(2));
+        c.rate_limits.shadow = true;
+    })
+    .await;
+    let user = user_with("alice", &[], &["global"]);
+    let mut last = None;
+    for _ in 0..5 {
+        let r = server
+            .post("/publish", Some(&user), &typed("candles.update", "global"))
+            .await;
+        assert_eq!(r.status(), 200, "shadow mode refuses nothing");
+        last = Some(r);
+    }
+    let policy = last.unwrap().headers()["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for bucket in ["\"user\"", "\"type:candles\"", "\"fallback\""] {
+        let rule = policy
+            .split(", ")
+            .find(|r| r.starts_with(bucket))
+            .unwrap_or_else(|| panic!("{bucket} in {policy}"));
+        assert!(rule.ends_with(";shadow"), "{rule}");
+    }
+    server.shutdown().await;
+}

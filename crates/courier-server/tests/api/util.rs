@@ -65,6 +65,9 @@ pub(crate) fn claims(sub: &str) -> Claims {
         channels: vec![],
         publish: vec![],
         tier: None,
+        nbf: None,
+        iss: None,
+        aud: None,
     }
 }
 

@@ -1,0 +1,23 @@
+//! The log filter: the operator's directives, with the libraries that would print secrets
+//! capped below the level where they do.
+
+use tracing_subscriber::EnvFilter;
+
+/// Targets that log whole frames or headers at `trace` — a `connect` frame or an
+/// `Authorization` header carries a JWT — capped at `debug` whatever the operator asks.
+pub const SECRET_BEARING_TARGETS: &[&str] = &["tungstenite", "tokio_tungstenite", "hyper", "h2"];
+
+/// `spec` (`COURIER_LOG` or `log_level`, e.g. `info` or `courier_server=trace`) with every
+/// target of [`SECRET_BEARING_TARGETS`] capped at `debug`. An invalid spec falls back to
+/// `info`.
+pub fn filter(spec: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in SECRET_BEARING_TARGETS {
+        // Added last, so it wins over a directive of the same target in `spec`; a more
+        // general one (`trace`) never outranks a per-target directive.
+        if let Ok(d) = format!("{target}=debug").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
