@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod channel;
+pub mod client;
 pub mod close;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -32,6 +33,9 @@ pub mod time;
 mod vec_map;
 
 pub use channel::{ChannelName, ChannelPattern};
+pub use client::{
+    Client, ClientConfig, ClientStats, Endpoints, EventOptions, ListenerId, PublishItem,
+};
 pub use error::{
     Error, ErrorBody, ErrorCategory, ErrorCode, ErrorResponse, FrameError, Refusal, UsageError,
     ValidationError, ValidationKind,
