@@ -503,8 +503,15 @@ impl Client {
             return;
         };
         l.unread = l.unread.saturating_sub(count);
-        let channel = l.channel.clone();
-        self.maybe_resume(&channel, now);
+        // Cheap unless the channel is paused (this runs for every event read).
+        if self
+            .channels
+            .get(&l.channel)
+            .is_some_and(|c| c.paused.is_some())
+        {
+            let channel = l.channel.clone();
+            self.maybe_resume(&channel, now);
+        }
     }
 
     /// Where `channel`'s delivery stands (the last event delivered, or the position right
@@ -942,30 +949,41 @@ impl Client {
     }
 
     fn deliver(&mut self, delivery: Delivery, now: Instant) {
-        let channel = &delivery.event.channel;
-        let Some(state) = self.channels.get(channel) else {
+        // The hot path of every subscriber: no allocation beyond the output itself when the
+        // channel has one listener (the common case).
+        let Some(state) = self.channels.get(&delivery.event.channel) else {
             return;
         };
         let mut full = false;
-        let last = state.listeners.len().saturating_sub(1);
-        let listeners: Vec<ListenerId> = state.listeners.clone();
-        let channel = channel.clone();
-        let mut delivery = Some(delivery);
-        for (i, listener) in listeners.into_iter().enumerate() {
-            if let (Some(buffer), Some(l)) = (self.buffer, self.listeners.get_mut(&listener)) {
-                l.unread += 1;
-                full |= l.unread >= buffer;
-            }
-            let d = if i == last {
-                delivery.take()
-            } else {
-                delivery.clone()
-            };
-            if let Some(delivery) = d {
-                self.outputs.push_back(Output::Event { listener, delivery });
+        if let Some(buffer) = self.buffer {
+            for id in &state.listeners {
+                if let Some(l) = self.listeners.get_mut(id) {
+                    l.unread += 1;
+                    full |= l.unread >= buffer;
+                }
             }
         }
-        if full {
+        let channel = full.then(|| delivery.event.channel.clone());
+        match state.listeners.as_slice() {
+            [] => {}
+            [listener] => self.outputs.push_back(Output::Event {
+                listener: *listener,
+                delivery,
+            }),
+            [rest @ .., last] => {
+                for &listener in rest {
+                    self.outputs.push_back(Output::Event {
+                        listener,
+                        delivery: delivery.clone(),
+                    });
+                }
+                self.outputs.push_back(Output::Event {
+                    listener: *last,
+                    delivery,
+                });
+            }
+        }
+        if let Some(channel) = channel {
             self.pause(&channel, now);
         }
     }

@@ -9,6 +9,9 @@
 //! Nothing in this crate reads a clock, sleeps, spawns or touches a socket (the model is
 //! quinn-proto). Drivers feed inputs through `handle_*(…, now)` methods, drain outputs with
 //! `poll_*()` methods, and ask `poll_timeout()` when to call `handle_timeout(now)` next.
+//! Every SDK drives one type, [`client::Client`], which owns the connection state machine,
+//! the publish queue and everything they share (token, stamping, listeners, stats); the
+//! behaviour it fixes for all languages is tabled in `docs/behaviour.md`.
 //! The drivers are `courier-client` (tokio), `courier-wasm` (browsers and Node) and, through
 //! `courier-client`, the Python package.
 
