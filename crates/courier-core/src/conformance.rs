@@ -263,24 +263,7 @@ impl QueueRunner {
             }
         } else if let Some(r) = input.get("respond") {
             let batch = BatchId(r["batch"].as_u64().ok_or("respond without batch")?);
-            let response = match r.get("failed") {
-                Some(message) => TransportResult::Failed(text_of(message)),
-                None => TransportResult::Http {
-                    status: r["status"]
-                        .as_u64()
-                        .and_then(|s| u16::try_from(s).ok())
-                        .unwrap_or(200),
-                    headers: serde_json::from_value(
-                        r.get("headers").cloned().unwrap_or_else(|| json!([])),
-                    )
-                    .map_err(|e| format!("bad headers: {e}"))?,
-                    body: match (r.get("results"), r.get("error")) {
-                        (Some(results), _) => json!({ "results": results }).to_string(),
-                        (None, Some(error)) => json!({ "error": error }).to_string(),
-                        (None, None) => text_of(r.get("body").unwrap_or(&json!(""))),
-                    },
-                },
-            };
+            let response = http_answer(r)?;
             self.queue
                 .handle_response(batch, response, now, self.wall_start + at);
         } else if input == "timeout" {
@@ -328,10 +311,192 @@ impl QueueRunner {
     }
 }
 
+/// Replays a `client.json` case on simulated time: one [`Client`](crate::client::Client),
+/// with the case playing the application, the token provider, the socket and the HTTP server.
+#[derive(Debug)]
+pub struct ClientRunner {
+    client: crate::client::Client,
+    start: Instant,
+    wall_start: SystemTime,
+}
+
+impl ClientRunner {
+    /// A runner for a case's `config` (a [`ClientConfig`](crate::client::ClientConfig)) and
+    /// `seed`; the wall clock starts at `wall_now_unix_ms`.
+    pub fn new(case: &Value, start: Instant) -> Result<Self, String> {
+        let config: crate::client::ClientConfig = serde_json::from_value(case["config"].clone())
+            .map_err(|e| format!("bad config: {e}"))?;
+        let seed = case["seed"].as_u64().unwrap_or(0);
+        let wall_start = case["wall_now_unix_ms"]
+            .as_u64()
+            .map_or(UNIX_EPOCH + Duration::from_secs(1_700_000_000), |ms| {
+                UNIX_EPOCH + Duration::from_millis(ms)
+            });
+        Ok(Self {
+            client: crate::client::Client::new(config, seed, start),
+            start,
+            wall_start,
+        })
+    }
+
+    /// Applies a step's `input` at `at_ms` → `{"outputs": [...], "next_timeout_ms": n|null,
+    /// "stats": {...}}` (a command's result, a listener id or a ticket, comes first in
+    /// `outputs` as `{"listener": n}` / `{"ticket": n}`, or `{"rejected": code}`).
+    pub fn step(&mut self, step: &Value) -> Result<Value, String> {
+        use crate::client::{EventOptions, ListenerId, Output as O};
+        let at = Duration::from_millis(step["at_ms"].as_u64().ok_or("step without at_ms")?);
+        let now = self.start + at;
+        let wall = self.wall_start + at;
+        let input = &step["input"];
+        let mut outputs = Vec::new();
+        let c = &mut self.client;
+        if let Some(sub) = input.get("subscribe") {
+            let since = match sub.get("since") {
+                Some(s) => Some(serde_json::from_value(s.clone()).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            match c.subscribe(sub["channel"].as_str().unwrap_or(""), since, now) {
+                Ok(l) => outputs.push(json!({ "listener": l.0 })),
+                Err(e) => outputs.push(json!({ "rejected": e.code() })),
+            }
+        } else if let Some(l) = input.get("unsubscribe") {
+            let existed = c.unsubscribe(ListenerId(l.as_u64().unwrap_or(0)), now);
+            outputs.push(json!({ "unsubscribed": existed }));
+        } else if let Some(r) = input.get("consumed") {
+            let listener = ListenerId(r["listener"].as_u64().unwrap_or(0));
+            let count = r["count"].as_u64().unwrap_or(0) as usize;
+            c.handle_consumed(listener, count, now);
+        } else if let Some(p) = input.get("publish") {
+            let data = p.get("data").cloned().unwrap_or_else(|| json!({}));
+            let metadata = match p.get("metadata") {
+                Some(m) => Some(serde_json::from_value(m.clone()).map_err(|e| e.to_string())?),
+                None => None,
+            };
+            let options = EventOptions {
+                idempotency_key: p["id"].as_str().map(str::to_owned),
+                metadata,
+            };
+            let item = crate::client::PublishItem {
+                channel: p["channel"].as_str().unwrap_or("").to_owned(),
+                event_type: p["type"].as_str().unwrap_or("").to_owned(),
+                data_json: data.to_string(),
+                event: options,
+                options: PublishOptions::default(),
+            };
+            match c.publish(item, now, wall) {
+                Ok(t) => outputs.push(json!({ "ticket": t })),
+                Err(e) => outputs.push(json!({ "rejected": e.code(), "field": field_of(&e) })),
+            }
+        } else if let Some(t) = input.get("token") {
+            c.handle_token(Ok(text_of(t)), now);
+        } else if let Some(m) = input.get("token_error") {
+            c.handle_token(Err(text_of(m)), now);
+        } else if let Some(f) = input.get("frame") {
+            c.handle_frame(&text_of(f), now);
+        } else if let Some(s) = input.get("socket_closed") {
+            let code = s["code"].as_u64().and_then(|c| u16::try_from(c).ok());
+            c.handle_socket_closed(code, s["reason"].as_str().unwrap_or(""), now);
+        } else if let Some(r) = input.get("respond") {
+            let batch = BatchId(r["batch"].as_u64().ok_or("respond without batch")?);
+            c.handle_response(batch, http_answer(r)?, now, wall);
+        } else {
+            match input.as_str() {
+                Some("connect") => c.connect(now),
+                Some("close") => c.close(now),
+                Some("timeout") => c.handle_timeout(now),
+                Some("socket_open") => c.handle_socket_open(now),
+                _ => return Err(format!("unknown client input {input}")),
+            }
+        }
+        while let Some(o) = c.poll(now) {
+            outputs.push(match o {
+                O::FetchToken { refresh } => json!({ "fetch_token": { "refresh": refresh } }),
+                O::OpenSocket => json!("open_socket"),
+                O::SendFrame(text) => {
+                    json!({ "send": serde_json::from_str::<Value>(&text).unwrap_or(Value::Null) })
+                }
+                O::CloseSocket { code, reason } => {
+                    json!({ "close_socket": { "code": code, "reason": reason } })
+                }
+                O::SendBatch { batch, body, token } => {
+                    let body: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+                    let events: Vec<Value> = body["events"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|e| {
+                            json!({
+                                "id": e["id"], "channel": e["channel"], "type": e["type"],
+                                "source": e["metadata"]["source"],
+                                "timestamp": e["metadata"]["timestamp"],
+                            })
+                        })
+                        .collect();
+                    json!({ "send_batch": { "batch": batch.0, "token": token, "events": events } })
+                }
+                O::State(s) => json!({ "state": s }),
+                O::Subscribed { listener, channel, recovered, position } => json!({
+                    "subscribed": { "listener": listener.0, "channel": channel, "recovered": recovered, "position": position }
+                }),
+                O::Event { listener, delivery } => json!({
+                    "event": { "listener": listener.0, "channel": delivery.event.channel,
+                               "epoch": delivery.epoch, "offset": delivery.offset, "id": delivery.event.id }
+                }),
+                O::Gap { listener, channel, last, position, reason } => json!({
+                    "gap": { "listener": listener.0, "channel": channel, "last": last, "position": position, "reason": reason }
+                }),
+                O::SubscriptionFailed { listener, channel, error } => json!({
+                    "subscription_failed": { "listener": listener.0, "channel": channel, "error": error.code() }
+                }),
+                O::Published { ticket, result } => match result {
+                    Ok(r) => json!({ "published": { "ticket": ticket, "offset": r.offset, "duplicate": r.duplicate, "attempts": r.attempts } }),
+                    Err(e) => json!({ "published": { "ticket": ticket, "error": e.code() } }),
+                },
+                O::Error(e) => json!({ "error": e.code() }),
+            });
+        }
+        let next = c
+            .poll_timeout()
+            .map(|t| ceil_ms(t.saturating_duration_since(self.start)));
+        let stats = serde_json::to_value(c.stats(now)).map_err(|e| e.to_string())?;
+        Ok(json!({ "outputs": outputs, "next_timeout_ms": next, "stats": stats }))
+    }
+}
+
+fn field_of(e: &Error) -> Value {
+    match e {
+        Error::Invalid(v) => json!(v.field),
+        _ => Value::Null,
+    }
+}
+
+/// A scripted HTTP answer of a vector step: `failed`, or `status`, `headers` and
+/// `results` / `error` / `body`.
+fn http_answer(r: &Value) -> Result<TransportResult, String> {
+    Ok(match r.get("failed") {
+        Some(message) => TransportResult::Failed(text_of(message)),
+        None => TransportResult::Http {
+            status: r["status"]
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(200),
+            headers: serde_json::from_value(r.get("headers").cloned().unwrap_or_else(|| json!([])))
+                .map_err(|e| format!("bad headers: {e}"))?,
+            body: match (r.get("results"), r.get("error")) {
+                (Some(results), _) => json!({ "results": results }).to_string(),
+                (None, Some(error)) => json!({ "error": error }).to_string(),
+                (None, None) => text_of(r.get("body").unwrap_or(&json!(""))),
+            },
+        },
+    })
+}
+
 /// The vector files [`evaluate`] understands, by file stem.
 pub const VECTOR_FILES: &[&str] = &[
     "backoff",
+    "client",
     "close_codes",
+    "endpoints",
     "errors",
     "events",
     "frames",
@@ -357,6 +522,13 @@ pub fn evaluate(file: &str, case: &Value, origin: Instant) -> Result<Value, Stri
             out["expect"] = v;
         }
         "close_codes" => out["action"] = close_action(case),
+        "endpoints" => {
+            let url = case["url"].as_str().ok_or("endpoints case without url")?;
+            out["expect"] = match crate::client::Endpoints::parse(url) {
+                Ok(e) => json!({ "ws_url": e.ws_url, "http_base": e.http_base }),
+                Err(e) => json!({ "error": field_of(&e) }),
+            };
+        }
         "errors" => {
             let got = error_class(case)?;
             for key in ["wire", "category", "retryable"] {
@@ -482,6 +654,27 @@ pub fn evaluate(file: &str, case: &Value, origin: Instant) -> Result<Value, Stri
                         gcra.learn(&info, at(&step["at_ms"]));
                     }
                     other => return Err(format!("unknown gcra op {other:?}")),
+                }
+            }
+        }
+        "client" => {
+            let mut runner = ClientRunner::new(case, origin)?;
+            for step in out["steps"]
+                .as_array_mut()
+                .ok_or("client case without steps")?
+            {
+                let got = runner.step(step)?;
+                step["expect"] = got["outputs"].clone();
+                // Optional expectations: only those the case states are compared.
+                if step.get("next_timeout_ms").is_some() {
+                    step["next_timeout_ms"] = got["next_timeout_ms"].clone();
+                }
+                if let Some(Value::Object(wanted)) = step.get("stats").cloned() {
+                    let picked: serde_json::Map<String, Value> = wanted
+                        .keys()
+                        .map(|k| (k.clone(), got["stats"][k].clone()))
+                        .collect();
+                    step["stats"] = Value::Object(picked);
                 }
             }
         }

@@ -485,6 +485,15 @@ impl Connection {
         }
     }
 
+    /// A newer token obtained elsewhere (the client's HTTP side refreshed it): used from the
+    /// next connection attempt on; ignored while a token request of this connection is out
+    /// (its answer comes through [`Connection::handle_token`]).
+    pub fn set_token(&mut self, token: String) {
+        if !self.token_in_flight {
+            self.token = Some(token);
+        }
+    }
+
     fn fetch_token(&mut self, refresh: bool) {
         if !self.token_in_flight {
             self.token_in_flight = true;

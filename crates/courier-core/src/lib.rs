@@ -9,11 +9,15 @@
 //! Nothing in this crate reads a clock, sleeps, spawns or touches a socket (the model is
 //! quinn-proto). Drivers feed inputs through `handle_*(…, now)` methods, drain outputs with
 //! `poll_*()` methods, and ask `poll_timeout()` when to call `handle_timeout(now)` next.
+//! Every SDK drives one type, [`client::Client`], which owns the connection state machine,
+//! the publish queue and everything they share (token, stamping, listeners, stats); the
+//! behaviour it fixes for all languages is tabled in `docs/behaviour.md`.
 //! The drivers are `courier-client` (tokio), `courier-wasm` (browsers and Node) and, through
 //! `courier-client`, the Python package.
 
 pub mod backoff;
 pub mod channel;
+pub mod client;
 pub mod close;
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -33,6 +37,9 @@ mod vec_map;
 pub mod wire;
 
 pub use channel::{ChannelName, ChannelPattern};
+pub use client::{
+    Client, ClientConfig, ClientStats, Endpoints, EventOptions, ListenerId, PublishItem,
+};
 pub use error::{
     Error, ErrorBody, ErrorCategory, ErrorCode, ErrorResponse, FrameError, Refusal, UsageError,
     ValidationError, ValidationKind,
