@@ -28,6 +28,7 @@ pub mod queue;
 pub mod rate_limit;
 pub mod retry_after;
 pub mod retry_budget;
+pub mod shape;
 pub mod time;
 mod vec_map;
 
