@@ -1087,6 +1087,23 @@ mod tests {
         assert_eq!(new.unwrap().1, ValidationKind::TooLong);
     }
 
+    /// Every catalogue case of the shared vectors gets the same answer from the serde oracle.
+    #[test]
+    fn table_matches_the_serde_oracle_on_the_vectors() {
+        let file: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/vectors/events.json")).unwrap();
+        let mut compared = 0;
+        for case in file["cases"].as_array().unwrap() {
+            let t = case["event"]["type"].as_str().unwrap_or("");
+            if catalogue_fields(t).is_some() {
+                let (old, new) = both(t, &case["event"]["data"].to_string());
+                assert_eq!(old, new, "{}", case["name"]);
+                compared += 1;
+            }
+        }
+        assert!(compared > 30, "{compared}");
+    }
+
     mod oracle_props {
         use super::*;
         use proptest::prelude::*;
