@@ -103,46 +103,79 @@ pub fn validate(
 ) -> Result<(), ValidationError> {
     let mut walk = Walk {
         path: String::from("data"),
+        rank: Vec::new(),
         event_type,
         error: None,
+        later: None,
     };
-    let object = Kind::Object(fields);
-    let result = walk
-        .shape(&mut Reader::new(data), &object, false)
-        .and_then(|()| walk.content(&mut Reader::new(data), &object));
-    match (result, walk.error) {
-        (Ok(()), _) => Ok(()),
-        (Err(_), Some(error)) => Err(error),
-        (Err(e), None) => Err(ValidationError::new(
+    let result = walk.value(&mut Reader::new(data), &Kind::Object(fields), false);
+    match (result, walk.error, walk.later) {
+        (Err(_), Some(error), _) => Err(error),
+        (Err(e), None, _) => Err(ValidationError::new(
             "data",
             ValidationKind::BadFormat,
             format!("data is not valid JSON: {e}"),
         )),
+        (Ok(()), _, Some((_, error))) => Err(error),
+        (Ok(()), _, None) => Ok(()),
     }
 }
 
-/// One walk over the data: where it is, and the first error (the reader's callbacks can
-/// only return a [`JsonError`], so the validation error waits here).
+/// One walk over the data, in one pass. Shape errors stop it at once (document order, as
+/// serde's derive found them); content errors wait in `later`, where the one first in
+/// declaration order (`rank`: the field and item indices along the path) stays, and are
+/// reported only when the shape is right (as the checks that ran after deserialising were).
 struct Walk<'t> {
     path: String,
+    rank: Vec<u32>,
     event_type: &'t str,
+    /// The shape error (the reader's callbacks can only return a [`JsonError`]).
     error: Option<ValidationError>,
+    later: Option<(Vec<u32>, ValidationError)>,
 }
 
 impl Walk<'_> {
-    /// The path under `data` for messages: `percent`, `symbols[2]`.
-    fn name(&self) -> &str {
-        self.path
-            .strip_prefix("data.")
-            .unwrap_or(self.path.as_str())
+    /// The error at the current path. The message is the concatenation of `parts`, where
+    /// [`FIELD`] stands for the field (its path under `data`: `percent`, `symbols[2]`),
+    /// [`TYPE`] for the event type and [`IN_DATA`] says which event type's data (recognised
+    /// by address, so no value can pass for them). Plain concatenation instead of `format!`
+    /// at each site keeps the WASM smaller.
+    fn error(&self, kind: ValidationKind, parts: &[&str]) -> ValidationError {
+        let name = self.path.strip_prefix("data.").unwrap_or(&self.path);
+        let mut message = String::new();
+        for &part in parts {
+            if std::ptr::eq(part, FIELD) {
+                message.push_str(name);
+            } else if std::ptr::eq(part, TYPE) {
+                message.push_str(self.event_type);
+            } else if std::ptr::eq(part, IN_DATA) {
+                message.push_str(" (in `");
+                message.push_str(self.event_type);
+                message.push_str("` data)");
+            } else {
+                message.push_str(part);
+            }
+        }
+        ValidationError::new(self.path.clone(), kind, message)
     }
 
-    /// Records the error at the current path and stops the reader.
-    fn fail(&mut self, kind: ValidationKind, message: String) -> JsonError {
-        self.error = Some(ValidationError::new(self.path.clone(), kind, message));
+    /// A shape error: recorded, and the reader stops.
+    fn fail(&mut self, kind: ValidationKind, parts: &[&str]) -> JsonError {
+        self.error = Some(self.error(kind, parts));
         JsonError {
             what: "".into(),
             at: 0,
+        }
+    }
+
+    /// A content error: kept if it comes first in declaration order; the walk goes on.
+    fn later(&mut self, kind: ValidationKind, parts: &[&str]) {
+        if self
+            .later
+            .as_ref()
+            .is_none_or(|(rank, _)| self.rank < *rank)
+        {
+            self.later = Some((self.rank.clone(), self.error(kind, parts)));
         }
     }
 
@@ -155,28 +188,36 @@ impl Walk<'_> {
             Some(b'n') => "null",
             _ => "a number",
         };
-        let message = format!(
-            "`{}` must be {expected}, not {found} (in `{}` data)",
-            self.name(),
-            self.event_type
-        );
-        self.fail(ValidationKind::WrongType, message)
+        self.fail(
+            ValidationKind::WrongType,
+            &["`", FIELD, "` must be ", expected, ", not ", found, IN_DATA],
+        )
     }
 
-    /// Runs `f` with `.key` or `[index]` added to the path.
-    fn at<T>(&mut self, step: &[&str], f: impl FnOnce(&mut Self) -> T) -> T {
+    /// Reads a member or item: `steps` (`.key`, or `[`, index, `]`) added to the path and
+    /// `index` to the rank.
+    fn at(
+        &mut self,
+        steps: &[&str],
+        index: u32,
+        r: &mut Reader<'_>,
+        kind: &Kind,
+        nullable: bool,
+    ) -> Result<(), JsonError> {
         let len = self.path.len();
-        for s in step {
+        for s in steps {
             self.path.push_str(s);
         }
-        let out = f(self);
+        self.rank.push(index);
+        let out = self.value(r, kind, nullable);
         self.path.truncate(len);
+        self.rank.pop();
         out
     }
 
-    /// Pass 1: JSON types, enum values, numbers that fit, duplicates, missing fields.
-    fn shape(&mut self, r: &mut Reader<'_>, kind: &Kind, nullable: bool) -> Result<(), JsonError> {
-        if *kind == Kind::Any {
+    /// Reads one value of `kind` (`null` allowed when `nullable`).
+    fn value(&mut self, r: &mut Reader<'_>, kind: &Kind, nullable: bool) -> Result<(), JsonError> {
+        if let Kind::Any = kind {
             return r.skip_value().map(drop);
         }
         if nullable && r.null() {
@@ -188,46 +229,122 @@ impl Walk<'_> {
                 if found != Some(b'"') {
                     return Err(self.wrong_type(found, "a string"));
                 }
-                let Kind::Enum(names) = *kind else {
-                    return r.skip_value().map(drop);
-                };
                 let value = r.string()?;
-                if !names.contains(&&*value) {
-                    let message = format!(
-                        "`{}` is `{value}`; it must be one of `{}` (in `{}` data)",
-                        self.name(),
-                        names.join("`, `"),
-                        self.event_type
-                    );
-                    return Err(self.fail(ValidationKind::WrongType, message));
+                match *kind {
+                    Kind::Enum(names) if !names.contains(&&*value) => {
+                        let mut list = String::new();
+                        for (i, n) in names.iter().enumerate() {
+                            list.push_str(if i == 0 { "`" } else { "`, `" });
+                            list.push_str(n);
+                        }
+                        return Err(self.fail(
+                            ValidationKind::WrongType,
+                            &[
+                                "`",
+                                FIELD,
+                                "` is `",
+                                &value,
+                                "`; it must be one of ",
+                                &list,
+                                "`",
+                                IN_DATA,
+                            ],
+                        ));
+                    }
+                    Kind::Name if value.trim().is_empty() => {
+                        self.later(
+                            ValidationKind::Missing,
+                            &["`", FIELD, "` must not be empty"],
+                        );
+                    }
+                    Kind::Name if value.len() > MAX_NAME_LEN => {
+                        let path = self.path.clone();
+                        let len = u64_text(value.len() as u64);
+                        self.later(
+                            ValidationKind::TooLong,
+                            &["`", &path, "` is ", &len, " bytes; at most 128"],
+                        );
+                    }
+                    Kind::Decimal { .. } if !is_decimal(&value) => {
+                        self.later(
+                            ValidationKind::BadFormat,
+                            &["`", FIELD, "` is `", &value, "`; decimals are strings like \"101.25\" (kept exact in every language)"],
+                        );
+                    }
+                    Kind::Decimal { positive: true }
+                        if value.starts_with('-')
+                            || value.bytes().all(|b| b == b'0' || b == b'.') =>
+                    {
+                        self.later(
+                            ValidationKind::OutOfRange,
+                            &[
+                                "`",
+                                FIELD,
+                                "` is `",
+                                &value,
+                                "`; it must be greater than zero",
+                            ],
+                        );
+                    }
+                    _ => {}
                 }
             }
-            Kind::Number(_) | Kind::UInt => {
+            Kind::Number(range) => {
                 if !matches!(found, Some(b'-' | b'0'..=b'9')) {
-                    let expected = if *kind == Kind::UInt {
-                        "a whole number"
-                    } else {
-                        "a number"
-                    };
-                    return Err(self.wrong_type(found, expected));
+                    return Err(self.wrong_type(found, "a number"));
                 }
                 let text = r.number()?;
-                if *kind == Kind::UInt && !fits_u64(text) {
-                    let message = format!(
-                        "`{}` is {text}; it must be a whole number from 0 to {} (in `{}` data)",
-                        self.name(),
-                        u64::MAX,
-                        self.event_type
-                    );
-                    return Err(self.fail(ValidationKind::WrongType, message));
-                }
                 if compare(text.trim_start_matches('-'), F64_OVERFLOW) != Ordering::Less {
-                    let message = format!(
-                        "`{}` is {text}, a number out of range (in `{}` data)",
-                        self.name(),
-                        self.event_type
-                    );
-                    return Err(self.fail(ValidationKind::WrongType, message));
+                    return Err(self.fail(
+                        ValidationKind::WrongType,
+                        &[
+                            "`",
+                            FIELD,
+                            "` is ",
+                            text,
+                            ", a number out of range",
+                            IN_DATA,
+                        ],
+                    ));
+                }
+                if let Some(range) = range {
+                    if compare(text, range.lowest) == Ordering::Less
+                        || compare(text, range.highest) == Ordering::Greater
+                    {
+                        self.later(
+                            ValidationKind::OutOfRange,
+                            &[
+                                "`",
+                                FIELD,
+                                "` is ",
+                                text,
+                                "; it must be between ",
+                                range.min,
+                                " and ",
+                                range.max,
+                            ],
+                        );
+                    }
+                }
+            }
+            Kind::UInt => {
+                if !matches!(found, Some(b'-' | b'0'..=b'9')) {
+                    return Err(self.wrong_type(found, "a whole number"));
+                }
+                let text = r.number()?;
+                if !fits_u64(text) {
+                    return Err(self.fail(
+                        ValidationKind::WrongType,
+                        &[
+                            "`",
+                            FIELD,
+                            "` is ",
+                            text,
+                            "; it must be a whole number from 0 to ",
+                            U64_MAX,
+                            IN_DATA,
+                        ],
+                    ));
                 }
             }
             Kind::Bool => {
@@ -243,9 +360,9 @@ impl Walk<'_> {
                 }
                 let mut index = 0;
                 r.array(|r| {
-                    let i = u64_text(index);
+                    let i = u64_text(u64::from(index));
                     index += 1;
-                    self.at(&["[", &i, "]"], |w| w.shape(r, item, false))
+                    self.at(&["[", &i, "]"], index - 1, r, item, false)
                 })?;
             }
             Kind::Object(fields) => {
@@ -259,197 +376,125 @@ impl Walk<'_> {
                         return r.skip_value().map(drop);
                     };
                     if seen & 1 << i != 0 {
-                        let message =
-                            format!("duplicate field `{key}` (in `{}` data)", self.event_type);
-                        return Err(self.fail(ValidationKind::WrongType, message));
+                        return Err(self.fail(
+                            ValidationKind::WrongType,
+                            &["duplicate field `", key, "`", IN_DATA],
+                        ));
                     }
                     seen |= 1 << i;
                     let field = &fields[i];
-                    self.at(&[".", key], |w| w.shape(r, &field.kind, !field.required))
+                    self.at(&[".", key], i as u32, r, &field.kind, !field.required)
                 })?;
-                if let Some(field) = fields
-                    .iter()
-                    .enumerate()
-                    .find_map(|(i, f)| (f.required && seen & 1 << i == 0).then_some(f))
-                {
-                    return Err(self.at(&[".", field.name], |w| {
-                        let message = format!("`{}` is required for `{}`", w.name(), w.event_type);
-                        w.fail(ValidationKind::Missing, message)
-                    }));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Pass 2, on data whose shape passed: blank names, decimals, ranges, in declaration
-    /// order.
-    fn content(&mut self, r: &mut Reader<'_>, kind: &Kind) -> Result<(), JsonError> {
-        if r.null() {
-            return Ok(());
-        }
-        match *kind {
-            Kind::Name => {
-                let value = r.string()?;
-                if value.trim().is_empty() {
-                    let message = format!("`{}` must not be empty", self.name());
-                    return Err(self.fail(ValidationKind::Missing, message));
-                }
-                if value.len() > MAX_NAME_LEN {
-                    let message = format!(
-                        "`{}` is {} bytes; at most {MAX_NAME_LEN}",
-                        self.path,
-                        value.len()
-                    );
-                    return Err(self.fail(ValidationKind::TooLong, message));
-                }
-            }
-            Kind::Decimal { positive } => {
-                let value = r.string()?;
-                if !is_decimal(&value) {
-                    let message = format!(
-                        "`{}` is `{value}`; decimals are strings like \"101.25\" (kept exact in every language)",
-                        self.name()
-                    );
-                    return Err(self.fail(ValidationKind::BadFormat, message));
-                }
-                if positive
-                    && (value.starts_with('-') || value.bytes().all(|b| b == b'0' || b == b'.'))
-                {
-                    let message = format!(
-                        "`{}` is `{value}`; it must be greater than zero",
-                        self.name()
-                    );
-                    return Err(self.fail(ValidationKind::OutOfRange, message));
-                }
-            }
-            Kind::Number(Some(range)) => {
-                let text = r.number()?;
-                if compare(text, range.lowest) == Ordering::Less
-                    || compare(text, range.highest) == Ordering::Greater
-                {
-                    let message = format!(
-                        "`{}` is {text}; it must be between {} and {}",
-                        self.name(),
-                        range.min,
-                        range.max
-                    );
-                    return Err(self.fail(ValidationKind::OutOfRange, message));
-                }
-            }
-            Kind::Array(item) => {
-                let mut index = 0;
-                r.array(|r| {
-                    let i = u64_text(index);
-                    index += 1;
-                    self.at(&["[", &i, "]"], |w| w.content(r, item))
-                })?;
-            }
-            Kind::Object(fields) => {
-                let mut values = vec![None; fields.len()];
-                r.object(|r, key| {
-                    let value = r.skip_value()?;
-                    if let Some(i) = fields.iter().position(|f| f.name == key) {
-                        values[i] = Some(value);
-                    }
-                    Ok(())
-                })?;
-                for (field, value) in fields.iter().zip(values) {
-                    if let Some(value) = value {
-                        self.at(&[".", field.name], |w| {
-                            w.content(&mut Reader::new(value), &field.kind)
-                        })?;
+                for (i, field) in fields.iter().enumerate() {
+                    if field.required && seen & 1 << i == 0 {
+                        self.path.push('.');
+                        self.path.push_str(field.name);
+                        return Err(self.fail(
+                            ValidationKind::Missing,
+                            &["`", FIELD, "` is required for `", TYPE, "`"],
+                        ));
                     }
                 }
-            }
-            _ => {
-                r.skip_value()?;
             }
         }
         Ok(())
     }
 }
+
+/// In a message: the field's path under `data`.
+static FIELD: &str = "@";
+/// In a message: the event type.
+static TYPE: &str = "%";
+/// In a message: ` (in `backtest.progress` data)`.
+static IN_DATA: &str = " (in)";
+/// `u64::MAX` in decimal.
+const U64_MAX: &str = "18446744073709551615";
 
 /// `-?[0-9]+(\.[0-9]+)?`, at most 64 bytes.
 fn is_decimal(s: &str) -> bool {
     let unsigned = s.strip_prefix('-').unwrap_or(s);
-    let (int, frac) = unsplit(unsigned);
+    let (int, frac) = match unsigned.split_once('.') {
+        Some((a, b)) => (a, Some(b)),
+        None => (unsigned, None),
+    };
     let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
     digits(int) && frac.is_none_or(digits) && s.len() <= MAX_DECIMAL_LEN
-}
-
-fn unsplit(s: &str) -> (&str, Option<&str>) {
-    match s.split_once('.') {
-        Some((a, b)) => (a, Some(b)),
-        None => (s, None),
-    }
 }
 
 /// Whether a JSON number's text is an integer from 0 to `u64::MAX` (JSON has no leading
 /// zeros, so the length decides up to 20 digits).
 fn fits_u64(text: &str) -> bool {
-    const MAX: &str = "18446744073709551615";
     text.bytes().all(|b| b.is_ascii_digit())
-        && (text.len() < MAX.len() || (text.len() == MAX.len() && text <= MAX))
+        && (text.len() < U64_MAX.len() || (text.len() == U64_MAX.len() && text <= U64_MAX))
 }
 
-/// A JSON number's value as sign, significant digits (no leading or trailing zeros) and
-/// the exponent `e` of `0.d₁d₂… × 10^e`; zero has no digits and no sign.
-fn decimal_parts(text: &str) -> (bool, Vec<u8>, i64) {
+/// A JSON number's text as sign, exponent and digits: the value is `0.d₁d₂… × 10^exp` where
+/// the `d`s are `digits` without the point and leading zeros; `None` digits for zero.
+fn parts(text: &str) -> (bool, i64, Option<&str>) {
     let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text),
     };
-    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
-        Some(i) => (&unsigned[..i], &unsigned[i + 1..]),
-        None => (unsigned, "0"),
-    };
-    let (exp_negative, exp_digits) = match exponent.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, exponent.trim_start_matches('+')),
-    };
-    // Saturated far beyond any exponent where the comparison could still change.
+    let (mantissa, exponent) = unsigned.split_once(['e', 'E']).unwrap_or((unsigned, ""));
     let mut exp: i64 = 0;
-    for b in exp_digits.bytes() {
+    for b in exponent.bytes().filter(u8::is_ascii_digit) {
+        // Saturated far beyond any exponent where a comparison could still change.
         exp = (exp * 10 + i64::from(b - b'0')).min(1 << 40);
     }
-    if exp_negative {
+    if exponent.starts_with('-') {
         exp = -exp;
     }
-    let (int, frac) = unsplit(mantissa);
-    let mut digits = Vec::with_capacity(mantissa.len());
-    let mut point = int.len() as i64;
-    for b in int.bytes().chain(frac.unwrap_or("").bytes()) {
-        if digits.is_empty() && b == b'0' {
-            point -= 1;
-        } else {
-            digits.push(b);
-        }
-    }
-    while digits.last() == Some(&b'0') {
-        digits.pop();
-    }
-    if digits.is_empty() {
-        return (false, digits, 0);
-    }
-    (negative, digits, point + exp)
+    let int_len = mantissa.find('.').unwrap_or(mantissa.len()) as i64;
+    let leading = mantissa
+        .bytes()
+        .take_while(|&b| b == b'0' || b == b'.')
+        .filter(|&b| b == b'0');
+    let zeros = leading.count() as i64;
+    let start = mantissa.bytes().position(|b| matches!(b, b'1'..=b'9'));
+    let digits = start.map(|i| &mantissa[i..]);
+    (negative && digits.is_some(), int_len - zeros + exp, digits)
 }
 
 /// Compares two JSON number texts by the exact values they denote.
 fn compare(a: &str, b: &str) -> Ordering {
-    let (a_neg, a_digits, a_exp) = decimal_parts(a);
-    let (b_neg, b_digits, b_exp) = decimal_parts(b);
-    let sign = |neg: bool, digits: &[u8]| match (digits.is_empty(), neg) {
-        (true, _) => 0,
-        (false, true) => -1,
-        (false, false) => 1,
+    let (a_neg, a_exp, a_digits) = parts(a);
+    let (b_neg, b_exp, b_digits) = parts(b);
+    let sign = |neg: bool, digits: Option<&str>| match (digits, neg) {
+        (None, _) => 0,
+        (Some(_), true) => -1,
+        (Some(_), false) => 1,
     };
-    let (a_sign, b_sign) = (sign(a_neg, &a_digits), sign(b_neg, &b_digits));
-    if a_sign != b_sign || a_sign == 0 {
+    let (a_sign, b_sign) = (sign(a_neg, a_digits), sign(b_neg, b_digits));
+    let (Some(a_digits), Some(b_digits), true) = (a_digits, b_digits, a_sign == b_sign) else {
         return a_sign.cmp(&b_sign);
-    }
-    // Same sign, both non-zero: the magnitudes by exponent, then digit by digit.
-    let magnitude = a_exp.cmp(&b_exp).then_with(|| a_digits.cmp(&b_digits));
+    };
+    // Same sign, both non-zero: the magnitudes by exponent, then digit by digit (a digit
+    // run that ends first is smaller only if the other goes on with a non-zero digit).
+    let mut x = a_digits.bytes().filter(|&b| b != b'.');
+    let mut y = b_digits.bytes().filter(|&b| b != b'.');
+    let magnitude = a_exp.cmp(&b_exp).then_with(|| {
+        loop {
+            match (x.next(), y.next()) {
+                (Some(p), Some(q)) if p == q => {}
+                (Some(p), Some(q)) => break p.cmp(&q),
+                (None, None) => break Ordering::Equal,
+                (Some(p), None) => {
+                    break if p != b'0' || x.any(|d| d != b'0') {
+                        Ordering::Greater
+                    } else {
+                        Ordering::Equal
+                    };
+                }
+                (None, Some(q)) => {
+                    break if q != b'0' || y.any(|d| d != b'0') {
+                        Ordering::Less
+                    } else {
+                        Ordering::Equal
+                    };
+                }
+            }
+        }
+    });
     if a_sign < 0 {
         magnitude.reverse()
     } else {
