@@ -65,7 +65,7 @@ def size_section():
     return (
         "## npm: bundle size (gzip -9)\n\n"
         "Command: `python3 tests/bench/run.py npm` (wasm-pack, `[profile.wasm-release]` (opt-level z), wasm-opt -O3; "
-        "courier-core without `catalogue-validation` and `conformance`).\n\n"
+        "courier-core without `conformance`, with the table-driven catalogue validation).\n\n"
         + "\n".join(rows)
         + f"\n\nTarget ≤ 40 KB gzip: {verdict} ({kb(ours)}). The other libraries are their own minified "
         "browser bundles, installed from npm in the same run.\n"

@@ -8,8 +8,12 @@
 //! - Prices, quantities and money are decimal strings (`"101.25"`), never floats, so they
 //!   stay exact in every language. Percentages are numbers from 0 to 100.
 //! - Timestamps are Unix milliseconds (integers).
-//! - The Rust types below are the single source of truth: [`catalogue_schema`] exports them
-//!   as JSON Schema, from which the TypeScript and Python types are generated.
+//! - Each catalogue type is declared once (`event_data!`): its Rust struct, which
+//!   [`catalogue_schema`] exports as JSON Schema (from which the TypeScript and Python types
+//!   are generated), and its validation table ([`EventData::FIELDS`]), which
+//!   [`Event::validate`] walks over the data's text with the core's JSON reader
+//!   ([`crate::shape`]): no serde on that path, so every build (WASM included) validates
+//!   catalogue data the same way, naming the field (`data.percent`, `data.symbols[1]`).
 
 use std::collections::BTreeMap;
 
@@ -496,7 +500,7 @@ macro_rules! event_data {
             const TYPE: &'static str = $ty;
             const FIELDS: &'static [Field] = &[$(Field {
                 name: stringify!($field),
-                kind: $kind,
+                kind: &$kind,
                 required: <$fty as Presence>::REQUIRED,
             }),*];
         }
@@ -1019,7 +1023,7 @@ mod tests {
                     .map(|r| &s["$defs"][r.rsplit('/').next().unwrap()])
                     .unwrap_or(p);
                 let text = target.to_string();
-                let want = match f.kind {
+                let want = match *f.kind {
                     Kind::Str | Kind::Name | Kind::Decimal { .. } | Kind::Enum(_) => "\"string\"",
                     Kind::Number(_) => "\"number\"",
                     Kind::UInt => "\"integer\"",
@@ -1029,12 +1033,12 @@ mod tests {
                     Kind::Any => "",
                 };
                 assert!(text.contains(want), "{t}.{}: {text}", f.name);
-                if let Kind::Enum(names) = f.kind {
+                if let Kind::Enum(names) = *f.kind {
                     for n in names {
                         assert!(text.contains(&format!("\"{n}\"")), "{t}.{}: {n}", f.name);
                     }
                 }
-                if let Kind::Decimal { .. } = f.kind {
+                if let Kind::Decimal { .. } = *f.kind {
                     assert!(text.contains("pattern"), "{t}.{}: {text}", f.name);
                 }
             }
@@ -1263,7 +1267,7 @@ mod tests {
                         let mut value = VALUES[v];
                         // Any-typed fields: serde_json::Value cannot hold 1e400 (the table lets
                         // any JSON through there).
-                        if fields[f % fields.len()].kind == Kind::Any && value.contains("e400") {
+                        if *fields[f % fields.len()].kind == Kind::Any && value.contains("e400") {
                             value = "1";
                         }
                         members.push(format!("\"{name}\":{value}"));
@@ -1301,11 +1305,11 @@ mod tests {
                     let mut members: Vec<(&str, &str)> = fields
                         .iter()
                         .filter(|f| f.required)
-                        .map(|f| (f.name, good(&f.kind)))
+                        .map(|f| (f.name, good(f.kind)))
                         .collect();
                     for (f, v) in changes {
                         let field = &fields[f % fields.len()];
-                        let value = if field.kind == Kind::Any && VALUES[v].contains("e400") {
+                        let value = if *field.kind == Kind::Any && VALUES[v].contains("e400") {
                             "1"
                         } else {
                             VALUES[v]

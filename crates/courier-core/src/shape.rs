@@ -62,21 +62,19 @@ pub struct Field {
     /// The member name.
     pub name: &'static str,
     /// What it holds.
-    pub kind: Kind,
+    pub kind: &'static Kind,
     /// Whether it must be present and not `null`; an optional field may be absent or `null`.
     pub required: bool,
 }
 
-/// An inclusive range of numbers, as decimal texts: `min` and `max` are what messages say;
-/// `lowest` and `highest` are the exact limits of the numbers that round (to the nearest
-/// `f64`, ties to even) into `min..=max`, which is what is checked. A test checks each
+/// An inclusive range of numbers: `message` says it (`@` is the field, `$` the number);
+/// `lowest` and `highest`, as decimal texts, are the exact limits of the numbers that round (to the nearest
+/// `f64`, ties to even) into the range, which is what is checked. A test checks each
 /// range's limits against Rust's correctly rounded float parser.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Range {
-    /// The smallest allowed value, as written in messages.
-    pub min: &'static str,
-    /// The largest allowed value, as written in messages.
-    pub max: &'static str,
+    /// The message when a number is outside, e.g. "`@` is $; it must be between 0 and 100".
+    pub message: &'static str,
     /// The smallest number text that still rounds to `min` or above.
     pub lowest: &'static str,
     /// The largest number text that still rounds to `max` or below.
@@ -85,8 +83,7 @@ pub struct Range {
 
 /// 0 to 100 (percentages).
 pub const PERCENT: Range = Range {
-    min: "0",
-    max: "100",
+    message: "`@` is $; it must be between 0 and 100",
     // −2^−1075: the negative numbers down to it round to −0.0, which is in range.
     lowest: "-2.4703282292062327208828439643411068618252990130716238221279284125033775363510437593264991818081799618989828234772285886546332835517796989819938739800539093906315035659515570226392290858392449105184435931802849936536152500319370457678249219365623669863658480757001585769269903706311928279558551332927834338409351978015531246597263579574622766465272827220056374006485499977096599470454020828166226237857393450736339007967761930577506740176324673600968951340535537458516661134223766678604162159680461914467291840300530057530849048765391711386591646239524912623653881879636239373280423891018672348497668235089863388587925628302755995657524455507255189313690836254779186948667994968324049705821028513185451396213837722826145437693412532098591327667236328125e-324",
     // 100 + 2^−47, halfway to the next `f64` above 100: the tie rounds to 100 (even).
@@ -135,33 +132,28 @@ struct Walk<'t> {
 }
 
 impl Walk<'_> {
-    /// The error at the current path. The message is the concatenation of `parts`, where
-    /// [`FIELD`] stands for the field (its path under `data`: `percent`, `symbols[2]`),
-    /// [`TYPE`] for the event type and [`IN_DATA`] says which event type's data (recognised
-    /// by address, so no value can pass for them). Plain concatenation instead of `format!`
-    /// at each site keeps the WASM smaller.
-    fn error(&self, kind: ValidationKind, parts: &[&str]) -> ValidationError {
+    /// The error at the current path, its message from `template`: `@` stands for the
+    /// field (its path under `data`: `percent`, `symbols[2]`), `%` for the event type, `$`
+    /// and `&` for `a` and `b` (only the template is scanned, never the values). One static
+    /// text per message instead of `format!` at each site keeps the WASM smaller.
+    fn error(&self, kind: ValidationKind, template: &str, a: &str, b: &str) -> ValidationError {
         let name = self.path.strip_prefix("data.").unwrap_or(&self.path);
         let mut message = String::new();
-        for &part in parts {
-            if std::ptr::eq(part, FIELD) {
-                message.push_str(name);
-            } else if std::ptr::eq(part, TYPE) {
-                message.push_str(self.event_type);
-            } else if std::ptr::eq(part, IN_DATA) {
-                message.push_str(" (in `");
-                message.push_str(self.event_type);
-                message.push_str("` data)");
-            } else {
-                message.push_str(part);
+        for c in template.chars() {
+            match c {
+                '@' => message.push_str(name),
+                '%' => message.push_str(self.event_type),
+                '$' => message.push_str(a),
+                '&' => message.push_str(b),
+                c => message.push(c),
             }
         }
         ValidationError::new(self.path.clone(), kind, message)
     }
 
     /// A shape error: recorded, and the reader stops.
-    fn fail(&mut self, kind: ValidationKind, parts: &[&str]) -> JsonError {
-        self.error = Some(self.error(kind, parts));
+    fn fail(&mut self, kind: ValidationKind, template: &str, a: &str, b: &str) -> JsonError {
+        self.error = Some(self.error(kind, template, a, b));
         JsonError {
             what: "".into(),
             at: 0,
@@ -169,13 +161,13 @@ impl Walk<'_> {
     }
 
     /// A content error: kept if it comes first in declaration order; the walk goes on.
-    fn later(&mut self, kind: ValidationKind, parts: &[&str]) {
+    fn later(&mut self, kind: ValidationKind, template: &str, a: &str) {
         if self
             .later
             .as_ref()
             .is_none_or(|(rank, _)| self.rank < *rank)
         {
-            self.later = Some((self.rank.clone(), self.error(kind, parts)));
+            self.later = Some((self.rank.clone(), self.error(kind, template, a, "")));
         }
     }
 
@@ -190,7 +182,9 @@ impl Walk<'_> {
         };
         self.fail(
             ValidationKind::WrongType,
-            &["`", FIELD, "` must be ", expected, ", not ", found, IN_DATA],
+            "`@` must be $, not & (in `%` data)",
+            expected,
+            found,
         )
     }
 
@@ -239,36 +233,27 @@ impl Walk<'_> {
                         }
                         return Err(self.fail(
                             ValidationKind::WrongType,
-                            &[
-                                "`",
-                                FIELD,
-                                "` is `",
-                                &value,
-                                "`; it must be one of ",
-                                &list,
-                                "`",
-                                IN_DATA,
-                            ],
+                            "`@` is `$`; it must be one of &` (in `%` data)",
+                            &value,
+                            &list,
                         ));
                     }
                     Kind::Name if value.trim().is_empty() => {
-                        self.later(
-                            ValidationKind::Missing,
-                            &["`", FIELD, "` must not be empty"],
-                        );
+                        self.later(ValidationKind::Missing, "`@` must not be empty", "");
                     }
                     Kind::Name if value.len() > MAX_NAME_LEN => {
-                        let path = self.path.clone();
                         let len = u64_text(value.len() as u64);
                         self.later(
                             ValidationKind::TooLong,
-                            &["`", &path, "` is ", &len, " bytes; at most 128"],
+                            "`data.@` is $ bytes; at most 128",
+                            &len,
                         );
                     }
                     Kind::Decimal { .. } if !is_decimal(&value) => {
                         self.later(
                             ValidationKind::BadFormat,
-                            &["`", FIELD, "` is `", &value, "`; decimals are strings like \"101.25\" (kept exact in every language)"],
+                            "`@` is `$`; decimals are strings like \"101.25\" (kept exact in every language)",
+                            &value,
                         );
                     }
                     Kind::Decimal { positive: true }
@@ -277,13 +262,8 @@ impl Walk<'_> {
                     {
                         self.later(
                             ValidationKind::OutOfRange,
-                            &[
-                                "`",
-                                FIELD,
-                                "` is `",
-                                &value,
-                                "`; it must be greater than zero",
-                            ],
+                            "`@` is `$`; it must be greater than zero",
+                            &value,
                         );
                     }
                     _ => {}
@@ -297,33 +277,16 @@ impl Walk<'_> {
                 if compare(text.trim_start_matches('-'), F64_OVERFLOW) != Ordering::Less {
                     return Err(self.fail(
                         ValidationKind::WrongType,
-                        &[
-                            "`",
-                            FIELD,
-                            "` is ",
-                            text,
-                            ", a number out of range",
-                            IN_DATA,
-                        ],
+                        "`@` is $, a number out of range (in `%` data)",
+                        text,
+                        "",
                     ));
                 }
                 if let Some(range) = range {
                     if compare(text, range.lowest) == Ordering::Less
                         || compare(text, range.highest) == Ordering::Greater
                     {
-                        self.later(
-                            ValidationKind::OutOfRange,
-                            &[
-                                "`",
-                                FIELD,
-                                "` is ",
-                                text,
-                                "; it must be between ",
-                                range.min,
-                                " and ",
-                                range.max,
-                            ],
-                        );
+                        self.later(ValidationKind::OutOfRange, range.message, text);
                     }
                 }
             }
@@ -335,15 +298,9 @@ impl Walk<'_> {
                 if !fits_u64(text) {
                     return Err(self.fail(
                         ValidationKind::WrongType,
-                        &[
-                            "`",
-                            FIELD,
-                            "` is ",
-                            text,
-                            "; it must be a whole number from 0 to ",
-                            U64_MAX,
-                            IN_DATA,
-                        ],
+                        "`@` is $; it must be a whole number from 0 to & (in `%` data)",
+                        text,
+                        U64_MAX,
                     ));
                 }
             }
@@ -378,12 +335,14 @@ impl Walk<'_> {
                     if seen & 1 << i != 0 {
                         return Err(self.fail(
                             ValidationKind::WrongType,
-                            &["duplicate field `", key, "`", IN_DATA],
+                            "duplicate field `$` (in `%` data)",
+                            key,
+                            "",
                         ));
                     }
                     seen |= 1 << i;
                     let field = &fields[i];
-                    self.at(&[".", key], i as u32, r, &field.kind, !field.required)
+                    self.at(&[".", key], i as u32, r, field.kind, !field.required)
                 })?;
                 for (i, field) in fields.iter().enumerate() {
                     if field.required && seen & 1 << i == 0 {
@@ -391,7 +350,9 @@ impl Walk<'_> {
                         self.path.push_str(field.name);
                         return Err(self.fail(
                             ValidationKind::Missing,
-                            &["`", FIELD, "` is required for `", TYPE, "`"],
+                            "`@` is required for `%`",
+                            "",
+                            "",
                         ));
                     }
                 }
@@ -401,12 +362,6 @@ impl Walk<'_> {
     }
 }
 
-/// In a message: the field's path under `data`.
-static FIELD: &str = "@";
-/// In a message: the event type.
-static TYPE: &str = "%";
-/// In a message: ` (in `backtest.progress` data)`.
-static IN_DATA: &str = " (in)";
 /// `u64::MAX` in decimal.
 const U64_MAX: &str = "18446744073709551615";
 
@@ -561,34 +516,34 @@ mod tests {
     static ITEM: &[Field] = &[
         Field {
             name: "qty",
-            kind: Kind::Decimal { positive: true },
+            kind: &Kind::Decimal { positive: true },
             required: true,
         },
         Field {
             name: "note",
-            kind: Kind::Str,
+            kind: &Kind::Str,
             required: false,
         },
     ];
     static NESTED: &[Field] = &[
         Field {
             name: "id",
-            kind: Kind::Name,
+            kind: &Kind::Name,
             required: true,
         },
         Field {
             name: "items",
-            kind: Kind::Array(&Kind::Object(ITEM)),
+            kind: &Kind::Array(&Kind::Object(ITEM)),
             required: false,
         },
         Field {
             name: "count",
-            kind: Kind::UInt,
+            kind: &Kind::UInt,
             required: false,
         },
         Field {
             name: "on",
-            kind: Kind::Bool,
+            kind: &Kind::Bool,
             required: false,
         },
     ];
