@@ -4,10 +4,16 @@
 //! data is checked (the tables come from the catalogue's declaration in
 //! [`crate::event`]), the same way in every build, the WASM one included.
 //!
-//! The walk has two passes, which gives the errors the order serde's derive gave them:
-//! 1. Shape, in document order: JSON types, enum values, integers and numbers that fit, duplicate
-//!    fields; an object's missing required fields when it ends.
-//! 2. Content, in declaration order: blank names, decimal grammar, positive decimals, ranges.
+//! One pass, with the errors in the order serde's derive and the checks after it gave them
+//! (a test compares the two on generated data):
+//! 1. Shape errors stop the walk where they are met, in document order: JSON types, enum
+//!    values, integers and numbers that fit, duplicate fields; an object's missing required
+//!    fields when it ends.
+//! 2. Content errors (blank names, decimal grammar, positive decimals, ranges) are kept, the
+//!    first in declaration order winning, and reported only if the shape is right.
+//!
+//! Deliberate difference from the serde path: a free-form field ([`Kind::Any`]) takes any
+//! JSON, where `serde_json::Value` refused numbers beyond `f64` (`1e400`).
 //!
 //! Numbers are never converted to `f64` (float parsing and formatting would cost ~13 KB of
 //! WASM): a range is checked by comparing the number's decimal text exactly with the limits
