@@ -34,8 +34,7 @@ $(NPM_WASM): $(NPM_WASM_INPUTS) | npm-tools
 	@touch $@
 
 # Test-only WASM for the TypeScript vector runner: the `conformance` feature (the vector
-# evaluator and the typed catalogue validation the event vectors need), which the shipped
-# WASM does not carry. A dev build (no wasm-opt): quick to build, fast enough for the vectors.
+# evaluator), which the shipped WASM does not carry. A dev build (no wasm-opt): quick to build, fast enough for the vectors.
 NPM_TEST_WASM := npm/pkg-test/courier_wasm_bg.wasm
 $(NPM_TEST_WASM): $(NPM_WASM_INPUTS) | npm-tools
 	PATH="$(CURDIR)/npm/node_modules/.bin:$$PATH" CARGO_TARGET_DIR="$(NPM_TARGET_DIR)" \

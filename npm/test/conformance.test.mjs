@@ -1,7 +1,7 @@
 // The shared vectors (tests/vectors/*.json) through WebAssembly: every case of every file is
 // recomputed by the core and must equal the case as written. The shipped WASM does not carry
-// the vector evaluator (nor the typed catalogue validation the event vectors need), so this
-// runs the test-only build in npm/pkg-test (`--features conformance`, built by
+// the vector evaluator (it does carry the catalogue validation: test/validation.test.mjs), so
+// this runs the test-only build in npm/pkg-test (`--features conformance`, built by
 // `make npm-build`), compiled from the same core sources.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -32,6 +32,7 @@ pub mod queue;
 pub mod rate_limit;
 pub mod retry_after;
 pub mod retry_budget;
+pub mod shape;
 pub mod time;
 mod vec_map;
 pub mod wire;

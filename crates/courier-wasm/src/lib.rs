@@ -14,9 +14,10 @@
 //!   TypeScript layer `JSON.parse`s the very string it passed in, once.
 //! - Everything else crosses as short tagged strings, numbers or small JSON texts written by
 //!   hand (no `serde_json::Value`, no `Serialize` of the outputs).
-//! - The WASM is built without `courier-core`'s `catalogue-validation` and `conformance`
-//!   features (see `npm/README.md`); the test build (`--features conformance`, into
-//!   `npm/pkg-test`) adds [`evaluate_vector`] for the shared vectors.
+//! - The WASM is built without `courier-core`'s `conformance` feature (see `npm/README.md`);
+//!   it validates catalogue event data like every other build (the core's tables, no serde).
+//!   The test build (`--features conformance`, into `npm/pkg-test`) adds [`evaluate_vector`]
+//!   for the shared vectors.
 //!
 //! The public API is written in TypeScript (`npm/src/`); names here are exported in
 //! camelCase with `js_name`. On native targets the crate is empty.
