@@ -44,8 +44,6 @@
 //! [`Driver::handle_buffered`]) returns the listener to hand the very frame to when that is
 //! all the frame did, so the TypeScript layer `JSON.parse`s its own string once.
 
-use std::collections::VecDeque;
-
 use courier_core::client::{
     Client, ClientConfig, ClientStats, Endpoints, EventOptions, ListenerId, Output, PublishItem,
 };
@@ -240,8 +238,9 @@ impl JsEndpoints {
 #[wasm_bindgen]
 pub struct Driver {
     client: Client,
-    /// Outputs taken out of the client by `handle_text` but not yet handed over.
-    held: VecDeque<Output>,
+    /// The (at most two) outputs `handle_text` took out of the client to look at, in order,
+    /// not yet handed over (two slots, not a queue: smaller in the WASM).
+    held: [Option<Output>; 2],
     /// The payload of the output `poll` returned last.
     arg: f64,
     text: String,
@@ -315,7 +314,7 @@ impl Driver {
         let seed = (u64::from(seed_hi) << 32) | u64::from(seed_lo);
         Driver {
             client: Client::new(config, seed, now()),
-            held: VecDeque::new(),
+            held: [None, None],
             arg: 0.0,
             text: String::new(),
             token: String::new(),
@@ -328,7 +327,8 @@ impl Driver {
     /// `arg()`, `text()` and `token()` before the next `poll`.
     pub fn poll(&mut self) -> Option<OutputKind> {
         loop {
-            let output = match self.held.pop_front() {
+            let [first, second] = &mut self.held;
+            let output = match first.take().or_else(|| second.take()) {
                 Some(o) => o,
                 None => self.client.poll(now())?,
             };
@@ -389,9 +389,9 @@ impl Driver {
     pub fn handle_text(&mut self, text: &str) -> f64 {
         let t = now();
         self.client.handle_frame(text, t);
-        if !self.held.is_empty() {
-            // Outputs from before this frame wait: keep the order, hand everything to `poll`.
-            self.held.extend(std::iter::from_fn(|| self.client.poll(t)));
+        if self.held.iter().any(Option::is_some) {
+            // Outputs from before this frame still wait: `poll` hands them out first, then
+            // the client's (this frame's among them), in order.
             return -1.0;
         }
         let Some(first) = self.client.poll(t) else {
@@ -400,8 +400,7 @@ impl Driver {
         match (first, self.client.poll(t)) {
             (Output::Event { listener, .. }, None) => listener.0 as f64,
             (first, next) => {
-                self.held.push_back(first);
-                self.held.extend(next);
+                self.held = [Some(first), next];
                 -1.0
             }
         }
