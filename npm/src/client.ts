@@ -1,14 +1,17 @@
 /**
  * `CourierClient`: the public API, written in TypeScript over the WASM driver.
  *
- * The core (Rust, compiled to WASM) decides everything that has a policy: reconnect and
- * backoff, resume and gaps, heartbeats, token refresh timing, batching, idempotency ids,
- * Retry-After, client-side rate limiting, the retry budget and dead letters. This file moves
- * bytes and time for it (the WebSocket, `fetch`, one timer) and translates: options in,
- * callbacks out, JSON to typed objects, core errors to `CourierError`s, and one handler list
- * per channel. The driver's protocol is documented in `crates/courier-wasm/src/driver.rs`.
+ * The core's one client (`courier_core::client::Client`, compiled to WASM) decides everything
+ * that has a policy: the endpoints derived from `url`, connecting on the first subscription,
+ * reconnect and backoff, resume and gaps, heartbeats, the one token (one provider call at a
+ * time, shared by the WebSocket and HTTP), event stamping (id, timestamp, `source` from
+ * `serviceName`), several listeners per channel, batching, Retry-After, client-side rate
+ * limiting, the retry budget and dead letters. This file moves bytes and time for it (the
+ * WebSocket, `fetch`, one timer) and translates: options in, callbacks out, JSON to typed
+ * objects, core errors to `CourierError`s, and listener ids to handlers. The driver's
+ * outputs are documented in `crates/courier-wasm/src/driver.rs`.
  */
-import { Driver } from './wasm/courier_wasm.js';
+import { Driver, Endpoints, OutputKind } from './wasm/courier_wasm.js';
 import type { CourierEventDataMap, Metadata } from './events.generated.js';
 import { CourierError, UsageError, errorFromCore, errorFromThrown, type CoreErrorJson } from './errors.js';
 
@@ -85,31 +88,49 @@ export interface DeadLetter {
   attempts: number;
 }
 
-/** Counters of `stats()`. */
+/**
+ * Every counter and gauge of `stats()`: the core's `ClientStats`, with the same names in every
+ * Courier SDK (hence snake_case).
+ */
 export interface ClientStats {
-  state: ConnectionState;
-  /** Events waiting to be sent (every priority, retries included). */
-  queued: number;
+  /** High-priority events waiting to be sent (first attempts and retries). */
+  queued_high: number;
+  /** Normal-priority events waiting to be sent. */
+  queued_normal: number;
+  /** Low-priority events waiting to be sent. */
+  queued_low: number;
   /** Events in requests awaiting an answer. */
-  inFlight: number;
+  in_flight: number;
   /** Queued events that failed before and wait to be sent again. */
   retrying: number;
-  /** Events given up (dead letters). */
+  /** Events sent again after a retryable failure, in all. */
+  retries: number;
+  /** Events given up (dead letters), in all. */
   dead: number;
-  /** Events acknowledged by the server. */
+  /** Events acknowledged by the server (accepted or duplicate), in all. */
   acknowledged: number;
+  /** Times retries waited for the retry budget. */
+  budget_exhausted: number;
+  /** Times a server-announced limit (Retry-After, a learned quota) held something back. */
+  rate_limit_waits: number;
   /** Connections established after the first one. */
   reconnects: number;
-  /** Times a server-announced limit (Retry-After, a learned quota) held something back. */
-  rateLimitWaits: number;
-  /** Events handed to handlers. */
-  eventsDelivered: number;
+  /** Events received on the WebSocket (once per event, however many handlers it has). */
+  events_received: number;
   /** Replayed events dropped because they were already delivered. */
-  duplicatesDropped: number;
+  duplicates_dropped: number;
   /** Gaps reported. */
   gaps: number;
-  /** Events sent again after a retryable failure. */
-  retries: number;
+  /** Heartbeat timeouts that replaced a connection. */
+  heartbeat_timeouts: number;
+  /** Channels subscribed. */
+  channels: number;
+  /** Channels paused because a listener fell behind (always 0 here: handlers run at once). */
+  paused_channels: number;
+  /** Times a channel was paused, in all. */
+  pauses: number;
+  /** Token provider calls, in all. */
+  token_fetches: number;
 }
 
 /** A `WebSocket` constructor: the global one, or `WebSocket` from the `ws` package in Node. */
@@ -118,16 +139,25 @@ export type WebSocketConstructor = abstract new (url: string) => object;
 /** A token, or a function that returns one (asked again whenever the token expires). */
 export type TokenProvider = string | (() => string | Promise<string>);
 
+/** Options of `new CourierClient(…)`. */
 export interface CourierClientOptions {
-  /** `ws(s)://host[:port]` (the path defaults to `/ws`). */
+  /**
+   * The server: `http(s)://host[:port][/prefix]` or `ws(s)://host[:port][/prefix][/ws]`; the
+   * core derives the WebSocket URL (`…/ws`) and the HTTP base from either.
+   */
   url: string;
-  /** The JWT, or a function returning one; called once at a time, again when it expires. */
+  /**
+   * The JWT, or a function returning one: one call at a time, shared by the WebSocket and
+   * publishing, and again when the server says it expired.
+   */
   token: TokenProvider;
+  /** `metadata.source` of the events this client publishes (unless an event names its own). */
+  serviceName?: string;
   /** Reconnect delays (full jitter between them, decided by the core). */
   reconnect?: { minDelayMs?: number; baseDelayMs?: number; maxDelayMs?: number };
   /** The WebSocket constructor; defaults to `globalThis.WebSocket` (or `ws` in Node when installed). */
   WebSocket?: WebSocketConstructor;
-  /** Base URL for HTTP publishing; derived from `url` by default (`ws` → `http`, `/ws` dropped). */
+  /** Base URL for HTTP publishing (any form `url` accepts); derived from `url` by default. */
   httpUrl?: string;
   /** Publish queue settings. */
   publish?: { maxQueued?: number; maxBatchEvents?: number; lingerMs?: number; maxAttempts?: number; maxInFlight?: number };
@@ -137,11 +167,17 @@ export interface CourierClientOptions {
   clientName?: string;
 }
 
+/** Options of `subscribe`. */
 export interface SubscribeOptions {
-  /** Resume after this position: the server replays what came after it. */
+  /**
+   * Resume after this position: the server replays what came after it. A channel this client
+   * already subscribes to cannot replay for one handler: a `since` other than its current
+   * position throws a `UsageError` (`ALREADY_SUBSCRIBED`).
+   */
   since?: StreamPosition;
 }
 
+/** Options of `publish`. */
 export interface PublishOptions {
   /** `high` is sent before `normal` before `low`. */
   priority?: 'high' | 'normal' | 'low';
@@ -149,7 +185,7 @@ export interface PublishOptions {
   idempotencyKey?: string;
   /** `false` for events that must never be sent twice: any failure is final. Default `true`. */
   retry?: boolean;
-  /** `correlation_id`, `user_id`, `source`, `timestamp`. */
+  /** `correlation_id`, `user_id`, `source` (default `serviceName`), `timestamp` (default now). */
   metadata?: Partial<Metadata>;
 }
 
@@ -166,7 +202,7 @@ export interface CourierClientEvents {
   gap: (gap: Gap) => void;
 }
 
-type Handler = (event: never) => void;
+type Handler = (event: EventEnvelope) => void;
 type Deferred = { resolve: (r: PublishResult) => void; reject: (e: CourierError) => void };
 
 let defaultWebSocket: WebSocketConstructor | undefined;
@@ -185,33 +221,37 @@ export function setDefaultWebSocket(ctor: WebSocketConstructor | undefined): voi
   defaultWebSocket = ctor;
 }
 
-/** The WebSocket URL and the `POST /publish/batch` URL for the options. */
-export function endpoints(url: string, httpUrl?: string): { wsUrl: string; publishUrl: string } {
-  const ws = new URL(url);
-  if (ws.protocol === 'http:') ws.protocol = 'ws:';
-  if (ws.protocol === 'https:') ws.protocol = 'wss:';
-  if (ws.protocol !== 'ws:' && ws.protocol !== 'wss:') {
-    throw new UsageError('INVALID_ARGUMENT', `url must be ws:// or wss://, not ${ws.protocol}`);
+/** The core's endpoints for `url` (and `httpUrl`), or a `CourierError` for a URL it refuses. */
+function coreEndpoints(url: unknown, httpUrl: unknown): Endpoints {
+  const u = text('url', url);
+  if (u === undefined) throw new UsageError('INVALID_ARGUMENT', 'url is required');
+  try {
+    return new Endpoints(u, text('httpUrl', httpUrl));
+  } catch (e) {
+    throw errorFromThrown(e);
   }
-  if (ws.pathname === '/' || ws.pathname === '') ws.pathname = '/ws';
-  let base: string;
-  if (httpUrl) {
-    base = httpUrl.replace(/\/+$/, '');
-  } else {
-    const http = new URL(ws.href);
-    http.protocol = ws.protocol === 'wss:' ? 'https:' : 'http:';
-    http.search = '';
-    base = (http.origin + http.pathname.replace(/\/ws(\/[^/]*)?$/, '')).replace(/\/+$/, '');
-  }
-  return { wsUrl: ws.href, publishUrl: `${base}/publish/batch` };
 }
 
-type OutputJson =
-  | { state: ConnectionState }
-  | { gap: Gap }
-  | { subscribed: { channel: string; recovered: boolean; position: StreamPosition } }
-  | { subscription_failed: { channel: string; error: CoreErrorJson } }
-  | { error: CoreErrorJson };
+/**
+ * The WebSocket URL and the `POST /publish/batch` URL the client uses for these options, as
+ * the core derives them (`http(s)://` and `ws(s)://` both work; a trailing `/ws` names the
+ * WebSocket endpoint). Throws a `ValidationError` for a URL the core refuses.
+ */
+export function endpoints(url: string, httpUrl?: string): { wsUrl: string; publishUrl: string } {
+  const e = coreEndpoints(url, httpUrl);
+  try {
+    return { wsUrl: e.wsUrl, publishUrl: e.publishUrl };
+  } finally {
+    e.free();
+  }
+}
+
+/** An event frame, or an `Event` output of the driver (the same shape). */
+interface DeliveryJson {
+  epoch: string;
+  offset: number;
+  event: EventEnvelope;
+}
 
 /** A non-negative integer option, or `undefined`; anything else is a `UsageError`. */
 function count(name: string, v: number | undefined): number | undefined {
@@ -264,7 +304,8 @@ export class CourierClient {
   readonly #wsUrl: string;
   readonly #publishUrl: string;
   readonly #timeoutMs: number;
-  readonly #handlers = new Map<string, Set<Handler>>();
+  /** The handler of each core listener (one per `subscribe` call), by listener id. */
+  readonly #handlers = new Map<number, { channel: string; handler: Handler }>();
   readonly #pending = new Map<number, Deferred>();
   readonly #listeners: { [K in keyof CourierClientEvents]: Set<CourierClientEvents[K]> } = {
     state: new Set(),
@@ -272,10 +313,6 @@ export class CourierClient {
     gap: new Set(),
   };
   #socket: Socket | undefined;
-  /** The latest token, for HTTP publishing. */
-  #httpToken = '';
-  /** The text frame being handled (an `e` output delivers it). */
-  #text = '';
   /** The driver's inbox in WASM memory, as a view; replaced when it must grow or the memory grew. */
   #inbox = new Uint8Array(0);
   #timer: ReturnType<typeof setTimeout> | undefined;
@@ -283,7 +320,6 @@ export class CourierClient {
   #flushWaiters: Array<() => void> = [];
 
   constructor(options: CourierClientOptions) {
-    const { wsUrl, publishUrl } = endpoints(options.url, options.httpUrl);
     const ctor = options.WebSocket ?? defaultWebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (!ctor) {
       throw new UsageError(
@@ -293,12 +329,15 @@ export class CourierClient {
     }
     this.#token = options.token;
     this.#ctor = ctor;
-    this.#wsUrl = wsUrl;
-    this.#publishUrl = publishUrl;
     const r = options.reconnect ?? {};
     const p = options.publish ?? {};
     this.#timeoutMs = count('requestTimeoutMs', options.requestTimeoutMs) ?? 30_000;
+    const ep = coreEndpoints(options.url, options.httpUrl);
+    this.#wsUrl = ep.wsUrl;
+    this.#publishUrl = ep.publishUrl;
+    ep.free();
     this.#driver = new Driver(
+      text('serviceName', options.serviceName),
       text('clientName', options.clientName) ?? 'courier-ts/0.1.0',
       seed(),
       seed(),
@@ -318,13 +357,19 @@ export class CourierClient {
     return this.#driver.state();
   }
 
-  /** Starts connecting; from here on the client reconnects by itself until `close()`. */
+  /**
+   * Connects early: the first `subscribe` connects anyway and publishing needs no WebSocket.
+   * From here on the client reconnects by itself until `close()`; calling it again is harmless.
+   */
   connect(): void {
     this.#driver.connect();
     this.#pump();
   }
 
-  /** Closes for good. Events already queued for publishing still go out: `await flush()`. */
+  /**
+   * Closes for good: the socket at once; events already queued for publishing still go out
+   * (`await flush()`).
+   */
   close(): void {
     this.#driver.close();
     this.#pump();
@@ -343,52 +388,45 @@ export class CourierClient {
   }
 
   /**
-   * Calls `handler` for every event on `channel`, in order, never twice, across reconnects.
-   * Events are typed by the catalogue; pass a type argument for custom events.
+   * Calls `handler` for every event on `channel`, in order, never twice, across reconnects;
+   * connects if needed. Each call adds a handler (subscribing twice gives two, from the
+   * channel's current position on); `unsubscribe()` removes its own. Events are typed by the
+   * catalogue; pass a type argument for custom events. Throws a `CourierError` at once for an
+   * invalid channel, a closed client, or a `since` other than the position of a channel
+   * already subscribed (`UsageError`, `ALREADY_SUBSCRIBED`).
    */
   subscribe<E extends { type: string } = CourierEvent>(
     channel: string,
     handler: (event: E) => void,
     options: SubscribeOptions = {},
   ): Subscription {
-    let set = this.#handlers.get(channel);
-    if (!set) {
-      const since = options.since;
-      if (since !== undefined && (since === null || typeof since.epoch !== 'string')) {
-        throw new UsageError('INVALID_ARGUMENT', 'since must be { epoch: string, offset: number }');
-      }
-      try {
-        this.#driver.subscribe(channel, since?.epoch, since ? count('since.offset', since.offset) ?? 0 : undefined);
-      } catch (e) {
-        throw errorFromThrown(e);
-      }
-      this.#pump();
-      set = new Set();
-      this.#handlers.set(channel, set);
+    const since = options.since;
+    if (since !== undefined && (since === null || typeof since.epoch !== 'string')) {
+      throw new UsageError('INVALID_ARGUMENT', 'since must be { epoch: string, offset: number }');
     }
-    // A wrapper per call, so the same function subscribed twice is two subscriptions.
-    const entry: Handler = (event: never) => handler(event);
-    set.add(entry);
-    let active = true;
+    let listener: number;
+    try {
+      listener = this.#driver.subscribe(channel, since?.epoch, since ? count('since.offset', since.offset) ?? 0 : undefined);
+    } catch (e) {
+      throw errorFromThrown(e);
+    }
+    this.#handlers.set(listener, { channel, handler: handler as unknown as Handler });
+    this.#pump();
     return {
       channel,
       unsubscribe: () => {
-        if (!active) return;
-        active = false;
-        const current = this.#handlers.get(channel);
-        if (!current || !current.delete(entry)) return;
-        if (current.size === 0) {
-          this.#handlers.delete(channel);
-          this.#driver.unsubscribe(channel);
-          this.#pump();
-        }
+        if (!this.#handlers.delete(listener)) return;
+        this.#driver.unsubscribe(listener);
+        this.#pump();
       },
     };
   }
 
   /** Handlers registered on `channel` (for tests and devtools). */
   listenerCount(channel: string): number {
-    return this.#handlers.get(channel)?.size ?? 0;
+    let n = 0;
+    for (const h of this.#handlers.values()) if (h.channel === channel) n += 1;
+    return n;
   }
 
   /** The last position delivered on `channel`, to resume from later with `since`. */
@@ -399,7 +437,8 @@ export class CourierClient {
 
   /**
    * Publishes over HTTP through the core's queue (batching, idempotent retries, Retry-After,
-   * client-side rate limiting). Resolves when the server acknowledged the event; rejects with
+   * client-side rate limiting); the core stamps the id, `metadata.timestamp` and
+   * `metadata.source` (`serviceName`) unless given. Resolves when the server acknowledged the event; rejects with
    * a `CourierError` when it was refused or given up (it is then a dead letter too).
    */
   publish<K extends KnownEventType>(channel: string, type: K, data: CourierEventDataMap[K], options?: PublishOptions): Promise<PublishResult>;
@@ -439,24 +478,9 @@ export class CourierClient {
     return new Promise<void>((resolve) => this.#flushWaiters.push(resolve));
   }
 
-  /** Counters: queued, retrying, dead, acknowledged, reconnects, rate-limit waits, … */
+  /** Every counter of the core's `ClientStats`, by name (the same names in every SDK). */
   stats(): ClientStats {
-    const [reconnects, connWaits, delivered, duplicates, gaps, queued, inFlight, retrying, acknowledged, dead, queueWaits, retries] =
-      this.#driver.stats() as unknown as number[];
-    return {
-      state: this.state,
-      queued: queued!,
-      inFlight: inFlight!,
-      retrying: retrying!,
-      dead: dead!,
-      acknowledged: acknowledged!,
-      reconnects: reconnects!,
-      rateLimitWaits: connWaits! + queueWaits!,
-      eventsDelivered: delivered!,
-      duplicatesDropped: duplicates!,
-      gaps: gaps!,
-      retries: retries!,
-    };
+    return JSON.parse(this.#driver.stats()) as ClientStats;
   }
 
   /** The events the publish queue gave up on, with the reason. */
@@ -472,39 +496,43 @@ export class CourierClient {
   /** Does what the driver's outputs say, then re-arms the timer and resolves `flush()`. */
   #pump(): void {
     const d = this.#driver;
-    for (let out = d.poll(); out !== undefined; out = d.poll()) {
-      const rest = out.slice(1);
-      switch (out[0]) {
-        case 'e':
-          this.#deliver(this.#text);
-          break;
-        case 's':
-          this.#socket?.send(rest);
-          break;
-        case 'j':
-          this.#onOutput(rest);
-          break;
-        case 'p': {
-          const sp = rest.indexOf(' ');
-          this.#onPublished(Number(rest.slice(0, sp)), rest.slice(sp + 1));
-          break;
-        }
-        case 'b': {
-          const sp = rest.indexOf(' ');
-          this.#transmit(Number(rest.slice(0, sp)), rest.slice(sp + 1));
-          break;
-        }
-        case 't':
-          this.#fetchToken();
-          break;
-        case 'o':
+    // Each output's payload is read before acting on it: a handler may call back into the
+    // client (and so `poll` again) while the loop is on this output.
+    for (let kind = d.poll(); kind !== undefined; kind = d.poll()) {
+      switch (kind) {
+        case OutputKind.OpenSocket:
           this.#open();
           break;
-        case 'c': {
-          const sp = rest.indexOf(' ');
-          this.#closeSocket(Number(rest.slice(0, sp)), rest.slice(sp + 1));
+        case OutputKind.SendFrame:
+          this.#socket?.send(d.text());
           break;
-        }
+        case OutputKind.CloseSocket:
+          this.#closeSocket(d.arg(), d.text());
+          break;
+        case OutputKind.FetchToken:
+          this.#fetchToken();
+          break;
+        case OutputKind.SendBatch:
+          this.#transmit(d.arg(), d.text(), d.token());
+          break;
+        case OutputKind.Event:
+          this.#deliver(d.arg(), d.text());
+          break;
+        case OutputKind.State:
+          this.#emit('state', d.text() as ConnectionState);
+          break;
+        case OutputKind.Gap:
+          this.#emit('gap', JSON.parse(d.text()) as Gap);
+          break;
+        case OutputKind.SubscriptionFailed:
+          this.#onSubscriptionFailed(d.arg(), d.text());
+          break;
+        case OutputKind.Published:
+          this.#onPublished(d.arg(), d.text());
+          break;
+        case OutputKind.Error:
+          this.#emit('error', errorFromCore(JSON.parse(d.text()) as CoreErrorJson));
+          break;
       }
     }
     const ms = d.timeout();
@@ -549,10 +577,10 @@ export class CourierClient {
       if (this.#socket !== ws) return;
       // Protocol v1 is text only: a binary frame is the peer speaking something else.
       const text = typeof e.data === 'string' ? e.data : 'binary frame';
-      this.#text = text;
+      // > 0: an event for that one listener and nothing else (the hot path: no `poll`).
       const r = this.#handleText(text);
-      if (r === 1) this.#deliver(text);
-      else if (r === 2) this.#pump();
+      if (r > 0) this.#deliver(r, text);
+      else if (r < 0) this.#pump();
     };
     ws.onclose = (e) => {
       if (this.#socket !== ws) return;
@@ -600,11 +628,11 @@ export class CourierClient {
     }
   }
 
-  #transmit(batch: number, body: string): void {
+  #transmit(batch: number, body: string, token: string): void {
     const signal = typeof AbortSignal.timeout === 'function' ? AbortSignal.timeout(this.#timeoutMs) : undefined;
     fetch(this.#publishUrl, {
       method: 'POST',
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${this.#httpToken}` },
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
       body,
       signal,
     })
@@ -627,28 +655,27 @@ export class CourierClient {
     Promise.resolve()
       .then(() => (typeof provider === 'string' ? provider : provider()))
       .then(
-        (token) => {
-          this.#httpToken = token;
-          this.#driver.tokenResult(token, undefined);
+        (token: unknown) => {
+          if (typeof token === 'string') this.#driver.handleToken(token, undefined);
+          else this.#driver.handleToken(undefined, `the token provider returned ${typeof token}, not a string`);
         },
-        (e: unknown) => this.#driver.tokenResult(undefined, e instanceof Error ? e.message : String(e)),
+        (e: unknown) => this.#driver.handleToken(undefined, e instanceof Error ? e.message : String(e)),
       )
       .then(() => this.#pump());
   }
 
-  #deliver(frame: string): void {
-    const f = JSON.parse(frame) as { epoch: string; offset: number; event: EventEnvelope };
+  /** Hands the event in `json` (a frame or an `Event` output) to `listener`'s handler. */
+  #deliver(listener: number, json: string): void {
+    const entry = this.#handlers.get(listener);
+    if (!entry) return;
+    const f = JSON.parse(json) as DeliveryJson;
     const event = f.event;
     event.epoch = f.epoch;
     event.offset = f.offset;
-    const set = this.#handlers.get(event.channel);
-    if (!set) return;
-    for (const h of set) {
-      try {
-        (h as (e: EventEnvelope) => void)(event);
-      } catch (e) {
-        this.#report(e);
-      }
+    try {
+      entry.handler(event);
+    } catch (e) {
+      this.#report(e);
     }
   }
 
@@ -676,21 +703,12 @@ export class CourierClient {
     }
   }
 
-  #onOutput(json: string): void {
-    const o = JSON.parse(json) as OutputJson;
-    if ('state' in o) {
-      this.#emit('state', o.state);
-    } else if ('gap' in o) {
-      this.#emit('gap', o.gap);
-    } else if ('subscription_failed' in o) {
-      const { channel, error } = o.subscription_failed;
-      this.#handlers.delete(channel);
-      const err = errorFromCore(error);
-      err.message = `subscription to ${channel} failed: ${err.message}`;
-      this.#emit('error', err);
-    } else if ('error' in o) {
-      this.#emit('error', errorFromCore(o.error));
-    }
+  #onSubscriptionFailed(listener: number, json: string): void {
+    const entry = this.#handlers.get(listener);
+    this.#handlers.delete(listener);
+    const err = errorFromCore(JSON.parse(json) as CoreErrorJson);
+    if (entry) err.message = `subscription to ${entry.channel} failed: ${err.message}`;
+    this.#emit('error', err);
   }
 
   #onPublished(ticket: number, json: string): void {

@@ -1,15 +1,19 @@
 // CourierClient in Node against the real reference server (`courier-server`, fault injection on).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as courier from '../dist/node.js';
 import {
   CourierClient,
   CourierError,
+  endpoints,
   AuthError,
   RateLimitError,
   UsageError,
   ValidationError,
 } from '../dist/node.js';
-import { startServer, token, fault, until, sleep } from './helpers.mjs';
+import { ROOT, startServer, token, fault, until, sleep } from './helpers.mjs';
 
 const fast = { minDelayMs: 20, baseDelayMs: 50, maxDelayMs: 200 };
 let server;
@@ -191,7 +195,7 @@ test('429: nothing is sent before Retry-After, then the event goes through', asy
     assert.ok(waited >= 990, `retried ${waited} ms after the 429; Retry-After was 1 s`);
     assert.equal(result.attempts, 2);
     assert.equal(result.duplicate, false);
-    assert.ok(pub.stats().rateLimitWaits >= 1);
+    assert.ok(pub.stats().rate_limit_waits >= 1);
   } finally {
     globalThis.fetch = realFetch;
     await fault(server, 'reset');
@@ -250,8 +254,8 @@ test('flush waits for every acknowledgement; stats count them', async () => {
   await pub.flush();
   const stats = pub.stats();
   assert.equal(stats.acknowledged, 250);
-  assert.equal(stats.queued, 0);
-  assert.equal(stats.inFlight, 0);
+  assert.equal(stats.queued_high + stats.queued_normal + stats.queued_low, 0);
+  assert.equal(stats.in_flight, 0);
   const results = await Promise.all(all);
   assert.equal(new Set(results.map((r) => r.offset)).size, 250);
 });
@@ -264,8 +268,168 @@ test('a closed client refuses work with a UsageError', async () => {
   assert.throws(() => c.subscribe('backtest.x', () => {}), (e) => e instanceof UsageError && e.code === 'CLOSED');
 });
 
-test('a URL that is not ws(s):// is refused with a UsageError', () => {
-  assert.throws(() => new CourierClient({ url: 'ftp://x', token: 't' }), (e) => e instanceof UsageError);
+test('a URL the core does not accept is refused with a ValidationError naming `url`', () => {
+  for (const url of ['ftp://x', 'localhost:8766', 'ws://host:1/?q=1']) {
+    assert.throws(() => new CourierClient({ url, token: 't' }), (e) => e instanceof ValidationError && e.field === 'url', url);
+  }
+});
+
+// --- one client in the core (issue #12): URLs, connect on subscribe, listeners, stamping,
+// the one token, named stats. The TypeScript layer decides none of these.
+
+/** A token that may both subscribe to and publish on `backtest.*`. */
+const both = (sub) => token({ sub, channels: ['backtest.*'], publish: ['backtest.*'] });
+
+test('the core derives both endpoints from an http:// or a ws:// URL', () => {
+  assert.deepEqual(endpoints('http://h:1'), { wsUrl: 'ws://h:1/ws', publishUrl: 'http://h:1/publish/batch' });
+  assert.deepEqual(endpoints('wss://h/p/ws/'), { wsUrl: 'wss://h/p/ws', publishUrl: 'https://h/p/publish/batch' });
+  assert.deepEqual(endpoints('ws://h:1', 'https://api.h/v1'), { wsUrl: 'ws://h:1/ws', publishUrl: 'https://api.h/v1/publish/batch' });
+});
+
+test('http:// and ws:// URLs (with or without /ws, with httpUrl) subscribe and publish against the server', async () => {
+  const forms = [
+    { url: server.wsUrl },
+    { url: server.httpUrl },
+    { url: `${server.wsUrl}/ws` },
+    { url: `${server.httpUrl}/ws`, httpUrl: server.httpUrl },
+  ];
+  for (const [i, form] of forms.entries()) {
+    const c = client({ ...form, token: both(`node-url-${i}`) });
+    const got = [];
+    c.subscribe(`backtest.url${i}`, (e) => got.push(e));
+    await until(() => c.state === 'connected', { what: `connected with ${JSON.stringify(form)}` });
+    await sleep(50);
+    const r = await c.publish(`backtest.url${i}`, 'custom.url', { i });
+    await until(() => got.length === 1, { what: `the event with ${JSON.stringify(form)}` });
+    assert.equal(got[0].id, r.id);
+  }
+});
+
+/** A subscriber with a user of its own (each user has a connection limit). */
+const ownSubscriber = (sub) => client({ token: token({ sub, channels: ['backtest.*'] }) });
+
+test('subscribe() connects by itself; publishing alone never opens the WebSocket', async () => {
+  const pub = publisher();
+  await pub.publish('backtest.lazy', 'custom.x', { n: 0 });
+  assert.equal(pub.state, 'disconnected', 'publishing needs no WebSocket');
+
+  const sub = ownSubscriber('node-lazy');
+  assert.equal(sub.state, 'disconnected');
+  const got = [];
+  sub.subscribe('backtest.lazy', (e) => got.push(e.data.n));
+  assert.equal(sub.state, 'connecting', 'the subscription started connecting');
+  await until(() => sub.state === 'connected', { what: 'connected without connect()' });
+  await sleep(50);
+  await pub.publish('backtest.lazy', 'custom.x', { n: 1 });
+  await until(() => got.length === 1, { what: 'the event' });
+  assert.deepEqual(got, [1]);
+  sub.connect(); // connecting again is harmless
+  assert.equal(sub.state, 'connected');
+});
+
+test('subscribing twice gives two handlers; each unsubscribe removes its own; another `since` is refused', async () => {
+  const sub = ownSubscriber('node-twice');
+  const pub = publisher();
+  const a = [];
+  const b = [];
+  const first = sub.subscribe('backtest.twice', (e) => a.push(e.data.n));
+  await until(() => sub.state === 'connected', { what: 'connected' });
+  await sleep(50);
+  await pub.publish('backtest.twice', 'custom.x', { n: 1 });
+  await until(() => a.length === 1, { what: 'the first event' });
+
+  const second = sub.subscribe('backtest.twice', (e) => b.push(e.data.n));
+  assert.equal(sub.listenerCount('backtest.twice'), 2);
+  await pub.publish('backtest.twice', 'custom.x', { n: 2 });
+  await until(() => a.length === 2 && b.length === 1, { what: 'the event, for both handlers' });
+  assert.deepEqual(a, [1, 2]);
+  assert.deepEqual(b, [2], 'the second handler starts at the current position');
+
+  // A second handler that wants a replay cannot share the channel's one server subscription.
+  const { typescript } = JSON.parse(readFileSync(join(ROOT, 'tests', 'vectors', 'errors.json'), 'utf8')).cases.find(
+    (c) => c.code === 'ALREADY_SUBSCRIBED',
+  );
+  const position = sub.position('backtest.twice');
+  assert.throws(
+    () => sub.subscribe('backtest.twice', () => assert.fail('no event expected'), { since: { epoch: position.epoch, offset: 0 } }),
+    (e) => {
+      assert.ok(e instanceof courier[typescript], `${e.constructor.name} is a ${typescript}`);
+      assert.equal(e.constructor.name, typescript);
+      assert.equal(e.code, 'ALREADY_SUBSCRIBED');
+      return true;
+    },
+  );
+  // The current position is no replay: that listener is welcome.
+  const third = sub.subscribe('backtest.twice', () => {}, { since: position });
+  third.unsubscribe();
+  assert.equal(sub.listenerCount('backtest.twice'), 2);
+
+  first.unsubscribe();
+  first.unsubscribe(); // twice is harmless and removes nothing else
+  assert.equal(sub.listenerCount('backtest.twice'), 1);
+  await pub.publish('backtest.twice', 'custom.x', { n: 3 });
+  await until(() => b.length === 2, { what: 'the event, for the remaining handler' });
+  await sleep(50);
+  assert.deepEqual(a, [1, 2], 'the removed handler gets nothing more');
+  assert.deepEqual(b, [2, 3]);
+  const stats = sub.stats();
+  assert.equal(stats.events_received, 3, 'counted once per event, however many handlers');
+  assert.equal(stats.channels, 1);
+  second.unsubscribe();
+  assert.equal(sub.stats().channels, 0, 'the last handler ends the server subscription');
+});
+
+test('serviceName is stamped as metadata.source and seen by a subscriber', async () => {
+  const sub = ownSubscriber('node-source');
+  const pub = publisher({ serviceName: 'billing-svc' });
+  const got = [];
+  sub.subscribe('backtest.source', (e) => got.push(e));
+  await until(() => sub.state === 'connected', { what: 'connected' });
+  await sleep(50);
+  const before = Date.now();
+  const r = await pub.publish('backtest.source', 'custom.x', { n: 1 });
+  await pub.publish('backtest.source', 'custom.x', { n: 2 }, { metadata: { source: 'explicit' } });
+  await until(() => got.length === 2, { what: 'two events' });
+  assert.equal(got[0].metadata.source, 'billing-svc');
+  assert.equal(got[1].metadata.source, 'explicit', 'an event may name its own source');
+  assert.equal(got[0].id, r.id, 'the id the core stamped');
+  assert.ok(got[0].metadata.timestamp >= before - 1000 && got[0].metadata.timestamp <= Date.now() + 1000);
+});
+
+test('one token provider call serves the WebSocket and publishing at start-up', async () => {
+  let calls = 0;
+  const c = client({
+    token: async () => {
+      calls += 1;
+      await sleep(20); // both halves ask while this call is out
+      return both('node-one-token');
+    },
+  });
+  const got = [];
+  c.subscribe('backtest.onetoken', (e) => got.push(e.data.n));
+  await c.publish('backtest.onetoken', 'custom.x', { n: 0 });
+  assert.equal(calls, 1, 'one call for the first publish and the subscription');
+  await until(() => c.state === 'connected', { what: 'connected' });
+  await sleep(50);
+  await c.publish('backtest.onetoken', 'custom.x', { n: 1 });
+  await until(() => got.includes(1), { what: 'the event' });
+  assert.equal(calls, 1, 'one provider call for the WebSocket and HTTP');
+  assert.equal(c.stats().token_fetches, 1);
+});
+
+test('stats() names every counter as the core does', async () => {
+  const pub = publisher();
+  await pub.publish('backtest.stats', 'custom.x', {}, { priority: 'low' });
+  const stats = pub.stats();
+  assert.deepEqual(Object.keys(stats).sort(), [
+    'acknowledged', 'budget_exhausted', 'channels', 'dead', 'duplicates_dropped', 'events_received', 'gaps',
+    'heartbeat_timeouts', 'in_flight', 'paused_channels', 'pauses', 'queued_high', 'queued_low', 'queued_normal',
+    'rate_limit_waits', 'reconnects', 'retries', 'retrying', 'token_fetches',
+  ]);
+  assert.ok(Object.values(stats).every((v) => Number.isInteger(v) && v >= 0));
+  assert.equal(stats.acknowledged, 1);
+  assert.equal(stats.token_fetches, 1);
+  assert.equal(stats.channels, 0);
 });
 
 // --- the client-side limiter against the server's default limits ---------------------------
@@ -300,7 +464,7 @@ test('a limited burst goes out at once and an unlimited type is not held behind 
     assert.equal(r.attempts, 1);
   }
   const burst = performance.now() - started;
-  assert.equal(pub.stats().rateLimitWaits, 0, 'the whole burst went out without a wait');
+  assert.equal(pub.stats().rate_limit_waits, 0, 'the whole burst went out without a wait');
   // Any wait for the deposit bucket lasts a refill interval (12 s).
   assert.ok(burst < 6_000, `5 publishes took ${burst.toFixed(0)} ms`);
   // The deposit bucket is now empty for 12 s; the fallback bucket is almost full.
@@ -309,7 +473,7 @@ test('a limited burst goes out at once and an unlimited type is not held behind 
   const took = performance.now() - started;
   assert.ok(took < 1_000, `an unlimited type waited ${took.toFixed(0)} ms behind the deposit bucket`);
   assert.equal(r.attempts, 1);
-  assert.equal(pub.stats().rateLimitWaits, 0);
+  assert.equal(pub.stats().rate_limit_waits, 0);
   await publishesNoneRefused('node-burst');
 });
 
@@ -317,11 +481,11 @@ test('an exhausted bucket holds its event until it refills, not later', async ()
   // Premium: 25 deposits back to back, then one every 2.4 s (standard would take 12 s).
   const pub = limitedUser('node-refill', 'premium');
   for (let i = 0; i < 25; i++) await pub.publish('backtest.limits', LIMITED_TYPE, { amount: String(i) });
-  assert.equal(pub.stats().rateLimitWaits, 0, 'the whole burst went out without a wait');
+  assert.equal(pub.stats().rate_limit_waits, 0, 'the whole burst went out without a wait');
   const r = await pub.publish('backtest.limits', LIMITED_TYPE, { amount: 'held' });
   const ackedAt = Date.now();
   assert.equal(r.attempts, 1, 'sent once: when the bucket had refilled');
-  assert.ok(pub.stats().rateLimitWaits >= 1, 'the client held it');
+  assert.ok(pub.stats().rate_limit_waits >= 1, 'the client held it');
   const records = await publishesNoneRefused('node-refill');
   assert.equal(records.length, 26, 'one request per event, none repeated');
   // The server's bucket gives one back a refill interval after the burst's first event, as

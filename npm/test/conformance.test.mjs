@@ -10,12 +10,24 @@ import { join } from 'node:path';
 import { ROOT, NPM_DIR } from './helpers.mjs';
 
 const pkg = join(NPM_DIR, 'pkg-test');
-const { initSync, evaluateVector, vectorFiles } = await import(join(pkg, 'courier_wasm.js'));
+const { initSync, evaluateVector, vectorFiles, statsFieldNames } = await import(join(pkg, 'courier_wasm.js'));
 initSync({ module: readFileSync(join(pkg, 'courier_wasm_bg.wasm')) });
 
 test('the shipped WASM does not carry the vector evaluator', async () => {
   const shipped = await import('../dist/wasm/courier_wasm.js');
   assert.equal(shipped.evaluateVector, undefined);
+});
+
+test('stats() carries exactly the names of the core\'s ClientStats (serde)', async () => {
+  const { CourierClient } = await import('../dist/node.js');
+  const c = new CourierClient({ url: 'http://127.0.0.1:9', token: 't' });
+  try {
+    const names = [...statsFieldNames()].sort();
+    assert.ok(names.length > 10);
+    assert.deepEqual(Object.keys(c.stats()).sort(), names);
+  } finally {
+    c.close();
+  }
 });
 
 const dir = join(ROOT, 'tests', 'vectors');

@@ -87,3 +87,24 @@ test('useChannel follows a new channel and the latest handler', async () => {
   assert.deepEqual(seen, ['v2:backtest.a2']);
   await React.act(async () => root.unmount());
 });
+
+test('two components on one channel both get each event (two core listeners)', async () => {
+  const seen = [];
+  function View({ tag }) {
+    useChannel('backtest.shared', (e) => seen.push(`${tag}:${e.data.n}`));
+    return null;
+  }
+  const root = createRoot(document.createElement('div'));
+  await React.act(async () => {
+    root.render(h(React.StrictMode, null, h(CourierProvider, { client: sub }, h(View, { tag: 'a' }), h(View, { tag: 'b' }))));
+  });
+  assert.equal(sub.listenerCount('backtest.shared'), 2);
+  await sleep(100);
+  await React.act(async () => {
+    await pub.publish('backtest.shared', 'custom.x', { n: 1 });
+    await until(() => seen.length === 2, { what: 'the event in both components' });
+  });
+  assert.deepEqual(seen.sort(), ['a:1', 'b:1']);
+  await React.act(async () => root.unmount());
+  assert.equal(sub.listenerCount('backtest.shared'), 0);
+});

@@ -1,113 +1,102 @@
-//! The driver: a [`Connection`] and a [`PublishQueue`] behind one JavaScript object.
+//! The driver: one [`courier_core::client::Client`] behind one JavaScript object.
+//!
+//! Every decision is the core client's: the token (one provider call at a time, shared by the
+//! WebSocket and HTTP), event stamping (id, `metadata.timestamp`, `metadata.source` from the
+//! configured service name), the endpoints ([`courier_core::client::Endpoints`]), connecting on
+//! the first subscription, several listeners per channel, reconnect, resume, gaps,
+//! Retry-After, the publish queue and close semantics.
 //!
 //! The driver never calls JavaScript: the TypeScript layer (`npm/src/client.ts`) owns the
-//! WebSocket, `fetch` and the one timer, feeds what happens into the `handle*` methods and
-//! then drains [`Driver::poll`] until it returns `undefined`, doing what each output says,
-//! and finally re-arms its timer at [`Driver::timeout`] (only when that is earlier than the
-//! armed one: an early wake-up is harmless, the core ignores extra `handle_timeout` calls).
-//! This is the core's driver contract (see `courier_core::connection`), with the I/O on the
-//! JavaScript side of the boundary: no closures, futures or `web-sys` bindings in the WASM.
+//! WebSocket, `fetch` and the one timer (issue #13 moves them into the WASM). After each
+//! command or input it drains [`Driver::poll`] until `undefined`, doing what each output says,
+//! then re-arms its timer at [`Driver::timeout`] (only when that is earlier than the armed
+//! one: an early wake-up is harmless, the core ignores extra `handle_timeout` calls). This is
+//! the core's driver contract (see `courier_core::client`).
 //!
-//! Outputs cross as one string each, tagged by their first character:
+//! # The output boundary
 //!
-//! | tag | meaning | rest |
-//! |---|---|---|
-//! | `o` | open a new WebSocket and report `handleOpen` / `handleClose` | |
-//! | `s` | send this text frame | the frame |
-//! | `c` | close the socket and forget it | `code reason` |
-//! | `t` | ask the token provider, answer with `tokenResult` | `0`, or `1` if it expired |
-//! | `e` | deliver the text frame last passed to `handleText` | |
-//! | `b` | `POST` this batch, answer with `handleResponse` / `handleFailed` | `id body` |
-//! | `p` | a publish completed | `ticket {"ok": result}` or `ticket {"error": error}` |
-//! | `j` | for the application | `{"state"}`, `{"gap"}`, `{"subscription_failed"}`, `{"error"}` |
+//! [`Driver::poll`] returns an [`OutputKind`] (a TypeScript `enum`); its payload is read with
+//! [`Driver::arg`] (a number), [`Driver::text`] (a string, taken) and, for a batch,
+//! [`Driver::token`]. No output allocates a JavaScript object in the WASM, and nothing crosses
+//! as serde: the JSON payloads below are written by the core's small writer
+//! ([`courier_core::json::Obj`]), so the release WASM carries no `serde_json` and no float
+//! formatting.
+//!
+//! | kind | do | `arg()` | `text()` |
+//! |---|---|---|---|
+//! | `OpenSocket` | open a WebSocket to `Endpoints.wsUrl`; report `handleOpen` / `handleClose` | | |
+//! | `SendFrame` | send this text frame | | the frame |
+//! | `CloseSocket` | close the socket and forget it | close code | reason |
+//! | `FetchToken` | ask the token provider; answer with `handleToken` | 1 if the token expired | |
+//! | `SendBatch` | `POST` to `Endpoints.publishUrl` with `token()`; answer with `handleResponse` / `handleFailed` | batch id | body |
+//! | `Event` | hand the event to the listener | listener id | `{"epoch","offset","event"}` |
+//! | `State` | the connection's state changed | | state name |
+//! | `Gap` | events may be missing (once per gap, not per listener) | | `{"channel","last","position","reason"}` |
+//! | `SubscriptionFailed` | the listener's subscription was refused; it is gone | listener id | error JSON |
+//! | `Published` | a publish completed | ticket | `{"ok": result}` or `{"error": error}` |
+//! | `Error` | for the application | | error JSON |
+//!
+//! Error JSON is `{"code","category","retryable","message","retry_after_ms"?,"field"?,
+//! "status"?,"limit_type"?}`; the TypeScript layer turns it into a `CourierError` subclass.
+//! A command that fails throws that JSON text (`errorFromThrown` in TypeScript).
+//!
+//! The hot path, an event frame, is one call: [`Driver::handle_text`] (or
+//! [`Driver::handle_buffered`]) returns the listener to hand the very frame to when that is
+//! all the frame did, so the TypeScript layer `JSON.parse`s its own string once.
 
-use std::collections::VecDeque;
-
-use courier_core::connection::{Connection, ConnectionConfig, GapReason, Output, State};
-use courier_core::queue::{
-    BatchId, Completion, Priority, PublishOptions, PublishQueue, QueueConfig, TransportResult,
+use courier_core::client::{
+    Client, ClientConfig, ClientStats, Endpoints, EventOptions, ListenerId, Output, PublishItem,
 };
-use courier_core::time::{Duration, Instant, UNIX_EPOCH, as_millis_u64};
-use courier_core::{ChannelName, Error, Event, Metadata, StreamPosition, json};
+use courier_core::connection::{GapReason, State};
+use courier_core::json::Obj;
+use courier_core::queue::{BatchId, Priority, PublishOptions, TransportResult};
+use courier_core::time::{Duration, Instant, SystemTime, UNIX_EPOCH, as_millis_u64};
+use courier_core::{ChannelName, Delivery, Error, Metadata, StreamPosition};
 use wasm_bindgen::prelude::*;
 
-/// A tiny JSON writer for the few objects that cross the boundary (no `serde_json::Value`);
-/// strings and numbers are written by the core's writer ([`courier_core::json`]).
-struct Json(String);
-
-impl Json {
-    fn new() -> Self {
-        Json(String::from("{"))
-    }
-
-    fn key(&mut self, key: &str) -> &mut Self {
-        if self.0.len() > 1 {
-            self.0.push(',');
-        }
-        self.0.push('"');
-        self.0.push_str(key);
-        self.0.push_str("\":");
-        self
-    }
-
-    fn str(&mut self, key: &str, value: &str) -> &mut Self {
-        self.key(key);
-        json::push_str(&mut self.0, value);
-        self
-    }
-
-    fn opt_str(&mut self, key: &str, value: Option<&str>) -> &mut Self {
-        if let Some(v) = value {
-            self.str(key, v);
-        }
-        self
-    }
-
-    fn num(&mut self, key: &str, value: u64) -> &mut Self {
-        self.key(key);
-        self.0.push_str(&json::u64_text(value));
-        self
-    }
-
-    fn bool(&mut self, key: &str, value: bool) -> &mut Self {
-        self.key(key);
-        self.0.push_str(if value { "true" } else { "false" });
-        self
-    }
-
-    /// A nested object (already closed) or `null`.
-    fn raw(&mut self, key: &str, value: &str) -> &mut Self {
-        self.key(key);
-        self.0.push_str(value);
-        self
-    }
-
-    fn end(&mut self) -> String {
-        self.0.push('}');
-        std::mem::take(&mut self.0)
-    }
+/// What an output of [`Driver::poll`] asks for (see the module docs for each payload).
+#[wasm_bindgen]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    /// Open a new WebSocket to `Endpoints.wsUrl`.
+    OpenSocket = 0,
+    /// Send `text()` on the socket.
+    SendFrame = 1,
+    /// Close the socket with code `arg()` and reason `text()`, and forget it.
+    CloseSocket = 2,
+    /// Ask the token provider (`arg()` is 1 when the previous token expired).
+    FetchToken = 3,
+    /// `POST` `text()` to `Endpoints.publishUrl` with `token()`; `arg()` is the batch id.
+    SendBatch = 4,
+    /// Hand the event `text()` to listener `arg()`.
+    Event = 5,
+    /// The connection's state is now `text()`.
+    State = 6,
+    /// A gap on a channel, as JSON `text()`.
+    Gap = 7,
+    /// Listener `arg()`'s subscription was refused with the error JSON `text()`.
+    SubscriptionFailed = 8,
+    /// Ticket `arg()` completed: `text()` is `{"ok": …}` or `{"error": …}`.
+    Published = 9,
+    /// An error JSON `text()` for the application.
+    Error = 10,
 }
 
-/// `{"code","category","retryable","message","retry_after_ms"?,"field"?,"status"?,"limit_type"?}`:
-/// what the TypeScript layer turns into a `CourierError` subclass (picked by the core's
-/// `category`). A refusal's message is the server's own (without the code prefix its
-/// `Display` adds).
+/// The error JSON of the module docs. A refusal's message is the server's own (without the
+/// code prefix its `Display` adds).
 fn error_json(e: &Error) -> String {
-    let mut j = Json::new();
+    let mut out = String::new();
+    let mut j = Obj::new(&mut out);
     j.str("code", e.code())
         .str("category", e.category().as_str())
         .bool("retryable", e.is_retryable());
     match e {
         Error::Refused(r) => {
-            j.str("message", &r.message);
-            if let Some(d) = r.retry_after {
-                j.num("retry_after_ms", as_millis_u64(d));
-            }
-            j.opt_str("field", r.field.as_deref());
-            if let Some(s) = r.status {
-                j.num("status", u64::from(s));
-            }
-            j.opt_str("limit_type", r.limit_type.as_deref());
+            j.str("message", &r.message)
+                .opt_u64("retry_after_ms", r.retry_after.map(as_millis_u64))
+                .opt_str("field", r.field.as_deref())
+                .opt_u64("status", r.status.map(u64::from))
+                .opt_str("limit_type", r.limit_type.as_deref());
         }
         Error::Invalid(v) => {
             j.str("message", &v.message).str("field", &v.field);
@@ -116,19 +105,26 @@ fn error_json(e: &Error) -> String {
             j.str("message", &other.to_string());
         }
     }
-    j.end()
+    j.end();
+    out
 }
 
-/// A core error, thrown to JavaScript as its JSON text (`errorFromThrown` in TypeScript).
+/// A core error, thrown to JavaScript as its JSON text.
 fn thrown(e: impl Into<Error>) -> JsValue {
     JsValue::from_str(&error_json(&e.into()))
 }
 
-fn position_json(p: &StreamPosition) -> String {
-    Json::new()
+fn write_position(out: &mut String, p: &StreamPosition) {
+    Obj::new(out)
         .str("epoch", &p.epoch)
-        .num("offset", p.offset)
-        .end()
+        .u64("offset", p.offset)
+        .end();
+}
+
+fn position_json(p: &StreamPosition) -> String {
+    let mut out = String::new();
+    write_position(&mut out, p);
+    out
 }
 
 fn state_name(s: State) -> &'static str {
@@ -140,80 +136,118 @@ fn state_name(s: State) -> &'static str {
     }
 }
 
-fn completion_json(c: &Completion) -> String {
-    let inner = match &c.result {
-        Ok(r) => {
-            let ok = Json::new()
-                .str("id", &r.id)
-                .str("channel", &r.channel)
-                .str("epoch", &r.epoch)
-                .num("offset", r.offset)
-                .bool("duplicate", r.duplicate)
-                .num("attempts", u64::from(r.attempts))
-                .end();
-            Json::new().raw("ok", &ok).end()
-        }
-        Err(e) => Json::new().raw("error", &error_json(e)).end(),
-    };
-    format!("p{} {inner}", c.ticket)
+/// `{"epoch","offset","event"}`: the shape of an event frame, so the TypeScript layer reads a
+/// delivery the same way whether it parsed the frame itself or got it from `poll`.
+fn delivery_json(d: &Delivery) -> String {
+    let mut out = String::with_capacity(d.event.data.get().len() + 192);
+    Obj::new(&mut out)
+        .str("epoch", &d.epoch)
+        .u64("offset", d.offset)
+        .with("event", |out| d.event.write_json(out))
+        .end();
+    out
 }
 
-/// The tagged string for a connection output (see the module docs); `None` for outputs the
-/// application does not need (`subscribed`).
-fn output_text(o: Output) -> Option<String> {
-    let app = match o {
-        Output::OpenTransport => return Some("o".into()),
-        Output::Send(text) => return Some(format!("s{text}")),
-        Output::CloseTransport { code, reason } => return Some(format!("c{code} {reason}")),
-        Output::FetchToken { refresh } => return Some(format!("t{}", u8::from(refresh))),
-        Output::Event(_) => return Some("e".into()),
-        Output::State(s) => Json::new().str("state", state_name(s)).end(),
-        Output::Gap {
-            channel,
-            last,
-            position,
-            reason,
-        } => {
-            let reason = match reason {
-                GapReason::HistoryUnavailable => "history_unavailable",
-                GapReason::EpochChanged => "epoch_changed",
-                GapReason::OffsetSkipped => "offset_skipped",
-            };
-            let last = last.as_ref().map_or_else(|| "null".into(), position_json);
-            let gap = Json::new()
-                .str("channel", channel.as_str())
-                .raw("last", &last)
-                .raw("position", &position_json(&position))
-                .str("reason", reason)
-                .end();
-            Json::new().raw("gap", &gap).end()
-        }
-        Output::SubscriptionFailed { channel, error } => {
-            let failed = Json::new()
-                .str("channel", channel.as_str())
-                .raw("error", &error_json(&error))
-                .end();
-            Json::new().raw("subscription_failed", &failed).end()
-        }
-        Output::Error(e) => Json::new().raw("error", &error_json(&e)).end(),
-        _ => return None,
-    };
-    Some(format!("j{app}"))
+/// The named stats as JSON, with the names of [`ClientStats`]. The exhaustive pattern makes
+/// a new field a compile error here; the npm test compares the names with the Rust struct's
+/// serde names (`statsFieldNames` in the test build).
+fn stats_json(s: &ClientStats) -> String {
+    let ClientStats {
+        queued_high,
+        queued_normal,
+        queued_low,
+        in_flight,
+        retrying,
+        retries,
+        dead,
+        acknowledged,
+        budget_exhausted,
+        rate_limit_waits,
+        reconnects,
+        events_received,
+        duplicates_dropped,
+        gaps,
+        heartbeat_timeouts,
+        channels,
+        paused_channels,
+        pauses,
+        token_fetches,
+    } = s.clone();
+    let n = |v: usize| v as u64;
+    let mut out = String::with_capacity(512);
+    Obj::new(&mut out)
+        .u64("queued_high", n(queued_high))
+        .u64("queued_normal", n(queued_normal))
+        .u64("queued_low", n(queued_low))
+        .u64("in_flight", n(in_flight))
+        .u64("retrying", n(retrying))
+        .u64("retries", retries)
+        .u64("dead", dead)
+        .u64("acknowledged", acknowledged)
+        .u64("budget_exhausted", budget_exhausted)
+        .u64("rate_limit_waits", rate_limit_waits)
+        .u64("reconnects", reconnects)
+        .u64("events_received", events_received)
+        .u64("duplicates_dropped", duplicates_dropped)
+        .u64("gaps", gaps)
+        .u64("heartbeat_timeouts", heartbeat_timeouts)
+        .u64("channels", n(channels))
+        .u64("paused_channels", n(paused_channels))
+        .u64("pauses", pauses)
+        .u64("token_fetches", token_fetches)
+        .end();
+    out
 }
 
-/// Drives one Courier connection and publish queue; created and owned by `CourierClient`.
+type GapKey = (ChannelName, Option<StreamPosition>, StreamPosition);
+
+/// Where a client talks to, as the core derives it from the options' `url` and `httpUrl`
+/// ([`Endpoints::parse`], [`Endpoints::with_http_base`]).
+#[wasm_bindgen(js_name = Endpoints)]
+pub struct JsEndpoints(Endpoints);
+
+#[wasm_bindgen(js_class = Endpoints)]
+impl JsEndpoints {
+    /// `url` in any form the core accepts (`http(s)://` or `ws(s)://`, optional prefix and
+    /// trailing `/ws`); `http_url` overrides the HTTP base. Throws a core error (as JSON text)
+    /// for a URL the core refuses.
+    #[wasm_bindgen(constructor)]
+    pub fn new(url: &str, http_url: Option<String>) -> Result<JsEndpoints, JsValue> {
+        match http_url {
+            Some(http) => Endpoints::with_http_base(url, &http),
+            None => Endpoints::parse(url),
+        }
+        .map(JsEndpoints)
+        .map_err(thrown)
+    }
+
+    /// The WebSocket URL (`OpenSocket` opens it).
+    #[wasm_bindgen(getter, js_name = wsUrl)]
+    pub fn ws_url(&self) -> String {
+        self.0.ws_url.clone()
+    }
+
+    /// The URL `SendBatch` posts to.
+    #[wasm_bindgen(getter, js_name = publishUrl)]
+    pub fn publish_url(&self) -> String {
+        self.0.publish_batch_url()
+    }
+}
+
+/// Drives one core [`Client`]; created and owned by `CourierClient`.
 #[wasm_bindgen]
 pub struct Driver {
-    conn: Connection,
-    queue: PublishQueue,
-    /// Connection outputs taken out of the core but not yet handed over.
-    held: VecDeque<Output>,
-    /// Whether the host holds a token for HTTP publishing (it keeps the text itself).
-    has_token: bool,
-    /// One token request at a time, for the connection and the queue together.
-    token_in_flight: bool,
-    /// The first token request for publishing failed: ask again on the next publish.
-    token_blocked: bool,
+    client: Client,
+    /// The (at most two) outputs `handle_text` took out of the client to look at, in order,
+    /// not yet handed over (two slots, not a queue: smaller in the WASM).
+    held: [Option<Output>; 2],
+    /// The payload of the output `poll` returned last.
+    arg: f64,
+    text: String,
+    token: String,
+    /// The gap `poll` returned last, while only gaps followed it: the client reports a gap
+    /// once per listener, the TypeScript API once per client.
+    last_gap: Option<GapKey>,
     /// Where the host writes a text frame (UTF-8) for `handleBuffered`; never shrinks.
     inbox: Vec<u8>,
 }
@@ -222,17 +256,31 @@ fn now() -> Instant {
     Instant::now()
 }
 
+/// The wall clock from the host's `Date.now()` (no `Date` binding in the WASM).
+fn wall(unix_ms: f64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms(Some(unix_ms)).unwrap_or(0))
+}
+
 fn ms(v: Option<f64>) -> Option<u64> {
     v.filter(|v| v.is_finite() && *v >= 0.0).map(|v| v as u64)
 }
 
+fn listener_id(v: f64) -> ListenerId {
+    ListenerId(ms(Some(v)).unwrap_or(0))
+}
+
 #[wasm_bindgen]
 impl Driver {
-    /// A driver that does nothing until `connect()` or `publish()`. Absent numbers keep the
-    /// core's defaults; the TypeScript layer checks them before they get here.
+    /// A driver that does nothing until a subscription, `connect()` or `publish()`.
+    ///
+    /// The host opens sockets to and posts batches to the URLs of an [`Endpoints`]
+    /// (`JsEndpoints`) it made from the same options. `service_name` becomes `metadata.source` of published events
+    /// that name none. Absent numbers keep the core's defaults; the TypeScript layer checks
+    /// their types.
     #[wasm_bindgen(constructor)]
     #[allow(clippy::too_many_arguments)]
     pub fn new(
+        service_name: Option<String>,
         client_name: String,
         seed_hi: u32,
         seed_lo: u32,
@@ -245,15 +293,18 @@ impl Driver {
         max_attempts: Option<f64>,
         max_in_flight: Option<f64>,
     ) -> Driver {
-        let mut conn_config = ConnectionConfig {
-            client_name,
-            ..ConnectionConfig::default()
+        let mut config = ClientConfig {
+            service_name: service_name.unwrap_or_default(),
+            // Callback host: handlers run as events arrive, nothing is left unread.
+            subscription_buffer: None,
+            ..ClientConfig::default()
         };
-        let b = &mut conn_config.backoff;
+        config.connection.client_name = client_name;
+        let b = &mut config.connection.backoff;
         b.min_delay_ms = ms(min_delay_ms).unwrap_or(b.min_delay_ms);
         b.base_delay_ms = ms(base_delay_ms).unwrap_or(b.base_delay_ms);
         b.max_delay_ms = ms(max_delay_ms).unwrap_or(b.max_delay_ms);
-        let mut q = QueueConfig::default();
+        let q = &mut config.queue;
         q.max_queued = ms(max_queued).map_or(q.max_queued, |v| v as usize);
         q.max_batch_events = ms(max_batch_events).map_or(q.max_batch_events, |v| v as usize);
         q.linger_ms = ms(linger_ms).unwrap_or(q.linger_ms);
@@ -262,70 +313,49 @@ impl Driver {
         q.max_in_flight = ms(max_in_flight).map_or(q.max_in_flight, |v| v as usize);
         let seed = (u64::from(seed_hi) << 32) | u64::from(seed_lo);
         Driver {
-            conn: Connection::new(conn_config, seed),
-            queue: PublishQueue::new(q, seed.rotate_left(17) ^ 0xA076_1D64_78BD_642F, now()),
-            held: VecDeque::new(),
-            has_token: false,
-            token_in_flight: false,
-            token_blocked: false,
+            client: Client::new(config, seed, now()),
+            held: [None, None],
+            arg: 0.0,
+            text: String::new(),
+            token: String::new(),
+            last_gap: None,
             inbox: Vec::new(),
         }
     }
 
-    /// The next output, tagged (see the module docs), or `undefined` when there is none.
-    pub fn poll(&mut self) -> Option<String> {
+    /// The next output's kind, or `undefined` when there is none; its payload is read with
+    /// `arg()`, `text()` and `token()` before the next `poll`.
+    pub fn poll(&mut self) -> Option<OutputKind> {
         loop {
-            if let Some(o) = self.held.pop_front().or_else(|| self.conn.poll()) {
-                match o {
-                    Output::FetchToken { .. } if self.token_in_flight => continue,
-                    Output::FetchToken { .. } => self.token_in_flight = true,
-                    _ => {}
-                }
-                match output_text(o) {
-                    Some(t) => return Some(t),
-                    None => continue,
-                }
+            let [first, second] = &mut self.held;
+            let output = match first.take().or_else(|| second.take()) {
+                Some(o) => o,
+                None => self.client.poll(now())?,
+            };
+            if let Some(kind) = self.take(output) {
+                return Some(kind);
             }
-            if let Some(c) = self.queue.poll_completion() {
-                return Some(completion_json(&c));
-            }
-            if self.queue.poll_token_request() {
-                // 401 TOKEN_EXPIRED on a publish: the queue holds its sends until
-                // `tokenResult` answers (the host keeps the old token until then).
-                if !self.token_in_flight {
-                    self.token_in_flight = true;
-                    return Some("t1".into());
-                }
-            }
-            if self.queue.is_flushed() {
-                return None;
-            }
-            if !self.has_token {
-                if self.token_in_flight || self.token_blocked {
-                    return None;
-                }
-                self.token_in_flight = true;
-                return Some("t0".into());
-            }
-            return self
-                .queue
-                .poll_transmit(now())
-                .map(|b| format!("b{} {}", b.id.0, b.body));
         }
+    }
+
+    /// The number of the output `poll` returned last (see the module docs).
+    pub fn arg(&self) -> f64 {
+        self.arg
+    }
+
+    /// The text of the output `poll` returned last (taken: a second call returns "").
+    pub fn text(&mut self) -> String {
+        std::mem::take(&mut self.text)
+    }
+
+    /// The bearer token of the last `SendBatch`.
+    pub fn token(&self) -> String {
+        self.token.clone()
     }
 
     /// Milliseconds until `handleTimeout` is due (rounded up), or -1 when nothing is timed.
     pub fn timeout(&self) -> f64 {
-        let queue = if self.has_token {
-            self.queue.poll_timeout()
-        } else {
-            None
-        };
-        match [self.conn.poll_timeout(), queue]
-            .into_iter()
-            .flatten()
-            .min()
-        {
+        match self.client.poll_timeout() {
             None => -1.0,
             Some(t) => {
                 let wait = t.saturating_duration_since(now());
@@ -337,41 +367,41 @@ impl Driver {
     /// The timer fired.
     #[wasm_bindgen(js_name = handleTimeout)]
     pub fn handle_timeout(&mut self) {
-        let t = now();
-        self.conn.handle_timeout(t);
-        self.queue.handle_timeout(t);
+        self.client.handle_timeout(now());
     }
 
-    /// The socket asked for by `o` opened.
+    /// The socket asked for by `OpenSocket` opened.
     #[wasm_bindgen(js_name = handleOpen)]
     pub fn handle_open(&mut self) {
-        self.conn.handle_transport_open(now());
+        self.client.handle_socket_open(now());
     }
 
     /// The socket closed or failed to open (`code` absent: no close frame).
     #[wasm_bindgen(js_name = handleClose)]
     pub fn handle_close(&mut self, code: Option<u16>, reason: &str) {
-        self.conn.handle_transport_closed(code, reason, now());
+        self.client.handle_socket_closed(code, reason, now());
     }
 
-    /// The hot path: one text frame from the socket. Returns 0 when there is nothing to do,
-    /// 1 when the frame is an event to deliver and nothing else happened (no `poll` needed),
-    /// 2 when `poll` has outputs (an event among them comes as `e`).
+    /// The hot path: one text frame from the socket. Returns 0 when there is nothing to do;
+    /// a listener id (> 0) when the frame is an event for that one listener and nothing else
+    /// happened (hand it the frame; no `poll` needed); -1 when `poll` has outputs.
     #[wasm_bindgen(js_name = handleText)]
-    pub fn handle_text(&mut self, text: &str) -> u32 {
-        self.conn.handle_text(text, now());
-        match self.conn.poll() {
-            None => 0,
-            Some(first) => {
-                let lone_event = matches!(first, Output::Event(_));
-                match self.conn.poll() {
-                    None if lone_event => 1,
-                    next => {
-                        self.held.push_back(first);
-                        self.held.extend(next);
-                        2
-                    }
-                }
+    pub fn handle_text(&mut self, text: &str) -> f64 {
+        let t = now();
+        self.client.handle_frame(text, t);
+        if self.held.iter().any(Option::is_some) {
+            // Outputs from before this frame still wait: `poll` hands them out first, then
+            // the client's (this frame's among them), in order.
+            return -1.0;
+        }
+        let Some(first) = self.client.poll(t) else {
+            return 0.0;
+        };
+        match (first, self.client.poll(t)) {
+            (Output::Event { listener, .. }, None) => listener.0 as f64,
+            (first, next) => {
+                self.held = [Some(first), next];
+                -1.0
             }
         }
     }
@@ -389,7 +419,7 @@ impl Driver {
 
     /// `handleText` for the first `len` bytes the host wrote into `inbox`.
     #[wasm_bindgen(js_name = handleBuffered)]
-    pub fn handle_buffered(&mut self, len: usize) -> u32 {
+    pub fn handle_buffered(&mut self, len: usize) -> f64 {
         let inbox = std::mem::take(&mut self.inbox);
         let r = match inbox.get(..len).map(std::str::from_utf8) {
             Some(Ok(text)) => self.handle_text(text),
@@ -400,16 +430,16 @@ impl Driver {
         r
     }
 
-    /// Starts connecting; the core reconnects until `close()`.
+    /// Opens the WebSocket early (a subscription opens it anyway); the core reconnects until
+    /// `close()`. Harmless when open.
     pub fn connect(&mut self) {
-        self.conn.connect(now());
+        self.client.connect(now());
     }
 
-    /// Closes the connection for good and stops accepting publishes; what is queued still
-    /// drains (await `flush()`).
+    /// Closes the socket at once and refuses new work; what is queued still drains (await
+    /// `flush()`).
     pub fn close(&mut self) {
-        self.conn.close(now());
-        self.queue.close();
+        self.client.close(now());
     }
 
     /// `disconnected`, `connecting`, `connected` or `closed`.
@@ -417,48 +447,50 @@ impl Driver {
         unchecked_return_type = "\"disconnected\" | \"connecting\" | \"connected\" | \"closed\""
     )]
     pub fn state(&self) -> String {
-        state_name(self.conn.state()).into()
+        state_name(self.client.state()).into()
     }
 
-    /// Subscribes to `channel`, resuming after (`since_epoch`, `since_offset`) if given.
-    /// Throws a core error (as JSON text).
+    /// Adds a listener on `channel` (connecting if needed), resuming after (`since_epoch`,
+    /// `since_offset`) if given; returns the listener id its `Event` outputs carry. Throws a
+    /// core error (as JSON text): an invalid channel, `CLOSED`, or `ALREADY_SUBSCRIBED` for a
+    /// `since` other than the channel's current position.
     pub fn subscribe(
         &mut self,
         channel: &str,
         since_epoch: Option<String>,
         since_offset: Option<f64>,
-    ) -> Result<(), JsValue> {
-        let channel = ChannelName::new(channel).map_err(thrown)?;
+    ) -> Result<f64, JsValue> {
         let since = since_epoch.map(|epoch| StreamPosition {
             epoch,
             offset: ms(since_offset).unwrap_or(0),
         });
-        self.conn.subscribe(channel, since, now()).map_err(thrown)
+        self.client
+            .subscribe(channel, since, now())
+            .map(|l| l.0 as f64)
+            .map_err(thrown)
     }
 
-    /// Stops receiving `channel`; returns whether it was subscribed.
-    pub fn unsubscribe(&mut self, channel: &str) -> bool {
-        match ChannelName::new(channel) {
-            Ok(c) => self.conn.unsubscribe(&c, now()),
-            Err(_) => false,
-        }
+    /// Removes a listener (the channel's server subscription ends with its last one);
+    /// returns whether it existed.
+    pub fn unsubscribe(&mut self, listener: f64) -> bool {
+        self.client.unsubscribe(listener_id(listener), now())
     }
 
-    /// The last position delivered on `channel`, as `{"epoch","offset"}` JSON.
+    /// Where `channel`'s delivery stands, as `{"epoch","offset"}` JSON.
     pub fn position(&self, channel: &str) -> Option<String> {
         let channel = ChannelName::new(channel).ok()?;
-        self.conn.position(&channel).map(position_json)
+        self.client.position(&channel).as_ref().map(position_json)
     }
 
-    /// Queues an event for `POST /publish/batch`; returns its ticket (the outcome comes as a
-    /// `p` output). Throws a validation or usage error (as JSON text) at once.
-    ///
-    /// `data_json` is the event's data as JSON text; `unix_ms` the wall clock (`Date.now()`).
+    /// Stamps and queues an event for `POST /publish/batch`; returns its ticket (the outcome
+    /// comes as a `Published` output). Throws a validation or usage error (as JSON text) at
+    /// once. `data_json` is the event's data as JSON text; `unix_ms` the wall clock
+    /// (`Date.now()`); absent metadata is filled in by the core.
     #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
-        channel: &str,
-        event_type: &str,
+        channel: String,
+        event_type: String,
         data_json: String,
         priority: Option<String>,
         id: Option<String>,
@@ -469,59 +501,41 @@ impl Driver {
         user_id: Option<String>,
         timestamp: Option<f64>,
     ) -> Result<f64, JsValue> {
-        let channel = ChannelName::new(channel).map_err(thrown)?;
         let priority = match priority {
             Some(p) => p.parse().map_err(thrown)?,
             None => Priority::Normal,
         };
-        let unix_ms = unix_ms as u64;
-        let metadata = Metadata {
-            timestamp: ms(timestamp).filter(|t| *t != 0).unwrap_or(unix_ms),
-            source: source.unwrap_or_default(),
-            correlation_id,
-            user_id,
+        let item = PublishItem {
+            channel,
+            event_type,
+            data_json,
+            event: EventOptions {
+                idempotency_key: id,
+                metadata: Some(Metadata {
+                    timestamp: ms(timestamp).unwrap_or(0),
+                    source: source.unwrap_or_default(),
+                    correlation_id,
+                    user_id,
+                }),
+            },
+            options: PublishOptions { priority, retry },
         };
-        let id = match id {
-            Some(id) => id,
-            None => self.queue.next_event_id(unix_ms),
-        };
-        let event =
-            Event::from_json_data(id, event_type, channel, data_json, metadata).map_err(thrown)?;
-        let ticket = self
-            .queue
-            .push(event, PublishOptions { priority, retry }, now())
-            .map_err(thrown)?;
-        self.token_blocked = false;
-        Ok(ticket as f64)
+        self.client
+            .publish(item, now(), wall(unix_ms))
+            .map(|t| t as f64)
+            .map_err(thrown)
     }
 
-    /// The token provider's answer to `t`: a token (the host keeps it for publishing), or
-    /// an error message.
-    #[wasm_bindgen(js_name = tokenResult)]
-    pub fn token_result(&mut self, token: Option<String>, error: Option<String>) {
-        self.token_in_flight = false;
-        let t = now();
-        match token {
-            Some(token) => {
-                self.has_token = true;
-                self.token_blocked = false;
-                self.queue.handle_token(Ok(()), t);
-                self.conn.handle_token(Ok(token), t);
-            }
-            None => {
-                let message = error.unwrap_or_else(|| "no token".into());
-                // A queue waiting after a 401 retries after a backoff (and ends in dead
-                // letters if the provider keeps failing); a first request waits for the
-                // next publish.
-                self.token_blocked = !self.has_token;
-                self.queue.handle_token(Err(message.clone()), t);
-                self.conn.handle_token(Err(message), t);
-            }
-        }
+    /// The token provider's answer to `FetchToken`: a token, or an error message.
+    #[wasm_bindgen(js_name = handleToken)]
+    pub fn handle_token(&mut self, token: Option<String>, error: Option<String>) {
+        let result = token.ok_or_else(|| error.unwrap_or_else(|| "no token".into()));
+        self.client.handle_token(result, now());
     }
 
-    /// The answer to batch `b`: its status, the rate-limit headers as `name\nvalue\n…`,
-    /// the body, and the wall clock (`Date.now()`, for HTTP-dates in `Retry-After`).
+    /// The answer to batch `batch`: its status, the rate-limit headers as
+    /// `name\nvalue\n…`, the body, and the wall clock (`Date.now()`, for HTTP-dates in
+    /// `Retry-After`).
     #[wasm_bindgen(js_name = handleResponse)]
     pub fn handle_response(
         &mut self,
@@ -541,15 +555,14 @@ impl Driver {
             headers: pairs,
             body,
         };
-        let wall = UNIX_EPOCH + Duration::from_millis(unix_ms as u64);
-        self.queue
-            .handle_response(BatchId(batch as u64), result, now(), wall);
+        self.client
+            .handle_response(BatchId(batch as u64), result, now(), wall(unix_ms));
     }
 
-    /// Batch `b` got no answer (network error, timeout): `message` says why.
+    /// Batch `batch` got no answer (network error, timeout): `message` says why.
     #[wasm_bindgen(js_name = handleFailed)]
     pub fn handle_failed(&mut self, batch: f64, message: String) {
-        self.queue.handle_response(
+        self.client.handle_response(
             BatchId(batch as u64),
             TransportResult::Failed(message),
             now(),
@@ -560,54 +573,127 @@ impl Driver {
     /// True once every accepted event is acknowledged or dead-lettered.
     #[wasm_bindgen(js_name = isFlushed)]
     pub fn is_flushed(&self) -> bool {
-        self.queue.is_flushed()
+        self.client.is_flushed()
     }
 
-    /// Counters: `[reconnects, connection rate-limit waits, events delivered, duplicates
-    /// dropped, gaps, queued, in flight, retrying, acknowledged, dead, queue rate-limit
-    /// waits, retries]`.
-    pub fn stats(&self) -> Vec<f64> {
-        let c = self.conn.stats();
-        let q = self.queue.stats(now());
-        [
-            c.reconnects,
-            c.rate_limit_waits,
-            c.events_delivered,
-            c.duplicates_dropped,
-            c.gaps,
-            (q.queued_high + q.queued_normal + q.queued_low) as u64,
-            q.in_flight as u64,
-            q.retrying as u64,
-            q.acknowledged,
-            q.dead,
-            q.rate_limit_waits,
-            q.retries,
-        ]
-        .into_iter()
-        .map(|n| n as f64)
-        .collect()
+    /// Every counter of the core's `ClientStats`, as a JSON object with its field names.
+    pub fn stats(&self) -> String {
+        stats_json(&self.client.stats(now()))
     }
 
     /// The events given up, as JSON: `[{ticket, id, type, channel, error, attempts}]`.
     #[wasm_bindgen(js_name = deadLetters)]
     pub fn dead_letters(&self) -> String {
         let mut out = String::from("[");
-        for (i, d) in self.queue.dead_letters().iter().enumerate() {
+        for (i, d) in self.client.dead_letters().iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(
-                &Json::new()
-                    .num("ticket", d.ticket)
-                    .str("id", &d.event.id)
-                    .str("type", &d.event.event_type)
-                    .str("channel", d.event.channel.as_str())
-                    .raw("error", &error_json(&d.reason))
-                    .num("attempts", u64::from(d.attempts))
-                    .end(),
-            );
+            Obj::new(&mut out)
+                .u64("ticket", d.ticket)
+                .str("id", &d.event.id)
+                .str("type", &d.event.event_type)
+                .str("channel", d.event.channel.as_str())
+                .raw("error", &error_json(&d.reason))
+                .u64("attempts", u64::from(d.attempts))
+                .end();
         }
         out.push(']');
         out
     }
+}
+
+impl Driver {
+    /// Stores `output`'s payload for `arg`/`text`/`token` and returns its kind; `None` for
+    /// outputs the host does not act on.
+    fn take(&mut self, output: Output) -> Option<OutputKind> {
+        let gap = self.last_gap.take();
+        let (kind, arg, text) = match output {
+            Output::OpenSocket => (OutputKind::OpenSocket, 0, String::new()),
+            Output::SendFrame(text) => (OutputKind::SendFrame, 0, text),
+            Output::CloseSocket { code, reason } => {
+                (OutputKind::CloseSocket, u64::from(code), reason)
+            }
+            Output::FetchToken { refresh } => {
+                (OutputKind::FetchToken, u64::from(refresh), String::new())
+            }
+            Output::SendBatch { batch, body, token } => {
+                self.token = token;
+                (OutputKind::SendBatch, batch.0, body)
+            }
+            Output::Event { listener, delivery } => {
+                (OutputKind::Event, listener.0, delivery_json(&delivery))
+            }
+            Output::State(s) => (OutputKind::State, 0, state_name(s).to_owned()),
+            Output::Gap {
+                channel,
+                last,
+                position,
+                reason,
+                ..
+            } => {
+                let key = (channel, last, position);
+                if gap.as_ref() == Some(&key) {
+                    // The same gap for the channel's next listener.
+                    self.last_gap = gap;
+                    return None;
+                }
+                let text = gap_json(&key, reason);
+                self.last_gap = Some(key);
+                (OutputKind::Gap, 0, text)
+            }
+            Output::SubscriptionFailed {
+                listener, error, ..
+            } => (
+                OutputKind::SubscriptionFailed,
+                listener.0,
+                error_json(&error),
+            ),
+            Output::Published { ticket, result } => {
+                let mut text = String::new();
+                match &result {
+                    Ok(r) => Obj::new(&mut text)
+                        .with("ok", |out| {
+                            Obj::new(out)
+                                .str("id", &r.id)
+                                .str("channel", &r.channel)
+                                .str("epoch", &r.epoch)
+                                .u64("offset", r.offset)
+                                .bool("duplicate", r.duplicate)
+                                .u64("attempts", u64::from(r.attempts))
+                                .end();
+                        })
+                        .end(),
+                    Err(e) => Obj::new(&mut text).raw("error", &error_json(e)).end(),
+                }
+                (OutputKind::Published, ticket, text)
+            }
+            Output::Error(e) => (OutputKind::Error, 0, error_json(&e)),
+            // `Subscribed` and any later addition: nothing for this host to do.
+            _ => return None,
+        };
+        self.arg = arg as f64;
+        self.text = text;
+        Some(kind)
+    }
+}
+
+/// `{"channel","last","position","reason"}` (`last` may be `null`).
+fn gap_json((channel, last, position): &GapKey, reason: GapReason) -> String {
+    let reason = match reason {
+        GapReason::HistoryUnavailable => "history_unavailable",
+        GapReason::EpochChanged => "epoch_changed",
+        GapReason::OffsetSkipped => "offset_skipped",
+    };
+    let mut out = String::new();
+    Obj::new(&mut out)
+        .str("channel", channel.as_str())
+        .with("last", |out| match last {
+            Some(p) => write_position(out, p),
+            None => out.push_str("null"),
+        })
+        .with("position", |out| write_position(out, position))
+        .str("reason", reason)
+        .end();
+    out
 }

@@ -1,19 +1,21 @@
 //! wasm-bindgen glue between `courier-core` and JavaScript hosts (browsers, web workers, Node).
 //!
 //! The core decides; the TypeScript layer moves bytes and time. [`driver::Driver`] owns one
-//! [`courier_core::connection::Connection`] and one [`courier_core::queue::PublishQueue`]; the
-//! TypeScript layer (`npm/src/client.ts`) owns the WebSocket (the host's, or the `ws` package
-//! in Node), `fetch` and one `setTimeout`, reports what happens through the driver's
-//! `handle*` methods and drains its outputs. Reconnect, backoff, resume, gaps, Retry-After,
-//! the client-side GCRA, the retry budget and dead letters all come from the core.
+//! [`courier_core::client::Client`] (the connection, the publish queue, the one token, event
+//! stamping, listeners, endpoints and stats); the TypeScript layer (`npm/src/client.ts`) owns
+//! the WebSocket (the host's, or the `ws` package in Node), `fetch` and one `setTimeout`,
+//! reports what happens through the driver's `handle*` methods and does what its outputs say.
+//! Reconnect, backoff, resume, gaps, Retry-After, the client-side GCRA, the retry budget, dead
+//! letters, token sharing, stamping and subscribe-twice all come from the core.
 //!
 //! Boundary choices, for size and speed:
 //! - The driver never calls JavaScript: no closures, futures, `web-sys` or `js-sys` bindings,
 //!   so the WASM and its generated glue stay small.
-//! - An event frame is decided on in one call (`handleText` returns 1 for "deliver it"); the
-//!   TypeScript layer `JSON.parse`s the very string it passed in, once.
-//! - Everything else crosses as short tagged strings, numbers or small JSON texts written by
-//!   hand (no `serde_json::Value`, no `Serialize` of the outputs).
+//! - An event frame is decided on in one call (`handleText` returns the listener to hand it
+//!   to); the TypeScript layer `JSON.parse`s the very string it passed in, once.
+//! - Outputs cross as an [`driver::OutputKind`] (a TypeScript `enum`) plus a number and a
+//!   string; the few JSON payloads and the named stats are written by the core's small JSON
+//!   writer (no `serde_json`, no `Serialize` of the outputs, no float formatting).
 //! - The WASM is built without `courier-core`'s `conformance` feature (see `npm/README.md`);
 //!   it validates catalogue event data like every other build (the core's tables, no serde).
 //!   The test build (`--features conformance`, into `npm/pkg-test`) adds [`evaluate_vector`]
@@ -47,6 +49,17 @@ pub fn vector_files() -> Vec<String> {
         .iter()
         .map(|s| (*s).to_owned())
         .collect()
+}
+
+/// The field names of `courier_core::client::ClientStats` as serde writes them (test build
+/// only): the npm tests check that `stats()` carries exactly these.
+#[cfg(all(target_arch = "wasm32", feature = "conformance"))]
+#[wasm_bindgen::prelude::wasm_bindgen(js_name = statsFieldNames)]
+pub fn stats_field_names() -> Vec<String> {
+    match serde_json::to_value(courier_core::client::ClientStats::default()) {
+        Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// A free-list allocator of about 1 KB instead of the standard library's dlmalloc (about

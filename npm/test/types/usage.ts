@@ -47,7 +47,11 @@ client.on('gap', (g) => void g.reason);
 // @ts-expect-error: no such client event
 client.on('nope', () => {});
 const stats: ClientStats = client.stats();
+void stats.rate_limit_waits;
+// @ts-expect-error: the names are the core's (snake_case)
 void stats.rateLimitWaits;
+const sourced = new CourierClient({ url: 'https://courier.example/api', token: 'jwt', serviceName: 'billing' });
+void sourced;
 
 function Progress(): null {
   useCourier();
