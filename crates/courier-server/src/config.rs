@@ -51,6 +51,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// WebSocket settings.
     pub ws: WsConfig,
+    /// HTTP timeouts and header limits.
+    pub http: HttpConfig,
     /// Connection limits.
     pub connections: ConnectionLimits,
     /// Channel history.
@@ -127,6 +129,7 @@ impl Default for Config {
             max_batch_events: 100,
             auth: AuthConfig::default(),
             ws: WsConfig::default(),
+            http: HttpConfig::default(),
             connections: ConnectionLimits::default(),
             history: HistoryConfig::default(),
             idempotency: IdempotencyConfig::default(),
@@ -192,6 +195,10 @@ pub struct WsConfig {
     pub max_queued_bytes: usize,
     /// Most channels one connection may subscribe to.
     pub max_subscriptions: usize,
+    /// Most WebSocket connections that have not authenticated yet, server-wide; more are
+    /// refused with 429 `CONNECTION_LIMIT_EXCEEDED` and `Retry-After: 1` (0: unlimited). With
+    /// `auth_timeout_ms` this bounds what anonymous sockets can hold.
+    pub max_unauthenticated: usize,
 }
 
 impl Default for WsConfig {
@@ -203,6 +210,30 @@ impl Default for WsConfig {
             outbound_queue: 1024,
             max_queued_bytes: 4 * 1024 * 1024,
             max_subscriptions: 1024,
+            max_unauthenticated: 1_000,
+        }
+    }
+}
+
+/// HTTP timeouts and header limits: what bounds a client that is slow on purpose.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A connection must deliver a request's headers within this (also the idle keep-alive
+    /// timeout: the timer runs while a connection waits for its next request).
+    pub header_timeout_ms: u64,
+    /// A request body must arrive within this.
+    pub body_timeout_ms: u64,
+    /// Largest request head (request line and headers), in bytes; more is refused with 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_header_bytes: 64 * 1024,
         }
     }
 }

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use courier_core::frame::{Delivery, ServerFrame};
 use courier_core::json::Reader;
 use courier_core::wire::{
-    BatchItemResult, BatchRequest, BatchResponseBody, EventItem, FaultKind, ItemFault,
+    BatchItemResult, BatchRequest, BatchResponseBody, EventItem, FaultKind, ItemFault, ItemStatus,
     PublishResponse,
 };
 use courier_core::{ChannelName, ErrorCode, Event, ValidationError};
@@ -153,7 +153,11 @@ pub(crate) fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<C
                 "the Authorization scheme must be Bearer",
             )
         })?;
-    Ok(state.verifier.verify(token.trim())?)
+    state.verifier.verify(token.trim()).map_err(|e| {
+        // Never the token: the reason says what was wrong with it.
+        tracing::info!(status = 401, code = e.code.as_str(), reason = %e.message, "request refused");
+        ApiError::from(e)
+    })
 }
 
 /// The answer to an event that could not be read: `INVALID_EVENT` naming the member at
@@ -372,6 +376,7 @@ async fn publish_item(
     };
     let mut usage = state.limiter.usage(&claims);
     usage.carry(item.event_type.as_deref().unwrap_or_default());
+    let event_type = item.event_type.clone().unwrap_or_default();
     let result = match event_of(item, end) {
         Ok(event) => publish_event(state, &claims, event, &mut usage).await,
         Err(e) => {
@@ -382,8 +387,21 @@ async fn publish_item(
         }
     };
     let response = match result {
-        Ok(ok) => json_response(ok.to_json()),
-        Err(e) => e.into_response(),
+        Ok(ok) => {
+            tracing::info!(
+                user = %claims.sub, channel = %ok.channel, event_type = %event_type,
+                status = 200, duplicate = ok.duplicate, offset = ok.offset, "published"
+            );
+            json_response(ok.to_json())
+        }
+        Err(e) => {
+            tracing::info!(
+                user = %claims.sub, event_type = %event_type, status = e.status.as_u16(),
+                code = e.code.as_str(), field = e.field.as_deref().unwrap_or(""),
+                reason = %e.message, "publish refused"
+            );
+            e.into_response()
+        }
     };
     with_usage(response, &usage)
 }
@@ -562,6 +580,24 @@ pub(crate) async fn publish_batch(
                 BatchItemResult::rejected(id, channel, e.body())
             }
         });
+    }
+    let rejected: Vec<&BatchItemResult> = results.iter().filter(|r| r.error.is_some()).collect();
+    let duplicates = results
+        .iter()
+        .filter(|r| r.status == ItemStatus::Duplicate)
+        .count();
+    tracing::info!(
+        user = %claims.sub, events = results.len(), rejected = rejected.len(), duplicates,
+        status = 200, "published batch"
+    );
+    for r in rejected {
+        if let Some(e) = &r.error {
+            tracing::info!(
+                user = %claims.sub, id = %r.id, channel = r.channel.as_deref().unwrap_or(""),
+                code = e.code.as_str(), field = e.field.as_deref().unwrap_or(""),
+                reason = %e.message, "batch event refused"
+            );
+        }
     }
     // A 200 carries no Retry-After: each refused event has its own `retry_after_ms`.
     with_usage(

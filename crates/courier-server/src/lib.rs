@@ -16,7 +16,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Request};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use courier_core::ChannelName;
 use courier_core::event::EventIdGenerator;
 use courier_core::wire::{PUBLISH_BATCH_PATH, PUBLISH_CHANNEL_PATH, PUBLISH_PATH};
@@ -33,12 +32,14 @@ pub mod config;
 pub mod connections;
 pub mod fault;
 pub mod http;
+mod json_errors;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod serve;
 pub mod store;
 pub mod ws;
 
@@ -153,6 +154,8 @@ pub struct AppState {
     background: CancellationToken,
     started: Instant,
     draining: AtomicBool,
+    /// WebSocket connections upgraded but not authenticated yet (`ws.max_unauthenticated`).
+    pub(crate) unauthenticated: std::sync::atomic::AtomicUsize,
     shutdown_tx: watch::Sender<bool>,
     drop_tx: watch::Sender<u64>,
     ws_tracker: TaskTracker,
@@ -190,6 +193,7 @@ impl AppState {
             background: stores.background,
             started: Instant::now(),
             draining: AtomicBool::new(false),
+            unauthenticated: std::sync::atomic::AtomicUsize::new(0),
             shutdown_tx: watch::channel(false).0,
             drop_tx: watch::channel(0).0,
             ws_tracker: TaskTracker::new(),
@@ -308,7 +312,12 @@ pub fn app(state: SharedState) -> Router {
             correlation_id = %header("x-correlation-id"),
         )
     });
+    let body_timeout = Duration::from_millis(state.config.http.body_timeout_ms.max(1));
     router
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
+        .layer(axum::middleware::from_fn(json_errors::json_errors))
         .layer(cors)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)
@@ -414,23 +423,10 @@ async fn run_until_stopped(
 ) -> Result<(), ServerError> {
     let stop_accepting = CancellationToken::new();
     let router = app(state.clone());
+    let http_config = state.config.http.clone();
     let server = {
         let stop = stop_accepting.clone();
-        tokio::spawn(async move {
-            // Without TCP_NODELAY a small frame waits for the previous one's ACK (Nagle);
-            // the writer flushes once per burst, so this costs no extra segments.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        })
+        tokio::spawn(async move { serve::serve(listener, router, stop, http_config).await })
     };
     // Aborts the listener if this future is dropped (a kill).
     let _abort_on_drop = AbortOnDrop(server.abort_handle());

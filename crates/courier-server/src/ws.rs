@@ -51,6 +51,18 @@ fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName
         return ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
             .into_response();
     }
+    let Some(slot) = Unauthenticated::reserve(&state) else {
+        let mut err = ApiError::new(
+            ErrorCode::ConnectionLimitExceeded,
+            "too many connections are waiting to authenticate; retry in a moment",
+        );
+        err.retry_after_ms = Some(1_000);
+        let mut response = err.into_response();
+        response
+            .headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+        return response;
+    };
     let tracker = state.ws_tracker.clone();
     let max = state
         .config
@@ -64,7 +76,25 @@ fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName
         .max_frame_size(max)
         .read_buffer_size(4 * 1024)
         .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| tracker.track_future(run(state, socket, channel)))
+        .on_upgrade(move |socket| tracker.track_future(run(state, socket, channel, slot)))
+}
+
+/// A connection counted against `ws.max_unauthenticated` until it authenticates or ends.
+struct Unauthenticated(SharedState);
+
+impl Unauthenticated {
+    fn reserve(state: &SharedState) -> Option<Self> {
+        let max = state.config.ws.max_unauthenticated;
+        let before = state.unauthenticated.fetch_add(1, Ordering::AcqRel);
+        let slot = Self(state.clone());
+        (max == 0 || before < max).then_some(slot)
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.0.unauthenticated.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Close code for a text frame that is not UTF-8 (RFC 6455 §7.4.1).
@@ -401,7 +431,12 @@ fn expiry(exp: u64, leeway: u64) -> Instant {
     Instant::now() + Duration::from_secs(left.min(10 * 365 * 24 * 3600))
 }
 
-async fn run(state: SharedState, socket: WebSocket, channel: Option<ChannelName>) {
+async fn run(
+    state: SharedState,
+    socket: WebSocket,
+    channel: Option<ChannelName>,
+    unauthenticated: Unauthenticated,
+) {
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(state.config.ws.outbound_queue.max(1));
     let (close_tx, mut close_rx) = watch::channel(None);
@@ -417,7 +452,9 @@ async fn run(state: SharedState, socket: WebSocket, channel: Option<ChannelName>
     let mut drop_rx = state.drop_tx.subscribe();
     let mut shutdown_rx = state.shutdown_tx.subscribe();
 
-    match authenticate(&state, &conn, &mut stream, &mut drop_rx).await {
+    let authenticated = authenticate(&state, &conn, &mut stream, &mut drop_rx).await;
+    drop(unauthenticated);
+    match authenticated {
         Some((claims, guard)) => {
             let mut session = Session {
                 expires_at: expiry(claims.exp, state.config.auth.leeway_secs),
@@ -441,6 +478,14 @@ async fn run(state: SharedState, socket: WebSocket, channel: Option<ChannelName>
             let dropped = session
                 .run(&mut stream, &mut close_rx, &mut drop_rx, &mut shutdown_rx)
                 .await;
+            let close = conn.close.borrow().clone();
+            tracing::info!(
+                user = %session.claims.sub,
+                subscriptions = session.subs.len(),
+                close_code = close.as_ref().map(|(c, _)| *c),
+                reason = close.as_ref().map_or("", |(_, r)| r.as_str()),
+                "websocket disconnected"
+            );
             for (ch, (id, _)) in session.subs.drain() {
                 state.broker.unsubscribe(&ch, id).await;
             }
@@ -494,6 +539,12 @@ async fn authenticate(
     drop_rx: &mut watch::Receiver<u64>,
 ) -> Option<(Claims, ConnectionGuard)> {
     let fail = |code: ErrorCode, close_code: u16, message: &str| {
+        tracing::info!(
+            code = code.as_str(),
+            close_code,
+            reason = message,
+            "websocket refused"
+        );
         conn.error(ErrorFrame::new(None, code, message));
         conn.close_after_queue(close_code, message);
     };

@@ -12,6 +12,8 @@ mod bodies;
 mod faults;
 #[path = "api/frames.rs"]
 mod frames;
+#[path = "api/hardening.rs"]
+mod hardening;
 #[path = "api/limits.rs"]
 mod limits;
 #[path = "api/ops.rs"]

@@ -34,6 +34,7 @@ async fn logs_of_a_session(filter: EnvFilter) -> (String, String) {
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -96,6 +97,18 @@ async fn no_token_in_the_logs_even_at_trace() {
         capped.contains("courier_server"),
         "the server's own trace lines are kept"
     );
+    // At the default level: one line per publish batch and per connection event, with the
+    // user, never the token.
+    let (info, token) = logs_of_a_session(logs::filter("info")).await;
+    assert!(!info.contains(&token), "{info}");
+    assert!(!info.contains("DEBUG"), "a quiet spec stays quiet:\n{info}");
+    for line in ["published batch", "websocket disconnected"] {
+        let found = info.lines().find(|l| l.contains(line));
+        assert!(
+            found.is_some_and(|l| l.contains("user=svc")),
+            "no `{line}` line naming the user:\n{info}"
+        );
+    }
     // The secret-bearing libraries are capped, not silenced.
     let (debug_spec, token) =
         logs_of_a_session(logs::filter("info,tungstenite=trace,hyper=trace")).await;
