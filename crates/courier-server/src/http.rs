@@ -25,6 +25,7 @@ use courier_core::{ErrorBody, ErrorResponse};
 
 use crate::SharedState;
 use crate::auth::{AuthError, Claims};
+use crate::metrics::AuthFailure;
 use crate::ratelimit::{Usage, millis};
 use crate::store::{Claim, PublishRecord, Published};
 
@@ -139,6 +140,7 @@ pub(crate) fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<C
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
+            state.metrics.auth_failure(AuthFailure::Invalid);
             ApiError::new(
                 ErrorCode::Unauthorized,
                 "missing `Authorization: Bearer <token>`",
@@ -148,12 +150,16 @@ pub(crate) fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<C
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| {
+            state.metrics.auth_failure(AuthFailure::Invalid);
             ApiError::new(
                 ErrorCode::Unauthorized,
                 "the Authorization scheme must be Bearer",
             )
         })?;
-    Ok(state.verifier.verify(token.trim())?)
+    state.verifier.verify(token.trim()).map_err(|e| {
+        state.metrics.auth_failure(AuthFailure::of_code(e.code));
+        ApiError::from(e)
+    })
 }
 
 /// The answer to an event that could not be read: `INVALID_EVENT` naming the member at
@@ -195,10 +201,14 @@ async fn charge(state: &SharedState, usage: &mut Usage, event_type: &str) -> Res
     for (rule, shadow) in &charge.hits {
         state.metrics.rate_limit_hit(rule, *shadow);
     }
+    for (row, decision) in charge.decisions.iter().flatten() {
+        state.metrics.rl_decision(*row, *decision);
+    }
     let Some(refusal) = charge.refused else {
         return Ok(());
     };
     let wait_ms = millis(refusal.retry_after).max(1);
+    state.metrics.retry_after.observe(wait_ms as f64 / 1000.0);
     let mut err = ApiError::new(
         ErrorCode::RateLimitExceeded,
         format!(
@@ -224,6 +234,7 @@ pub(crate) async fn publish_event(
     usage: &mut Usage,
 ) -> Result<PublishResponse, ApiError> {
     if !claims.can_publish(&event.channel) {
+        state.metrics.auth_failure(AuthFailure::Forbidden);
         return Err(ApiError::new(
             ErrorCode::ForbiddenChannel,
             format!("this token may not publish to `{}`", event.channel),
@@ -254,9 +265,19 @@ pub(crate) async fn publish_event(
                 .await
                 .map_err(ApiError::store)?
             {
-                Claim::New => break,
+                Claim::New => {
+                    state
+                        .metrics
+                        .idempotency_misses
+                        .fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 Claim::Done(r) => {
                     state.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                    state
+                        .metrics
+                        .idempotency_hits
+                        .fetch_add(1, Ordering::Relaxed);
                     return Ok(PublishResponse {
                         id: event.id,
                         channel: r.channel,
@@ -295,6 +316,7 @@ pub(crate) async fn publish_event(
             event: (*stored.event).clone(),
         })
         .encode();
+        state.metrics.message_bytes.observe(frame.len() as f64);
         let message = Published {
             channel: channel.clone(),
             epoch: stored.epoch.clone(),
@@ -405,6 +427,7 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let _timer = state.metrics.publish_timer();
     let body = match body_or_error(body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -447,6 +470,7 @@ pub(crate) async fn publish_to_channel(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let _timer = state.metrics.publish_timer();
     let result = (|| {
         let body = body_or_error(body)?;
         let channel = ChannelName::new(channel).map_err(ApiError::from)?;
@@ -502,6 +526,7 @@ pub(crate) async fn publish_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let _timer = state.metrics.publish_timer();
     let claims = match authenticate(&state, &headers) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
