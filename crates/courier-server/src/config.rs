@@ -61,6 +61,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// What `/health` checks.
+    pub health: HealthConfig,
     /// Where history, fan-out, limits and idempotency live: `memory` (one instance, the
     /// default) or `redis` (several instances as one; see [`RedisConfig`]).
     pub backend: Backend,
@@ -132,6 +134,7 @@ impl Default for Config {
             idempotency: IdempotencyConfig::default(),
             rate_limits: RateLimitConfig::default(),
             shutdown: ShutdownConfig::default(),
+            health: HealthConfig::default(),
             backend: Backend::default(),
             redis: RedisConfig::default(),
         }
@@ -373,6 +376,16 @@ impl Default for ShutdownConfig {
             deadline_ms: 10_000,
         }
     }
+}
+
+/// What `/health` checks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Resident memory above which `/health` reports `memory` (and so the instance) as
+    /// `degraded`, in bytes; 0 means no limit. A warning before the hard limit (container or
+    /// OOM killer) is reached.
+    pub memory_soft_limit_bytes: u64,
 }
 
 /// A configuration that could not be loaded or is unsafe.

@@ -595,31 +595,20 @@ pub(crate) async fn publish_batch(
     )
 }
 
-fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
-/// `GET /health`.
-#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "Status, uptime, version, connections, channels, memory", body = Object)))]
-pub(crate) async fn health(State(state): State<SharedState>) -> Json<serde_json::Value> {
-    let history = state.history.stats().await;
-    Json(serde_json::json!({
-        "status": if state.is_draining() { "draining" } else { "ok" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": state.uptime().as_secs(),
-        "epoch": &*state.history.epoch(),
-        "connections": state.connections.total(),
-        "users": state.connections.users(),
-        "channels": state.broker.channel_count(),
-        "history": history,
-        "memory": {
-            "rss_bytes": rss_bytes(),
-            "idempotency_entries": state.idempotency.entries(),
-            "history_events": history.events,
-        },
-    }))
+/// `GET /health`: the overall level and each component's; 503 when unhealthy (draining
+/// included), so a load balancer may use it too.
+#[utoipa::path(get, path = "/health", tag = "health", responses(
+    (status = 200, description = "`healthy` or `degraded` (memory above its soft limit)", body = crate::health::HealthReport),
+    (status = 503, description = "`unhealthy` (Redis unreachable) or `draining`", body = crate::health::HealthReport),
+))]
+pub(crate) async fn health(State(state): State<SharedState>) -> Response {
+    let report = crate::health::report(&state).await;
+    let status = if report.level == crate::health::Level::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(report)).into_response()
 }
 
 /// `GET /health/live`: the process is up.

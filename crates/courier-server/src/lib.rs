@@ -32,6 +32,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod fault;
+pub mod health;
 pub mod http;
 pub mod logs;
 pub mod metrics;

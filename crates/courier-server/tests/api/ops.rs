@@ -11,9 +11,20 @@ async fn health_stats_metrics_openapi() {
     let server = start().await;
     let (_ws, _) = server.connect(&user("alice")).await;
     let h: Value = server.get("/health").await.json().await.unwrap();
-    assert_eq!(h["status"], "ok");
+    assert_eq!(h["status"], "healthy");
+    assert_eq!(h["level"], "healthy");
     assert_eq!(h["connections"], 1);
-    for k in ["uptime_secs", "version", "channels", "memory"] {
+    let ws = &h["components"]["websocket"];
+    assert_eq!(
+        (ws["status"].as_str(), ws["connections"].as_u64()),
+        (Some("accepting"), Some(1))
+    );
+    // The memory backend has no Redis entry; RSS is read from /proc on Linux.
+    assert!(h["components"].get("redis").is_none(), "{h}");
+    if cfg!(target_os = "linux") {
+        assert!(h["components"]["memory"]["rss_bytes"].as_u64().unwrap() > 0);
+    }
+    for k in ["uptime_secs", "version", "channels", "epoch"] {
         assert!(h.get(k).is_some(), "{k}: {h}");
     }
     assert_eq!(server.get("/health/live").await.status(), 200);
@@ -51,6 +62,17 @@ async fn health_stats_metrics_openapi() {
         "/metrics",
     ] {
         assert!(doc["paths"][p].is_object(), "{p}");
+    }
+    // /health's body is documented, components included.
+    let schemas = &doc["components"]["schemas"];
+    for s in [
+        "HealthReport",
+        "Components",
+        "RedisHealth",
+        "MemoryHealth",
+        "Level",
+    ] {
+        assert!(schemas[s].is_object(), "{s}");
     }
     // Every response carries a request id; CORS answers preflights.
     let r = server.get("/health/live").await;
@@ -304,4 +326,51 @@ async fn new_metrics_move_on_publish_refusal_duplicate_and_disconnect() {
     assert!(sample(&text, "courier_message_size_bytes_sum") > 0.0);
     assert!(sample(&text, "courier_retry_after_seconds_sum") > 0.0);
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_is_degraded_above_the_memory_soft_limit() {
+    if !cfg!(target_os = "linux") {
+        return; // no /proc: RSS unknown, never degraded
+    }
+    let server = start_with(|c| c.health.memory_soft_limit_bytes = 1).await;
+    let r = server.get("/health").await;
+    assert_eq!(r.status(), 200, "degraded still serves");
+    let h: Value = r.json().await.unwrap();
+    assert_eq!(
+        (h["status"].as_str(), h["level"].as_str()),
+        (Some("degraded"), Some("degraded"))
+    );
+    let m = &h["components"]["memory"];
+    assert_eq!(
+        (m["level"].as_str(), m["soft_limit_bytes"].as_u64()),
+        (Some("degraded"), Some(1))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_is_503_and_draining_during_shutdown() {
+    let mut server = start_with(|c| c.shutdown.drain_delay_ms = 2_000).await;
+    assert_eq!(server.get("/health").await.status(), 200);
+    let handle = server.handle.take().unwrap();
+    handle.shutdown();
+    let deadline = tokio::time::Instant::now() + STEP;
+    let r = loop {
+        let r = server.get("/health").await;
+        if r.status() != 200 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(r.status(), 503);
+    let h: Value = r.json().await.unwrap();
+    assert_eq!(
+        (h["status"].as_str(), h["level"].as_str()),
+        (Some("draining"), Some("unhealthy"))
+    );
+    assert_eq!(h["draining"], true);
+    assert_eq!(h["components"]["websocket"]["status"], "draining");
+    handle.wait().await.unwrap();
 }
