@@ -25,7 +25,7 @@ const HANDLER_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// `Retry-After` handed out, in seconds.
+/// Rate-limit waits handed out, in seconds.
 const RETRY_AFTER_BUCKETS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
 
 /// A histogram over fixed bounds; the sum is kept in integer units (`unit` of the exposed
@@ -226,7 +226,7 @@ pub struct Metrics {
     pub message_bytes: Histogram,
     /// Time in a publish handler, per request.
     pub publish_duration: Histogram,
-    /// `Retry-After` values handed out (`retry_after_ms`, in seconds).
+    /// Waits handed out with rate-limit refusals (`retry_after_ms`, in seconds).
     pub retry_after: Histogram,
     labelled: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Histogram,
@@ -457,7 +457,7 @@ impl Metrics {
         self.retry_after.render(
             &mut out,
             "courier_retry_after_seconds",
-            "Retry-After values handed out with 429 and 503 answers.",
+            "Waits handed out with rate-limit refusals (429s and refused batch items).",
         );
         let name = "courier_disconnections_total";
         let _ = writeln!(
