@@ -363,8 +363,8 @@ impl Default for RateLimitConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// After the signal, keep serving with `/health/ready` at 503 this long before closing
-    /// (lets a load balancer notice).
+    /// After the signal, keep serving with `/health/ready` and `/health` at 503 this long
+    /// before closing (lets a load balancer notice).
     pub drain_delay_ms: u64,
     /// Exit at the latest this long after the signal.
     pub deadline_ms: u64,
