@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The development secret the server starts with when none is configured. It is refused on
@@ -24,7 +25,7 @@ pub const DEV_JWT_SECRET: &str = "courier-development-secret-change-me";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8766";
 
 /// The whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address to listen on (`127.0.0.1:8766`); port 0 picks a free port.
@@ -63,6 +64,8 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
+    /// What `/health` checks.
+    pub health: HealthConfig,
     /// Where history, fan-out, limits and idempotency live: `memory` (one instance, the
     /// default) or `redis` (several instances as one; see [`RedisConfig`]).
     pub backend: Backend,
@@ -71,7 +74,7 @@ pub struct Config {
 }
 
 /// Where the server keeps its shared state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// In process memory: one instance; history is lost on restart.
@@ -83,7 +86,7 @@ pub enum Backend {
 }
 
 /// The Redis backend.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` (`COURIER_REDIS_URL`).
@@ -135,6 +138,7 @@ impl Default for Config {
             idempotency: IdempotencyConfig::default(),
             rate_limits: RateLimitConfig::default(),
             shutdown: ShutdownConfig::default(),
+            health: HealthConfig::default(),
             backend: Backend::default(),
             redis: RedisConfig::default(),
         }
@@ -142,7 +146,7 @@ impl Default for Config {
 }
 
 /// JWT verification.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// The HS256 secret.
@@ -177,7 +181,7 @@ impl Default for AuthConfig {
 }
 
 /// WebSocket protocol settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct WsConfig {
     /// Deadline for the first (`connect`) frame.
@@ -216,7 +220,7 @@ impl Default for WsConfig {
 }
 
 /// HTTP timeouts and header limits: what bounds a client that is slow on purpose.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// A connection must deliver a request's headers within this (also the idle keep-alive
@@ -239,7 +243,7 @@ impl Default for HttpConfig {
 }
 
 /// Connection limits; 0 means unlimited.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectionLimits {
     /// All WebSocket connections.
@@ -261,7 +265,7 @@ impl Default for ConnectionLimits {
 }
 
 /// Per-channel history.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
     /// Events kept per channel.
@@ -283,7 +287,7 @@ impl Default for HistoryConfig {
 }
 
 /// The idempotency window.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdempotencyConfig {
     /// How long an event id is remembered.
@@ -302,7 +306,7 @@ impl Default for IdempotencyConfig {
 }
 
 /// One GCRA bucket: `limit` requests per `window_secs`, `burst` back to back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitRule {
     /// Requests per window.
@@ -337,7 +341,7 @@ impl LimitRule {
 }
 
 /// Rate limits.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// One switch: false turns every limit off (no headers either).
@@ -387,11 +391,11 @@ impl Default for RateLimitConfig {
 }
 
 /// Graceful shutdown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// After the signal, keep serving with `/health/ready` at 503 this long before closing
-    /// (lets a load balancer notice).
+    /// After the signal, keep serving with `/health/ready` and `/health` at 503 this long
+    /// before closing (lets a load balancer notice).
     pub drain_delay_ms: u64,
     /// Exit at the latest this long after the signal.
     pub deadline_ms: u64,
@@ -404,6 +408,16 @@ impl Default for ShutdownConfig {
             deadline_ms: 10_000,
         }
     }
+}
+
+/// What `/health` checks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Resident memory above which `/health` reports `memory` (and so the instance) as
+    /// `degraded`, in bytes; 0 means no limit. A warning before the hard limit (container or
+    /// OOM killer) is reached.
+    pub memory_soft_limit_bytes: u64,
 }
 
 /// A configuration that could not be loaded or is unsafe.
@@ -590,6 +604,173 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
     }
 }
 
+/// The environment variable that sets the key at `path` (`ws.ping_interval_ms` →
+/// `COURIER_WS__PING_INTERVAL_MS`), and its short alias if it has one.
+pub fn env_names(path: &str) -> (String, Option<&'static str>) {
+    let long = format!("COURIER_{}", path.to_ascii_uppercase().replace('.', "__"));
+    let alias = ALIASES.iter().find(|(_, p)| *p == path).map(|(a, _)| *a);
+    (long, alias)
+}
+
+/// `docs/configuration.md`: every key with its variable, default and doc comment, generated
+/// from the configuration types (their JSON schema for structure and doc comments, the
+/// serialized [`Config::default`] for defaults), so the reference cannot drift from the code.
+/// Printed by `courier-server config-reference`.
+pub fn reference_markdown() -> String {
+    let schema = serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default();
+    let defaults = toml::Value::try_from(Config::default())
+        .unwrap_or_else(|_| toml::Value::Table(Default::default()));
+    let mut sections: Vec<(String, String, Vec<[String; 4]>)> = Vec::new();
+    reference_section(&schema, &schema, &defaults, "", "", &mut sections);
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         <!-- Generated from crates/courier-server/src/config.rs; do not edit by hand.\n     \
+         Regenerate: cargo run -p courier-server -- config-reference > docs/configuration.md -->\n\n\
+         The server reads its embedded defaults, then a TOML file (`--config FILE` or\n\
+         `COURIER_CONFIG`), then `COURIER_*` environment variables, each overriding the one\n\
+         before; command-line flags (`--listen`, `--backend`, ...) win over all three.\n\n\
+         A variable names a key by its path, upper-cased, with `__` between sections\n\
+         (`ws.ping_interval_ms` is `COURIER_WS__PING_INTERVAL_MS`). Values are read as TOML\n\
+         (`true`, `5`, `[\"a\",\"b\"]`); anything else is a string. List keys also take a\n\
+         comma-separated value (`COURIER_CORS_ORIGINS=https://a,https://b`). A `COURIER_*`\n\
+         variable whose first segment is not a section or key here is ignored with a warning;\n\
+         an unknown key inside a known section is an error. `COURIER_CONFIG` (the file) and\n\
+         `COURIER_LOG` (a log filter that wins over `log_level`) are not keys.\n",
+    );
+    for (title, description, rows) in sections {
+        out.push_str(&format!("\n## {title}\n\n"));
+        if !description.is_empty() {
+            out.push_str(&format!("{description}\n\n"));
+        }
+        out.push_str("| Key | Environment | Default | Description |\n|---|---|---|---|\n");
+        for row in rows {
+            let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
+            out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        }
+    }
+    out
+}
+
+/// The schema `s` points to (`$ref` into `$defs`), or `s` itself.
+fn resolve<'a>(root: &'a serde_json::Value, s: &'a serde_json::Value) -> &'a serde_json::Value {
+    s.get("$ref")
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        .and_then(|name| root.get("$defs")?.get(name))
+        .unwrap_or(s)
+}
+
+/// A doc comment on one line (the reference is a table).
+fn one_line(s: Option<&serde_json::Value>) -> String {
+    s.and_then(|d| d.as_str())
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        // Rustdoc links (`[`Type`]`) read as plain code in Markdown.
+        .replace("[`", "`")
+        .replace("`]", "`")
+}
+
+/// A default as TOML would write it inline; maps as `{ k = v, ... }`.
+fn inline_toml(v: &toml::Value) -> String {
+    match v {
+        toml::Value::Table(t) => {
+            let items: Vec<String> = t
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", inline_toml(v)))
+                .collect();
+            if items.is_empty() {
+                "{}".into()
+            } else {
+                format!("{{ {} }}", items.join(", "))
+            }
+        }
+        toml::Value::Array(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(inline_toml).collect::<Vec<_>>().join(", ")
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Appends the section of the object schema `s` at `prefix` (a sub-table becomes its own
+/// section, after this one).
+fn reference_section(
+    root: &serde_json::Value,
+    s: &serde_json::Value,
+    defaults: &toml::Value,
+    prefix: &str,
+    description: &str,
+    sections: &mut Vec<(String, String, Vec<[String; 4]>)>,
+) {
+    let title = if prefix.is_empty() {
+        "Top level".to_owned()
+    } else {
+        format!("`[{prefix}]`")
+    };
+    let index = sections.len();
+    sections.push((title, description.to_owned(), Vec::new()));
+    let Some(props) = s.get("properties").and_then(|p| p.as_object()) else {
+        return;
+    };
+    // Plain keys first, in declaration order; then sub-tables, each as its own section.
+    let mut tables = Vec::new();
+    for (key, prop) in props {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let target = resolve(root, prop);
+        let doc = one_line(
+            prop.get("description")
+                .or_else(|| target.get("description")),
+        );
+        let default = defaults.get(key);
+        if target.get("properties").is_some() {
+            tables.push((path, target, doc, default));
+            continue;
+        }
+        let (long, alias) = env_names(&path);
+        let env = match alias {
+            Some(a) => format!("`{long}`, `{a}`"),
+            None => format!("`{long}`"),
+        };
+        let shown = default.map_or_else(|| "unset".to_owned(), |v| format!("`{}`", inline_toml(v)));
+        let mut row = [format!("`{path}`"), env, shown, doc];
+        // A map of tables (`rate_limits.types`): its entries' own keys, once.
+        if let Some(entry) = target
+            .get("additionalProperties")
+            .map(|e| resolve(root, e))
+            .filter(|e| e.get("properties").is_some())
+        {
+            let keys: Vec<&str> = entry["properties"]
+                .as_object()
+                .map(|p| p.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            row[3].push_str(&format!(
+                " Each entry `{path}.<name>` has the keys `{}`; by variable: `{long}__<NAME>__<KEY>`.",
+                keys.join("`, `"),
+            ));
+        }
+        sections[index].2.push(row);
+    }
+    let empty = toml::Value::Table(Default::default());
+    for (path, target, doc, default) in tables {
+        reference_section(
+            root,
+            target,
+            default.unwrap_or(&empty),
+            &path,
+            &doc,
+            sections,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,6 +834,28 @@ mod tests {
         assert_eq!(c.backend, Backend::Redis);
         assert_eq!(c.redis.url, "redis://10.0.0.5:6379/0");
         assert_eq!(c.connections.max_per_user, 5);
+    }
+
+    /// `docs/configuration.md` is the generated reference, byte for byte.
+    #[test]
+    fn configuration_reference_is_up_to_date() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        let generated = reference_markdown();
+        assert!(
+            committed == generated,
+            "docs/configuration.md is out of date with src/config.rs; regenerate it with\n    \
+             cargo run -p courier-server -- config-reference > docs/configuration.md"
+        );
+        // Every key is in it with its variable, the aliases too.
+        for needle in [
+            "`ws.ping_interval_ms` | `COURIER_WS__PING_INTERVAL_MS`",
+            "`COURIER_AUTH__JWT_SECRET`, `COURIER_JWT_SECRET`",
+            "`health.memory_soft_limit_bytes`",
+            "`rate_limits.types`",
+        ] {
+            assert!(generated.contains(needle), "{needle}");
+        }
     }
 
     #[test]

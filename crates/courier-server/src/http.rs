@@ -25,6 +25,7 @@ use courier_core::{ErrorBody, ErrorResponse};
 
 use crate::SharedState;
 use crate::auth::{AuthError, Claims};
+use crate::metrics::AuthFailure;
 use crate::ratelimit::{Usage, millis};
 use crate::store::{Claim, PublishRecord, Published};
 
@@ -139,6 +140,7 @@ pub(crate) fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<C
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
+            state.metrics.auth_failure(AuthFailure::Invalid);
             ApiError::new(
                 ErrorCode::Unauthorized,
                 "missing `Authorization: Bearer <token>`",
@@ -148,6 +150,7 @@ pub(crate) fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<C
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
         .ok_or_else(|| {
+            state.metrics.auth_failure(AuthFailure::Invalid);
             ApiError::new(
                 ErrorCode::Unauthorized,
                 "the Authorization scheme must be Bearer",
@@ -156,6 +159,7 @@ pub(crate) fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<C
     state.verifier.verify(token.trim()).map_err(|e| {
         // Never the token: the reason says what was wrong with it.
         tracing::info!(status = 401, code = e.code.as_str(), reason = %e.message, "request refused");
+        state.metrics.auth_failure(AuthFailure::of_code(e.code));
         ApiError::from(e)
     })
 }
@@ -199,10 +203,14 @@ async fn charge(state: &SharedState, usage: &mut Usage, event_type: &str) -> Res
     for (rule, shadow) in &charge.hits {
         state.metrics.rate_limit_hit(rule, *shadow);
     }
+    for (row, decision) in charge.decisions.iter().flatten() {
+        state.metrics.rl_decision(*row, *decision);
+    }
     let Some(refusal) = charge.refused else {
         return Ok(());
     };
     let wait_ms = millis(refusal.retry_after).max(1);
+    state.metrics.retry_after.observe(wait_ms as f64 / 1000.0);
     let mut err = ApiError::new(
         ErrorCode::RateLimitExceeded,
         format!(
@@ -228,6 +236,7 @@ pub(crate) async fn publish_event(
     usage: &mut Usage,
 ) -> Result<PublishResponse, ApiError> {
     if !claims.can_publish(&event.channel) {
+        state.metrics.auth_failure(AuthFailure::Forbidden);
         return Err(ApiError::new(
             ErrorCode::ForbiddenChannel,
             format!("this token may not publish to `{}`", event.channel),
@@ -258,9 +267,19 @@ pub(crate) async fn publish_event(
                 .await
                 .map_err(ApiError::store)?
             {
-                Claim::New => break,
+                Claim::New => {
+                    state
+                        .metrics
+                        .idempotency_misses
+                        .fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
                 Claim::Done(r) => {
                     state.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                    state
+                        .metrics
+                        .idempotency_hits
+                        .fetch_add(1, Ordering::Relaxed);
                     return Ok(PublishResponse {
                         id: event.id,
                         channel: r.channel,
@@ -299,6 +318,7 @@ pub(crate) async fn publish_event(
             event: (*stored.event).clone(),
         })
         .encode();
+        state.metrics.message_bytes.observe(frame.len() as f64);
         let message = Published {
             channel: channel.clone(),
             epoch: stored.epoch.clone(),
@@ -423,6 +443,7 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let _timer = state.metrics.publish_timer();
     let body = match body_or_error(body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -465,6 +486,7 @@ pub(crate) async fn publish_to_channel(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let _timer = state.metrics.publish_timer();
     let result = (|| {
         let body = body_or_error(body)?;
         let channel = ChannelName::new(channel).map_err(ApiError::from)?;
@@ -520,6 +542,7 @@ pub(crate) async fn publish_batch(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let _timer = state.metrics.publish_timer();
     let claims = match authenticate(&state, &headers) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -606,31 +629,20 @@ pub(crate) async fn publish_batch(
     )
 }
 
-fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
-/// `GET /health`.
-#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, description = "Status, uptime, version, connections, channels, memory", body = Object)))]
-pub(crate) async fn health(State(state): State<SharedState>) -> Json<serde_json::Value> {
-    let history = state.history.stats().await;
-    Json(serde_json::json!({
-        "status": if state.is_draining() { "draining" } else { "ok" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime_secs": state.uptime().as_secs(),
-        "epoch": &*state.history.epoch(),
-        "connections": state.connections.total(),
-        "users": state.connections.users(),
-        "channels": state.broker.channel_count(),
-        "history": history,
-        "memory": {
-            "rss_bytes": rss_bytes(),
-            "idempotency_entries": state.idempotency.entries(),
-            "history_events": history.events,
-        },
-    }))
+/// `GET /health`: the overall level and each component's; 503 when unhealthy (draining
+/// included), so a load balancer may use it too.
+#[utoipa::path(get, path = "/health", tag = "health", responses(
+    (status = 200, description = "`healthy` or `degraded` (memory above its soft limit)", body = crate::health::HealthReport),
+    (status = 503, description = "`unhealthy` (Redis unreachable) or `draining`", body = crate::health::HealthReport),
+))]
+pub(crate) async fn health(State(state): State<SharedState>) -> Response {
+    let report = crate::health::report(&state).await;
+    let status = if report.level == crate::health::Level::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(report)).into_response()
 }
 
 /// `GET /health/live`: the process is up.

@@ -31,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod fault;
+pub mod health;
 pub mod http;
 mod json_errors;
 pub mod logs;
@@ -173,6 +174,9 @@ impl AppState {
             .enabled
             .then(|| config.rate_limits.tiers.keys().cloned().collect());
         let verifier = Verifier::new(&config.auth, tiers).map_err(ServerError::Auth)?;
+        let limiter = RateLimiter::new(config.rate_limits.clone(), stores.rate_limits);
+        // Every bucket's label set exists from the start, so counting allocates nothing.
+        let metrics = Metrics::new(limiter.bucket_names());
         let seed = u64::from_le_bytes(
             uuid::Uuid::new_v4().as_bytes()[..8]
                 .try_into()
@@ -183,8 +187,8 @@ impl AppState {
             history: stores.history,
             broker: stores.broker,
             idempotency: stores.idempotency,
-            limiter: RateLimiter::new(config.rate_limits.clone(), stores.rate_limits),
-            metrics: Metrics::default(),
+            limiter,
+            metrics,
             connections: Arc::new(ConnectionRegistry::new(
                 config.connections.clone(),
                 stores.connections,

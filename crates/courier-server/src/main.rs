@@ -67,6 +67,9 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Print the configuration reference (Markdown: every key, its `COURIER_*` variable,
+    /// default and meaning); `docs/configuration.md` is this output.
+    ConfigReference,
 }
 
 fn load(cli_config: Option<&PathBuf>, args: &ServeArgs) -> Result<Config, String> {
@@ -152,6 +155,11 @@ fn main() -> ExitCode {
         None => (cli.serve.clone(), None),
         Some(Command::Serve(a)) => (a, None),
         Some(t @ Command::Token { .. }) => (cli.serve.clone(), Some(t)),
+        Some(Command::ConfigReference) => {
+            // Needs no configuration: it documents the defaults.
+            print!("{}", courier_server::config::reference_markdown());
+            return ExitCode::SUCCESS;
+        }
     };
     let config = match load(cli.config.as_ref(), &args) {
         Ok(c) => c,

@@ -1,5 +1,9 @@
-//! Counters and one histogram, rendered in the Prometheus text format. Kept per server
+//! Counters and histograms, rendered in the Prometheus text format. Kept per server
 //! instance (no global recorder), so several servers in one test process do not mix.
+//!
+//! Hot paths touch atomics only: label sets that are known up front (close-code classes,
+//! auth-failure reasons, rate-limit buckets, decisions) are fixed arrays indexed by an enum
+//! or a row number, so counting allocates nothing.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,8 +15,196 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Message sizes (bytes of an accepted event's frame).
+const SIZE_BUCKETS: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+];
+
+/// Publish handler time, in seconds.
+const HANDLER_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// Rate-limit waits handed out, in seconds.
+const RETRY_AFTER_BUCKETS: &[f64] = &[0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// A histogram over fixed bounds; the sum is kept in integer units (`unit` of the exposed
+/// value each) so observing is two atomic adds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    sum: AtomicU64,
+    unit: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64], unit: f64) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            unit,
+        }
+    }
+
+    /// Records `value` (in the exposed unit: seconds or bytes).
+    pub fn observe(&self, value: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| value <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        // Saturating float-to-int cast: a huge value cannot wrap the sum.
+        self.sum
+            .fetch_add((value / self.unit).round() as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum.load(Ordering::Relaxed) as f64 * self.unit;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {cumulative}");
+    }
+}
+
+/// Why a connection ended, by the close code the server sent (or none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseClass {
+    /// 1000 or 1001: a normal close or the server going away (shutdown).
+    Normal,
+    /// 4001, 4002, 4004: the token was refused, expired, or never came.
+    Auth,
+    /// 4008: the client did not read fast enough.
+    SlowConsumer,
+    /// 4030: no pong in time.
+    Heartbeat,
+    /// 1008 and 4029: a connection or rate limit.
+    Limit,
+    /// 4000, 1007, 1009: the client sent something the protocol refuses.
+    Protocol,
+    /// 1011, 1012, 1013: the server could not go on (backend down, epoch changed).
+    Server,
+    /// Any other code the server sent.
+    Other,
+    /// The client closed or vanished first; the server sent no close code.
+    Peer,
+}
+
+impl CloseClass {
+    const ALL: [CloseClass; 9] = [
+        CloseClass::Normal,
+        CloseClass::Auth,
+        CloseClass::SlowConsumer,
+        CloseClass::Heartbeat,
+        CloseClass::Limit,
+        CloseClass::Protocol,
+        CloseClass::Server,
+        CloseClass::Other,
+        CloseClass::Peer,
+    ];
+
+    /// The class of the close code the server sent (`None`: the peer went first).
+    pub fn of(code: Option<u16>) -> Self {
+        match code {
+            None => Self::Peer,
+            Some(1000 | 1001) => Self::Normal,
+            Some(4001 | 4002 | 4004) => Self::Auth,
+            Some(4008) => Self::SlowConsumer,
+            Some(4030) => Self::Heartbeat,
+            Some(1008 | 4029) => Self::Limit,
+            Some(4000 | 1007 | 1009) => Self::Protocol,
+            Some(1011..=1013) => Self::Server,
+            Some(_) => Self::Other,
+        }
+    }
+
+    /// The `class` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Auth => "auth",
+            Self::SlowConsumer => "slow_consumer",
+            Self::Heartbeat => "heartbeat",
+            Self::Limit => "limit",
+            Self::Protocol => "protocol",
+            Self::Server => "server",
+            Self::Other => "other",
+            Self::Peer => "peer",
+        }
+    }
+}
+
+/// Why a token or request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// `TOKEN_EXPIRED`.
+    Expired,
+    /// `UNAUTHORIZED`: missing, malformed, bad signature, not yet valid, wrong `iss`/`aud`,
+    /// unknown tier.
+    Invalid,
+    /// `FORBIDDEN_CHANNEL`: a valid token that may not read or publish there.
+    Forbidden,
+}
+
+impl AuthFailure {
+    const ALL: [AuthFailure; 3] = [Self::Expired, Self::Invalid, Self::Forbidden];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Invalid => "invalid",
+            Self::Forbidden => "forbidden",
+        }
+    }
+
+    /// The reason of a refused token, by its error code.
+    pub fn of_code(code: courier_core::ErrorCode) -> Self {
+        match code {
+            courier_core::ErrorCode::TokenExpired => Self::Expired,
+            courier_core::ErrorCode::ForbiddenChannel => Self::Forbidden,
+            _ => Self::Invalid,
+        }
+    }
+}
+
+/// What one rate-limit bucket decided for one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RlDecision {
+    /// Within the limit.
+    Allowed,
+    /// Over the limit and refused.
+    Blocked,
+    /// Over the limit of a shadow bucket: counted, not refused.
+    ShadowBlocked,
+}
+
+impl RlDecision {
+    const ALL: [RlDecision; 3] = [Self::Allowed, Self::Blocked, Self::ShadowBlocked];
+
+    /// The `decision` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Blocked => "blocked",
+            Self::ShadowBlocked => "shadow_blocked",
+        }
+    }
+}
+
 /// The server's metrics.
-#[derive(Default)]
 pub struct Metrics {
     /// Open WebSocket connections (authenticated).
     pub connections: AtomicI64,
@@ -26,12 +218,93 @@ pub struct Metrics {
     pub delivered: AtomicU64,
     /// Connections closed as slow consumers.
     pub slow_consumers: AtomicU64,
+    /// Idempotency-window lookups that found the id (a duplicate).
+    pub idempotency_hits: AtomicU64,
+    /// Idempotency-window lookups that did not (a new id claimed).
+    pub idempotency_misses: AtomicU64,
+    /// Bytes of each accepted event's frame.
+    pub message_bytes: Histogram,
+    /// Time in a publish handler, per request.
+    pub publish_duration: Histogram,
+    /// Waits handed out with rate-limit refusals (`retry_after_ms`, in seconds).
+    pub retry_after: Histogram,
     labelled: Mutex<BTreeMap<(&'static str, String), u64>>,
-    latency_counts: [AtomicU64; 13],
-    latency_sum_us: AtomicU64,
+    latency: Histogram,
+    disconnects: [AtomicU64; CloseClass::ALL.len()],
+    auth_failures: [AtomicU64; AuthFailure::ALL.len()],
+    /// Rate-limit bucket names by row, and per row one counter per decision.
+    rl_buckets: Vec<String>,
+    rl_decisions: Box<[[AtomicU64; RlDecision::ALL.len()]]>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(Vec::new())
+    }
 }
 
 impl Metrics {
+    /// Metrics with one rate-limit label set per bucket (row order of the limiter's
+    /// table: `user`, `type:<prefix>`..., `fallback`), registered up front.
+    pub fn new(rl_buckets: Vec<String>) -> Self {
+        Self {
+            connections: AtomicI64::new(0),
+            connections_opened: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            idempotency_hits: AtomicU64::new(0),
+            idempotency_misses: AtomicU64::new(0),
+            message_bytes: Histogram::new(SIZE_BUCKETS, 1.0),
+            publish_duration: Histogram::new(HANDLER_BUCKETS, 1e-6),
+            retry_after: Histogram::new(RETRY_AFTER_BUCKETS, 1e-3),
+            labelled: Mutex::new(BTreeMap::new()),
+            latency: Histogram::new(LATENCY_BUCKETS, 1e-6),
+            disconnects: Default::default(),
+            auth_failures: Default::default(),
+            rl_decisions: rl_buckets.iter().map(|_| Default::default()).collect(),
+            rl_buckets,
+        }
+    }
+
+    /// Counts a WebSocket connection that ended, by the close code the server sent.
+    pub fn disconnected(&self, code: Option<u16>) {
+        let class = CloseClass::of(code);
+        let i = CloseClass::ALL
+            .iter()
+            .position(|c| *c == class)
+            .expect("every class is listed");
+        self.disconnects[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Disconnections of one class so far.
+    pub fn disconnects(&self, class: CloseClass) -> u64 {
+        let i = CloseClass::ALL.iter().position(|c| *c == class);
+        i.map_or(0, |i| self.disconnects[i].load(Ordering::Relaxed))
+    }
+
+    /// Counts a refused token or a forbidden channel.
+    pub fn auth_failure(&self, reason: AuthFailure) {
+        self.auth_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one bucket's decision for one event (`row` as in [`Metrics::new`]).
+    pub fn rl_decision(&self, row: usize, decision: RlDecision) {
+        if let Some(c) = self.rl_decisions.get(row) {
+            c[decision as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts timing a publish request; the time is recorded when the guard drops, on
+    /// whichever path the handler returns.
+    pub fn publish_timer(&self) -> PublishTimer<'_> {
+        PublishTimer {
+            metrics: self,
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// Counts a rate-limit hit for a rule (event-type rule name, `user` or `fallback`).
     pub fn rate_limit_hit(&self, rule: &str, shadow: bool) {
         self.inc("rl", format!("event_type=\"{rule}\",shadow=\"{shadow}\""));
@@ -63,16 +336,7 @@ impl Metrics {
 
     /// Records one publish-to-deliver latency.
     pub fn observe_latency(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.latency_counts[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        self.latency.observe(d.as_secs_f64());
     }
 
     /// The sum of a labelled family, for `/stats`.
@@ -175,24 +439,112 @@ impl Metrics {
                 }
             }
         }
-        let name = "courier_publish_to_deliver_seconds";
+        self.latency.render(
+            &mut out,
+            "courier_publish_to_deliver_seconds",
+            "Time from accepting an event to writing it to a subscriber.",
+        );
+        self.message_bytes.render(
+            &mut out,
+            "courier_message_size_bytes",
+            "Bytes of each accepted event's frame.",
+        );
+        self.publish_duration.render(
+            &mut out,
+            "courier_publish_duration_seconds",
+            "Time in a publish handler, per HTTP request.",
+        );
+        self.retry_after.render(
+            &mut out,
+            "courier_retry_after_seconds",
+            "Waits handed out with rate-limit refusals (429s and refused batch items).",
+        );
+        let name = "courier_disconnections_total";
         let _ = writeln!(
             out,
-            "# HELP {name} Time from accepting an event to writing it to a subscriber.\n# TYPE {name} histogram"
+            "# HELP {name} WebSocket connections ended, by close-code class (`peer`: the client went first).\n# TYPE {name} counter"
         );
-        let mut cumulative = 0;
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += load(&self.latency_counts[i]);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        for (class, c) in CloseClass::ALL.iter().zip(&self.disconnects) {
+            let _ = writeln!(out, "{name}{{class=\"{}\"}} {}", class.label(), load(c));
         }
-        cumulative += load(&self.latency_counts[LATENCY_BUCKETS.len()]);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let name = "courier_auth_failures_total";
         let _ = writeln!(
             out,
-            "{name}_sum {}",
-            load(&self.latency_sum_us) as f64 / 1e6
+            "# HELP {name} Refused tokens and forbidden channels, by reason.\n# TYPE {name} counter"
         );
-        let _ = writeln!(out, "{name}_count {cumulative}");
+        for (reason, c) in AuthFailure::ALL.iter().zip(&self.auth_failures) {
+            let _ = writeln!(out, "{name}{{reason=\"{}\"}} {}", reason.label(), load(c));
+        }
+        let name = "courier_idempotency_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Idempotency-window lookups of publishes with an id: `hit` is a duplicate.\n# TYPE {name} counter\n{name}{{result=\"hit\"}} {}\n{name}{{result=\"miss\"}} {}",
+            load(&self.idempotency_hits),
+            load(&self.idempotency_misses)
+        );
+        let name = "courier_rl_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Rate-limit decisions per event and bucket (`shadow_blocked`: over a shadow limit, not refused).\n# TYPE {name} counter"
+        );
+        for (bucket, row) in self.rl_buckets.iter().zip(self.rl_decisions.iter()) {
+            for (decision, c) in RlDecision::ALL.iter().zip(row) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{bucket=\"{bucket}\",decision=\"{}\"}} {}",
+                    decision.label(),
+                    load(c)
+                );
+            }
+        }
         out
+    }
+}
+
+/// Times one publish request; see [`Metrics::publish_timer`].
+pub struct PublishTimer<'a> {
+    metrics: &'a Metrics,
+    started: std::time::Instant,
+}
+
+impl Drop for PublishTimer<'_> {
+    fn drop(&mut self) {
+        self.metrics
+            .publish_duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_classes_and_histograms_render() {
+        let m = Metrics::new(vec!["user".into(), "fallback".into()]);
+        m.disconnected(Some(4008));
+        m.disconnected(None);
+        m.disconnected(Some(1001));
+        m.auth_failure(AuthFailure::Expired);
+        m.rl_decision(1, RlDecision::ShadowBlocked);
+        m.rl_decision(7, RlDecision::Blocked); // unknown row: ignored, no panic
+        m.message_bytes.observe(100.0);
+        m.retry_after.observe(1.5);
+        let text = m.render(0, 0, false);
+        for line in [
+            "courier_disconnections_total{class=\"slow_consumer\"} 1",
+            "courier_disconnections_total{class=\"peer\"} 1",
+            "courier_disconnections_total{class=\"normal\"} 1",
+            "courier_auth_failures_total{reason=\"expired\"} 1",
+            "courier_rl_requests_total{bucket=\"fallback\",decision=\"shadow_blocked\"} 1",
+            "courier_rl_requests_total{bucket=\"user\",decision=\"allowed\"} 0",
+            "courier_message_size_bytes_bucket{le=\"256\"} 1",
+            "courier_message_size_bytes_sum 100",
+            "courier_retry_after_seconds_bucket{le=\"1\"} 0",
+            "courier_retry_after_seconds_bucket{le=\"2\"} 1",
+            "courier_retry_after_seconds_sum 1.5",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -50,6 +50,12 @@ impl Modify for Bearer {
         courier_core::Metadata,
         courier_core::ErrorCode,
         courier_core::ChannelName,
+        crate::health::HealthReport,
+        crate::health::Components,
+        crate::health::WebSocketHealth,
+        crate::health::RedisHealth,
+        crate::health::MemoryHealth,
+        crate::health::Level,
     )),
     modifiers(&Bearer),
 )]

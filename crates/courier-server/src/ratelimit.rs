@@ -17,6 +17,7 @@ use courier_core::event::check_event_type;
 use crate::auth::Claims;
 use crate::config::{LimitRule, RateLimitConfig};
 use crate::fault::{Charged, Refused};
+use crate::metrics::RlDecision;
 use crate::store::{BucketDecision, BucketRequest, RateLimitStore, StoreError};
 
 /// The name of the bucket every publish of a user is charged to.
@@ -137,6 +138,9 @@ pub struct Charge {
     pub refused: Option<Refusal>,
     /// Rules over their limit (label, shadow), for metrics; shadow rules never refuse.
     pub hits: Vec<(String, bool)>,
+    /// Each bucket checked (its row in [`RateLimiter::bucket_names`]) and what it decided,
+    /// for metrics; a fixed array, so recording it allocates nothing.
+    pub decisions: [Option<(usize, RlDecision)>; 2],
 }
 
 /// Applies [`RateLimitConfig`] with a store.
@@ -162,6 +166,16 @@ impl RateLimiter {
             tiers,
             default_table: Arc::new(Table::new(&config, 1.0)),
         }
+    }
+
+    /// Every bucket's name, in row order (`user`, `type:<prefix>`..., `fallback`); the
+    /// rows are the same for every tier, so a row number names a bucket.
+    pub fn bucket_names(&self) -> Vec<String> {
+        self.default_table
+            .rows
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     /// The name of the bucket `event_type` is charged to (besides `user`).
@@ -209,9 +223,15 @@ impl RateLimiter {
             .collect();
         let decisions = self.store.check(&requests).await?;
         let mut charge = Charge::default();
-        for (&i, d) in rows.iter().zip(&decisions) {
+        for (n, (&i, d)) in rows.iter().zip(&decisions).enumerate() {
             let r = &table.rows[i];
             usage.touch(i, *d);
+            let decision = match (d.allowed, r.shadow) {
+                (true, _) => RlDecision::Allowed,
+                (false, true) => RlDecision::ShadowBlocked,
+                (false, false) => RlDecision::Blocked,
+            };
+            charge.decisions[n] = Some((i, decision));
             if d.allowed {
                 continue;
             }

@@ -27,6 +27,7 @@ use crate::SharedState;
 use crate::auth::{AuthError, Claims, unix_now};
 use crate::connections::{ConnectionGuard, Refused};
 use crate::http::{ApiError, publish_event};
+use crate::metrics::AuthFailure;
 use crate::store::{Published, ResumePoint, Retained, StoreError, Subscriber, SubscriptionId};
 
 /// `GET /ws`.
@@ -448,6 +449,11 @@ async fn run(
         queued_bytes: queued_bytes.clone(),
         max_queued_bytes: state.config.ws.max_queued_bytes,
     });
+    // Counts the disconnection on every way out of this function, by the close code sent.
+    let _disconnect = DisconnectCount {
+        state: state.clone(),
+        close: close_tx.subscribe(),
+    };
     let mut writer_task = tokio::spawn(writer(sink, out_rx, close_tx, queued_bytes, state.clone()));
     let mut drop_rx = state.drop_tx.subscribe();
     let mut shutdown_rx = state.shutdown_tx.subscribe();
@@ -531,6 +537,20 @@ async fn run(
     .await;
 }
 
+/// Counts one ended connection when dropped, classed by the close code the server sent
+/// (none: the client closed or vanished first).
+struct DisconnectCount {
+    state: SharedState,
+    close: watch::Receiver<Option<(u16, String)>>,
+}
+
+impl Drop for DisconnectCount {
+    fn drop(&mut self) {
+        let code = self.close.borrow().as_ref().map(|(code, _)| *code);
+        self.state.metrics.disconnected(code);
+    }
+}
+
 /// The first frame must be `connect` with a valid token, within the deadline.
 async fn authenticate(
     state: &SharedState,
@@ -600,6 +620,7 @@ async fn authenticate(
     let claims = match state.verifier.verify(&token) {
         Ok(c) => c,
         Err(AuthError { code, message }) => {
+            state.metrics.auth_failure(AuthFailure::of_code(code));
             let close_code = if code == ErrorCode::TokenExpired {
                 close::TOKEN_EXPIRED
             } else {
@@ -793,9 +814,13 @@ impl Session {
                     ErrorCode::Unauthorized,
                     "a refreshed token must have the same `sub`",
                 )),
-                Err(e) => self
-                    .conn
-                    .error(ErrorFrame::new(Some(id), e.code, e.message)),
+                Err(e) => {
+                    self.state
+                        .metrics
+                        .auth_failure(AuthFailure::of_code(e.code));
+                    self.conn
+                        .error(ErrorFrame::new(Some(id), e.code, e.message))
+                }
             },
             _ => self.conn.error(ErrorFrame::new(
                 None,
@@ -855,6 +880,7 @@ impl Session {
         since: Option<StreamPosition>,
     ) -> bool {
         if !self.claims.can_read(&channel) {
+            self.state.metrics.auth_failure(AuthFailure::Forbidden);
             self.conn.error(ErrorFrame::new(
                 Some(id),
                 ErrorCode::ForbiddenChannel,

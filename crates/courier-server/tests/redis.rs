@@ -829,3 +829,33 @@ async fn redis_new_epoch_replay_meets_live_publishes_without_holes_or_duplicates
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn health_reports_redis_latency_and_is_unhealthy_when_it_is_down() {
+    let mut redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let r = a.get("/health").await;
+    assert_eq!(r.status(), 200);
+    let h: Value = r.json().await.unwrap();
+    let entry = &h["components"]["redis"];
+    assert_eq!(
+        (h["level"].as_str(), entry["status"].as_str()),
+        (Some("healthy"), Some("reachable"))
+    );
+    assert!(entry["latency_ms"].as_f64().unwrap() >= 0.0, "{h}");
+    redis.kill();
+    let r = a.get("/health").await;
+    assert_eq!(r.status(), 503);
+    let h: Value = r.json().await.unwrap();
+    let entry = &h["components"]["redis"];
+    assert_eq!(
+        (
+            h["status"].as_str(),
+            entry["level"].as_str(),
+            entry["status"].as_str()
+        ),
+        (Some("unhealthy"), Some("unhealthy"), Some("unreachable"))
+    );
+    assert!(entry["error"].is_string(), "{h}");
+    kill(a).await;
+}

@@ -11,9 +11,20 @@ async fn health_stats_metrics_openapi() {
     let server = start().await;
     let (_ws, _) = server.connect(&user("alice")).await;
     let h: Value = server.get("/health").await.json().await.unwrap();
-    assert_eq!(h["status"], "ok");
+    assert_eq!(h["status"], "healthy");
+    assert_eq!(h["level"], "healthy");
     assert_eq!(h["connections"], 1);
-    for k in ["uptime_secs", "version", "channels", "memory"] {
+    let ws = &h["components"]["websocket"];
+    assert_eq!(
+        (ws["status"].as_str(), ws["connections"].as_u64()),
+        (Some("accepting"), Some(1))
+    );
+    // The memory backend has no Redis entry; RSS is read from /proc on Linux.
+    assert!(h["components"].get("redis").is_none(), "{h}");
+    if cfg!(target_os = "linux") {
+        assert!(h["components"]["memory"]["rss_bytes"].as_u64().unwrap() > 0);
+    }
+    for k in ["uptime_secs", "version", "channels", "epoch"] {
         assert!(h.get(k).is_some(), "{k}: {h}");
     }
     assert_eq!(server.get("/health/live").await.status(), 200);
@@ -51,6 +62,17 @@ async fn health_stats_metrics_openapi() {
         "/metrics",
     ] {
         assert!(doc["paths"][p].is_object(), "{p}");
+    }
+    // /health's body is documented, components included.
+    let schemas = &doc["components"]["schemas"];
+    for s in [
+        "HealthReport",
+        "Components",
+        "RedisHealth",
+        "MemoryHealth",
+        "Level",
+    ] {
+        assert!(schemas[s].is_object(), "{s}");
     }
     // Every response carries a request id; CORS answers preflights.
     let r = server.get("/health/live").await;
@@ -190,4 +212,165 @@ async fn shutdown_deadline_bounds_exit() {
         .expect("deadline not enforced")
         .unwrap();
     stuck.abort();
+}
+
+/// The value of one exposition line (`name{labels}`), 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn new_metrics_move_on_publish_refusal_duplicate_and_disconnect() {
+    use courier_server::auth::{Claims, sign_hs256, unix_now};
+    use courier_server::config::LimitRule;
+    let server = start_with(|c| {
+        let t = &mut c.rate_limits.types;
+        t.insert("backtest".into(), LimitRule::per_minute(1));
+        t.insert(
+            "shadowed".into(),
+            LimitRule {
+                limit: 1,
+                shadow: true,
+                ..LimitRule::default()
+            },
+        );
+    })
+    .await;
+    let alice = user_with("alice", &[], &["global"]);
+    let post = |body: Value, token: String| {
+        let server = &server;
+        async move { server.post("/publish", Some(&token), &body).await.status() }
+    };
+    // Accepted, then its duplicate, then refused by `type:backtest`.
+    assert_eq!(post(event("m1", "global", 1), alice.clone()).await, 200);
+    assert_eq!(post(event("m1", "global", 1), alice.clone()).await, 200);
+    assert_eq!(post(event("m2", "global", 2), alice.clone()).await, 429);
+    // Over a shadow limit: accepted, counted as shadow_blocked.
+    let shadowed =
+        |id: &str| json!({"id": id, "type": "shadowed.x", "channel": "global", "data": {}});
+    assert_eq!(post(shadowed("s1"), alice.clone()).await, 200);
+    assert_eq!(post(shadowed("s2"), alice.clone()).await, 200);
+    // Auth failures: invalid, expired, forbidden.
+    assert_eq!(post(event("x", "global", 1), "garbage".into()).await, 401);
+    let expired = sign_hs256(
+        SECRET,
+        &Claims {
+            exp: unix_now() - 10,
+            ..claims("alice")
+        },
+    );
+    assert_eq!(post(event("x", "global", 1), expired.clone()).await, 401);
+    assert_eq!(post(event("x", "private", 1), alice.clone()).await, 403);
+    // Disconnections: an expired token over WebSocket (closed 4002), and a client that
+    // closes first.
+    let mut refused = server.open("/ws").await;
+    refused
+        .send(json!({"op": "connect", "token": expired}))
+        .await;
+    let (_, end) = refused.until_end().await;
+    assert_eq!(end, End::Close(4002));
+    let (mut ws, _) = server.connect(&user("bob")).await;
+    ws.s.close(None).await.unwrap();
+    drop(ws);
+
+    let deadline = tokio::time::Instant::now() + STEP;
+    let text = loop {
+        let text = server.get("/metrics").await.text().await.unwrap();
+        let peer = sample(&text, "courier_disconnections_total{class=\"peer\"}");
+        let auth = sample(&text, "courier_disconnections_total{class=\"auth\"}");
+        if peer >= 1.0 && auth >= 1.0 {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let expect = [
+        ("courier_idempotency_requests_total{result=\"hit\"}", 1.0),
+        // m1, m2 (refused, so its id was released after the claim), s1, s2.
+        ("courier_idempotency_requests_total{result=\"miss\"}", 4.0),
+        ("courier_auth_failures_total{reason=\"invalid\"}", 1.0),
+        // The HTTP publish and the WebSocket connect.
+        ("courier_auth_failures_total{reason=\"expired\"}", 2.0),
+        ("courier_auth_failures_total{reason=\"forbidden\"}", 1.0),
+        (
+            "courier_rl_requests_total{bucket=\"type:backtest\",decision=\"allowed\"}",
+            1.0,
+        ),
+        (
+            "courier_rl_requests_total{bucket=\"type:backtest\",decision=\"blocked\"}",
+            1.0,
+        ),
+        (
+            "courier_rl_requests_total{bucket=\"type:shadowed\",decision=\"allowed\"}",
+            1.0,
+        ),
+        (
+            "courier_rl_requests_total{bucket=\"type:shadowed\",decision=\"shadow_blocked\"}",
+            1.0,
+        ),
+        (
+            "courier_rl_requests_total{bucket=\"user\",decision=\"allowed\"}",
+            4.0,
+        ),
+        ("courier_retry_after_seconds_count", 1.0),
+        // m1, s1, s2.
+        ("courier_message_size_bytes_count", 3.0),
+        // Every publish request, refused ones included.
+        ("courier_publish_duration_seconds_count", 8.0),
+    ];
+    for (series, want) in expect {
+        assert_eq!(sample(&text, series), want, "{series}:\n{text}");
+    }
+    assert!(sample(&text, "courier_message_size_bytes_sum") > 0.0);
+    assert!(sample(&text, "courier_retry_after_seconds_sum") > 0.0);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_is_degraded_above_the_memory_soft_limit() {
+    if !cfg!(target_os = "linux") {
+        return; // no /proc: RSS unknown, never degraded
+    }
+    let server = start_with(|c| c.health.memory_soft_limit_bytes = 1).await;
+    let r = server.get("/health").await;
+    assert_eq!(r.status(), 200, "degraded still serves");
+    let h: Value = r.json().await.unwrap();
+    assert_eq!(
+        (h["status"].as_str(), h["level"].as_str()),
+        (Some("degraded"), Some("degraded"))
+    );
+    let m = &h["components"]["memory"];
+    assert_eq!(
+        (m["level"].as_str(), m["soft_limit_bytes"].as_u64()),
+        (Some("degraded"), Some(1))
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_is_503_and_draining_during_shutdown() {
+    let mut server = start_with(|c| c.shutdown.drain_delay_ms = 2_000).await;
+    assert_eq!(server.get("/health").await.status(), 200);
+    let handle = server.handle.take().unwrap();
+    handle.shutdown();
+    let deadline = tokio::time::Instant::now() + STEP;
+    let r = loop {
+        let r = server.get("/health").await;
+        if r.status() != 200 {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(r.status(), 503);
+    let h: Value = r.json().await.unwrap();
+    assert_eq!(
+        (h["status"].as_str(), h["level"].as_str()),
+        (Some("draining"), Some("unhealthy"))
+    );
+    assert_eq!(h["draining"], true);
+    assert_eq!(h["components"]["websocket"]["status"], "draining");
+    handle.wait().await.unwrap();
 }

@@ -1,0 +1,274 @@
+//! `GET /health`: an overall level and one entry per component.
+//!
+//! The level is the worst of the components': `websocket` is unhealthy while draining (the
+//! instance is going away), `redis` (with that backend) is unhealthy when a PING fails, and
+//! `memory` is degraded above `health.memory_soft_limit_bytes`. `healthy` and `degraded`
+//! answer 200 (the instance still serves), `unhealthy` answers 503.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::SharedState;
+use crate::config::Backend;
+use crate::store::HistoryStats;
+
+/// How well a component, or the whole instance, is doing; ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Everything works.
+    Healthy,
+    /// Serving, but something needs attention (memory above its soft limit).
+    Degraded,
+    /// Not serving properly (draining, or Redis unreachable): take it out of rotation.
+    Unhealthy,
+}
+
+/// The `/health` body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HealthReport {
+    /// The overall level, or `draining` while shutting down (then the HTTP status is 503).
+    #[schema(example = "healthy")]
+    pub status: &'static str,
+    /// The overall level: the worst of the components'.
+    pub level: Level,
+    /// True once shutdown has begun.
+    pub draining: bool,
+    /// The server's version.
+    pub version: &'static str,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// The history epoch.
+    pub epoch: String,
+    /// Open WebSocket connections (same as `components.websocket.connections`).
+    pub connections: usize,
+    /// Users with an open connection.
+    pub users: usize,
+    /// Channels with subscribers on this instance.
+    pub channels: usize,
+    /// History sizes (zero with Redis: not counted, it would scan).
+    #[schema(value_type = Object)]
+    pub history: HistoryStats,
+    /// Per component.
+    pub components: Components,
+}
+
+/// One entry per component.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Components {
+    /// The WebSocket endpoint.
+    pub websocket: WebSocketHealth,
+    /// Redis; present only with `backend = "redis"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisHealth>,
+    /// The process's memory.
+    pub memory: MemoryHealth,
+}
+
+/// The WebSocket endpoint.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebSocketHealth {
+    /// `unhealthy` while draining.
+    pub level: Level,
+    /// `accepting` or `draining`.
+    pub status: &'static str,
+    /// Open connections.
+    pub connections: usize,
+    /// Users with an open connection.
+    pub users: usize,
+}
+
+/// Redis, probed with PING on each `/health`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RedisHealth {
+    /// `unhealthy` when unreachable.
+    pub level: Level,
+    /// `reachable` or `unreachable`.
+    pub status: &'static str,
+    /// The probe's round trip, in milliseconds (when reachable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// Why it is unreachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The process's memory.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MemoryHealth {
+    /// `degraded` above the soft limit.
+    pub level: Level,
+    /// Resident set size (`VmRSS`); null where `/proc` is not available.
+    pub rss_bytes: Option<u64>,
+    /// `health.memory_soft_limit_bytes`; null when not set.
+    pub soft_limit_bytes: Option<u64>,
+    /// Ids held by the idempotency window.
+    pub idempotency_entries: usize,
+    /// Events held in history.
+    pub history_events: usize,
+}
+
+impl WebSocketHealth {
+    /// The endpoint's entry: unhealthy while draining, since new connections are refused.
+    pub fn new(draining: bool, connections: usize, users: usize) -> Self {
+        Self {
+            level: if draining {
+                Level::Unhealthy
+            } else {
+                Level::Healthy
+            },
+            status: if draining { "draining" } else { "accepting" },
+            connections,
+            users,
+        }
+    }
+}
+
+impl RedisHealth {
+    /// Redis's entry from one probe: its round trip, or why it failed.
+    pub fn from_probe(probe: Result<Duration, String>) -> Self {
+        match probe {
+            Ok(rtt) => Self {
+                level: Level::Healthy,
+                status: "reachable",
+                latency_ms: Some(rtt.as_secs_f64() * 1e3),
+                error: None,
+            },
+            Err(e) => Self {
+                level: Level::Unhealthy,
+                status: "unreachable",
+                latency_ms: None,
+                error: Some(e),
+            },
+        }
+    }
+}
+
+impl MemoryHealth {
+    /// Memory's entry: degraded above a soft limit (`0`: none). An unknown RSS is healthy:
+    /// the check cannot tell, and failing over it would take healthy instances down.
+    pub fn new(rss_bytes: Option<u64>, soft_limit_bytes: u64) -> Self {
+        let limit = (soft_limit_bytes > 0).then_some(soft_limit_bytes);
+        let over = matches!((rss_bytes, limit), (Some(rss), Some(limit)) if rss > limit);
+        Self {
+            level: if over {
+                Level::Degraded
+            } else {
+                Level::Healthy
+            },
+            rss_bytes,
+            soft_limit_bytes: limit,
+            idempotency_entries: 0,
+            history_events: 0,
+        }
+    }
+}
+
+impl Components {
+    /// The worst level of any component.
+    pub fn level(&self) -> Level {
+        let redis = self.redis.as_ref().map_or(Level::Healthy, |r| r.level);
+        self.websocket.level.max(redis).max(self.memory.level)
+    }
+}
+
+/// The resident set size, from `VmRSS` in `/proc/self/status` (reported in kB, so no
+/// page-size guess is needed); `None` off Linux.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Probes every component and builds the report.
+pub async fn report(state: &SharedState) -> HealthReport {
+    let draining = state.is_draining();
+    let history = state.history.stats().await;
+    let redis = match state.config.backend {
+        Backend::Redis => {
+            let started = Instant::now();
+            let probe = state.history.ready().await;
+            Some(RedisHealth::from_probe(
+                probe.map(|()| started.elapsed()).map_err(|e| e.to_string()),
+            ))
+        }
+        Backend::Memory => None,
+    };
+    let mut memory = MemoryHealth::new(rss_bytes(), state.config.health.memory_soft_limit_bytes);
+    memory.idempotency_entries = state.idempotency.entries();
+    memory.history_events = history.events;
+    let connections = state.connections.total();
+    let users = state.connections.users();
+    let components = Components {
+        websocket: WebSocketHealth::new(draining, connections, users),
+        redis,
+        memory,
+    };
+    let level = components.level();
+    HealthReport {
+        status: match (draining, level) {
+            (true, _) => "draining",
+            (false, Level::Healthy) => "healthy",
+            (false, Level::Degraded) => "degraded",
+            (false, Level::Unhealthy) => "unhealthy",
+        },
+        level,
+        draining,
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: state.uptime().as_secs(),
+        epoch: state.history.epoch().to_string(),
+        connections,
+        users,
+        channels: state.broker.channel_count(),
+        history,
+        components,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn components(draining: bool, redis: Option<Result<Duration, String>>, rss: u64) -> Components {
+        Components {
+            websocket: WebSocketHealth::new(draining, 0, 0),
+            redis: redis.map(RedisHealth::from_probe),
+            memory: MemoryHealth::new(Some(rss), 1000),
+        }
+    }
+
+    #[test]
+    fn the_level_is_the_worst_component() {
+        let ok = Some(Ok(Duration::from_micros(1500)));
+        assert_eq!(components(false, None, 10).level(), Level::Healthy);
+        assert_eq!(components(false, ok.clone(), 10).level(), Level::Healthy);
+        assert_eq!(components(false, ok.clone(), 2000).level(), Level::Degraded);
+        assert_eq!(components(true, ok, 10).level(), Level::Unhealthy);
+        let down = components(false, Some(Err("connection refused".into())), 2000);
+        assert_eq!(down.level(), Level::Unhealthy);
+        let redis = down.redis.unwrap();
+        assert_eq!((redis.status, redis.latency_ms), ("unreachable", None));
+        let up = RedisHealth::from_probe(Ok(Duration::from_micros(1500)));
+        assert_eq!(up.latency_ms, Some(1.5));
+        // No limit configured, or RSS unknown: never degraded.
+        assert_eq!(MemoryHealth::new(Some(u64::MAX), 0).level, Level::Healthy);
+        assert_eq!(MemoryHealth::new(None, 1).level, Level::Healthy);
+    }
+
+    #[test]
+    fn vm_rss_is_read_in_kb() {
+        let status = "Name:\tx\nVmPeak:\t  9 kB\nVmRSS:\t    2048 kB\nThreads: 1\n";
+        assert_eq!(parse_vm_rss(status), Some(2048 * 1024));
+        assert_eq!(parse_vm_rss("Name: x\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(rss_bytes().is_some_and(|b| b > 0));
+        }
+    }
+}
