@@ -101,25 +101,39 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class ClientStats:
-    """Counters of a client (queue gauges are as of the call)."""
+    """Counters of a client (gauges are as of the call): the fields of the core's
+    ``ClientStats``, by the same names in every SDK."""
 
     queued_high: int
+    """High-priority events waiting to be sent (first attempts and retries)."""
     queued_normal: int
     queued_low: int
     in_flight: int
+    """Events in batches awaiting an answer."""
     retrying: int
     """Queued events waiting to be sent again after a retryable failure."""
     retries: int
+    """Events sent again after a retryable failure, in all."""
     dead: int
     """Events given up (see ``dead_letters()``)."""
     acknowledged: int
-    reconnects: int
+    budget_exhausted: int
+    """Times retries waited for the retry budget."""
     rate_limit_waits: int
     """Times sending or reconnecting was held back by a server-announced limit."""
+    reconnects: int
     events_received: int
     duplicates_dropped: int
     gaps: int
     heartbeat_timeouts: int
+    channels: int
+    """Channels subscribed (paused ones included)."""
+    paused_channels: int
+    """Channels paused because a subscription fell behind (see ``subscription_buffer``)."""
+    pauses: int
+    """Times a channel was paused, in all."""
+    token_fetches: int
+    """Token provider calls, in all."""
 
     @property
     def queued(self) -> Dict[str, int]:

@@ -15,6 +15,7 @@ from courier_client import (
     EventToPublish,
     ForbiddenChannelError,
     RateLimitedError,
+    UsageError,
     ValidationError,
 )
 
@@ -231,8 +232,9 @@ async def test_subscription_buffer_must_be_a_positive_int(server: Server, token:
 
 
 async def test_a_cancelled_publish_withdraws_its_event_if_it_was_not_sent(server: Server) -> None:
-    # One request at a time, its token held back: the first event takes the request, the
-    # second waits in the queue and is withdrawn when its publish is cancelled.
+    # One request at a time, the token held back: the events wait in the queue (the core
+    # sends nothing before it has a token); the second is withdrawn when its publish is
+    # cancelled, the first stays.
     gate = asyncio.Event()
 
     async def get_token() -> str:
@@ -247,10 +249,10 @@ async def test_a_cancelled_publish_withdraws_its_event_if_it_was_not_sent(server
         second.cancel()
         with pytest.raises(asyncio.CancelledError):
             await second
-        assert client.stats().queued_normal == 0
+        assert client.stats().queued_normal == 1
         with pytest.raises(CourierError, match="no acknowledgement"):
             await client.publish("backtest.a-cancel", "backtest.progress", progress("c", 3), timeout=0.2)
-        assert client.stats().queued_normal == 0, "a timed-out unsent publish is withdrawn too"
+        assert client.stats().queued_normal == 1, "a timed-out unsent publish is withdrawn too"
         gate.set()
         assert (await first).offset == 1
         fourth = await client.publish("backtest.a-cancel", "backtest.progress", progress("c", 4))
@@ -305,3 +307,29 @@ async def test_an_exhausted_bucket_holds_its_event_until_it_refills_not_later(se
     refill = records[0]["at_ms"] / 1000 + LIMITED_REFILL_S["premium"]
     assert records[-1]["at_ms"] / 1000 >= refill - 0.05, "not sent before the refill"
     assert acked_at <= refill + 1.5, f"acked {acked_at - refill:.2f} s after the refill"
+
+
+async def test_a_ws_url_is_accepted(server: Server, token: str) -> None:
+    for url in (f"ws://{server.addr}", f"ws://{server.addr}/ws"):
+        async with AsyncCourierClient(url, token=token) as client:
+            channel = "backtest.a-ws1" if url.endswith("/ws") else "backtest.a-ws0"
+            sub = client.subscribe(channel)
+            await sub.ready(timeout=10)
+            ack = await client.publish(channel, "backtest.progress", progress("ws", 1))
+            assert [e.offset for e in await take(sub, 1)] == [ack.offset]
+
+
+async def test_two_subscriptions_on_one_channel_both_receive(server: Server, token: str) -> None:
+    async with AsyncCourierClient(server.url, token=token) as client:
+        first = client.subscribe("backtest.a-twice")
+        await first.ready(timeout=10)
+        second = client.subscribe("backtest.a-twice")
+        await second.ready(timeout=10)
+        await client.publish_many([("backtest.a-twice", "backtest.progress", progress("t", p)) for p in (1, 2, 3)])
+        assert [e.offset for e in await take(first, 3)] == [1, 2, 3]
+        assert [e.offset for e in await take(second, 3)] == [1, 2, 3]
+        assert first.position is not None
+        with pytest.raises(UsageError) as e:
+            client.subscribe("backtest.a-twice", since=(first.position.epoch, 1))
+        assert e.value.code == "ALREADY_SUBSCRIBED"
+        assert client.stats().channels == 1

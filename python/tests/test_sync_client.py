@@ -11,7 +11,7 @@ from typing import List
 
 import pytest
 
-from courier_client import CourierClient, CourierTimeoutError, ValidationError
+from courier_client import CourierClient, CourierTimeoutError, UsageError, ValidationError
 
 from conftest import (
     LIMITED_BURST,
@@ -190,7 +190,8 @@ def test_a_timed_out_publish_withdraws_its_event_if_it_was_not_sent(server: Serv
         time.sleep(0.1)
         with pytest.raises(CourierTimeoutError):
             client.publish("backtest.s-cancel", "backtest.progress", {"backtest_id": "c", "percent": 2}, timeout=0.2)
-        assert client.stats().queued_normal == 0, "withdrawn"
+        # The core sends nothing before it has a token: the first still waits in the queue.
+        assert client.stats().queued_normal == 1, "the second withdrawn"
         gate.set()
         t.join(10)
         assert first == [1]
@@ -238,3 +239,30 @@ def test_an_exhausted_bucket_holds_its_event_until_it_refills_not_later(server: 
     refill = records[0]["at_ms"] / 1000 + LIMITED_REFILL_S["premium"]
     assert records[-1]["at_ms"] / 1000 >= refill - 0.05, "not sent before the refill"
     assert acked_at <= refill + 1.5, f"acked {acked_at - refill:.2f} s after the refill"
+
+
+def test_a_ws_url_is_accepted(server: Server, token: str) -> None:
+    with CourierClient(f"ws://{server.addr}/ws", token=token) as client:
+        sub = client.subscribe("backtest.s-ws")
+        sub.ready(timeout=10)
+        ack = client.publish("backtest.s-ws", "backtest.progress", progress("ws", 1))
+        assert [e.offset for e in take(sub, 1)] == [ack.offset]
+
+
+def test_two_subscriptions_on_one_channel_both_receive(server: Server, token: str) -> None:
+    with CourierClient(server.url, token=token) as client:
+        first = client.subscribe("backtest.s-twice")
+        first.ready(timeout=10)
+        second = client.subscribe("backtest.s-twice")
+        second.ready(timeout=10)
+        client.publish_many([("backtest.s-twice", "backtest.progress", progress("t", p)) for p in (1, 2)])
+        assert [e.offset for e in take(first, 2)] == [1, 2]
+        assert [e.offset for e in take(second, 2)] == [1, 2]
+        assert first.position is not None
+        with pytest.raises(UsageError) as e:
+            client.subscribe("backtest.s-twice", since=(first.position.epoch, 1))
+        assert e.value.code == "ALREADY_SUBSCRIBED"
+        # One leaving keeps the channel for the other.
+        first.close()
+        client.publish("backtest.s-twice", "backtest.progress", progress("t", 3))
+        assert [e.offset for e in take(second, 1)] == [3]

@@ -75,6 +75,10 @@ def main():
     for name in BENCHES:
         if name in sections:
             out.append(f"<!-- bench:{name} -->\n{sections[name]}<!-- /bench -->\n")
+    # One-off comparisons (before/after a change) have no module: kept as they were.
+    for name, text in sections.items():
+        if name not in BENCHES:
+            out.append(f"<!-- bench:{name} -->\n{text}<!-- /bench -->\n")
     os.makedirs(os.path.dirname(DOC), exist_ok=True)
     with open(DOC, "w") as f:
         f.write("\n".join(out))

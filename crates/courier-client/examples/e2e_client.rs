@@ -13,11 +13,9 @@ use std::io::{BufWriter, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use courier_client::{
-    Client, ClientConfig, ClientEvent, EventOptions, StaticToken, SubscriptionItem,
-};
-use courier_core::PublishOptions;
+use courier_client::{Client, ClientConfig, ClientEvent, StaticToken, SubscriptionItem};
 use courier_core::backoff::BackoffConfig;
+use courier_core::client::EventOptions;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
@@ -106,12 +104,13 @@ async fn chaos(scenario: &Value, name: &str, url: &str, token: &str, out_path: &
     let mut ctl = control();
     let opts = &scenario["client_options"];
     let mut config = ClientConfig::new(url).service_name(format!("e2e-{name}"));
-    config.connection.backoff = backoff(&opts["backoff"]);
-    config.queue.backoff = backoff(&opts["backoff"]);
-    config.queue.max_in_flight = opts["max_in_flight"].as_u64().expect("max_in_flight") as usize;
-    config.queue.max_attempts = opts["max_attempts"].as_u64().expect("max_attempts") as u32;
-    config.queue.max_batch_events = opts["max_batch_events"].as_u64().expect("batch") as usize;
-    config.queue.max_queued = 100_000;
+    config.core.connection.backoff = backoff(&opts["backoff"]);
+    config.core.queue.backoff = backoff(&opts["backoff"]);
+    config.core.queue.max_in_flight =
+        opts["max_in_flight"].as_u64().expect("max_in_flight") as usize;
+    config.core.queue.max_attempts = opts["max_attempts"].as_u64().expect("max_attempts") as u32;
+    config.core.queue.max_batch_events = opts["max_batch_events"].as_u64().expect("batch") as usize;
+    config.core.queue.max_queued = 100_000;
     let o = out.clone();
     let config = config.listener(move |ev| {
         if let ClientEvent::State(s) = ev {
@@ -170,23 +169,21 @@ async fn chaos(scenario: &Value, name: &str, url: &str, token: &str, out_path: &
             let event_type = e[2].as_str().expect("type");
             let id = format!("{name}-{seq}");
             let data = json!({"client": name, "seq": seq}).to_string();
-            let event = publisher
-                .event(
-                    &ch,
-                    event_type,
-                    data,
-                    EventOptions {
-                        idempotency_key: Some(id.clone()),
-                        metadata: None,
-                    },
-                )
-                .expect("a valid event");
+            let item = courier_core::PublishItem {
+                channel: ch.clone(),
+                event_type: event_type.to_owned(),
+                data_json: data,
+                event: EventOptions {
+                    idempotency_key: Some(id.clone()),
+                    metadata: None,
+                },
+                options: Default::default(),
+            };
             let o = out.clone();
             let sent = now_ms();
             publisher
                 .enqueue(
-                    event,
-                    PublishOptions::default(),
+                    item,
                     Box::new(move |r| match r {
                         Ok(r) => write(&o, &json!({"k": "ack", "id": id, "ch": ch, "epoch": r.epoch, "offset": r.offset, "dup": r.duplicate, "attempts": r.attempts, "sent": sent, "t": now_ms()})),
                         Err(e) => write(&o, &json!({"k": "dead", "id": id, "ch": ch, "code": e.code(), "message": e.to_string(), "attempts": null, "sent": sent, "t": now_ms()})),
@@ -218,10 +215,10 @@ async fn chaos(scenario: &Value, name: &str, url: &str, token: &str, out_path: &
     write(
         &out,
         &json!({"k": "summary", "stats": {
-        "reconnects": stats.connection.reconnects, "gaps": stats.connection.gaps,
-        "duplicates_dropped": stats.connection.duplicates_dropped,
-        "rate_limit_waits": stats.connection.rate_limit_waits,
-        "dead": publisher.dead_letters().len(), "acknowledged": stats.queue.acknowledged}}),
+        "reconnects": stats.reconnects, "gaps": stats.gaps,
+        "duplicates_dropped": stats.duplicates_dropped,
+        "rate_limit_waits": stats.rate_limit_waits,
+        "dead": publisher.dead_letters().len(), "acknowledged": stats.acknowledged}}),
     );
     client.close().await;
     for r in readers {
@@ -246,7 +243,7 @@ async fn storm(scenario: &Value, url: &str, token: &str, out_path: &str) {
     let mut subs = Vec::with_capacity(n);
     for i in 0..n {
         let mut config = ClientConfig::new(url).service_name(format!("storm-{i}"));
-        config.connection.backoff = backoff(&storm["backoff"]);
+        config.core.connection.backoff = backoff(&storm["backoff"]);
         config.seed = Some(0x5707_0000 + i as u64);
         let o = out.clone();
         let config = config.listener(move |ev| {
@@ -282,7 +279,7 @@ async fn storm(scenario: &Value, url: &str, token: &str, out_path: &str) {
     wait_for(&mut ctl, "stop").await;
     let mut reconnects = 0;
     for c in &clients {
-        reconnects += c.stats().connection.reconnects;
+        reconnects += c.stats().reconnects;
     }
     write(&out, &json!({"k": "summary", "reconnects": reconnects}));
     for c in &clients {

@@ -1,14 +1,16 @@
-//! The native Courier client: tokio drivers of the sans-IO `courier-core`.
+//! The native Courier client: one tokio task driving the sans-IO [`courier_core::Client`].
 //!
-//! - [`Publisher`]: publishes over HTTP (`POST /publish/batch`, reqwest with a keep-alive
-//!   pool, rustls with ring) through the core's [`PublishQueue`](courier_core::queue::PublishQueue):
-//!   batching, priorities, idempotency ids, Retry-After, the client-side GCRA, the retry
-//!   budget and dead letters all come from the core.
-//! - [`Subscriber`]: receives over one WebSocket (tokio-tungstenite) driven by the core's
-//!   [`Connection`](courier_core::connection::Connection): reconnect with backoff, resume
-//!   with `since`, heartbeats, token refresh, no duplicates.
+//! The core decides everything a client does: connecting on the first subscription,
+//! reconnect with backoff, resume with `since`, heartbeats, no duplicates, several listeners
+//! per channel and their flow control; stamping, batching, priorities, idempotency ids,
+//! Retry-After, the client-side rate limits, the retry budget and dead letters; one token
+//! shared by HTTP and the WebSocket. This crate only moves bytes and time: it opens the
+//! WebSocket (tokio-tungstenite), posts batches (reqwest with a keep-alive pool, rustls with
+//! ring), asks the [`TokenProvider`], and hands the core's results to the application.
 //!
-//! The core decides; this crate only moves bytes and time.
+//! [`Client`], [`Publisher`] and [`Subscriber`] are cheap handles on that one task; the
+//! client closes when [`Client::close`] is called or the last handle (subscriptions
+//! included) is dropped.
 //!
 //! ```no_run
 //! use courier_client::{Client, ClientConfig, StaticToken};
@@ -32,6 +34,7 @@
 //! # }
 //! ```
 
+mod driver;
 mod publisher;
 mod subscriber;
 mod token;
@@ -39,15 +42,15 @@ mod token;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use courier_core::connection::{Connection, ConnectionConfig, ConnectionStats};
-use courier_core::queue::{PublishOptions, PublishQueue, PublishResult, QueueConfig, QueueStats};
+use courier_core::client::{EventOptions, PublishItem};
+use courier_core::queue::{PublishOptions, PublishResult};
 use courier_core::time::Instant;
-use courier_core::{Error, StreamPosition, UsageError, ValidationError, ValidationKind};
+use courier_core::{ClientStats, Endpoints, Error, StreamPosition, UsageError};
 
-pub use publisher::{Completer, EventOptions, Publisher};
-pub use subscriber::{
-    ClientEvent, DEFAULT_SUBSCRIPTION_BUFFER, Listener, Subscriber, Subscription, SubscriptionItem,
-};
+pub use courier_core::client::DEFAULT_SUBSCRIPTION_BUFFER;
+pub use driver::Completer;
+pub use publisher::Publisher;
+pub use subscriber::{ClientEvent, Listener, Subscriber, Subscription, SubscriptionItem};
 pub use token::{BoxFuture, StaticToken, TokenProvider, token_fn};
 
 /// This SDK's name and version, sent in `connect`.
@@ -56,40 +59,32 @@ pub const CLIENT_NAME: &str = concat!("courier-rust/", env!("CARGO_PKG_VERSION")
 /// How a [`Client`] is set up. Every field has a sensible default except the URL.
 #[derive(Clone)]
 pub struct ClientConfig {
-    /// `http://host:port` or `https://…`; the WebSocket URL is derived from it.
+    /// The server: `http(s)://host:port[/prefix]` or `ws(s)://host:port[/prefix][/ws]`
+    /// (read by [`Endpoints::parse`]).
     pub base_url: String,
-    /// `metadata.source` of published events when they do not say.
-    pub service_name: Option<String>,
-    /// The publish queue's settings.
-    pub queue: QueueConfig,
-    /// The subscriber connection's settings.
-    pub connection: ConnectionConfig,
-    /// How long one HTTP request may take before it counts as failed (and is retried).
+    /// What the core decides with: `service_name`, `queue`, `connection`,
+    /// `subscription_buffer`.
+    pub core: courier_core::ClientConfig,
+    /// How long one HTTP request may take before it counts as failed (the core then decides
+    /// whether to retry).
     pub request_timeout: Duration,
     /// Idle keep-alive connections kept per host; `None` (the default) keeps as many as the
-    /// queue may have requests in flight (`queue.max_in_flight`).
+    /// queue may have requests in flight (`core.queue.max_in_flight`).
     pub pool_max_idle_per_host: Option<usize>,
     /// Seed for ids and jitter; random when `None`.
     pub seed: Option<u64>,
     /// Told about connection states and errors.
     pub listener: Option<Listener>,
-    /// Unread events a subscription may hold (at least 1). When the application falls
-    /// this far behind on a channel, the client stops taking its events and, once half of
-    /// them are read, resubscribes after the last one: memory stays bounded and the
-    /// server's history fills the hole (a `Gap` item says when it cannot).
-    pub subscription_buffer: usize,
 }
 
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
             .field("base_url", &self.base_url)
-            .field("service_name", &self.service_name)
-            .field("queue", &self.queue)
-            .field("connection", &self.connection)
+            .field("core", &self.core)
             .field("request_timeout", &self.request_timeout)
             .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
-            .field("subscription_buffer", &self.subscription_buffer)
+            .field("seed", &self.seed)
             .finish_non_exhaustive()
     }
 }
@@ -97,26 +92,21 @@ impl std::fmt::Debug for ClientConfig {
 impl ClientConfig {
     /// Defaults for a server at `base_url`.
     pub fn new(base_url: impl Into<String>) -> Self {
-        let connection = ConnectionConfig {
-            client_name: CLIENT_NAME.into(),
-            ..ConnectionConfig::default()
-        };
+        let mut core = courier_core::ClientConfig::default();
+        core.connection.client_name = CLIENT_NAME.into();
         Self {
             base_url: base_url.into(),
-            service_name: None,
-            queue: QueueConfig::default(),
-            connection,
+            core,
             request_timeout: Duration::from_secs(30),
             pool_max_idle_per_host: None,
             seed: None,
             listener: None,
-            subscription_buffer: DEFAULT_SUBSCRIPTION_BUFFER,
         }
     }
 
-    /// Sets the service name.
+    /// Sets the service name (`metadata.source` of published events that do not name one).
     pub fn service_name(mut self, name: impl Into<String>) -> Self {
-        self.service_name = Some(name.into());
+        self.core.service_name = name.into();
         self
     }
 
@@ -127,16 +117,32 @@ impl ClientConfig {
     }
 }
 
-/// Counters of both halves of a client.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ClientStats {
-    /// The publish queue.
-    pub queue: QueueStats,
-    /// The subscriber connection.
-    pub connection: ConnectionStats,
+/// Keeps the client alive while a handle exists; the last one dropped closes it.
+pub(crate) struct Owner {
+    pub(crate) shared: Arc<driver::Shared>,
 }
 
-/// A Courier client: a [`Publisher`] and a [`Subscriber`] sharing one token provider.
+impl Owner {
+    /// Closes the client and waits until the driver is done (queued events sent).
+    async fn close(&self) {
+        self.shared.close();
+        let mut done = self.shared.done.subscribe();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    fn stats(&self) -> ClientStats {
+        self.shared.lock().core.stats(Instant::now())
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+/// A Courier client: one task driving the core, with a [`Publisher`] and a [`Subscriber`]
+/// handle on it. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Client {
     publisher: Publisher,
@@ -163,8 +169,16 @@ fn install_crypto() {
     });
 }
 
-fn bad_url(message: impl Into<String>) -> Error {
-    ValidationError::new("base_url", ValidationKind::BadFormat, message).into()
+/// One event to publish with default options: `data` goes out as JSON; the core stamps its
+/// id, `metadata.timestamp` and `metadata.source`.
+pub fn event(channel: &str, event_type: &str, data: &serde_json::Value) -> PublishItem {
+    PublishItem {
+        channel: channel.to_owned(),
+        event_type: event_type.to_owned(),
+        data_json: data.to_string(),
+        event: EventOptions::default(),
+        options: PublishOptions::default(),
+    }
 }
 
 impl Client {
@@ -176,33 +190,21 @@ impl Client {
         Self::with_handle(config, tokens, &handle)
     }
 
-    /// A client whose tasks run on `handle` (for callers outside the runtime).
+    /// A client whose task runs on `handle` (for callers outside the runtime).
     pub fn with_handle(
         config: ClientConfig,
         tokens: Arc<dyn TokenProvider>,
         handle: &tokio::runtime::Handle,
     ) -> Result<Self, Error> {
         install_crypto();
-        let base = config.base_url.trim_end_matches('/').to_owned();
-        let ws_base = if let Some(rest) = base.strip_prefix("http://") {
-            format!("ws://{rest}")
-        } else if let Some(rest) = base.strip_prefix("https://") {
-            format!("wss://{rest}")
-        } else {
-            return Err(bad_url(format!(
-                "`{base}` must start with http:// or https://"
-            )));
-        };
-        if base.len() <= "https://".len() {
-            return Err(bad_url("the URL has no host"));
-        }
+        let endpoints = Endpoints::parse(&config.base_url)?;
         // Every request in flight holds a connection and gives it back when answered. A pool
         // smaller than `max_in_flight` closes the surplus after each round and opens it again
         // on the next (a fixed 32 cost 433 closes per 5,200 requests at 64 in flight), so by
         // default the pool keeps exactly what can be in flight at once.
         let pool = config
             .pool_max_idle_per_host
-            .unwrap_or(config.queue.max_in_flight.max(1));
+            .unwrap_or(config.core.queue.max_in_flight.max(1));
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(pool)
             .pool_idle_timeout(Duration::from_secs(60))
@@ -210,45 +212,34 @@ impl Client {
             .user_agent(CLIENT_NAME)
             .build()
             .map_err(|e| Error::Transport(format!("cannot build the HTTP client: {e}")))?;
-        let tokens = Arc::new(token::TokenCache::new(tokens));
         let seed = config.seed.unwrap_or_else(random_seed);
-        let queue = PublishQueue::new(config.queue.clone(), seed, Instant::now());
-        let publisher = Publisher::spawn(
-            queue,
-            config.service_name.clone().unwrap_or_default(),
-            publisher::PublisherSetup {
-                http,
-                url: publisher::batch_url(&base),
-                tokens: tokens.clone(),
-                request_timeout: config.request_timeout,
-            },
-            handle,
-        );
-        let max_frame_bytes = config.connection.max_frame_bytes;
-        let conn = Connection::new(config.connection.clone(), seed.rotate_left(17) ^ 0x5EED);
-        let subscriber = Subscriber::spawn(
-            conn,
-            subscriber::SubscriberSetup {
-                url: format!("{ws_base}/ws"),
-                tokens,
-                listener: config.listener.clone(),
-                max_frame_bytes,
-                subscription_buffer: config.subscription_buffer,
-            },
-            handle,
-        );
+        let io = driver::Io {
+            http,
+            batch_url: endpoints.publish_batch_url(),
+            ws_url: endpoints.ws_url,
+            request_timeout: config.request_timeout,
+            max_frame_bytes: config.core.connection.max_frame_bytes,
+            tokens,
+            listener: config.listener,
+        };
+        let core = courier_core::Client::new(config.core, seed, Instant::now());
+        let shared = driver::spawn(core, io, handle);
+        let state = shared.conn_state.subscribe();
+        let owner = Arc::new(Owner { shared });
         Ok(Self {
-            publisher,
-            subscriber,
+            publisher: Publisher {
+                owner: owner.clone(),
+            },
+            subscriber: Subscriber { owner, state },
         })
     }
 
-    /// The HTTP publisher.
+    /// The publishing handle.
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
     }
 
-    /// The WebSocket subscriber.
+    /// The subscribing handle.
     pub fn subscriber(&self) -> &Subscriber {
         &self.subscriber
     }
@@ -260,18 +251,42 @@ impl Client {
         event_type: &str,
         data: &serde_json::Value,
     ) -> Result<PublishResult, Error> {
-        let event = self.publisher.event(
-            channel,
-            event_type,
-            data.to_string(),
-            EventOptions::default(),
-        )?;
         self.publisher
-            .publish(event, PublishOptions::default())
+            .publish(event(channel, event_type, data))
             .await
     }
 
-    /// Subscribes to `channel` (resuming after `since` when given).
+    /// Publishes several events (all are validated first and none is queued if one is
+    /// invalid) and waits for every outcome, in order.
+    pub async fn publish_many(
+        &self,
+        items: Vec<PublishItem>,
+    ) -> Result<Vec<Result<PublishResult, Error>>, Error> {
+        let mut rxs = Vec::with_capacity(items.len());
+        let items = items
+            .into_iter()
+            .map(|item| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                rxs.push(rx);
+                let done: Completer = Box::new(move |r| {
+                    let _ = tx.send(r);
+                });
+                (item, done)
+            })
+            .collect();
+        self.publisher.enqueue_many(items)?;
+        let mut out = Vec::with_capacity(rxs.len());
+        for rx in rxs {
+            out.push(
+                rx.await
+                    .unwrap_or_else(|_| Err(Error::Transport("the client stopped".into()))),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Subscribes to `channel` (resuming after `since` when given); see
+    /// [`Subscriber::subscribe`].
     pub fn subscribe(
         &self,
         channel: &str,
@@ -285,17 +300,14 @@ impl Client {
         self.publisher.flush().await;
     }
 
-    /// Sends what is queued, closes the WebSocket, and stops both drivers.
+    /// Closes the WebSocket at once, refuses new publishes and subscriptions, sends what was
+    /// queued, and waits until the client's task is done. Every subscription then ends.
     pub async fn close(&self) {
-        self.publisher.close().await;
-        self.subscriber.close().await;
+        self.publisher.owner.close().await;
     }
 
-    /// Counters of the queue and the connection.
+    /// Every counter and gauge, by name (the same names in every SDK).
     pub fn stats(&self) -> ClientStats {
-        ClientStats {
-            queue: self.publisher.stats(),
-            connection: self.subscriber.stats(),
-        }
+        self.publisher.owner.stats()
     }
 }

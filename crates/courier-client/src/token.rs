@@ -1,13 +1,14 @@
-//! Token providers and the token cache shared by the publisher and the subscriber.
+//! Token providers: where the client gets its JWT.
 //!
-//! The core decides *when* a token is needed ([`courier_core::connection::Output::FetchToken`],
-//! [`courier_core::queue::PublishQueue::poll_token_request`]); this module only asks the
-//! application's provider, one request at a time, and remembers the answer.
+//! The core owns the token ([`courier_core::client`]): it decides when one is needed, asks
+//! for it with [`Output::FetchToken`](courier_core::client::Output::FetchToken) (one call at
+//! a time, shared by HTTP and the WebSocket) and remembers the answer. The driver only calls
+//! the provider below and reports what it said.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// A boxed, sendable future, as token providers return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -53,63 +54,4 @@ where
         }
     }
     Arc::new(FnProvider(f))
-}
-
-/// The current token, shared by every request, with one provider call in flight at a time.
-pub(crate) struct TokenCache {
-    provider: Arc<dyn TokenProvider>,
-    current: Mutex<Option<String>>,
-    /// Held while the provider is being asked: every waiter shares that one answer.
-    fetching: tokio::sync::Mutex<()>,
-}
-
-impl TokenCache {
-    pub(crate) fn new(provider: Arc<dyn TokenProvider>) -> Self {
-        Self {
-            provider,
-            current: Mutex::new(None),
-            fetching: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn cached(&self) -> Option<String> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The cached token, asking the provider when there is none yet.
-    pub(crate) async fn get(&self) -> Result<String, String> {
-        if let Some(t) = self.cached() {
-            return Ok(t);
-        }
-        let _guard = self.fetching.lock().await;
-        if let Some(t) = self.cached() {
-            return Ok(t);
-        }
-        self.ask(false).await
-    }
-
-    /// A token newer than `stale` (the one the server refused), asking the provider unless
-    /// another caller already replaced it.
-    pub(crate) async fn refresh(&self, stale: Option<&str>) -> Result<String, String> {
-        let _guard = self.fetching.lock().await;
-        if let Some(t) = self.cached() {
-            if Some(t.as_str()) != stale {
-                return Ok(t);
-            }
-        }
-        self.ask(true).await
-    }
-
-    async fn ask(&self, refresh: bool) -> Result<String, String> {
-        tracing::debug!(refresh, "asking the token provider");
-        let token = self.provider.token(refresh).await?;
-        if token.is_empty() {
-            return Err("the token provider returned an empty token".into());
-        }
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
-        Ok(token)
-    }
 }

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use courier_client::{Client, ClientConfig, StaticToken, SubscriptionItem, token_fn};
-use courier_core::queue::PublishOptions;
 use courier_core::{ChannelPattern, Error, ValidationKind};
 use courier_server::auth::{Role, claims_for, sign_hs256};
 use courier_server::{Config, ServerHandle};
@@ -104,7 +103,7 @@ async fn publish_and_receive_in_order() {
     for i in 1..=5 {
         assert_eq!(next_offset(&mut sub).await, i);
     }
-    assert_eq!(client.stats().queue.acknowledged, 5);
+    assert_eq!(client.stats().acknowledged, 5);
     client.close().await;
     assert!(sub.next_event().await.is_none(), "close ends subscriptions");
 }
@@ -128,7 +127,7 @@ async fn invalid_event_fails_before_any_request() {
     assert!(matches!(bad_channel, Err(Error::Invalid(_))));
     let metrics = &server.state().metrics;
     assert_eq!(metrics.published.load(Ordering::Relaxed), 0);
-    assert_eq!(client.stats().queue.acknowledged, 0);
+    assert_eq!(client.stats().acknowledged, 0);
     client.close().await;
 }
 
@@ -143,20 +142,13 @@ async fn retries_503_with_the_same_id_and_delivers_once() {
         .unwrap();
     fault(&server, "fail", json!({"status": 503, "count": 2})).await;
     let publisher = client.publisher();
-    let event = publisher
-        .event(
-            "backtest.rt3",
-            "backtest.progress",
-            progress("rt3", 1.0).to_string(),
-            Default::default(),
-        )
-        .unwrap();
-    let id = event.id.clone();
-    let ack = tokio::time::timeout(WAIT, publisher.publish(event, PublishOptions::default()))
+    let item = courier_client::event("backtest.rt3", "backtest.progress", &progress("rt3", 1.0));
+    let ack = tokio::time::timeout(WAIT, publisher.publish(item))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(ack.id, id);
+    let id = ack.id.clone();
+    assert!(!id.is_empty(), "the core stamped an id");
     assert_eq!(ack.attempts, 3);
     let d = tokio::time::timeout(WAIT, sub.next_event())
         .await
@@ -218,7 +210,7 @@ async fn resumes_after_dropped_connections_without_loss_or_duplicates() {
             .is_err(),
         "no duplicates"
     );
-    assert!(client.stats().connection.reconnects >= 1);
+    assert!(client.stats().reconnects >= 1);
     client.close().await;
 }
 
@@ -278,7 +270,7 @@ async fn forbidden_subscription_ends_with_the_reason() {
 fn client_with_buffer(server: &ServerHandle, buffer: usize) -> Client {
     let mut config =
         ClientConfig::new(format!("http://{}", server.local_addr())).service_name("rust-tests");
-    config.subscription_buffer = buffer;
+    config.core.subscription_buffer = Some(buffer);
     Client::new(config, Arc::new(StaticToken(token(3600)))).unwrap()
 }
 
@@ -287,19 +279,15 @@ async fn publish_n(client: &Client, channel: &str, n: u32) {
     let publisher = client.publisher();
     let acked = Arc::new(AtomicUsize::new(0));
     for i in 0..n {
-        let event = publisher
-            .event(
-                channel,
-                "backtest.progress",
-                progress("slow", f64::from(i % 100)).to_string(),
-                courier_client::EventOptions::default(),
-            )
-            .unwrap();
+        let item = courier_client::event(
+            channel,
+            "backtest.progress",
+            &progress("slow", f64::from(i % 100)),
+        );
         let acked = acked.clone();
         publisher
             .enqueue(
-                event,
-                PublishOptions::default(),
+                item,
                 Box::new(move |r| {
                     if r.is_ok() {
                         acked.fetch_add(1, Ordering::SeqCst);
@@ -368,7 +356,7 @@ async fn a_slow_subscription_is_paused_then_resumed_from_history_without_loss() 
         subscribed >= 2,
         "the channel was paused and resumed ({subscribed} subscribed)"
     );
-    assert_eq!(client.stats().connection.duplicates_dropped, 0);
+    assert_eq!(client.stats().duplicates_dropped, 0);
     client.close().await;
 }
 
@@ -425,7 +413,7 @@ async fn a_restarted_server_replays_its_new_epoch_after_one_gap() {
     let channel = "backtest.restart";
     // Every reconnect waits at least 1.5 s: the restart and the publishes below fit in it.
     let mut config = ClientConfig::new(format!("http://{addr}")).service_name("rust-tests");
-    config.connection.backoff.min_delay_ms = 1_500;
+    config.core.connection.backoff.min_delay_ms = 1_500;
     let subscriber = Client::new(config, Arc::new(StaticToken(token(3600)))).unwrap();
     let mut sub = subscriber.subscribe(channel, None).unwrap();
     tokio::time::timeout(WAIT, sub.ready())
@@ -465,7 +453,7 @@ async fn a_restarted_server_replays_its_new_epoch_after_one_gap() {
         "a restart without persistence is a new epoch"
     );
     assert_eq!(
-        subscriber.stats().connection.reconnects,
+        subscriber.stats().reconnects,
         0,
         "published while the subscriber was backing off"
     );
@@ -507,8 +495,8 @@ async fn a_restarted_server_replays_its_new_epoch_after_one_gap() {
             .is_err(),
         "nothing more"
     );
-    assert_eq!(subscriber.stats().connection.reconnects, 1);
-    assert_eq!(subscriber.stats().connection.gaps, 1);
+    assert_eq!(subscriber.stats().reconnects, 1);
+    assert_eq!(subscriber.stats().gaps, 1);
     after.close().await;
     subscriber.close().await;
 }
@@ -516,13 +504,13 @@ async fn a_restarted_server_replays_its_new_epoch_after_one_gap() {
 #[tokio::test]
 async fn a_dropped_publish_withdraws_its_event_if_it_was_not_sent() {
     let server = server().await;
-    // One request at a time, and its token held back: the first event takes the request,
-    // the second waits in the queue.
+    // One request at a time, and the token held back: both events wait in the queue (the
+    // core sends nothing before it has a token); the second is given up on.
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let g = gate.clone();
     let mut config = ClientConfig::new(format!("http://{}", server.local_addr()));
-    config.queue.max_in_flight = 1;
-    config.queue.max_batch_events = 1;
+    config.core.queue.max_in_flight = 1;
+    config.core.queue.max_batch_events = 1;
     let publisher = Client::new(
         config,
         token_fn(move |_| {
@@ -553,7 +541,11 @@ async fn a_dropped_publish_withdraws_its_event_if_it_was_not_sent() {
     )
     .await;
     assert!(abandoned.is_err(), "still queued behind the first");
-    assert_eq!(publisher.publisher().stats().queued_normal, 0, "withdrawn");
+    assert_eq!(
+        publisher.publisher().stats().queued_normal,
+        1,
+        "the second withdrawn, the first still waiting for the token"
+    );
 
     gate.add_permits(100);
     assert_eq!(first.await.unwrap().unwrap().offset, 1);
@@ -573,7 +565,7 @@ async fn a_dropped_publish_withdraws_its_event_if_it_was_not_sent() {
             (offset, false)
         );
     }
-    assert_eq!(publisher.stats().queue.acknowledged, 2);
+    assert_eq!(publisher.stats().acknowledged, 2);
     publisher.close().await;
     watcher.close().await;
 }
@@ -613,8 +605,8 @@ async fn the_http_pool_keeps_what_is_in_flight() {
     let server = server().await;
     let (proxy, accepted, peak) = counting_proxy(server.local_addr()).await;
     let mut config = ClientConfig::new(format!("http://{proxy}")).service_name("rust-tests");
-    config.queue.max_in_flight = 64;
-    config.queue.max_batch_events = 1;
+    config.core.queue.max_in_flight = 64;
+    config.core.queue.max_batch_events = 1;
     let client = Client::new(config, Arc::new(StaticToken(token(3600)))).unwrap();
     for round in 0..5u32 {
         let publishes = (0..64u32).map(|i| {
@@ -719,7 +711,7 @@ async fn a_limited_burst_goes_out_at_once_and_an_unlimited_type_is_not_held_behi
     }
     let burst = started.elapsed();
     assert_eq!(
-        client.stats().queue.rate_limit_waits,
+        client.stats().rate_limit_waits,
         0,
         "the whole burst went out without a wait"
     );
@@ -737,7 +729,7 @@ async fn a_limited_burst_goes_out_at_once_and_an_unlimited_type_is_not_held_behi
         "an unlimited type waited {took:?} behind the deposit bucket"
     );
     assert_eq!(ack.attempts, 1);
-    assert_eq!(client.stats().queue.rate_limit_waits, 0);
+    assert_eq!(client.stats().rate_limit_waits, 0);
     client.close().await;
     publishes_none_refused(&server, "rs-burst").await;
 }
@@ -758,7 +750,7 @@ async fn an_exhausted_bucket_holds_its_event_until_it_refills_not_later() {
             .unwrap();
     }
     assert_eq!(
-        client.stats().queue.rate_limit_waits,
+        client.stats().rate_limit_waits,
         0,
         "the whole burst went out without a wait"
     );
@@ -774,10 +766,7 @@ async fn an_exhausted_bucket_holds_its_event_until_it_refills_not_later() {
         .unwrap()
         .as_secs_f64();
     assert_eq!(ack.attempts, 1, "sent once: when the bucket had refilled");
-    assert!(
-        client.stats().queue.rate_limit_waits >= 1,
-        "the client held it"
-    );
+    assert!(client.stats().rate_limit_waits >= 1, "the client held it");
     client.close().await;
     let arrivals = publishes_none_refused(&server, "rs-refill").await;
     assert_eq!(arrivals.len(), 26, "one request per event, none repeated");
@@ -794,4 +783,143 @@ async fn an_exhausted_bucket_holds_its_event_until_it_refills_not_later() {
         "acked {:.2} s after the refill",
         acked_at - refill
     );
+}
+
+// --- one client (#12) ----------------------------------------------------------------------
+
+/// `ws://host:port` and `ws://host:port/ws` name the same server as `http://host:port`.
+#[tokio::test]
+async fn a_ws_url_works_for_publishing_and_subscribing() {
+    let server = server().await;
+    for url in [
+        format!("ws://{}", server.local_addr()),
+        format!("ws://{}/ws/", server.local_addr()),
+    ] {
+        let client = Client::new(
+            ClientConfig::new(url.clone()).service_name("rust-tests"),
+            Arc::new(StaticToken(token(3600))),
+        )
+        .unwrap();
+        let channel = if url.ends_with('/') {
+            "backtest.ws2"
+        } else {
+            "backtest.ws1"
+        };
+        let mut sub = client.subscribe(channel, None).unwrap();
+        tokio::time::timeout(WAIT, sub.ready())
+            .await
+            .unwrap()
+            .unwrap();
+        let ack = client
+            .publish(channel, "backtest.progress", &progress("ws", 1.0))
+            .await
+            .unwrap();
+        assert_eq!(next_offset(&mut sub).await, ack.offset, "{url}");
+        client.close().await;
+    }
+    let bad = Client::new(
+        ClientConfig::new("ftp://example.invalid"),
+        Arc::new(StaticToken(token(3600))),
+    );
+    assert!(matches!(bad, Err(Error::Invalid(_))));
+}
+
+/// Subscribing twice adds a listener: both get every event; a third asking for another
+/// position is refused at once with `ALREADY_SUBSCRIBED`.
+#[tokio::test]
+async fn two_subscriptions_on_one_channel_both_receive() {
+    let server = server().await;
+    let client = client(&server);
+    let mut first = client.subscribe("backtest.twice", None).unwrap();
+    tokio::time::timeout(WAIT, first.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut second = client.subscribe("backtest.twice", None).unwrap();
+    tokio::time::timeout(WAIT, second.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    for i in 0..3 {
+        client
+            .publish(
+                "backtest.twice",
+                "backtest.progress",
+                &progress("t", f64::from(i)),
+            )
+            .await
+            .unwrap();
+    }
+    for sub in [&mut first, &mut second] {
+        for offset in 1..=3 {
+            assert_eq!(next_offset(sub).await, offset);
+        }
+    }
+    let elsewhere = courier_core::StreamPosition {
+        epoch: first.position().unwrap().epoch.clone(),
+        offset: 1,
+    };
+    let third = client.subscribe("backtest.twice", Some(elsewhere));
+    assert_eq!(third.unwrap_err().code(), "ALREADY_SUBSCRIBED");
+    // One listener leaving keeps the channel for the other.
+    drop(first);
+    client
+        .publish("backtest.twice", "backtest.progress", &progress("t", 9.0))
+        .await
+        .unwrap();
+    assert_eq!(next_offset(&mut second).await, 4);
+    assert_eq!(client.stats().channels, 1);
+    client.close().await;
+}
+
+/// `close` while events are queued: the socket closes at once, new publishes are refused,
+/// and what was queued is still sent before `close` returns.
+#[tokio::test]
+async fn close_sends_what_was_queued() {
+    let server = server().await;
+    let client = client(&server);
+    let mut sub = client.subscribe("backtest.closing", None).unwrap();
+    tokio::time::timeout(WAIT, sub.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    let acked = Arc::new(AtomicUsize::new(0));
+    for i in 0..50 {
+        let acked = acked.clone();
+        client
+            .publisher()
+            .enqueue(
+                courier_client::event(
+                    "backtest.closing",
+                    "backtest.progress",
+                    &progress("c", f64::from(i)),
+                ),
+                Box::new(move |r| {
+                    if r.is_ok() {
+                        acked.fetch_add(1, Ordering::SeqCst);
+                    }
+                }),
+            )
+            .unwrap();
+    }
+    tokio::time::timeout(WAIT, client.close()).await.unwrap();
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        50,
+        "every queued event was sent"
+    );
+    assert_eq!(server.state().metrics.published.load(Ordering::Relaxed), 50);
+    let refused = client
+        .publish("backtest.closing", "backtest.progress", &progress("c", 1.0))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), "CLOSED");
+    assert!(client.subscribe("backtest.closing", None).is_err());
+    // The subscription ended when the socket closed, with nothing after it.
+    loop {
+        match tokio::time::timeout(WAIT, sub.next()).await.unwrap() {
+            None => break,
+            Some(SubscriptionItem::Ended(e)) => assert!(e.is_none(), "{e:?}"),
+            Some(_) => {}
+        }
+    }
 }

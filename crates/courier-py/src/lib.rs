@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use courier_client::{
-    Client, ClientConfig, ClientEvent, EventOptions, Subscription, SubscriptionItem, TokenProvider,
+    Client, ClientConfig, ClientEvent, Subscription, SubscriptionItem, TokenProvider,
 };
+use courier_core::client::{EventOptions, PublishItem};
 use courier_core::connection::{ConnectionConfig, GapReason, State};
 use courier_core::queue::{PublishOptions, PublishResult, QueueConfig};
 use courier_core::{Error, Metadata, StreamPosition, UsageError, ValidationError};
@@ -359,7 +360,8 @@ type EventArgs = (
 );
 
 impl NativeClient {
-    fn build_event(&self, args: EventArgs) -> Result<(courier_core::Event, PublishOptions), PyErr> {
+    /// The item for the core, which stamps and validates it.
+    fn build_item(args: EventArgs) -> Result<PublishItem, PyErr> {
         let (channel, event_type, data, priority, retry, key, metadata) = args;
         let metadata = match metadata {
             Some(m) => Some(serde_json::from_str::<Metadata>(&m).map_err(|e| {
@@ -373,24 +375,19 @@ impl NativeClient {
             })?),
             None => None,
         };
-        let event = self
-            .client
-            .publisher()
-            .event(
-                &channel,
-                &event_type,
-                data,
-                EventOptions {
-                    idempotency_key: key,
-                    metadata,
-                },
-            )
-            .map_err(|e| to_pyerr(&e))?;
-        let options = PublishOptions {
-            priority: priority_of(&priority)?,
-            retry,
-        };
-        Ok((event, options))
+        Ok(PublishItem {
+            channel,
+            event_type,
+            data_json: data,
+            event: EventOptions {
+                idempotency_key: key,
+                metadata,
+            },
+            options: PublishOptions {
+                priority: priority_of(&priority)?,
+                retry,
+            },
+        })
     }
 
     fn dispatch(&self) -> PyResult<&Dispatch> {
@@ -447,21 +444,21 @@ impl NativeClient {
             .map_err(|e| PyRuntimeError::new_err(format!("cannot start the runtime: {e}")))?;
         let handle = runtime.handle().clone();
         let mut config = ClientConfig::new(base_url);
-        config.service_name = service_name;
+        config.core.service_name = service_name.unwrap_or_default();
         if let Some(q) = options.queue {
-            config.queue = q;
+            config.core.queue = q;
         }
         if let Some(c) = options.connection {
-            config.connection = c;
+            config.core.connection = c;
         }
-        config.connection.client_name = options
+        config.core.connection.client_name = options
             .client_name
             .unwrap_or_else(|| concat!("courier-py/", env!("CARGO_PKG_VERSION")).into());
         if let Some(ms) = options.request_timeout_ms {
             config.request_timeout = Duration::from_millis(ms);
         }
         if let Some(n) = options.subscription_buffer {
-            config.subscription_buffer = n;
+            config.core.subscription_buffer = Some(n);
         }
         if let Some(listener) = listener {
             let listener = Arc::new(listener);
@@ -505,13 +502,12 @@ impl NativeClient {
     /// Queues one event and resolves `fut` with its outcome; returns its ticket (for
     /// `cancel`). Raises at once for invalid input, a full queue or a closed client.
     fn publish_start(&self, args: EventArgs, fut: Py<PyAny>) -> PyResult<u64> {
-        let (event, options) = self.build_event(args)?;
+        let item = Self::build_item(args)?;
         let tx = self.dispatch()?.clone();
         self.client
             .publisher()
             .enqueue(
-                event,
-                options,
+                item,
                 Box::new(move |r| {
                     let _ = tx.send((fut, Outcome::Publish(r)));
                 }),
@@ -535,12 +531,12 @@ impl NativeClient {
         let tx = self.dispatch()?.clone();
         let mut items = Vec::with_capacity(events.len());
         for (args, fut) in events.into_iter().zip(futs) {
-            let (event, options) = self.build_event(args)?;
+            let item = Self::build_item(args)?;
             let tx = tx.clone();
             let done: courier_client::Completer = Box::new(move |r| {
                 let _ = tx.send((fut, Outcome::Publish(r)));
             });
-            items.push((event, options, done));
+            items.push((item, done));
         }
         self.client
             .publisher()
@@ -556,13 +552,12 @@ impl NativeClient {
         args: EventArgs,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (event, options) = self.build_event(args)?;
+        let item = Self::build_item(args)?;
         let (tx, rx) = oneshot::channel();
         let publisher = self.client.publisher();
         let ticket = publisher
             .enqueue(
-                event,
-                options,
+                item,
                 Box::new(move |r| {
                     let _ = tx.send(r);
                 }),
@@ -595,13 +590,13 @@ impl NativeClient {
         let mut items = Vec::with_capacity(events.len());
         let mut rxs = Vec::with_capacity(events.len());
         for args in events {
-            let (event, options) = self.build_event(args)?;
+            let item = Self::build_item(args)?;
             let (tx, rx) = oneshot::channel();
             rxs.push(rx);
             let done: courier_client::Completer = Box::new(move |r| {
                 let _ = tx.send(r);
             });
-            items.push((event, options, done));
+            items.push((item, done));
         }
         let publisher = self.client.publisher();
         let tickets = publisher.enqueue_many(items).map_err(|e| to_pyerr(&e))?;
@@ -713,26 +708,17 @@ impl NativeClient {
         state_str(self.client.subscriber().state())
     }
 
+    /// Every counter of the client, by the names of `courier_core::ClientStats`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.client.stats();
+        let stats = serde_json::to_value(self.client.stats())
+            .map_err(|e| PyRuntimeError::new_err(format!("stats: {e}")))?;
         let d = PyDict::new(py);
-        d.set_item("queued_high", s.queue.queued_high)?;
-        d.set_item("queued_normal", s.queue.queued_normal)?;
-        d.set_item("queued_low", s.queue.queued_low)?;
-        d.set_item("in_flight", s.queue.in_flight)?;
-        d.set_item("retrying", s.queue.retrying)?;
-        d.set_item("retries", s.queue.retries)?;
-        d.set_item("dead", s.queue.dead)?;
-        d.set_item("acknowledged", s.queue.acknowledged)?;
-        d.set_item("reconnects", s.connection.reconnects)?;
-        d.set_item(
-            "rate_limit_waits",
-            s.queue.rate_limit_waits + s.connection.rate_limit_waits,
-        )?;
-        d.set_item("events_received", s.connection.events_delivered)?;
-        d.set_item("duplicates_dropped", s.connection.duplicates_dropped)?;
-        d.set_item("gaps", s.connection.gaps)?;
-        d.set_item("heartbeat_timeouts", s.connection.heartbeat_timeouts)?;
+        if let serde_json::Value::Object(fields) = stats {
+            for (name, value) in fields {
+                // Every field is a count.
+                d.set_item(name, value.as_u64().unwrap_or(0))?;
+            }
+        }
         Ok(d)
     }
 
