@@ -66,6 +66,19 @@ def stamped(event_id, at_ms, channel="backtest.a", source="svc", type_="backtest
     return {"id": event_id, "channel": channel, "type": type_, "source": source, "timestamp": WALL + at_ms}
 
 
+def first_subscription():
+    """Subscribe to backtest.a on a fresh client, which connects: token, socket, `connect`,
+    `connected`, `subscribe` (request id 1)."""
+    return [
+        step(0, {"subscribe": {"channel": "backtest.a"}},
+             [{"listener": 1}, {"state": "connecting"}, {"fetch_token": {"refresh": False}}]),
+        step(1, {"token": "tok"}, ["open_socket"]),
+        step(2, "socket_open", [{"send": {"op": "connect", "token": "tok", "client": "test/1"}}]),
+        step(3, {"frame": connected()},
+             [{"state": "connected"}, {"send": {"op": "subscribe", "id": 1, "channel": "backtest.a"}}]),
+    ]
+
+
 PROGRESS = {"backtest_id": "a", "percent": 1}
 
 cases = []
@@ -115,12 +128,7 @@ cases.append({
                    "ALREADY_SUBSCRIBED; the server subscription ends with the last listener",
     "config": CFG, "seed": 7, "wall_now_unix_ms": WALL,
     "steps": [
-        step(0, {"subscribe": {"channel": "backtest.a"}},
-             [{"listener": 1}, {"state": "connecting"}, {"fetch_token": {"refresh": False}}]),
-        step(1, {"token": "tok"}, ["open_socket"]),
-        step(2, "socket_open", [{"send": {"op": "connect", "token": "tok", "client": "test/1"}}]),
-        step(3, {"frame": connected()},
-             [{"state": "connected"}, {"send": {"op": "subscribe", "id": 1, "channel": "backtest.a"}}]),
+        *first_subscription(),
         step(4, {"frame": subscribed_frame(1, offset=5)}, [subscribed(1, offset=5)]),
         step(5, {"frame": event(6)}, [got(1, 6)]),
         step(6, {"subscribe": {"channel": "backtest.a"}}, [{"listener": 2}, subscribed(2, offset=5)]),
@@ -146,12 +154,7 @@ cases.append({
                    "the channel resubscribes after its last event and the server's replay fills the hole",
     "config": flow, "seed": 7, "wall_now_unix_ms": WALL,
     "steps": [
-        step(0, {"subscribe": {"channel": "backtest.a"}},
-             [{"listener": 1}, {"state": "connecting"}, {"fetch_token": {"refresh": False}}]),
-        step(1, {"token": "tok"}, ["open_socket"]),
-        step(2, "socket_open", [{"send": {"op": "connect", "token": "tok", "client": "test/1"}}]),
-        step(3, {"frame": connected()},
-             [{"state": "connected"}, {"send": {"op": "subscribe", "id": 1, "channel": "backtest.a"}}]),
+        *first_subscription(),
         step(4, {"frame": subscribed_frame(1)}, [subscribed(1)]),
         step(5, {"frame": event(1)}, [got(1, 1)]),
         step(5, {"frame": event(2)}, [got(1, 2)]),

@@ -214,14 +214,7 @@ impl QueueRunner {
     /// A runner for a case's `config` (a [`QueueConfig`]) and `seed`; `start` is any
     /// instant (times are offsets), the wall clock starts at `wall_now_unix_ms`.
     pub fn new(case: &Value, start: Instant) -> Result<Self, String> {
-        let config: QueueConfig = serde_json::from_value(case["config"].clone())
-            .map_err(|e| format!("bad config: {e}"))?;
-        let seed = case["seed"].as_u64().unwrap_or(0);
-        let wall_start = case["wall_now_unix_ms"]
-            .as_u64()
-            .map_or(UNIX_EPOCH + Duration::from_secs(1_700_000_000), |ms| {
-                UNIX_EPOCH + Duration::from_millis(ms)
-            });
+        let (config, seed, wall_start) = case_setup::<QueueConfig>(case)?;
         Ok(Self {
             queue: PublishQueue::new(config, seed, start),
             start,
@@ -324,14 +317,7 @@ impl ClientRunner {
     /// A runner for a case's `config` (a [`ClientConfig`](crate::client::ClientConfig)) and
     /// `seed`; the wall clock starts at `wall_now_unix_ms`.
     pub fn new(case: &Value, start: Instant) -> Result<Self, String> {
-        let config: crate::client::ClientConfig = serde_json::from_value(case["config"].clone())
-            .map_err(|e| format!("bad config: {e}"))?;
-        let seed = case["seed"].as_u64().unwrap_or(0);
-        let wall_start = case["wall_now_unix_ms"]
-            .as_u64()
-            .map_or(UNIX_EPOCH + Duration::from_secs(1_700_000_000), |ms| {
-                UNIX_EPOCH + Duration::from_millis(ms)
-            });
+        let (config, seed, wall_start) = case_setup::<crate::client::ClientConfig>(case)?;
         Ok(Self {
             client: crate::client::Client::new(config, seed, start),
             start,
@@ -694,6 +680,22 @@ pub fn evaluate(file: &str, case: &Value, origin: Instant) -> Result<Value, Stri
         other => return Err(format!("no vectors named {other:?}")),
     }
     Ok(out)
+}
+
+/// A stateful case's `config`, `seed` and wall-clock start (`wall_now_unix_ms`, by default
+/// 2023-11-14T22:13:20Z).
+fn case_setup<C: serde::de::DeserializeOwned>(
+    case: &Value,
+) -> Result<(C, u64, SystemTime), String> {
+    let config =
+        serde_json::from_value(case["config"].clone()).map_err(|e| format!("bad config: {e}"))?;
+    let seed = case["seed"].as_u64().unwrap_or(0);
+    let wall_start = case["wall_now_unix_ms"]
+        .as_u64()
+        .map_or(UNIX_EPOCH + Duration::from_secs(1_700_000_000), |ms| {
+            UNIX_EPOCH + Duration::from_millis(ms)
+        });
+    Ok((config, seed, wall_start))
 }
 
 fn ms_field(v: &Value) -> Duration {
