@@ -112,6 +112,14 @@ impl fmt::Display for ChannelName {
     }
 }
 
+/// Lets maps keyed by channel be searched with a `&str` (the derived `Ord` is the `String`'s,
+/// so both orders agree).
+impl std::borrow::Borrow<str> for ChannelName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for ChannelName {
     fn as_ref(&self) -> &str {
         &self.0

@@ -714,6 +714,34 @@ impl Client {
         self.pump(now);
     }
 
+    /// An event frame the driver decoded itself, by its position only (the WASM driver
+    /// parses frames with the JavaScript engine's `JSON.parse` and keeps the event): the same
+    /// decision as [`Client::handle_frame`] with the whole frame — duplicates dropped, gaps
+    /// reported, flow control counted — but instead of [`Output::Event`]s it returns the
+    /// listeners to hand the event to (none: drop it). Outputs it caused (a gap, a pause) are
+    /// polled as usual; hand them out before the event.
+    pub fn handle_event_position(
+        &mut self,
+        channel: &str,
+        epoch: &str,
+        offset: u64,
+        now: Instant,
+    ) -> &[ListenerId] {
+        if !self.conn.handle_event_position(channel, epoch, offset, now) {
+            self.pump(now);
+            return &[];
+        }
+        self.pump(now);
+        if self.buffer.is_some() {
+            self.count_unread(channel, now);
+            // A pause asks the connection to unsubscribe.
+            self.pump(now);
+        }
+        self.channels
+            .get(channel)
+            .map_or(&[], |state| state.listeners.as_slice())
+    }
+
     /// What came back for an [`Output::SendBatch`]; `wall` turns HTTP-dates into delays.
     pub fn handle_response(
         &mut self,
@@ -951,19 +979,14 @@ impl Client {
     fn deliver(&mut self, delivery: Delivery, now: Instant) {
         // The hot path of every subscriber: no allocation beyond the output itself when the
         // channel has one listener (the common case).
-        let Some(state) = self.channels.get(&delivery.event.channel) else {
+        let Some(state) = self.channels.get(delivery.event.channel.as_str()) else {
             return;
         };
-        let mut full = false;
-        if let Some(buffer) = self.buffer {
-            for id in &state.listeners {
-                if let Some(l) = self.listeners.get_mut(id) {
-                    l.unread += 1;
-                    full |= l.unread >= buffer;
-                }
-            }
-        }
-        let channel = full.then(|| delivery.event.channel.clone());
+        // Flow control counts after the outputs are queued (a pause follows the event).
+        let counted = self
+            .buffer
+            .is_some()
+            .then(|| delivery.event.channel.clone());
         match state.listeners.as_slice() {
             [] => {}
             [listener] => self.outputs.push_back(Output::Event {
@@ -983,7 +1006,28 @@ impl Client {
                 });
             }
         }
-        if let Some(channel) = channel {
+        if let Some(channel) = counted {
+            self.count_unread(channel.as_str(), now);
+        }
+    }
+
+    /// Flow control: one more unread event for every listener of `channel`; pauses the
+    /// channel when one of them reached the buffer.
+    fn count_unread(&mut self, channel: &str, now: Instant) {
+        let Some(buffer) = self.buffer else {
+            return;
+        };
+        let Some(state) = self.channels.get(channel) else {
+            return;
+        };
+        let mut full = false;
+        for id in &state.listeners {
+            if let Some(l) = self.listeners.get_mut(id) {
+                l.unread += 1;
+                full |= l.unread >= buffer;
+            }
+        }
+        if full && let Ok(channel) = ChannelName::new(channel) {
             self.pause(&channel, now);
         }
     }

@@ -787,47 +787,86 @@ impl Connection {
     }
 
     /// An event from the server: delivered when it comes after the subscription's position,
-    /// dropped as a duplicate when it does not. An event of another epoch while subscribed
-    /// (the server lost its history without closing the socket) or a skipped offset is
-    /// reported as one [`Output::Gap`] ending right before the event.
+    /// dropped as a duplicate when it does not (see [`Connection::accept_event`]).
     fn deliver(&mut self, delivery: Delivery) {
-        let Some(sub) = self.subs.get_mut(&delivery.event.channel) else {
-            return;
+        if self.accept_event(
+            delivery.event.channel.as_str(),
+            &delivery.epoch,
+            delivery.offset,
+        ) {
+            self.outputs.push_back(Output::Event(delivery));
+        }
+    }
+
+    /// An event frame the driver decoded itself (the WASM driver parses frames with the
+    /// JavaScript engine's `JSON.parse`): only its position crosses. Returns true when the
+    /// event is to be delivered; the same decision, gaps and counters as a frame passed to
+    /// [`Connection::handle_text`], but no [`Output::Event`] (the driver holds the event).
+    pub fn handle_event_position(
+        &mut self,
+        channel: &str,
+        epoch: &str,
+        offset: u64,
+        now: Instant,
+    ) -> bool {
+        match self.phase {
+            Phase::Connected {
+                ref mut last_rx, ..
+            } => *last_rx = now,
+            // An event before `connected` is not for this session (as in `handle_text`,
+            // which ignores it the same way once decoded).
+            _ => return false,
+        }
+        self.accept_event(channel, epoch, offset)
+    }
+
+    /// Whether an event at (`epoch`, `offset`) on `channel` is new for its subscription;
+    /// moves the position when it is. An event of another epoch while subscribed (the server
+    /// lost its history without closing the socket) or a skipped offset is reported as one
+    /// [`Output::Gap`] ending right before the event.
+    fn accept_event(&mut self, channel: &str, epoch: &str, offset: u64) -> bool {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return false;
         };
         if sub.state != SubState::Active {
-            return;
+            return false;
         }
         let reason = match &sub.position {
-            Some(pos) if pos.epoch == delivery.epoch => {
-                if delivery.offset <= pos.offset {
+            Some(pos) if pos.epoch == epoch => {
+                if offset <= pos.offset {
                     self.stats.duplicates_dropped += 1;
-                    return;
+                    return false;
                 }
-                (delivery.offset > pos.offset.saturating_add(1)).then_some(GapReason::OffsetSkipped)
+                (offset > pos.offset.saturating_add(1)).then_some(GapReason::OffsetSkipped)
             }
             // `subscribed` always sets a position; without one there is nothing to miss.
             None => None,
             Some(_) => Some(GapReason::EpochChanged),
         };
-        let position = StreamPosition {
-            epoch: delivery.epoch.clone(),
-            offset: delivery.offset,
-        };
-        let last = sub.position.replace(position);
-        if let Some(reason) = reason {
-            self.stats.gaps += 1;
-            self.outputs.push_back(Output::Gap {
-                channel: delivery.event.channel.clone(),
-                last,
-                position: StreamPosition {
-                    epoch: delivery.epoch.clone(),
-                    offset: delivery.offset.saturating_sub(1),
-                },
-                reason,
-            });
+        match (&mut sub.position, reason) {
+            // The common case, one further in the same epoch: no allocation.
+            (Some(pos), None) => pos.offset = offset,
+            (position, reason) => {
+                let last = position.replace(StreamPosition {
+                    epoch: epoch.to_owned(),
+                    offset,
+                });
+                if let (Some(reason), Ok(channel)) = (reason, ChannelName::new(channel)) {
+                    self.stats.gaps += 1;
+                    self.outputs.push_back(Output::Gap {
+                        channel,
+                        last,
+                        position: StreamPosition {
+                            epoch: epoch.to_owned(),
+                            offset: offset.saturating_sub(1),
+                        },
+                        reason,
+                    });
+                }
+            }
         }
         self.stats.events_delivered += 1;
-        self.outputs.push_back(Output::Event(delivery));
+        true
     }
 
     fn server_error(&mut self, error: ErrorFrame, now: Instant) {

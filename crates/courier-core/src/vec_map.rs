@@ -5,6 +5,7 @@
 //! (the common case: tickets and batch ids only grow) are pushes, and taking the first
 //! entry (the queue sends oldest first) is a pop from the front.
 
+use std::borrow::Borrow;
 use std::collections::VecDeque;
 
 /// An ordered map over a sorted `VecDeque<(K, V)>`.
@@ -22,8 +23,11 @@ impl<K: Ord, V> VecMap<K, V> {
         Self::default()
     }
 
-    fn find(&self, key: &K) -> Result<usize, usize> {
-        self.0.binary_search_by(|(k, _)| k.cmp(key))
+    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
+    where
+        K: Borrow<Q>,
+    {
+        self.0.binary_search_by(|(k, _)| k.borrow().cmp(key))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -38,11 +42,17 @@ impl<K: Ord, V> VecMap<K, V> {
         self.find(key).is_ok()
     }
 
-    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+    pub(crate) fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
         self.find(key).ok().map(|i| &self.0[i].1)
     }
 
-    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub(crate) fn get_mut<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+    {
         self.find(key).ok().map(|i| &mut self.0[i].1)
     }
 
