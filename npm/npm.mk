@@ -33,6 +33,15 @@ $(NPM_WASM): $(NPM_WASM_INPUTS) | npm-tools
 		--profile wasm-release
 	@touch $@
 
+# The subscriber entry's WASM (`courier-client/subscriber`): the same crate without its
+# `publish` feature, so without the core's publish queue.
+NPM_SUB_WASM := npm/pkg-sub/courier_wasm_bg.wasm
+$(NPM_SUB_WASM): $(NPM_WASM_INPUTS) | npm-tools
+	PATH="$(CURDIR)/npm/node_modules/.bin:$$PATH" CARGO_TARGET_DIR="$(NPM_TARGET_DIR)" \
+		wasm-pack build crates/courier-wasm --target web --out-dir ../../npm/pkg-sub --no-pack \
+		--profile wasm-release -- --no-default-features
+	@touch $@
+
 # Test-only WASM for the TypeScript vector runner: the `conformance` feature (the vector
 # evaluator), which the shipped WASM does not carry. A dev build (no wasm-opt): quick to build, fast enough for the vectors.
 NPM_TEST_WASM := npm/pkg-test/courier_wasm_bg.wasm
@@ -42,7 +51,7 @@ $(NPM_TEST_WASM): $(NPM_WASM_INPUTS) | npm-tools
 		--dev --features conformance
 	@touch $@
 
-npm/dist/.built: $(NPM_WASM) $(NPM_TS_INPUTS)
+npm/dist/.built: $(NPM_WASM) $(NPM_SUB_WASM) $(NPM_TS_INPUTS)
 	cd npm && node scripts/build.mjs
 	@touch $@
 
@@ -54,6 +63,7 @@ npm-build: npm-tools
 lint-wasm: tools-rust
 	CARGO_TARGET_DIR="$(NPM_TARGET_DIR)" cargo clippy -p courier-wasm --target wasm32-unknown-unknown --locked -- -D warnings
 	CARGO_TARGET_DIR="$(NPM_TARGET_DIR)" cargo clippy -p courier-wasm --features conformance --target wasm32-unknown-unknown --locked -- -D warnings
+	CARGO_TARGET_DIR="$(NPM_TARGET_DIR)" cargo clippy -p courier-wasm --no-default-features --target wasm32-unknown-unknown --locked -- -D warnings
 	CARGO_TARGET_DIR="$(NPM_TARGET_DIR)" cargo clippy -p courier-core --no-default-features --target wasm32-unknown-unknown --locked -- -D warnings
 
 test-npm: npm-build lint-wasm

@@ -15,21 +15,35 @@ if (!existsSync(join(pkg, 'courier_wasm_bg.wasm'))) {
   console.error('npm/pkg/ is missing: run `make npm-build` at the repository root (wasm-pack)');
   process.exit(1);
 }
+if (!existsSync(join(here, 'pkg-sub', 'courier_wasm_bg.wasm'))) {
+  console.error('npm/pkg-sub/ is missing: run `make npm-build` at the repository root (wasm-pack, subscriber build)');
+  process.exit(1);
+}
+// The two builds of the WASM: the full client (pkg/ -> wasm/) and the subscriber entry's,
+// without the publish queue (pkg-sub/ -> wasm-sub/).
+const builds = [
+  [pkg, 'wasm'],
+  [join(here, 'pkg-sub'), 'wasm-sub'],
+];
 const glue = ['courier_wasm.js', 'courier_wasm.d.ts', 'courier_wasm_bg.wasm', 'courier_wasm_bg.wasm.d.ts'];
-mkdirSync(join(here, 'src', 'wasm'), { recursive: true });
-for (const f of glue) cpSync(join(pkg, f), join(here, 'src', 'wasm', f));
+for (const [from, to] of builds) {
+  mkdirSync(join(here, 'src', to), { recursive: true });
+  for (const f of glue) cpSync(join(from, f), join(here, 'src', to, f));
+}
 
 rmSync(join(here, 'dist'), { recursive: true, force: true });
 execFileSync(process.execPath, [join(here, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(here, 'tsconfig.json')], {
   stdio: 'inherit',
 });
-mkdirSync(join(here, 'dist', 'wasm'), { recursive: true });
-for (const f of glue) cpSync(join(pkg, f), join(here, 'dist', 'wasm', f));
+for (const [from, to] of builds) {
+  mkdirSync(join(here, 'dist', to), { recursive: true });
+  for (const f of glue) cpSync(join(from, f), join(here, 'dist', to, f));
+}
 
 // The shipped JavaScript carries no comments (the documentation is in the .d.ts files and
 // the README): TypeScript reprints each file with `removeComments`, semantics unchanged.
 const ts = (await import('typescript')).default;
-for (const dir of [join(here, 'dist'), join(here, 'dist', 'wasm')]) {
+for (const dir of [join(here, 'dist'), join(here, 'dist', 'wasm'), join(here, 'dist', 'wasm-sub')]) {
   for (const f of readdirSync(dir)) {
     if (!f.endsWith('.js')) continue;
     const code = readFileSync(join(dir, f), 'utf8');
@@ -43,6 +57,8 @@ for (const dir of [join(here, 'dist'), join(here, 'dist', 'wasm')]) {
 
 // No `any` reaches the user: the public declarations must not contain one.
 const offenders = [];
+// (Every entry point's declarations are here, `subscriber-*.d.ts` included; the glue's own
+// `wasm*/courier_wasm.d.ts` types raw WASM exports and is not re-exported.)
 for (const f of readdirSync(join(here, 'dist'))) {
   if (!f.endsWith('.d.ts')) continue;
   const text = readFileSync(join(here, 'dist', f), 'utf8').replace(/\/\*[\s\S]*?\*\//g, '').replace(/\/\/.*$/gm, '');

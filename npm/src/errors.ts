@@ -167,10 +167,12 @@ export function errorFromCore(e: CoreErrorJson): CourierError {
   });
 }
 
-/** Turns what the driver threw (a core error as JSON text) into a `CourierError`. */
+/** Turns what the driver threw (a core error object) into a `CourierError`. */
 export function errorFromThrown(thrown: unknown): CourierError {
   if (thrown instanceof CourierError) return thrown;
-  if (typeof thrown === 'string' && thrown.startsWith('{')) return errorFromCore(JSON.parse(thrown) as CoreErrorJson);
+  if (thrown !== null && typeof thrown === 'object' && !(thrown instanceof Error) && typeof (thrown as CoreErrorJson).code === 'string') {
+    return errorFromCore(thrown as CoreErrorJson);
+  }
   if (thrown instanceof Error) return new UsageError('INVALID_ARGUMENT', thrown.message);
   return new CourierError('UNKNOWN', String(thrown));
 }

@@ -5,18 +5,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { initSync } from './wasm/courier_wasm.js';
-import { setDefaultWebSocket, setWasmMemory, type WebSocketConstructor } from './client.js';
+import { useWsWhenNoGlobal } from './node-ws.js';
 
-setWasmMemory(initSync({ module: readFileSync(new URL('./wasm/courier_wasm_bg.wasm', import.meta.url)) }).memory);
-
-if (typeof (globalThis as { WebSocket?: unknown }).WebSocket !== 'function') {
-  try {
-    const name = 'ws';
-    const ws = (await import(name)) as { WebSocket?: WebSocketConstructor; default?: WebSocketConstructor };
-    setDefaultWebSocket(ws.WebSocket ?? ws.default);
-  } catch {
-    // No `ws`: the constructor must then be passed in the options.
-  }
-}
+initSync({ module: readFileSync(new URL('./wasm/courier_wasm_bg.wasm', import.meta.url)) });
+await useWsWhenNoGlobal();
 
 export * from './index.js';

@@ -17,13 +17,14 @@ import {
   type ReactElement,
   type ReactNode,
 } from 'react';
-import type { ConnectionState, CourierClient, CourierEvent } from './index.js';
+import type { BaseClient, ConnectionState, CourierEvent } from './base.js';
+import type { CourierClient } from './client.js';
 
-const CourierContext = createContext<CourierClient | null>(null);
+const CourierContext = createContext<BaseClient | null>(null);
 
 export interface CourierProviderProps {
-  /** The client the hooks below use. */
-  client: CourierClient;
+  /** The client the hooks below use (from `courier-client` or `courier-client/subscriber`). */
+  client: BaseClient;
   /** Call `client.connect()` on mount (default `true`; connecting twice is harmless). */
   connect?: boolean;
   children?: ReactNode;
@@ -37,11 +38,14 @@ export function CourierProvider({ client, connect = true, children }: CourierPro
   return createElement(CourierContext.Provider, { value: client }, children);
 }
 
-/** The client from the nearest `CourierProvider`. */
-export function useCourier(): CourierClient {
+/**
+ * The client from the nearest `CourierProvider`: `useCourier()` for the full client,
+ * `useCourier<SubscriberClient>()` with the client of `courier-client/subscriber`.
+ */
+export function useCourier<C extends BaseClient = CourierClient>(): C {
   const client = useContext(CourierContext);
   if (!client) throw new Error('useCourier() needs a <CourierProvider client={…}> above it');
-  return client;
+  return client as C;
 }
 
 /**
@@ -49,7 +53,7 @@ export function useCourier(): CourierClient {
  * `handler` is used without resubscribing; a new `channel` resubscribes.
  */
 export function useChannel<E extends { type: string } = CourierEvent>(channel: string, handler: (event: E) => void): void {
-  const client = useCourier();
+  const client = useCourier<BaseClient>();
   const latest = useRef(handler);
   latest.current = handler;
   useEffect(() => {
@@ -66,7 +70,7 @@ export function useChannel<E extends { type: string } = CourierEvent>(channel: s
 
 /** The connection's state, re-rendering when it changes. */
 export function useConnectionState(): ConnectionState {
-  const client = useCourier();
+  const client = useCourier<BaseClient>();
   return useSyncExternalStore(
     (notify) => {
       client.on('state', notify);

@@ -3,8 +3,7 @@
  * (bundlers follow `new URL(…, import.meta.url)`), then exports the client.
  */
 import init from './wasm/courier_wasm.js';
-import { setWasmMemory } from './client.js';
 
-setWasmMemory((await init({ module_or_path: new URL('./wasm/courier_wasm_bg.wasm', import.meta.url) })).memory);
+await init({ module_or_path: new URL('./wasm/courier_wasm_bg.wasm', import.meta.url) });
 
 export * from './index.js';

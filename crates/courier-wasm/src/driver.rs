@@ -1,130 +1,250 @@
-//! The driver: one [`courier_core::client::Client`] behind one JavaScript object.
+//! The driver: one [`courier_core::client::Client`] with its I/O, behind one JavaScript object.
 //!
-//! Every decision is the core client's: the token (one provider call at a time, shared by the
-//! WebSocket and HTTP), event stamping (id, `metadata.timestamp`, `metadata.source` from the
-//! configured service name), the endpoints ([`courier_core::client::Endpoints`]), connecting on
-//! the first subscription, several listeners per channel, reconnect, resume, gaps,
-//! Retry-After, the publish queue and close semantics.
+//! Every decision is the core client's (the token, stamping, endpoints, connecting on the
+//! first subscription, listeners, reconnect, resume, gaps, Retry-After, the publish queue,
+//! close). This module moves bytes and time for it, as the tokio driver does natively:
+//! - the WebSocket through `web-sys` (`WebSocket`, `MessageEvent`, `CloseEvent`), made with the
+//!   constructor the facade passes in (the browser's, Node 22's, or the `ws` package's);
+//! - publishing through `fetch` with `web-sys` `RequestInit`/`Headers`/`Response` and
+//!   `wasm-bindgen-futures` (publish build only);
+//! - the core's one timer through `gloo-timers` (re-armed after every input at
+//!   [`Client::poll_timeout`]; dropped, hence cleared, when nothing is timed, so a closed
+//!   client keeps no Node process alive);
+//! - results, errors, stats, gaps and dead letters handed to JavaScript as typed objects
+//!   through `serde-wasm-bindgen`.
 //!
-//! The driver never calls JavaScript: the TypeScript layer (`npm/src/client.ts`) owns the
-//! WebSocket, `fetch` and the one timer (issue #13 moves them into the WASM). After each
-//! command or input it drains [`Driver::poll`] until `undefined`, doing what each output says,
-//! then re-arms its timer at [`Driver::timeout`] (only when that is earlier than the armed
-//! one: an early wake-up is harmless, the core ignores extra `handle_timeout` calls). This is
-//! the core's driver contract (see `courier_core::client`).
+//! # The hot path
 //!
-//! # The output boundary
+//! An event frame is parsed once, by the engine's own `JSON.parse` (through `js-sys`); only
+//! its position (channel, epoch, offset) crosses into the core
+//! ([`Client::handle_event_position`]), and the parsed event object itself goes to the
+//! handlers, with `epoch` and `offset` set on it. Any other frame, and an event frame that
+//! does not have that shape, goes to the core whole ([`Client::handle_frame`]), which
+//! decodes, checks and reports it.
 //!
-//! [`Driver::poll`] returns an [`OutputKind`] (a TypeScript `enum`); its payload is read with
-//! [`Driver::arg`] (a number), [`Driver::text`] (a string, taken) and, for a batch,
-//! [`Driver::token`]. No output allocates a JavaScript object in the WASM, and nothing crosses
-//! as serde: the JSON payloads below are written by the core's small writer
-//! ([`courier_core::json::Obj`]), so the release WASM carries no `serde_json` and no float
-//! formatting.
+//! # Re-entrancy
 //!
-//! | kind | do | `arg()` | `text()` |
-//! |---|---|---|---|
-//! | `OpenSocket` | open a WebSocket to `Endpoints.wsUrl`; report `handleOpen` / `handleClose` | | |
-//! | `SendFrame` | send this text frame | | the frame |
-//! | `CloseSocket` | close the socket and forget it | close code | reason |
-//! | `FetchToken` | ask the token provider; answer with `handleToken` | 1 if the token expired | |
-//! | `SendBatch` | `POST` to `Endpoints.publishUrl` with `token()`; answer with `handleResponse` / `handleFailed` | batch id | body |
-//! | `Event` | hand the event to the listener | listener id | `{"epoch","offset","event"}` |
-//! | `State` | the connection's state changed | | state name |
-//! | `Gap` | events may be missing (once per gap, not per listener) | | `{"channel","last","position","reason"}` |
-//! | `SubscriptionFailed` | the listener's subscription was refused; it is gone | listener id | error JSON |
-//! | `Published` | a publish completed | ticket | `{"ok": result}` or `{"error": error}` |
-//! | `Error` | for the application | | error JSON |
-//!
-//! Error JSON is `{"code","category","retryable","message","retry_after_ms"?,"field"?,
-//! "status"?,"limit_type"?}`; the TypeScript layer turns it into a `CourierError` subclass.
-//! A command that fails throws that JSON text (`errorFromThrown` in TypeScript).
-//!
-//! The hot path, an event frame, is one call: [`Driver::handle_text`] (or
-//! [`Driver::handle_buffered`]) returns the listener to hand the very frame to when that is
-//! all the frame did, so the TypeScript layer `JSON.parse`s its own string once.
+//! Handlers run inside this driver's callbacks and may call back into the client (publish
+//! from a handler, unsubscribe in one). So no `RefCell` borrow is ever held while JavaScript
+//! user code runs: outputs are taken one at a time ([`pump`]) and acted on after the borrow
+//! ends, and every exported method takes `&self`.
 
-use courier_core::client::{
-    Client, ClientConfig, ClientStats, Endpoints, EventOptions, ListenerId, Output, PublishItem,
-};
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
+use courier_core::client::{Client, ClientConfig, ClientStats, Endpoints, Output};
 use courier_core::connection::{GapReason, State};
-use courier_core::json::Obj;
-use courier_core::queue::{BatchId, Priority, PublishOptions, TransportResult};
-use courier_core::time::{Duration, Instant, SystemTime, UNIX_EPOCH, as_millis_u64};
-use courier_core::{ChannelName, Delivery, Error, Metadata, StreamPosition};
+use courier_core::time::{Instant, as_millis_u64};
+use courier_core::{ChannelName, Delivery, Error, StreamPosition};
+use gloo_timers::callback::Timeout;
+use js_sys::{Array, Function, JsString, Promise, Reflect};
+use serde::Serialize;
+use wasm_bindgen::closure::Closure;
 use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{JsFuture, spawn_local};
+use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
-/// What an output of [`Driver::poll`] asks for (see the module docs for each payload).
-#[wasm_bindgen]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputKind {
-    /// Open a new WebSocket to `Endpoints.wsUrl`.
-    OpenSocket = 0,
-    /// Send `text()` on the socket.
-    SendFrame = 1,
-    /// Close the socket with code `arg()` and reason `text()`, and forget it.
-    CloseSocket = 2,
-    /// Ask the token provider (`arg()` is 1 when the previous token expired).
-    FetchToken = 3,
-    /// `POST` `text()` to `Endpoints.publishUrl` with `token()`; `arg()` is the batch id.
-    SendBatch = 4,
-    /// Hand the event `text()` to listener `arg()`.
-    Event = 5,
-    /// The connection's state is now `text()`.
-    State = 6,
-    /// A gap on a channel, as JSON `text()`.
-    Gap = 7,
-    /// Listener `arg()`'s subscription was refused with the error JSON `text()`.
-    SubscriptionFailed = 8,
-    /// Ticket `arg()` completed: `text()` is `{"ok": …}` or `{"error": …}`.
-    Published = 9,
-    /// An error JSON `text()` for the application.
-    Error = 10,
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &str = r#"
+/** What the facade gives the driver: where its results go, and the token. Never throws. */
+export interface CoreHost {
+  onEvent(listener: number, event: object): void;
+  onState(state: "disconnected" | "connecting" | "connected" | "closed"): void;
+  onGap(gap: object): void;
+  onSubscribed(listener: number): void;
+  onSubscriptionFailed(listener: number, error: object): void;
+  onError(error: object): void;
+  onPublished(ticket: number, ok: object | undefined, error: object | undefined): void;
+  onFlushed(): void;
+  /** The token (the facade turns the user's provider into a promise of a string). */
+  token(): Promise<string>;
 }
 
-/// The error JSON of the module docs. A refusal's message is the server's own (without the
-/// code prefix its `Display` adds).
-fn error_json(e: &Error) -> String {
-    let mut out = String::new();
-    let mut j = Obj::new(&mut out);
-    j.str("code", e.code())
-        .str("category", e.category().as_str())
-        .bool("retryable", e.is_retryable());
+/** The options the facade has checked, flat. */
+export interface CoreOptions {
+  url: string;
+  httpUrl?: string;
+  serviceName?: string;
+  clientName: string;
+  WebSocket: abstract new (url: string) => object;
+  minDelayMs?: number;
+  baseDelayMs?: number;
+  maxDelayMs?: number;
+  maxQueued?: number;
+  maxBatchEvents?: number;
+  lingerMs?: number;
+  maxAttempts?: number;
+  maxInFlight?: number;
+  requestTimeoutMs?: number;
+}
+
+/** A publish call's options, flat. */
+export interface CorePublish {
+  priority?: string;
+  idempotencyKey?: string;
+  retry?: boolean;
+  source?: string;
+  correlationId?: string;
+  userId?: string;
+  timestamp?: number;
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    /// See `CoreHost` above.
+    #[wasm_bindgen(typescript_type = "CoreHost")]
+    pub type Host;
+    #[wasm_bindgen(method, js_name = onEvent)]
+    fn on_event(this: &Host, listener: f64, event: &JsValue);
+    #[wasm_bindgen(method, js_name = onState)]
+    fn on_state(this: &Host, state: &str);
+    #[wasm_bindgen(method, js_name = onGap)]
+    fn on_gap(this: &Host, gap: &JsValue);
+    #[wasm_bindgen(method, js_name = onSubscribed)]
+    fn on_subscribed(this: &Host, listener: f64);
+    #[wasm_bindgen(method, js_name = onSubscriptionFailed)]
+    fn on_subscription_failed(this: &Host, listener: f64, error: &JsValue);
+    #[wasm_bindgen(method, js_name = onError)]
+    fn on_error(this: &Host, error: &JsValue);
+    #[cfg(feature = "publish")]
+    #[wasm_bindgen(method, js_name = onPublished)]
+    fn on_published(this: &Host, ticket: f64, ok: &JsValue, error: &JsValue);
+    #[cfg(feature = "publish")]
+    #[wasm_bindgen(method, js_name = onFlushed)]
+    fn on_flushed(this: &Host);
+    #[wasm_bindgen(method)]
+    fn token(this: &Host) -> Promise;
+
+    /// See `CoreOptions` above.
+    #[wasm_bindgen(typescript_type = "CoreOptions")]
+    pub type Options;
+    #[wasm_bindgen(method, getter)]
+    fn url(this: &Options) -> String;
+    #[wasm_bindgen(method, getter, js_name = httpUrl)]
+    fn http_url(this: &Options) -> Option<String>;
+    #[wasm_bindgen(method, getter, js_name = serviceName)]
+    fn service_name(this: &Options) -> Option<String>;
+    #[wasm_bindgen(method, getter, js_name = clientName)]
+    fn client_name(this: &Options) -> String;
+    #[wasm_bindgen(method, getter, js_name = WebSocket)]
+    fn web_socket(this: &Options) -> JsValue;
+    #[wasm_bindgen(method, getter, js_name = minDelayMs)]
+    fn min_delay_ms(this: &Options) -> Option<f64>;
+    #[wasm_bindgen(method, getter, js_name = baseDelayMs)]
+    fn base_delay_ms(this: &Options) -> Option<f64>;
+    #[wasm_bindgen(method, getter, js_name = maxDelayMs)]
+    fn max_delay_ms(this: &Options) -> Option<f64>;
+    #[cfg(feature = "publish")]
+    #[wasm_bindgen(method, getter, js_name = maxQueued)]
+    fn max_queued(this: &Options) -> Option<f64>;
+    #[cfg(feature = "publish")]
+    #[wasm_bindgen(method, getter, js_name = maxBatchEvents)]
+    fn max_batch_events(this: &Options) -> Option<f64>;
+    #[cfg(feature = "publish")]
+    #[wasm_bindgen(method, getter, js_name = lingerMs)]
+    fn linger_ms(this: &Options) -> Option<f64>;
+    #[cfg(feature = "publish")]
+    #[wasm_bindgen(method, getter, js_name = maxAttempts)]
+    fn max_attempts(this: &Options) -> Option<f64>;
+    #[cfg(feature = "publish")]
+    #[wasm_bindgen(method, getter, js_name = maxInFlight)]
+    fn max_in_flight(this: &Options) -> Option<f64>;
+    #[cfg(feature = "publish")]
+    #[wasm_bindgen(method, getter, js_name = requestTimeoutMs)]
+    fn request_timeout_ms(this: &Options) -> Option<f64>;
+
+    /// `JSON.parse` of a string that stays in JavaScript (js-sys' takes a Rust `&str`, which
+    /// would copy every frame into WASM memory and back).
+    #[wasm_bindgen(js_namespace = JSON, js_name = parse, catch)]
+    fn parse_js(text: &JsString) -> Result<JsValue, JsValue>;
+
+    /// A parsed frame, read without copying it into WASM memory.
+    type Frame;
+    #[wasm_bindgen(method, getter)]
+    fn op(this: &Frame) -> JsValue;
+    #[wasm_bindgen(method, getter)]
+    fn epoch(this: &Frame) -> JsValue;
+    #[wasm_bindgen(method, getter)]
+    fn offset(this: &Frame) -> JsValue;
+    #[wasm_bindgen(method, getter)]
+    fn event(this: &Frame) -> JsValue;
+
+    /// The event object of a parsed event frame, handed to handlers.
+    type EventObject;
+    #[wasm_bindgen(method, getter)]
+    fn channel(this: &EventObject) -> JsValue;
+    #[wasm_bindgen(method, setter = epoch)]
+    fn set_epoch(this: &EventObject, epoch: &JsValue);
+    #[wasm_bindgen(method, setter = offset)]
+    fn set_offset(this: &EventObject, offset: &JsValue);
+}
+
+fn now() -> Instant {
+    Instant::now()
+}
+
+/// A non-negative whole number from JavaScript (the facade checked the type).
+fn whole(v: Option<f64>) -> Option<u64> {
+    v.filter(|v| v.is_finite() && *v >= 0.0).map(|v| v as u64)
+}
+
+/// The error as JavaScript sees it: the facade turns it into a `CourierError` subclass.
+#[derive(Serialize)]
+struct ErrorJs<'a> {
+    code: &'a str,
+    category: &'a str,
+    retryable: bool,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit_type: Option<&'a str>,
+}
+
+fn error_js(e: &Error) -> ErrorJs<'_> {
+    let mut out = ErrorJs {
+        code: e.code(),
+        category: e.category().as_str(),
+        retryable: e.is_retryable(),
+        message: String::new(),
+        retry_after_ms: None,
+        field: None,
+        status: None,
+        limit_type: None,
+    };
     match e {
+        // The server's own message, without the code prefix `Display` adds.
         Error::Refused(r) => {
-            j.str("message", &r.message)
-                .opt_u64("retry_after_ms", r.retry_after.map(as_millis_u64))
-                .opt_str("field", r.field.as_deref())
-                .opt_u64("status", r.status.map(u64::from))
-                .opt_str("limit_type", r.limit_type.as_deref());
+            out.message.clone_from(&r.message);
+            out.retry_after_ms = r.retry_after.map(as_millis_u64);
+            out.field = r.field.as_deref();
+            out.status = r.status;
+            out.limit_type = r.limit_type.as_deref();
         }
         Error::Invalid(v) => {
-            j.str("message", &v.message).str("field", &v.field);
+            out.message.clone_from(&v.message);
+            out.field = Some(&v.field);
         }
-        other => {
-            j.str("message", &other.to_string());
-        }
+        other => out.message = other.to_string(),
     }
-    j.end();
     out
 }
 
-/// A core error, thrown to JavaScript as its JSON text.
+/// Any serialisable value as a JavaScript value (plain objects and numbers).
+fn js(value: &impl Serialize) -> JsValue {
+    value
+        .serialize(&serde_wasm_bindgen::Serializer::new())
+        .unwrap_or(JsValue::UNDEFINED)
+}
+
+/// A core error, thrown to JavaScript as an error object.
 fn thrown(e: impl Into<Error>) -> JsValue {
-    JsValue::from_str(&error_json(&e.into()))
-}
-
-fn write_position(out: &mut String, p: &StreamPosition) {
-    Obj::new(out)
-        .str("epoch", &p.epoch)
-        .u64("offset", p.offset)
-        .end();
-}
-
-fn position_json(p: &StreamPosition) -> String {
-    let mut out = String::new();
-    write_position(&mut out, p);
-    out
+    js(&error_js(&e.into()))
 }
 
 fn state_name(s: State) -> &'static str {
@@ -136,372 +256,281 @@ fn state_name(s: State) -> &'static str {
     }
 }
 
-/// `{"epoch","offset","event"}`: the shape of an event frame, so the TypeScript layer reads a
-/// delivery the same way whether it parsed the frame itself or got it from `poll`.
-fn delivery_json(d: &Delivery) -> String {
-    let mut out = String::with_capacity(d.event.data.get().len() + 192);
-    Obj::new(&mut out)
-        .str("epoch", &d.epoch)
-        .u64("offset", d.offset)
-        .with("event", |out| d.event.write_json(out))
-        .end();
-    out
+/// A gap as the facade reports it (once per client, not per listener).
+#[derive(Serialize, PartialEq)]
+struct GapJs {
+    channel: ChannelName,
+    last: Option<StreamPosition>,
+    position: StreamPosition,
+    reason: &'static str,
 }
 
-/// The named stats as JSON, with the names of [`ClientStats`]. The exhaustive pattern makes
-/// a new field a compile error here; the npm test compares the names with the Rust struct's
-/// serde names (`statsFieldNames` in the test build).
-fn stats_json(s: &ClientStats) -> String {
-    let ClientStats {
-        queued_high,
-        queued_normal,
-        queued_low,
-        in_flight,
-        retrying,
-        retries,
-        dead,
-        acknowledged,
-        budget_exhausted,
-        rate_limit_waits,
-        reconnects,
-        events_received,
-        duplicates_dropped,
-        gaps,
-        heartbeat_timeouts,
-        channels,
-        paused_channels,
-        pauses,
-        token_fetches,
-    } = s.clone();
-    let n = |v: usize| v as u64;
-    let mut out = String::with_capacity(512);
-    Obj::new(&mut out)
-        .u64("queued_high", n(queued_high))
-        .u64("queued_normal", n(queued_normal))
-        .u64("queued_low", n(queued_low))
-        .u64("in_flight", n(in_flight))
-        .u64("retrying", n(retrying))
-        .u64("retries", retries)
-        .u64("dead", dead)
-        .u64("acknowledged", acknowledged)
-        .u64("budget_exhausted", budget_exhausted)
-        .u64("rate_limit_waits", rate_limit_waits)
-        .u64("reconnects", reconnects)
-        .u64("events_received", events_received)
-        .u64("duplicates_dropped", duplicates_dropped)
-        .u64("gaps", gaps)
-        .u64("heartbeat_timeouts", heartbeat_timeouts)
-        .u64("channels", n(channels))
-        .u64("paused_channels", n(paused_channels))
-        .u64("pauses", pauses)
-        .u64("token_fetches", token_fetches)
-        .end();
-    out
-}
-
-type GapKey = (ChannelName, Option<StreamPosition>, StreamPosition);
-
-/// Where a client talks to, as the core derives it from the options' `url` and `httpUrl`
-/// ([`Endpoints::parse`], [`Endpoints::with_http_base`]).
-#[wasm_bindgen(js_name = Endpoints)]
-pub struct JsEndpoints(Endpoints);
-
-#[wasm_bindgen(js_class = Endpoints)]
-impl JsEndpoints {
-    /// `url` in any form the core accepts (`http(s)://` or `ws(s)://`, optional prefix and
-    /// trailing `/ws`); `http_url` overrides the HTTP base. Throws a core error (as JSON text)
-    /// for a URL the core refuses.
-    #[wasm_bindgen(constructor)]
-    pub fn new(url: &str, http_url: Option<String>) -> Result<JsEndpoints, JsValue> {
-        match http_url {
-            Some(http) => Endpoints::with_http_base(url, &http),
-            None => Endpoints::parse(url),
-        }
-        .map(JsEndpoints)
-        .map_err(thrown)
-    }
-
-    /// The WebSocket URL (`OpenSocket` opens it).
-    #[wasm_bindgen(getter, js_name = wsUrl)]
-    pub fn ws_url(&self) -> String {
-        self.0.ws_url.clone()
-    }
-
-    /// The URL `SendBatch` posts to.
-    #[wasm_bindgen(getter, js_name = publishUrl)]
-    pub fn publish_url(&self) -> String {
-        self.0.publish_batch_url()
+/// What a thrown JavaScript value says, with its `cause` (Node's `fetch failed` names the
+/// socket error only there).
+fn describe(e: &JsValue) -> String {
+    let Some(error) = e.dyn_ref::<js_sys::Error>() else {
+        return e.as_string().unwrap_or_else(|| "unknown error".into());
+    };
+    let message = String::from(error.message());
+    match Reflect::get(e, &JsValue::from_str("cause")) {
+        Ok(cause) if !cause.is_undefined() => format!("{message} ({})", describe(&cause)),
+        _ => message,
     }
 }
 
-/// Drives one core [`Client`]; created and owned by `CourierClient`.
-#[wasm_bindgen]
-pub struct Driver {
+/// The socket of the current attempt and its callbacks (dropping them detaches nothing by
+/// itself: [`detach`] clears the handlers first).
+struct Socket {
+    ws: WebSocket,
+    _callbacks: [Closure<dyn FnMut(JsValue)>; 4],
+}
+
+struct Inner {
+    host: Host,
+    ctor: Function,
+    ws_url: String,
+    #[cfg(feature = "publish")]
+    publish_url: String,
+    #[cfg(feature = "publish")]
+    request_timeout_ms: u32,
+    /// Longest frame (UTF-16 units) taken on the hot path; longer ones go to the core whole,
+    /// which checks the byte limit.
+    max_frame_units: u32,
+    /// `"event"`, to compare a frame's `op` with without copying it.
+    event_op: JsValue,
+    st: RefCell<St>,
+}
+
+struct St {
     client: Client,
-    /// The (at most two) outputs `handle_text` took out of the client to look at, in order,
-    /// not yet handed over (two slots, not a queue: smaller in the WASM).
-    held: [Option<Output>; 2],
-    /// The payload of the output `poll` returned last.
-    arg: f64,
-    text: String,
-    token: String,
-    /// The gap `poll` returned last, while only gaps followed it: the client reports a gap
-    /// once per listener, the TypeScript API once per client.
-    last_gap: Option<GapKey>,
-    /// Where the host writes a text frame (UTF-8) for `handleBuffered`; never shrinks.
-    inbox: Vec<u8>,
+    socket: Option<Socket>,
+    /// Bumped for every socket: callbacks of an older one are ignored.
+    generation: u32,
+    /// The armed timer and when it fires.
+    timer: Option<(Timeout, Instant)>,
+    /// `flush()` waits: call `onFlushed` once everything is acknowledged or dead.
+    #[cfg(feature = "publish")]
+    flush_wanted: bool,
+    /// The gap last reported: the core reports a gap per listener, the facade per client.
+    last_gap: Option<GapJs>,
 }
 
-fn now() -> Instant {
-    Instant::now()
+/// Drives one core client with its I/O; created and owned by the TypeScript facade.
+#[wasm_bindgen]
+pub struct CoreClient {
+    inner: Rc<Inner>,
 }
 
-/// The wall clock from the host's `Date.now()` (no `Date` binding in the WASM).
-fn wall(unix_ms: f64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms(Some(unix_ms)).unwrap_or(0))
+/// The WebSocket URL and the URL batches are posted to, for `url` (and `httpUrl`), as the
+/// core derives them; throws a core error for a URL it refuses.
+#[wasm_bindgen(unchecked_return_type = "{ wsUrl: string; publishUrl: string }")]
+pub fn endpoints(url: &str, http_url: Option<String>) -> Result<JsValue, JsValue> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Urls {
+        ws_url: String,
+        publish_url: String,
+    }
+    let e = parse_endpoints(url, http_url)?;
+    Ok(js(&Urls {
+        publish_url: e.publish_batch_url(),
+        ws_url: e.ws_url,
+    }))
 }
 
-fn ms(v: Option<f64>) -> Option<u64> {
-    v.filter(|v| v.is_finite() && *v >= 0.0).map(|v| v as u64)
-}
-
-fn listener_id(v: f64) -> ListenerId {
-    ListenerId(ms(Some(v)).unwrap_or(0))
+fn parse_endpoints(url: &str, http_url: Option<String>) -> Result<Endpoints, JsValue> {
+    match http_url {
+        Some(http) => Endpoints::with_http_base(url, &http),
+        None => Endpoints::parse(url),
+    }
+    .map_err(thrown)
 }
 
 #[wasm_bindgen]
-impl Driver {
-    /// A driver that does nothing until a subscription, `connect()` or `publish()`.
-    ///
-    /// The host opens sockets to and posts batches to the URLs of an [`Endpoints`]
-    /// (`JsEndpoints`) it made from the same options. `service_name` becomes `metadata.source` of published events
-    /// that name none. Absent numbers keep the core's defaults; the TypeScript layer checks
-    /// their types.
+impl CoreClient {
+    /// A client that does nothing until a subscription, `connect()` or `publish()`. Throws a
+    /// core error for a URL the core refuses.
     #[wasm_bindgen(constructor)]
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        service_name: Option<String>,
-        client_name: String,
+        options: &Options,
+        host: Host,
         seed_hi: u32,
         seed_lo: u32,
-        min_delay_ms: Option<f64>,
-        base_delay_ms: Option<f64>,
-        max_delay_ms: Option<f64>,
-        max_queued: Option<f64>,
-        max_batch_events: Option<f64>,
-        linger_ms: Option<f64>,
-        max_attempts: Option<f64>,
-        max_in_flight: Option<f64>,
-    ) -> Driver {
+    ) -> Result<CoreClient, JsValue> {
+        let endpoints = parse_endpoints(&options.url(), options.http_url())?;
+        let ctor: Function = options
+            .web_socket()
+            .dyn_into()
+            .map_err(|_| JsValue::from_str("WebSocket must be a constructor"))?;
         let mut config = ClientConfig {
-            service_name: service_name.unwrap_or_default(),
+            service_name: options.service_name().unwrap_or_default(),
             // Callback host: handlers run as events arrive, nothing is left unread.
             subscription_buffer: None,
             ..ClientConfig::default()
         };
-        config.connection.client_name = client_name;
+        config.connection.client_name = options.client_name();
         let b = &mut config.connection.backoff;
-        b.min_delay_ms = ms(min_delay_ms).unwrap_or(b.min_delay_ms);
-        b.base_delay_ms = ms(base_delay_ms).unwrap_or(b.base_delay_ms);
-        b.max_delay_ms = ms(max_delay_ms).unwrap_or(b.max_delay_ms);
-        let q = &mut config.queue;
-        q.max_queued = ms(max_queued).map_or(q.max_queued, |v| v as usize);
-        q.max_batch_events = ms(max_batch_events).map_or(q.max_batch_events, |v| v as usize);
-        q.linger_ms = ms(linger_ms).unwrap_or(q.linger_ms);
-        q.max_attempts =
-            ms(max_attempts).map_or(q.max_attempts, |v| v.min(u64::from(u32::MAX)) as u32);
-        q.max_in_flight = ms(max_in_flight).map_or(q.max_in_flight, |v| v as usize);
+        b.min_delay_ms = whole(options.min_delay_ms()).unwrap_or(b.min_delay_ms);
+        b.base_delay_ms = whole(options.base_delay_ms()).unwrap_or(b.base_delay_ms);
+        b.max_delay_ms = whole(options.max_delay_ms()).unwrap_or(b.max_delay_ms);
+        #[cfg(feature = "publish")]
+        {
+            let q = &mut config.queue;
+            let size = |v: Option<f64>, d: usize| whole(v).map_or(d, |v| v as usize);
+            q.max_queued = size(options.max_queued(), q.max_queued);
+            q.max_batch_events = size(options.max_batch_events(), q.max_batch_events);
+            q.linger_ms = whole(options.linger_ms()).unwrap_or(q.linger_ms);
+            q.max_attempts = whole(options.max_attempts())
+                .map_or(q.max_attempts, |v| v.min(u64::from(u32::MAX)) as u32);
+            q.max_in_flight = size(options.max_in_flight(), q.max_in_flight);
+        }
+        let max_frame_units = u32::try_from(config.connection.max_frame_bytes).unwrap_or(u32::MAX);
         let seed = (u64::from(seed_hi) << 32) | u64::from(seed_lo);
-        Driver {
-            client: Client::new(config, seed, now()),
-            held: [None, None],
-            arg: 0.0,
-            text: String::new(),
-            token: String::new(),
-            last_gap: None,
-            inbox: Vec::new(),
-        }
+        Ok(CoreClient {
+            inner: Rc::new(Inner {
+                host,
+                ctor,
+                #[cfg(feature = "publish")]
+                publish_url: endpoints.publish_batch_url(),
+                #[cfg(feature = "publish")]
+                request_timeout_ms: whole(options.request_timeout_ms())
+                    .map_or(30_000, |v| v.min(u64::from(u32::MAX)) as u32),
+                ws_url: endpoints.ws_url,
+                max_frame_units,
+                event_op: JsValue::from_str("event"),
+                st: RefCell::new(St {
+                    client: Client::new(config, seed, now()),
+                    socket: None,
+                    generation: 0,
+                    timer: None,
+                    #[cfg(feature = "publish")]
+                    flush_wanted: false,
+                    last_gap: None,
+                }),
+            }),
+        })
     }
 
-    /// The next output's kind, or `undefined` when there is none; its payload is read with
-    /// `arg()`, `text()` and `token()` before the next `poll`.
-    pub fn poll(&mut self) -> Option<OutputKind> {
-        loop {
-            let [first, second] = &mut self.held;
-            let output = match first.take().or_else(|| second.take()) {
-                Some(o) => o,
-                None => self.client.poll(now())?,
-            };
-            if let Some(kind) = self.take(output) {
-                return Some(kind);
-            }
-        }
-    }
-
-    /// The number of the output `poll` returned last (see the module docs).
-    pub fn arg(&self) -> f64 {
-        self.arg
-    }
-
-    /// The text of the output `poll` returned last (taken: a second call returns "").
-    pub fn text(&mut self) -> String {
-        std::mem::take(&mut self.text)
-    }
-
-    /// The bearer token of the last `SendBatch`.
-    pub fn token(&self) -> String {
-        self.token.clone()
-    }
-
-    /// Milliseconds until `handleTimeout` is due (rounded up), or -1 when nothing is timed.
-    pub fn timeout(&self) -> f64 {
-        match self.client.poll_timeout() {
-            None => -1.0,
-            Some(t) => {
-                let wait = t.saturating_duration_since(now());
-                (wait.as_millis() as u64 + u64::from(wait.subsec_nanos() % 1_000_000 != 0)) as f64
-            }
-        }
-    }
-
-    /// The timer fired.
-    #[wasm_bindgen(js_name = handleTimeout)]
-    pub fn handle_timeout(&mut self) {
-        self.client.handle_timeout(now());
-    }
-
-    /// The socket asked for by `OpenSocket` opened.
-    #[wasm_bindgen(js_name = handleOpen)]
-    pub fn handle_open(&mut self) {
-        self.client.handle_socket_open(now());
-    }
-
-    /// The socket closed or failed to open (`code` absent: no close frame).
-    #[wasm_bindgen(js_name = handleClose)]
-    pub fn handle_close(&mut self, code: Option<u16>, reason: &str) {
-        self.client.handle_socket_closed(code, reason, now());
-    }
-
-    /// The hot path: one text frame from the socket. Returns 0 when there is nothing to do;
-    /// a listener id (> 0) when the frame is an event for that one listener and nothing else
-    /// happened (hand it the frame; no `poll` needed); -1 when `poll` has outputs.
-    #[wasm_bindgen(js_name = handleText)]
-    pub fn handle_text(&mut self, text: &str) -> f64 {
-        let t = now();
-        self.client.handle_frame(text, t);
-        if self.held.iter().any(Option::is_some) {
-            // Outputs from before this frame still wait: `poll` hands them out first, then
-            // the client's (this frame's among them), in order.
-            return -1.0;
-        }
-        let Some(first) = self.client.poll(t) else {
-            return 0.0;
-        };
-        match (first, self.client.poll(t)) {
-            (Output::Event { listener, .. }, None) => listener.0 as f64,
-            (first, next) => {
-                self.held = [Some(first), next];
-                -1.0
-            }
-        }
-    }
-
-    /// The address in WASM memory of a buffer of at least `len` bytes, for the host to
-    /// write a text frame into (`TextEncoder.encodeInto`, much faster than passing a string)
-    /// before calling `handleBuffered`. It stays where it is until `inbox` is asked for more
-    /// than it holds (the host may keep a view of it; a grown memory needs a new view).
-    pub fn inbox(&mut self, len: usize) -> usize {
-        if self.inbox.len() < len {
-            self.inbox.resize(len, 0);
-        }
-        self.inbox.as_mut_ptr() as usize
-    }
-
-    /// `handleText` for the first `len` bytes the host wrote into `inbox`.
-    #[wasm_bindgen(js_name = handleBuffered)]
-    pub fn handle_buffered(&mut self, len: usize) -> f64 {
-        let inbox = std::mem::take(&mut self.inbox);
-        let r = match inbox.get(..len).map(std::str::from_utf8) {
-            Some(Ok(text)) => self.handle_text(text),
-            // Not what the host should ever write: treat it as a frame that is not JSON.
-            _ => self.handle_text("invalid UTF-8"),
-        };
-        self.inbox = inbox;
-        r
-    }
-
-    /// Opens the WebSocket early (a subscription opens it anyway); the core reconnects until
-    /// `close()`. Harmless when open.
-    pub fn connect(&mut self) {
-        self.client.connect(now());
-    }
-
-    /// Closes the socket at once and refuses new work; what is queued still drains (await
-    /// `flush()`).
-    pub fn close(&mut self) {
-        self.client.close(now());
-    }
-
-    /// `disconnected`, `connecting`, `connected` or `closed`.
+    /// The connection's state.
     #[wasm_bindgen(
         unchecked_return_type = "\"disconnected\" | \"connecting\" | \"connected\" | \"closed\""
     )]
     pub fn state(&self) -> String {
-        state_name(self.client.state()).into()
+        state_name(self.inner.st.borrow().client.state()).into()
+    }
+
+    /// Opens the WebSocket early (a subscription opens it anyway); the core reconnects until
+    /// `close()`. Harmless when open.
+    pub fn connect(&self) {
+        self.inner.st.borrow_mut().client.connect(now());
+        pump(&self.inner);
+    }
+
+    /// Closes the socket at once and refuses new work; what is queued still drains. Once
+    /// drained nothing stays armed: no socket, no timer, no request.
+    pub fn close(&self) {
+        self.inner.st.borrow_mut().client.close(now());
+        pump(&self.inner);
     }
 
     /// Adds a listener on `channel` (connecting if needed), resuming after (`since_epoch`,
-    /// `since_offset`) if given; returns the listener id its `Event` outputs carry. Throws a
-    /// core error (as JSON text): an invalid channel, `CLOSED`, or `ALREADY_SUBSCRIBED` for a
-    /// `since` other than the channel's current position.
+    /// `since_offset`) if given; returns the listener id `onEvent` is called with. Throws a
+    /// core error: an invalid channel, `CLOSED`, or `ALREADY_SUBSCRIBED` for a `since` other
+    /// than the channel's current position.
     pub fn subscribe(
-        &mut self,
+        &self,
         channel: &str,
         since_epoch: Option<String>,
         since_offset: Option<f64>,
     ) -> Result<f64, JsValue> {
         let since = since_epoch.map(|epoch| StreamPosition {
             epoch,
-            offset: ms(since_offset).unwrap_or(0),
+            offset: whole(since_offset).unwrap_or(0),
         });
-        self.client
+        let listener = self
+            .inner
+            .st
+            .borrow_mut()
+            .client
             .subscribe(channel, since, now())
-            .map(|l| l.0 as f64)
-            .map_err(thrown)
+            .map_err(thrown)?;
+        pump(&self.inner);
+        Ok(listener.0 as f64)
     }
 
     /// Removes a listener (the channel's server subscription ends with its last one);
     /// returns whether it existed.
-    pub fn unsubscribe(&mut self, listener: f64) -> bool {
-        self.client.unsubscribe(listener_id(listener), now())
+    pub fn unsubscribe(&self, listener: f64) -> bool {
+        let id = courier_core::client::ListenerId(whole(Some(listener)).unwrap_or(0));
+        let existed = self.inner.st.borrow_mut().client.unsubscribe(id, now());
+        pump(&self.inner);
+        existed
     }
 
-    /// Where `channel`'s delivery stands, as `{"epoch","offset"}` JSON.
-    pub fn position(&self, channel: &str) -> Option<String> {
-        let channel = ChannelName::new(channel).ok()?;
-        self.client.position(&channel).as_ref().map(position_json)
+    /// Where `channel`'s delivery stands.
+    #[wasm_bindgen(unchecked_return_type = "{ epoch: string; offset: number } | undefined")]
+    pub fn position(&self, channel: &str) -> JsValue {
+        let Ok(channel) = ChannelName::new(channel) else {
+            return JsValue::UNDEFINED;
+        };
+        match self.inner.st.borrow().client.position(&channel) {
+            Some(p) => js(&p),
+            None => JsValue::UNDEFINED,
+        }
     }
 
+    /// Every counter of the core's `ClientStats`, by its name.
+    #[wasm_bindgen(unchecked_return_type = "Record<string, number>")]
+    pub fn stats(&self) -> JsValue {
+        let stats: ClientStats = self.inner.st.borrow().client.stats(now());
+        js(&stats)
+    }
+}
+
+#[cfg(feature = "publish")]
+#[wasm_bindgen]
+extern "C" {
+    /// See `CorePublish` above.
+    #[wasm_bindgen(typescript_type = "CorePublish")]
+    pub type PublishArgs;
+    #[wasm_bindgen(method, getter)]
+    fn priority(this: &PublishArgs) -> Option<String>;
+    #[wasm_bindgen(method, getter, js_name = idempotencyKey)]
+    fn idempotency_key(this: &PublishArgs) -> Option<String>;
+    #[wasm_bindgen(method, getter)]
+    fn retry(this: &PublishArgs) -> Option<bool>;
+    #[wasm_bindgen(method, getter)]
+    fn source(this: &PublishArgs) -> Option<String>;
+    #[wasm_bindgen(method, getter, js_name = correlationId)]
+    fn correlation_id(this: &PublishArgs) -> Option<String>;
+    #[wasm_bindgen(method, getter, js_name = userId)]
+    fn user_id(this: &PublishArgs) -> Option<String>;
+    #[wasm_bindgen(method, getter)]
+    fn timestamp(this: &PublishArgs) -> Option<f64>;
+
+    /// `fetch(url, init)` of the global scope (window, worker or Node), looked up at each
+    /// call (so a test's or an app's replacement of `globalThis.fetch` is used).
+    #[wasm_bindgen(js_name = fetch)]
+    fn fetch_with_init(url: &str, init: &web_sys::RequestInit) -> Promise;
+}
+
+#[cfg(feature = "publish")]
+#[wasm_bindgen]
+impl CoreClient {
     /// Stamps and queues an event for `POST /publish/batch`; returns its ticket (the outcome
-    /// comes as a `Published` output). Throws a validation or usage error (as JSON text) at
-    /// once. `data_json` is the event's data as JSON text; `unix_ms` the wall clock
-    /// (`Date.now()`); absent metadata is filled in by the core.
-    #[allow(clippy::too_many_arguments)]
+    /// comes to `onPublished`). Throws a validation or usage error at once. `data_json` is
+    /// the event's data as JSON text.
     pub fn publish(
-        &mut self,
+        &self,
         channel: String,
         event_type: String,
         data_json: String,
-        priority: Option<String>,
-        id: Option<String>,
-        retry: bool,
-        unix_ms: f64,
-        source: Option<String>,
-        correlation_id: Option<String>,
-        user_id: Option<String>,
-        timestamp: Option<f64>,
+        args: &PublishArgs,
     ) -> Result<f64, JsValue> {
-        let priority = match priority {
+        use courier_core::Metadata;
+        use courier_core::client::{EventOptions, PublishItem};
+        use courier_core::queue::{Priority, PublishOptions};
+        let priority = match args.priority() {
             Some(p) => p.parse().map_err(thrown)?,
             None => Priority::Normal,
         };
@@ -510,190 +539,439 @@ impl Driver {
             event_type,
             data_json,
             event: EventOptions {
-                idempotency_key: id,
+                idempotency_key: args.idempotency_key(),
                 metadata: Some(Metadata {
-                    timestamp: ms(timestamp).unwrap_or(0),
-                    source: source.unwrap_or_default(),
-                    correlation_id,
-                    user_id,
+                    timestamp: whole(args.timestamp()).unwrap_or(0),
+                    source: args.source().unwrap_or_default(),
+                    correlation_id: args.correlation_id(),
+                    user_id: args.user_id(),
                 }),
             },
-            options: PublishOptions { priority, retry },
+            options: PublishOptions {
+                priority,
+                retry: args.retry().unwrap_or(true),
+            },
         };
-        self.client
-            .publish(item, now(), wall(unix_ms))
-            .map(|t| t as f64)
-            .map_err(thrown)
+        let ticket = self
+            .inner
+            .st
+            .borrow_mut()
+            .client
+            .publish(item, now(), wall())
+            .map_err(thrown)?;
+        pump(&self.inner);
+        Ok(ticket as f64)
     }
 
-    /// The token provider's answer to `FetchToken`: a token, or an error message.
-    #[wasm_bindgen(js_name = handleToken)]
-    pub fn handle_token(&mut self, token: Option<String>, error: Option<String>) {
-        let result = token.ok_or_else(|| error.unwrap_or_else(|| "no token".into()));
-        self.client.handle_token(result, now());
+    /// True when every accepted event is acknowledged or dead-lettered; otherwise `onFlushed`
+    /// is called once they are.
+    #[wasm_bindgen(js_name = watchFlush)]
+    pub fn watch_flush(&self) -> bool {
+        let mut st = self.inner.st.borrow_mut();
+        let flushed = st.client.is_flushed();
+        st.flush_wanted |= !flushed;
+        flushed
     }
 
-    /// The answer to batch `batch`: its status, the rate-limit headers as
-    /// `name\nvalue\n…`, the body, and the wall clock (`Date.now()`, for HTTP-dates in
-    /// `Retry-After`).
-    #[wasm_bindgen(js_name = handleResponse)]
-    pub fn handle_response(
-        &mut self,
-        batch: f64,
-        status: u16,
-        headers: &str,
-        body: String,
-        unix_ms: f64,
-    ) {
-        let mut it = headers.split('\n');
-        let mut pairs = Vec::new();
-        while let (Some(n), Some(v)) = (it.next(), it.next()) {
-            pairs.push((n.to_owned(), v.to_owned()));
+    /// The events given up so far: `[{ticket, id, type, channel, error, attempts}]`.
+    #[wasm_bindgen(
+        js_name = deadLetters,
+        unchecked_return_type = "Array<{ ticket: number; id: string; type: string; channel: string; error: object; attempts: number }>"
+    )]
+    pub fn dead_letters(&self) -> JsValue {
+        #[derive(Serialize)]
+        struct Dead<'a> {
+            ticket: u64,
+            id: &'a str,
+            #[serde(rename = "type")]
+            event_type: &'a str,
+            channel: &'a str,
+            error: ErrorJs<'a>,
+            attempts: u32,
         }
-        let result = TransportResult::Http {
-            status,
-            headers: pairs,
-            body,
-        };
-        self.client
-            .handle_response(BatchId(batch as u64), result, now(), wall(unix_ms));
-    }
-
-    /// Batch `batch` got no answer (network error, timeout): `message` says why.
-    #[wasm_bindgen(js_name = handleFailed)]
-    pub fn handle_failed(&mut self, batch: f64, message: String) {
-        self.client.handle_response(
-            BatchId(batch as u64),
-            TransportResult::Failed(message),
-            now(),
-            UNIX_EPOCH,
-        );
-    }
-
-    /// True once every accepted event is acknowledged or dead-lettered.
-    #[wasm_bindgen(js_name = isFlushed)]
-    pub fn is_flushed(&self) -> bool {
-        self.client.is_flushed()
-    }
-
-    /// Every counter of the core's `ClientStats`, as a JSON object with its field names.
-    pub fn stats(&self) -> String {
-        stats_json(&self.client.stats(now()))
-    }
-
-    /// The events given up, as JSON: `[{ticket, id, type, channel, error, attempts}]`.
-    #[wasm_bindgen(js_name = deadLetters)]
-    pub fn dead_letters(&self) -> String {
-        let mut out = String::from("[");
-        for (i, d) in self.client.dead_letters().iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            Obj::new(&mut out)
-                .u64("ticket", d.ticket)
-                .str("id", &d.event.id)
-                .str("type", &d.event.event_type)
-                .str("channel", d.event.channel.as_str())
-                .raw("error", &error_json(&d.reason))
-                .u64("attempts", u64::from(d.attempts))
-                .end();
-        }
-        out.push(']');
-        out
+        let st = self.inner.st.borrow();
+        let list: Vec<Dead<'_>> = st
+            .client
+            .dead_letters()
+            .iter()
+            .map(|d| Dead {
+                ticket: d.ticket,
+                id: &d.event.id,
+                event_type: &d.event.event_type,
+                channel: d.event.channel.as_str(),
+                error: error_js(&d.reason),
+                attempts: d.attempts,
+            })
+            .collect();
+        js(&list)
     }
 }
 
-impl Driver {
-    /// Stores `output`'s payload for `arg`/`text`/`token` and returns its kind; `None` for
-    /// outputs the host does not act on.
-    fn take(&mut self, output: Output) -> Option<OutputKind> {
-        let gap = self.last_gap.take();
-        let (kind, arg, text) = match output {
-            Output::OpenSocket => (OutputKind::OpenSocket, 0, String::new()),
-            Output::SendFrame(text) => (OutputKind::SendFrame, 0, text),
-            Output::CloseSocket { code, reason } => {
-                (OutputKind::CloseSocket, u64::from(code), reason)
+/// The wall clock, for HTTP-dates and stamping.
+#[cfg(feature = "publish")]
+fn wall() -> courier_core::time::SystemTime {
+    let ms = js_sys::Date::now();
+    courier_core::time::UNIX_EPOCH
+        + courier_core::time::Duration::from_millis(whole(Some(ms)).unwrap_or(0))
+}
+
+/// Does what the client's outputs say until there are none, then re-arms the timer.
+fn pump(this: &Rc<Inner>) {
+    loop {
+        // The borrow ends before acting: acting may run handlers that call back in.
+        let output = this.st.borrow_mut().client.poll(now());
+        match output {
+            Some(output) => act(this, output),
+            None => break,
+        }
+    }
+    arm_timer(this);
+    #[cfg(feature = "publish")]
+    {
+        let flushed = {
+            let mut st = this.st.borrow_mut();
+            let flushed = st.flush_wanted && st.client.is_flushed();
+            st.flush_wanted &= !flushed;
+            flushed
+        };
+        if flushed {
+            this.host.on_flushed();
+        }
+    }
+}
+
+fn act(this: &Rc<Inner>, output: Output) {
+    let host = &this.host;
+    if !matches!(output, Output::Gap { .. }) {
+        this.st.borrow_mut().last_gap = None;
+    }
+    match output {
+        Output::OpenSocket => open(this),
+        Output::SendFrame(text) => {
+            if let Some(s) = &this.st.borrow().socket {
+                // A socket that is not open any more says so with its close event.
+                let _ = s.ws.send_with_str(&text);
             }
-            Output::FetchToken { refresh } => {
-                (OutputKind::FetchToken, u64::from(refresh), String::new())
+        }
+        Output::CloseSocket { code, reason } => {
+            let socket = detach(&mut this.st.borrow_mut());
+            if let Some(s) = socket
+                && s.ws.close_with_code_and_reason(code, &reason).is_err()
+            {
+                let _ = s.ws.close();
             }
-            Output::SendBatch { batch, body, token } => {
-                self.token = token;
-                (OutputKind::SendBatch, batch.0, body)
-            }
-            Output::Event { listener, delivery } => {
-                (OutputKind::Event, listener.0, delivery_json(&delivery))
-            }
-            Output::State(s) => (OutputKind::State, 0, state_name(s).to_owned()),
-            Output::Gap {
+        }
+        Output::FetchToken { .. } => fetch_token(this),
+        #[cfg(feature = "publish")]
+        Output::SendBatch { batch, body, token } => transmit(this, batch, body, token),
+        Output::Event { listener, delivery } => {
+            host.on_event(listener.0 as f64, &delivery_object(&delivery));
+        }
+        Output::State(s) => host.on_state(state_name(s)),
+        Output::Gap {
+            channel,
+            last,
+            position,
+            reason,
+            ..
+        } => {
+            let gap = GapJs {
                 channel,
                 last,
                 position,
-                reason,
-                ..
-            } => {
-                let key = (channel, last, position);
-                if gap.as_ref() == Some(&key) {
+                reason: match reason {
+                    GapReason::HistoryUnavailable => "history_unavailable",
+                    GapReason::EpochChanged => "epoch_changed",
+                    GapReason::OffsetSkipped => "offset_skipped",
+                },
+            };
+            let value = {
+                let mut st = this.st.borrow_mut();
+                if st.last_gap.as_ref() == Some(&gap) {
                     // The same gap for the channel's next listener.
-                    self.last_gap = gap;
-                    return None;
+                    return;
                 }
-                let text = gap_json(&key, reason);
-                self.last_gap = Some(key);
-                (OutputKind::Gap, 0, text)
-            }
-            Output::SubscriptionFailed {
-                listener, error, ..
-            } => (
-                OutputKind::SubscriptionFailed,
-                listener.0,
-                error_json(&error),
-            ),
-            Output::Published { ticket, result } => {
-                let mut text = String::new();
-                match &result {
-                    Ok(r) => Obj::new(&mut text)
-                        .with("ok", |out| {
-                            Obj::new(out)
-                                .str("id", &r.id)
-                                .str("channel", &r.channel)
-                                .str("epoch", &r.epoch)
-                                .u64("offset", r.offset)
-                                .bool("duplicate", r.duplicate)
-                                .u64("attempts", u64::from(r.attempts))
-                                .end();
-                        })
-                        .end(),
-                    Err(e) => Obj::new(&mut text).raw("error", &error_json(e)).end(),
-                }
-                (OutputKind::Published, ticket, text)
-            }
-            Output::Error(e) => (OutputKind::Error, 0, error_json(&e)),
-            // `Subscribed` and any later addition: nothing for this host to do.
-            _ => return None,
-        };
-        self.arg = arg as f64;
-        self.text = text;
-        Some(kind)
+                let value = js(&gap);
+                st.last_gap = Some(gap);
+                value
+            };
+            host.on_gap(&value);
+        }
+        Output::Subscribed { listener, .. } => host.on_subscribed(listener.0 as f64),
+        Output::SubscriptionFailed {
+            listener, error, ..
+        } => host.on_subscription_failed(listener.0 as f64, &js(&error_js(&error))),
+        #[cfg(feature = "publish")]
+        Output::Published { ticket, result } => match &result {
+            Ok(r) => host.on_published(ticket as f64, &js(r), &JsValue::UNDEFINED),
+            Err(e) => host.on_published(ticket as f64, &JsValue::UNDEFINED, &js(&error_js(e))),
+        },
+        Output::Error(e) => host.on_error(&js(&error_js(&e))),
+        // Any later addition: nothing for this host to do.
+        _ => {}
     }
 }
 
-/// `{"channel","last","position","reason"}` (`last` may be `null`).
-fn gap_json((channel, last, position): &GapKey, reason: GapReason) -> String {
-    let reason = match reason {
-        GapReason::HistoryUnavailable => "history_unavailable",
-        GapReason::EpochChanged => "epoch_changed",
-        GapReason::OffsetSkipped => "offset_skipped",
+/// An event the core decoded (a frame that was not taken on the hot path), as the object
+/// handlers get: the event with `epoch` and `offset`.
+fn delivery_object(d: &Delivery) -> JsValue {
+    let mut text = String::with_capacity(d.event.data.get().len() + 192);
+    d.event.write_json(&mut text);
+    let Ok(event) = js_sys::JSON::parse(&text) else {
+        return JsValue::UNDEFINED;
     };
-    let mut out = String::new();
-    Obj::new(&mut out)
-        .str("channel", channel.as_str())
-        .with("last", |out| match last {
-            Some(p) => write_position(out, p),
-            None => out.push_str("null"),
+    let event: EventObject = event.unchecked_into();
+    event.set_epoch(&JsValue::from_str(&d.epoch));
+    event.set_offset(&JsValue::from_f64(d.offset as f64));
+    event.into()
+}
+
+/// Clears the current socket's handlers and forgets it.
+fn detach(st: &mut St) -> Option<Socket> {
+    let s = st.socket.take()?;
+    s.ws.set_onopen(None);
+    s.ws.set_onmessage(None);
+    s.ws.set_onclose(None);
+    // `onerror` stays: Node's `ws` throws on an error event nobody listens to.
+    Some(s)
+}
+
+fn open(this: &Rc<Inner>) {
+    let generation = {
+        let mut st = this.st.borrow_mut();
+        if let Some(old) = detach(&mut st) {
+            let _ = old.ws.close();
+        }
+        st.generation = st.generation.wrapping_add(1);
+        st.generation
+    };
+    let args = Array::of1(&JsValue::from_str(&this.ws_url));
+    let ws: WebSocket = match Reflect::construct(&this.ctor, &args) {
+        Ok(ws) => ws.unchecked_into(),
+        Err(e) => {
+            let reason = format!("cannot open WebSocket: {}", describe(&e));
+            this.st
+                .borrow_mut()
+                .client
+                .handle_socket_closed(None, &reason, now());
+            return;
+        }
+    };
+    let callback = |f: fn(&Rc<Inner>, JsValue)| {
+        let weak: Weak<Inner> = Rc::downgrade(this);
+        Closure::<dyn FnMut(JsValue)>::new(move |e: JsValue| {
+            if let Some(this) = weak.upgrade()
+                && this.st.borrow().generation == generation
+            {
+                f(&this, e);
+            }
         })
-        .with("position", |out| write_position(out, position))
-        .str("reason", reason)
-        .end();
-    out
+    };
+    let callbacks = [
+        callback(on_open),
+        callback(on_message),
+        callback(on_close),
+        Closure::<dyn FnMut(JsValue)>::new(|_: JsValue| {}),
+    ];
+    ws.set_onopen(Some(callbacks[0].as_ref().unchecked_ref()));
+    ws.set_onmessage(Some(callbacks[1].as_ref().unchecked_ref()));
+    ws.set_onclose(Some(callbacks[2].as_ref().unchecked_ref()));
+    ws.set_onerror(Some(callbacks[3].as_ref().unchecked_ref()));
+    this.st.borrow_mut().socket = Some(Socket {
+        ws,
+        _callbacks: callbacks,
+    });
+}
+
+fn on_open(this: &Rc<Inner>, _: JsValue) {
+    this.st.borrow_mut().client.handle_socket_open(now());
+    pump(this);
+}
+
+fn on_close(this: &Rc<Inner>, e: JsValue) {
+    let e: CloseEvent = e.unchecked_into();
+    let reason = e.reason();
+    {
+        let mut st = this.st.borrow_mut();
+        drop(detach(&mut st));
+        st.client
+            .handle_socket_closed(Some(e.code()), &reason, now());
+    }
+    pump(this);
+}
+
+fn on_message(this: &Rc<Inner>, e: JsValue) {
+    let data = e.unchecked_into::<MessageEvent>().data();
+    if !hot_path(this, &data) {
+        // Protocol v1 is text only: a binary frame is the peer speaking something else.
+        let text = data.as_string().unwrap_or_else(|| "binary frame".into());
+        this.st.borrow_mut().client.handle_frame(&text, now());
+        pump(this);
+    }
+}
+
+/// An event frame parsed by `JSON.parse`, its position decided on by the core and the parsed
+/// event handed to the listeners. False when the frame is not one (the caller hands it to
+/// the core whole).
+fn hot_path(this: &Rc<Inner>, data: &JsValue) -> bool {
+    let Some(text) = data.dyn_ref::<JsString>() else {
+        return false;
+    };
+    if text.length() > this.max_frame_units {
+        return false;
+    }
+    let Ok(frame) = parse_js(text) else {
+        return false;
+    };
+    if !frame.is_object() {
+        return false;
+    }
+    let frame: Frame = frame.unchecked_into();
+    if frame.op() != this.event_op {
+        return false;
+    }
+    let event = frame.event();
+    if !event.is_object() {
+        return false;
+    }
+    let event: EventObject = event.unchecked_into();
+    let (Some(channel), Some(epoch), offset) = (
+        event.channel().as_string(),
+        frame.epoch().as_string(),
+        frame.offset(),
+    ) else {
+        return false;
+    };
+    let Some(n) = offset.as_f64().filter(|n| n.fract() == 0.0 && *n >= 0.0) else {
+        return false;
+    };
+    let listeners: Vec<u64> = this
+        .st
+        .borrow_mut()
+        .client
+        .handle_event_position(&channel, &epoch, n as u64, now())
+        .iter()
+        .map(|l| l.0)
+        .collect();
+    // What the event caused (a gap) goes out before it.
+    pump(this);
+    if !listeners.is_empty() {
+        event.set_epoch(&frame.epoch());
+        event.set_offset(&offset);
+        let event: JsValue = event.into();
+        for l in listeners {
+            this.host.on_event(l as f64, &event);
+        }
+    }
+    true
+}
+
+fn arm_timer(this: &Rc<Inner>) {
+    let mut st = this.st.borrow_mut();
+    let Some(at) = st.client.poll_timeout() else {
+        // Dropping the timer clears it: nothing keeps a Node process alive.
+        st.timer = None;
+        return;
+    };
+    if st.timer.as_ref().is_some_and(|(_, armed)| *armed <= at) {
+        // An earlier wake-up is harmless: the core ignores extra `handle_timeout` calls.
+        return;
+    }
+    let wait = at.saturating_duration_since(now());
+    let ms = wait.as_millis() as u64 + u64::from(wait.subsec_nanos() % 1_000_000 != 0);
+    let weak = Rc::downgrade(this);
+    let timeout = Timeout::new(ms.min(u64::from(u32::MAX)) as u32, move || {
+        if let Some(this) = weak.upgrade() {
+            {
+                let mut st = this.st.borrow_mut();
+                st.timer = None;
+                st.client.handle_timeout(now());
+            }
+            pump(&this);
+        }
+    });
+    st.timer = Some((timeout, at));
+}
+
+fn fetch_token(this: &Rc<Inner>) {
+    let promise = this.host.token();
+    let weak = Rc::downgrade(this);
+    spawn_local(async move {
+        let result = match JsFuture::from(promise).await {
+            Ok(token) => token
+                .as_string()
+                .ok_or_else(|| "the token provider returned no string".to_owned()),
+            Err(e) => Err(describe(&e)),
+        };
+        if let Some(this) = weak.upgrade() {
+            this.st.borrow_mut().client.handle_token(result, now());
+            pump(&this);
+        }
+    });
+}
+
+/// Response headers the core reads (Retry-After and the rate-limit fields).
+#[cfg(feature = "publish")]
+const LIMIT_HEADERS: [&str; 6] = [
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "ratelimit",
+    "ratelimit-policy",
+];
+
+#[cfg(feature = "publish")]
+fn transmit(this: &Rc<Inner>, batch: courier_core::queue::BatchId, body: String, token: String) {
+    use courier_core::queue::TransportResult;
+    let weak = Rc::downgrade(this);
+    let url = this.publish_url.clone();
+    let timeout_ms = this.request_timeout_ms;
+    spawn_local(async move {
+        let result = post(&url, &body, &token, timeout_ms)
+            .await
+            .unwrap_or_else(|e| TransportResult::Failed(describe(&e)));
+        if let Some(this) = weak.upgrade() {
+            this.st
+                .borrow_mut()
+                .client
+                .handle_response(batch, result, now(), wall());
+            pump(&this);
+        }
+    });
+}
+
+/// One `POST` of a batch body, with its timeout.
+#[cfg(feature = "publish")]
+async fn post(
+    url: &str,
+    body: &str,
+    token: &str,
+    timeout_ms: u32,
+) -> Result<courier_core::queue::TransportResult, JsValue> {
+    use web_sys::{AbortSignal, Headers, RequestInit, Response};
+    let headers = Headers::new()?;
+    headers.set("content-type", "application/json")?;
+    headers.set("authorization", &format!("Bearer {token}"))?;
+    let init = RequestInit::new();
+    init.set_method("POST");
+    init.set_headers(&headers);
+    init.set_body(&JsValue::from_str(body));
+    init.set_signal(Some(&AbortSignal::timeout_with_u32(timeout_ms)));
+    let response: Response = JsFuture::from(fetch_with_init(url, &init))
+        .await?
+        .unchecked_into();
+    let received = response.headers();
+    let mut headers = Vec::new();
+    for name in LIMIT_HEADERS {
+        if let Some(value) = received.get(name)? {
+            headers.push((name.to_owned(), value));
+        }
+    }
+    let body = JsFuture::from(response.text()?).await?;
+    Ok(courier_core::queue::TransportResult::Http {
+        status: response.status(),
+        headers,
+        body: body.as_string().unwrap_or_default(),
+    })
 }

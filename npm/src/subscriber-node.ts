@@ -1,0 +1,9 @@
+/** Entry point `courier-client/subscriber` for Node (see `node.ts`). */
+import { readFileSync } from 'node:fs';
+import { initSync } from './wasm-sub/courier_wasm.js';
+import { useWsWhenNoGlobal } from './node-ws.js';
+
+initSync({ module: readFileSync(new URL('./wasm-sub/courier_wasm_bg.wasm', import.meta.url)) });
+await useWsWhenNoGlobal();
+
+export * from './subscriber-index.js';
