@@ -48,17 +48,18 @@ function publishFromAnotherProcess(from, to) {
   const script = `
     import { CourierClient } from ${JSON.stringify(join(NPM_DIR, 'dist', 'node.js'))};
     const pub = new CourierClient({ url: process.argv[1], token: process.argv[2] });
-    for (let i = ${from}; i <= ${to}; i++) await pub.publish('backtest.browser', 'backtest.progress', { backtest_id: 'browser', percent: i * 10 });
+    for (let i = ${from}; i <= ${to}; i++) await pub.publish('backtest.browser', 'backtest.progress', { backtest_id: 'browser', percent: (i * 10) % 100 });
     pub.close();`;
   execFileSync(process.execPath, ['--input-type=module', '-e', script, server.wsUrl, token({ sub: 'svc', role: 'service' })], { timeout: 20_000 });
 }
 
-test('the web build in Chromium (page and worker): live events, a forced drop, a screenshot', async () => {
+for (const entry of ['web', 'subscriber']) {
+test(`the ${entry} build in Chromium (page and worker): live events, a forced drop, a screenshot`, async () => {
   const page = await browser.newPage({ viewport: { width: 720, height: 520 } });
   const logs = [];
   page.on('console', (m) => logs.push(m.text()));
   page.on('pageerror', (e) => logs.push(String(e)));
-  const q = new URLSearchParams({ ws: server.wsUrl, token: token({ sub: 'viewer', channels: ['backtest.*'] }) });
+  const q = new URLSearchParams({ ws: server.wsUrl, token: token({ sub: 'viewer', channels: ['backtest.*'] }), entry });
   const web_addr = web.address();
   await page.goto(`http://127.0.0.1:${web_addr.port}/?${q}`);
   const read = () => page.evaluate(() => ({ page: window.__events, worker: window.__workerEvents, states: window.__states, worker_state: document.getElementById('worker').textContent }));
@@ -68,7 +69,8 @@ test('the web build in Chromium (page and worker): live events, a forced drop, a
   }, { what: `page and worker connected (${logs.join(' | ')})` });
   await new Promise((r) => setTimeout(r, 100));
 
-  publishFromAnotherProcess(1, 5);
+  const base = entry === 'web' ? 0 : 10; // the second run continues the channel
+  publishFromAnotherProcess(base + 1, base + 5);
   await until(async () => {
     const s = await read();
     return s.page.length === 5 && s.worker.length === 5;
@@ -78,21 +80,23 @@ test('the web build in Chromium (page and worker): live events, a forced drop, a
   await until(async () => (await page.evaluate(() => window.__client.stats().reconnects)) >= 1, { what: 'reconnect after the drop' });
   await until(async () => (await read()).worker_state === 'connected', { what: 'worker reconnected' });
   await new Promise((r) => setTimeout(r, 100));
-  publishFromAnotherProcess(6, 10);
+  publishFromAnotherProcess(base + 6, base + 10);
   await until(async () => {
     const s = await read();
     return s.page.length >= 10 && s.worker.length >= 10;
   }, { what: 'ten events' });
   await new Promise((r) => setTimeout(r, 100));
   const s = await read();
-  const expected = Array.from({ length: 10 }, (_, i) => i + 1);
+  const expected = Array.from({ length: 10 }, (_, i) => base + i + 1);
   assert.deepEqual(s.page, expected);
   assert.deepEqual(s.worker, expected);
   assert.ok(s.states.filter((x) => x === 'connected').length >= 2, 'connected again after the drop');
 
   mkdirSync(join(ROOT, 'tests', 'artifacts'), { recursive: true });
-  const shot = join(ROOT, 'tests', 'artifacts', 'npm-browser.png');
+  const shot = join(ROOT, 'tests', 'artifacts', entry === 'web' ? 'npm-browser.png' : 'npm-browser-subscriber.png');
   await page.screenshot({ path: shot, fullPage: true });
   assert.ok(existsSync(shot));
   assert.equal(logs.filter((l) => /error/i.test(l)).length, 0, logs.join('\n'));
+  await page.close();
 });
+}

@@ -1,4 +1,10 @@
 // CourierClient in Node against the real reference server (`courier-server`, fault injection on).
+//
+// Run three ways by `make test-npm`: as is (Node 20 without a global WebSocket: the entry
+// point's default, the `ws` package); with COURIER_TEST_WEBSOCKET=ws (`ws`'s constructor
+// passed in the options) and COURIER_TEST_ENTRY=subscriber (every subscribing client from
+// `courier-client/subscriber`); and under `node --experimental-websocket` with
+// COURIER_TEST_WEBSOCKET=global (Node's own WebSocket, as on Node 22).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -13,18 +19,26 @@ import {
   UsageError,
   ValidationError,
 } from '../dist/node.js';
+import { CourierClient as SubscriberClient } from '../dist/subscriber-node.js';
+import { WebSocket as WsWebSocket } from 'ws';
 import { ROOT, startServer, token, fault, until, sleep } from './helpers.mjs';
+
+const mode = process.env.COURIER_TEST_WEBSOCKET;
+if (mode === 'global') assert.equal(typeof globalThis.WebSocket, 'function', 'run with node --experimental-websocket');
+// The constructor every client gets: the entry point's default, `ws` passed in, or the global.
+const socketOption = mode === 'ws' ? { WebSocket: WsWebSocket } : mode === 'global' ? { WebSocket: globalThis.WebSocket } : {};
+const SubscribingClient = process.env.COURIER_TEST_ENTRY === 'subscriber' ? SubscriberClient : CourierClient;
 
 const fast = { minDelayMs: 20, baseDelayMs: 50, maxDelayMs: 200 };
 let server;
 const clients = [];
 
-function client(options) {
-  const c = new CourierClient({ url: server.wsUrl, reconnect: fast, ...options });
+function client(options, Client = CourierClient) {
+  const c = new Client({ url: server.wsUrl, reconnect: fast, ...socketOption, ...options });
   clients.push(c);
   return c;
 }
-const subscriber = (channels = ['backtest.*']) => client({ token: token({ sub: 'alice', channels }) });
+const subscriber = (channels = ['backtest.*']) => client({ token: token({ sub: 'alice', channels }) }, SubscribingClient);
 const publisher = (options = {}) => client({ token: token({ sub: 'svc', role: 'service', tier: 'service' }), ...options });
 
 // The server at its defaults, rate limits on: publishers are services (limits ×20), and

@@ -26,7 +26,8 @@ test('the packed tarball installs into a fresh project and works by name', () =>
   const tarball = readdirSync(dir).find((f) => f.endsWith('.tgz'));
   assert.ok(tarball, 'npm pack wrote a tarball');
   const listing = execFileSync('tar', ['-tzf', join(dir, tarball)], { encoding: 'utf8' });
-  for (const f of ['package/dist/node.js', 'package/dist/web.js', 'package/dist/react.js', 'package/dist/index.d.ts', 'package/dist/wasm/courier_wasm_bg.wasm', 'package/README.md']) {
+  for (const f of ['package/dist/node.js', 'package/dist/web.js', 'package/dist/react.js', 'package/dist/index.d.ts', 'package/dist/wasm/courier_wasm_bg.wasm',
+    'package/dist/subscriber-node.js', 'package/dist/subscriber-web.js', 'package/dist/subscriber-web.d.ts', 'package/dist/wasm-sub/courier_wasm_bg.wasm', 'package/README.md']) {
     assert.ok(listing.includes(f), `${f} is packed`);
   }
   assert.ok(!listing.includes('package/src/'), 'sources are not packed');
@@ -39,8 +40,9 @@ test('the packed tarball installs into a fresh project and works by name', () =>
   writeFileSync(
     join(project, 'main.js'),
     `import { CourierClient, CourierError } from 'courier-client';
+import { CourierClient as SubscriberClient } from 'courier-client/subscriber';
 const url = process.argv[2];
-const sub = new CourierClient({ url, token: process.argv[3] });
+const sub = new SubscriberClient({ url, token: process.argv[3] });
 const pub = new CourierClient({ url, token: process.argv[4] });
 const got = new Promise((resolve) => sub.subscribe('backtest.pack', (e) => resolve(e)));
 sub.connect();
@@ -49,6 +51,7 @@ await new Promise((r) => setTimeout(r, 50));
 await pub.publish('backtest.pack', 'backtest.progress', { backtest_id: 'pack', percent: 99 });
 const e = await got;
 console.log(JSON.stringify({ type: e.type, percent: e.data.percent, errorIsClass: typeof CourierError === 'function',
+  subscriberCanPublish: typeof sub.publish === 'function', subscriber: import.meta.resolve('courier-client/subscriber'),
   web: import.meta.resolve('courier-client/web'), react: import.meta.resolve('courier-client/react') }));
 sub.close(); pub.close();
 `,
@@ -62,6 +65,8 @@ sub.close(); pub.close();
   assert.equal(result.type, 'backtest.progress');
   assert.equal(result.percent, 99);
   assert.equal(result.errorIsClass, true);
+  assert.equal(result.subscriberCanPublish, false);
+  assert.match(result.subscriber, /node_modules\/courier-client\/dist\/subscriber-node\.js$/);
   assert.match(result.web, /node_modules\/courier-client\/dist\/web\.js$/);
   assert.match(result.react, /node_modules\/courier-client\/dist\/react\.js$/);
 });

@@ -13,6 +13,7 @@ globalThis.IS_REACT_ACT_ENVIRONMENT = true;
 const React = await import('react');
 const { createRoot } = await import('react-dom/client');
 const { CourierClient } = await import('../dist/node.js');
+const { CourierClient: SubscriberClient } = await import('../dist/subscriber-node.js');
 const { CourierProvider, useChannel, useConnectionState } = await import('../dist/react.js');
 const { startServer, token, until, sleep } = await import('./helpers.mjs');
 
@@ -20,19 +21,28 @@ const h = React.createElement;
 let server;
 let sub;
 let pub;
+let subscriber;
+let subscriberOnly;
 
 before(async () => {
   server = await startServer();
   sub = new CourierClient({ url: server.wsUrl, token: token({ sub: 'alice', channels: ['backtest.*'] }) });
   pub = new CourierClient({ url: server.wsUrl, token: token({ sub: 'svc', role: 'service' }) });
+  subscriber = sub;
+  subscriberOnly = new SubscriberClient({ url: server.wsUrl, token: token({ sub: 'alice', channels: ['backtest.*'] }) });
 });
 after(async () => {
   sub?.close();
   pub?.close();
+  subscriberOnly?.close();
   await server?.stop();
 });
 
-test('StrictMode: one subscription per mounted hook, no handler after unmount', async () => {
+// The hooks take the client of either entry point.
+for (const entry of ['courier-client', 'courier-client/subscriber']) {
+test(`StrictMode (${entry}): one subscription per mounted hook, no handler after unmount`, async () => {
+  const channel = entry === 'courier-client' ? 'backtest.react' : 'backtest.react-sub';
+  const sub = entry === 'courier-client' ? subscriber : subscriberOnly;
   const received = [];
   const states = [];
   function Progress({ channel }) {
@@ -45,24 +55,25 @@ test('StrictMode: one subscription per mounted hook, no handler after unmount', 
   }
   const root = createRoot(document.getElementById('root'));
   await React.act(async () => {
-    root.render(h(React.StrictMode, null, h(CourierProvider, { client: sub }, h(Progress, { channel: 'backtest.react' }))));
+    root.render(h(React.StrictMode, null, h(CourierProvider, { client: sub }, h(Progress, { channel }))));
   });
-  assert.equal(sub.listenerCount('backtest.react'), 1, 'mount, unmount, mount leaves exactly one subscription');
+  assert.equal(sub.listenerCount(channel), 1, 'mount, unmount, mount leaves exactly one subscription');
   await until(() => sub.state === 'connected', { what: 'connected' });
   await sleep(50);
   await React.act(async () => {
-    await pub.publish('backtest.react', 'backtest.progress', { backtest_id: 'react', percent: 10 });
+    await pub.publish(channel, 'backtest.progress', { backtest_id: 'react', percent: 10 });
     await until(() => received.length === 1, { what: 'first event' });
   });
   assert.equal(document.querySelector('p').textContent, 'connected');
   assert.ok(states.includes('connected'));
 
   await React.act(async () => root.unmount());
-  assert.equal(sub.listenerCount('backtest.react'), 0);
-  await pub.publish('backtest.react', 'backtest.progress', { backtest_id: 'react', percent: 20 });
+  assert.equal(sub.listenerCount(channel), 0);
+  await pub.publish(channel, 'backtest.progress', { backtest_id: 'react', percent: 20 });
   await sleep(200);
   assert.deepEqual(received, [10], 'exactly one delivery while mounted, none after unmount');
 });
+}
 
 test('useChannel follows a new channel and the latest handler', async () => {
   const seen = [];

@@ -782,6 +782,14 @@ impl Client {
         self.outputs.pop_front()
     }
 
+    /// Whether an output waits (the driver's shortcut after an input that rarely has any,
+    /// such as [`Client::handle_event_position`]; [`Client::poll`] is still the only way to
+    /// take them, and may find batches to send even when this is false).
+    #[must_use]
+    pub fn has_output(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) should be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {

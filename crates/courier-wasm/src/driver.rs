@@ -313,6 +313,9 @@ struct St {
     flush_wanted: bool,
     /// The gap last reported: the core reports a gap per listener, the facade per client.
     last_gap: Option<GapJs>,
+    /// The hot path's last channel and epoch.
+    last_channel: CachedText,
+    last_epoch: CachedText,
 }
 
 /// Drives one core client with its I/O; created and owned by the TypeScript facade.
@@ -406,6 +409,8 @@ impl CoreClient {
                     #[cfg(feature = "publish")]
                     flush_wanted: false,
                     last_gap: None,
+                    last_channel: CachedText::default(),
+                    last_epoch: CachedText::default(),
                 }),
             }),
         })
@@ -835,35 +840,74 @@ fn hot_path(this: &Rc<Inner>, data: &JsValue) -> bool {
         return false;
     }
     let event: EventObject = event.unchecked_into();
-    let (Some(channel), Some(epoch), offset) = (
-        event.channel().as_string(),
-        frame.epoch().as_string(),
-        frame.offset(),
-    ) else {
-        return false;
-    };
+    let (channel, epoch, offset) = (event.channel(), frame.epoch(), frame.offset());
     let Some(n) = offset.as_f64().filter(|n| n.fract() == 0.0 && *n >= 0.0) else {
         return false;
     };
-    let listeners: Vec<u64> = this
-        .st
-        .borrow_mut()
-        .client
-        .handle_event_position(&channel, &epoch, n as u64, now())
-        .iter()
-        .map(|l| l.0)
-        .collect();
-    // What the event caused (a gap) goes out before it.
-    pump(this);
+    let now = now();
+    let (listeners, more) = {
+        let mut st = this.st.borrow_mut();
+        let st = &mut *st;
+        // The channel and epoch are the last frame's almost always: compare them in
+        // JavaScript (`===`) and reuse their Rust copies instead of copying them again.
+        let (Some(channel), Some(epoch)) =
+            (st.last_channel.text(&channel), st.last_epoch.text(&epoch))
+        else {
+            return false;
+        };
+        let listeners: Listeners = st
+            .client
+            .handle_event_position(channel, epoch, n as u64, now)
+            .iter()
+            .map(|l| l.0 as f64)
+            .collect();
+        (listeners, st.client.has_output())
+    };
+    if more {
+        // What the event caused (a gap, a pause) goes out before it.
+        pump(this);
+    }
     if !listeners.is_empty() {
-        event.set_epoch(&frame.epoch());
+        event.set_epoch(&epoch);
         event.set_offset(&offset);
         let event: JsValue = event.into();
         for l in listeners {
-            this.host.on_event(l as f64, &event);
+            this.host.on_event(l, &event);
         }
     }
     true
+}
+
+/// The listeners of one event: one, almost always.
+type Listeners = Vec<f64>;
+
+/// A JavaScript string and its Rust copy, kept while the next one is `===` to it.
+struct CachedText {
+    js: JsValue,
+    text: String,
+}
+
+impl Default for CachedText {
+    fn default() -> Self {
+        // A fresh object: nothing read from a frame is `===` to it, so the first value is
+        // always checked to be a string.
+        Self {
+            js: js_sys::Object::new().into(),
+            text: String::new(),
+        }
+    }
+}
+
+impl CachedText {
+    /// `value`'s text (copied only when it differs from the last one); `None` when it is not
+    /// a string.
+    fn text(&mut self, value: &JsValue) -> Option<&str> {
+        if *value != self.js {
+            self.text = value.as_string()?;
+            self.js = value.clone();
+        }
+        Some(&self.text)
+    }
 }
 
 fn arm_timer(this: &Rc<Inner>) {

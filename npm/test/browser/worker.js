@@ -1,9 +1,8 @@
 // The same client in a module web worker: the `web` build, fetch and timers from `self`. It
 // is given the server's http:// URL (the core derives the WebSocket URL) and never calls
 // connect(): subscribing connects.
-import { CourierClient } from '/dist/web.js';
-
 const params = new URLSearchParams(location.search);
+const { CourierClient } = await import(params.get('entry') === 'subscriber' ? '/dist/subscriber-web.js' : '/dist/web.js');
 const url = params.get('ws').replace(/^ws/, 'http');
 const token = params.get('token');
 {

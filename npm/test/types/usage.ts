@@ -63,3 +63,21 @@ function Progress(): null {
   return null;
 }
 void CourierProvider, Progress;
+
+// The subscriber entry point: the same subscribing API, typed the same, and no `publish`.
+import { CourierClient as SubscriberClient } from 'courier-client/subscriber';
+const listener = new SubscriberClient({ url: 'http://localhost:8766', token: 'jwt' });
+const live = listener.subscribe('backtest.abc', (e) => {
+  if (e.type === 'backtest.progress') {
+    const p: number | undefined = e.data.percent;
+    void p;
+  }
+});
+const ready: Promise<void> = live.ready;
+void ready;
+// @ts-expect-error: the subscriber entry point does not publish
+void listener.publish;
+// The React hooks take either client.
+void CourierProvider({ client: listener });
+const listenerStats: ClientStats = listener.stats();
+void listenerStats;

@@ -1,0 +1,11 @@
+import { spawn } from 'node:child_process';
+import WebSocket from 'ws';
+import { CourierClient } from '/work/main/npm/dist/node.js';
+const total = 200000;
+const child = spawn(process.execPath, ['/work/main/npm/bench/feed-server.mjs', String(total)], { stdio: ['ignore', 'pipe', 'inherit'] });
+const url = await new Promise((resolve) => child.stdout.on('data', (d) => { const m = String(d).match(/listening on (\S+)/); if (m) resolve(`ws://${m[1]}`); }));
+const client = new CourierClient({ url, token: 't', WebSocket });
+let n = 0, start = 0;
+await new Promise((resolve) => { client.subscribe('backtest.bench', (e) => { if (n === 0) start = performance.now(); if (++n === total) resolve(); }); });
+console.log((total - 1) / ((performance.now() - start) / 1000));
+client.close(); child.kill(); process.exit(0);
