@@ -1,28 +1,18 @@
-//! wasm-bindgen glue between `courier-core` and JavaScript hosts (browsers, web workers, Node).
+//! The WASM driver of the TypeScript client (browsers, web workers, Node).
 //!
-//! The core decides; the TypeScript layer moves bytes and time. [`driver::Driver`] owns one
-//! [`courier_core::client::Client`] (the connection, the publish queue, the one token, event
-//! stamping, listeners, endpoints and stats); the TypeScript layer (`npm/src/client.ts`) owns
-//! the WebSocket (the host's, or the `ws` package in Node), `fetch` and one `setTimeout`,
-//! reports what happens through the driver's `handle*` methods and does what its outputs say.
-//! Reconnect, backoff, resume, gaps, Retry-After, the client-side GCRA, the retry budget, dead
-//! letters, token sharing, stamping and subscribe-twice all come from the core.
+//! The core decides; this crate moves bytes and time for it, as `courier-client` does
+//! natively. [`driver::CoreClient`] owns one [`courier_core::client::Client`] (the
+//! connection, the publish queue, the one token, stamping, listeners, endpoints, stats) and
+//! its I/O: the WebSocket (web-sys, with the constructor the facade passes: the browser's,
+//! Node 22's, or the `ws` package's), `fetch` (web-sys and wasm-bindgen-futures), the one
+//! timer (gloo-timers), and typed results for JavaScript (serde-wasm-bindgen). The
+//! TypeScript layer (`npm/src/`) is the facade: options, overloads, generated event types,
+//! error classes, promises and React hooks.
 //!
-//! Boundary choices, for size and speed:
-//! - The driver never calls JavaScript: no closures, futures, `web-sys` or `js-sys` bindings,
-//!   so the WASM and its generated glue stay small.
-//! - An event frame is decided on in one call (`handleText` returns the listener to hand it
-//!   to); the TypeScript layer `JSON.parse`s the very string it passed in, once.
-//! - Outputs cross as an [`driver::OutputKind`] (a TypeScript `enum`) plus a number and a
-//!   string; the few JSON payloads and the named stats are written by the core's small JSON
-//!   writer (no `serde_json`, no `Serialize` of the outputs, no float formatting).
-//! - The WASM is built without `courier-core`'s `conformance` feature (see `npm/README.md`);
-//!   it validates catalogue event data like every other build (the core's tables, no serde).
-//!   The test build (`--features conformance`, into `npm/pkg-test`) adds [`evaluate_vector`]
-//!   for the shared vectors.
-//!
-//! The public API is written in TypeScript (`npm/src/`); names here are exported in
-//! camelCase with `js_name`. On native targets the crate is empty.
+//! Two builds: with the `publish` feature (default; the `courier-client` entry point) and
+//! without it (`courier-client/subscriber`: no publish queue, no `fetch`). The test build
+//! (`--features conformance`, into `npm/pkg-test`) adds [`evaluate_vector`] for the shared
+//! vectors. On native targets the crate is empty.
 
 #[cfg(target_arch = "wasm32")]
 pub mod driver;
