@@ -6,8 +6,8 @@ import { CoreClient, endpoints as coreEndpoints } from './wasm-sub/courier_wasm.
 import { BaseClient, type CourierClientOptions } from './base.js';
 import { errorFromThrown } from './errors.js';
 
-/** The WebSocket URL (and the publish URL, unused here) the client derives from `url`. */
-export function endpoints(url: string, httpUrl?: string): { wsUrl: string; publishUrl: string } {
+/** The WebSocket URL the client derives from `url` (any form `CourierClient` accepts). */
+export function endpoints(url: string, httpUrl?: string): { wsUrl: string } {
   try {
     return coreEndpoints(url, httpUrl);
   } catch (e) {

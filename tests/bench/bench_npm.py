@@ -39,35 +39,49 @@ def install_others():
     json.dump(wanted, open(stamp, "w"))
 
 
+def entry_size(entry, wasm_dir):
+    """gzip of one entry point's download: its `.wasm` and its JavaScript (the TypeScript
+    layer and the wasm-bindgen glue, bundled and minified by esbuild, as an application's
+    bundler ships it)."""
+    wasm = gz(os.path.join(NPM, "dist", wasm_dir, "courier_wasm_bg.wasm"))
+    bundle = os.path.join(ROOT, "target", f"bench-npm-{entry}.min.js")
+    sh(f"npm/node_modules/.bin/esbuild npm/dist/{entry}.js --bundle --minify --format=esm "
+       f"--target=es2022 --log-level=warning --outfile={bundle}")
+    js = gz(bundle)
+    return wasm, js
+
+
 def size_section():
     sh("make --no-print-directory npm-build")
     install_others()
-    dist = os.path.join(NPM, "dist")
-    wasm = gz(os.path.join(dist, "wasm", "courier_wasm_bg.wasm"))
-    # The JavaScript a page loads: the `web` entry point with the TypeScript layer and the
-    # wasm-bindgen glue, bundled and minified by esbuild (what an application's bundler
-    # ships; the other libraries below are measured by their own minified bundles too).
-    bundle = os.path.join(ROOT, "target", "bench-npm-web.min.js")
-    sh(f"npm/node_modules/.bin/esbuild npm/dist/web.js --bundle --minify --format=esm "
-       f"--target=es2022 --log-level=warning --outfile={bundle}")
-    js = gz(bundle)
-    ours = wasm + js
     rows = [
-        "| package | what is measured | gzip |",
-        "|---|---|---|",
-        f"| **courier-client** 0.1.0 | `.wasm` ({kb(wasm)}) + `dist/web.js` with the TypeScript layer and the wasm-bindgen glue, bundled and minified by esbuild ({kb(js)}) | **{kb(ours)}** |",
+        "| package | what is measured | gzip | target |",
+        "|---|---|---|---|",
     ]
+    verdicts = []
+    for name, entry, wasm_dir, target_kb in [
+        ("courier-client", "web", "wasm", 70),
+        ("courier-client/subscriber", "subscriber-web", "wasm-sub", 48),
+    ]:
+        wasm, js = entry_size(entry, wasm_dir)
+        total = wasm + js
+        ok = total <= target_kb * 1024
+        verdicts.append(f"{name} {kb(total)} ({'meets' if ok else 'MISSES'} ≤ {target_kb} KB)")
+        rows.append(
+            f"| **{name}** 0.1.0 | `.wasm` ({kb(wasm)}) + `dist/{entry}.js` bundled and minified ({kb(js)}) "
+            f"| **{kb(total)}** | ≤ {target_kb} KB: {'meets' if ok else 'MISSES'} |"
+        )
     for name, version, path in OTHERS:
         full = os.path.join(BENCH_DEPS, "node_modules", name, path)
-        rows.append(f"| {name} {version} | `{path}` | {kb(gz(full))} |")
-    target = 40 * 1024
-    verdict = "meets" if ours <= target else "MISSES"
+        rows.append(f"| {name} {version} | `{path}` | {kb(gz(full))} | |")
     return (
         "## npm: bundle size (gzip -9)\n\n"
-        "Command: `python3 tests/bench/run.py npm` (wasm-pack, `[profile.wasm-release]` (opt-level z), wasm-opt -O3; "
-        "courier-core without `conformance`, with the table-driven catalogue validation).\n\n"
+        "Command: `python3 tests/bench/run.py npm` (wasm-pack with `--profile wasm-release`, then wasm-opt; "
+        "courier-core without `conformance`; the subscriber entry's WASM without the `publish` feature). "
+        "Each entry point is measured as a page downloads it: its `.wasm` plus its JavaScript (the TypeScript layer "
+        "and the wasm-bindgen glue) bundled and minified by esbuild.\n\n"
         + "\n".join(rows)
-        + f"\n\nTarget ≤ 40 KB gzip: {verdict} ({kb(ours)}). The other libraries are their own minified "
+        + f"\n\n{'; '.join(verdicts)}. The other libraries are their own minified "
         "browser bundles, installed from npm in the same run.\n"
     )
 
@@ -85,7 +99,7 @@ def throughput_section():
     ratio = ratios[len(ratios) // 2]
     bare = sorted(r["bare"])[len(r["bare"]) // 2]
     ours = sorted(r["courier"])[len(r["courier"]) // 2]
-    verdict = "meets" if ratio >= 0.5 else "MISSES"
+    verdict = "meets" if ratio >= 0.8 else "MISSES"
     return (
         "## npm: events per second in Node, one connection\n\n"
         f"Command: `node npm/bench/throughput.mjs {total} {rounds}`. A local protocol-v1 feed (its own process) "
@@ -93,8 +107,8 @@ def throughput_section():
         f"hands each to a handler. {rounds} rounds, alternating bare and courier-client, each against a fresh feed.\n\n"
         "| client | events/s (median) |\n|---|---|\n"
         f"| bare `ws` + `JSON.parse` | {bare:,.0f} |\n"
-        f"| courier-client (WASM core: decode, dedupe, position; `JSON.parse` in JS) | {ours:,.0f} |\n"
-        f"| ratio (median of the rounds' ratios; all: {', '.join(f'{x:.2f}' for x in ratios)}) | {ratio:.2f} (target ≥ 0.5: {verdict}) |\n"
+        f"| courier-client (`JSON.parse` once; the position into the WASM core: dedupe, gaps) | {ours:,.0f} |\n"
+        f"| ratio (median of the rounds' ratios; all: {', '.join(f'{x:.2f}' for x in ratios)}) | {ratio:.2f} (target ≥ 0.8: {verdict}) |\n"
     )
 
 

@@ -41,13 +41,17 @@ use serde::{Deserialize, Serialize};
 use crate::channel::ChannelName;
 use crate::connection::{self, Connection, ConnectionConfig, ConnectionStats, GapReason, State};
 use crate::error::{Error, UsageError, ValidationError, ValidationKind};
+#[cfg(feature = "publish")]
 use crate::event::{Event, Metadata};
 use crate::frame::{Delivery, StreamPosition};
+#[cfg(feature = "publish")]
 use crate::queue::{
     BatchId, PublishOptions, PublishQueue, PublishResult, QueueConfig, QueueStats, Ticket,
     TransportResult,
 };
-use crate::time::{Instant, SystemTime, UNIX_EPOCH};
+use crate::time::Instant;
+#[cfg(feature = "publish")]
+use crate::time::{SystemTime, UNIX_EPOCH};
 use crate::vec_map::VecMap;
 
 /// Where a client talks to: the WebSocket URL and the HTTP base, derived from one URL.
@@ -115,6 +119,7 @@ impl Endpoints {
     }
 
     /// The URL batches are posted to.
+    #[cfg(feature = "publish")]
     pub fn publish_batch_url(&self) -> String {
         format!("{}{}", self.http_base, crate::queue::PUBLISH_BATCH_PATH)
     }
@@ -126,10 +131,12 @@ impl Endpoints {
 pub struct ClientConfig {
     /// `metadata.source` of published events that do not name one (empty lets the server use
     /// the token's subject).
+    #[cfg(feature = "publish")]
     pub service_name: String,
     /// The WebSocket half.
     pub connection: ConnectionConfig,
     /// The publishing half.
+    #[cfg(feature = "publish")]
     pub queue: QueueConfig,
     /// Unread events one listener may hold before its channel pauses (see the module docs);
     /// `None` for hosts that hand events to callbacks at once and report nothing unread.
@@ -142,8 +149,10 @@ pub const DEFAULT_SUBSCRIPTION_BUFFER: usize = 10_000;
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
+            #[cfg(feature = "publish")]
             service_name: String::new(),
             connection: ConnectionConfig::default(),
+            #[cfg(feature = "publish")]
             queue: QueueConfig::default(),
             subscription_buffer: Some(DEFAULT_SUBSCRIPTION_BUFFER),
         }
@@ -151,6 +160,7 @@ impl Default for ClientConfig {
 }
 
 /// Per-event envelope options beyond the channel, type and data.
+#[cfg(feature = "publish")]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EventOptions {
@@ -161,6 +171,7 @@ pub struct EventOptions {
 }
 
 /// One event to publish ([`Client::publish`], [`Client::publish_many`]).
+#[cfg(feature = "publish")]
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublishItem {
     /// The channel.
@@ -205,6 +216,7 @@ pub enum Output {
     /// `POST` `body` to [`Endpoints::publish_batch_url`] with `Authorization: Bearer
     /// {token}` and `Content-Type: application/json`; report the answer with
     /// [`Client::handle_response`].
+    #[cfg(feature = "publish")]
     SendBatch {
         /// Pass it back with the answer.
         batch: BatchId,
@@ -256,6 +268,7 @@ pub enum Output {
         error: Error,
     },
     /// A published event's final outcome (each ticket exactly once).
+    #[cfg(feature = "publish")]
     Published {
         /// The ticket [`Client::publish`] returned.
         ticket: Ticket,
@@ -266,7 +279,9 @@ pub enum Output {
     Error(Error),
 }
 
-/// Every counter and gauge of a client, by name; the same names in every SDK.
+/// Every counter and gauge of a client, by name; the same names in every SDK, and in every
+/// build: without the `publish` feature the publishing counters (`queued_*` to
+/// `budget_exhausted`) are always zero.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClientStats {
     /// High-priority events waiting to be sent (first attempts and retries).
@@ -310,6 +325,7 @@ pub struct ClientStats {
 }
 
 impl ClientStats {
+    #[cfg(feature = "publish")]
     fn from_parts(q: &QueueStats, c: &ConnectionStats) -> Self {
         Self {
             queued_high: q.queued_high,
@@ -322,6 +338,19 @@ impl ClientStats {
             acknowledged: q.acknowledged,
             budget_exhausted: q.budget_exhausted,
             rate_limit_waits: q.rate_limit_waits + c.rate_limit_waits,
+            reconnects: c.reconnects,
+            events_received: c.events_delivered,
+            duplicates_dropped: c.duplicates_dropped,
+            gaps: c.gaps,
+            heartbeat_timeouts: c.heartbeat_timeouts,
+            ..Self::default()
+        }
+    }
+
+    #[cfg(not(feature = "publish"))]
+    fn from_parts(c: &ConnectionStats) -> Self {
+        Self {
+            rate_limit_waits: c.rate_limit_waits,
             reconnects: c.reconnects,
             events_received: c.events_delivered,
             duplicates_dropped: c.duplicates_dropped,
@@ -360,10 +389,13 @@ struct Token {
     /// The generation the connection holds.
     connection_generation: u64,
     /// The queue was refused with an expired token and waits for a new one.
+    #[cfg(feature = "publish")]
     queue_waits: bool,
     /// Batches wait for a first token.
+    #[cfg(feature = "publish")]
     http_waits: bool,
     /// The provider failed while batches waited for a first token: they fail with this.
+    #[cfg(feature = "publish")]
     failed: Option<String>,
     fetches: u64,
 }
@@ -371,14 +403,17 @@ struct Token {
 /// The client (see the module docs).
 #[derive(Debug)]
 pub struct Client {
+    #[cfg(feature = "publish")]
     service_name: String,
     buffer: Option<usize>,
     conn: Connection,
+    #[cfg(feature = "publish")]
     queue: PublishQueue,
     token: Token,
     listeners: VecMap<ListenerId, Listener>,
     channels: VecMap<ChannelName, ChannelState>,
     /// The token generation each batch in flight was sent with.
+    #[cfg(feature = "publish")]
     batch_generation: VecMap<BatchId, u64>,
     outputs: VecDeque<Output>,
     next_listener: u64,
@@ -386,6 +421,7 @@ pub struct Client {
     pauses: u64,
 }
 
+#[cfg(feature = "publish")]
 fn unix_ms(wall: SystemTime) -> u64 {
     wall.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -396,14 +432,19 @@ impl Client {
     /// A client that does nothing until a subscription or a publish. `seed` drives the ids
     /// and every jitter (drivers pass a random one; tests a fixed one).
     pub fn new(config: ClientConfig, seed: u64, now: Instant) -> Self {
+        #[cfg(not(feature = "publish"))]
+        let _ = now;
         Self {
+            #[cfg(feature = "publish")]
             service_name: config.service_name,
             buffer: config.subscription_buffer.map(|b| b.max(1)),
             conn: Connection::new(config.connection, seed.rotate_left(17) ^ 0x5EED),
+            #[cfg(feature = "publish")]
             queue: PublishQueue::new(config.queue, seed, now),
             token: Token::default(),
             listeners: VecMap::new(),
             channels: VecMap::new(),
+            #[cfg(feature = "publish")]
             batch_generation: VecMap::new(),
             outputs: VecDeque::new(),
             next_listener: 1,
@@ -533,6 +574,7 @@ impl Client {
     /// [`Output::Published`] with the returned ticket. Fails at once, with nothing queued,
     /// when the channel, the envelope or catalogue data is invalid, the queue is full, or the
     /// client is closed.
+    #[cfg(feature = "publish")]
     pub fn publish(
         &mut self,
         item: PublishItem,
@@ -554,6 +596,7 @@ impl Client {
 
     /// Queues several events at once: all are checked first and none is queued if one is
     /// invalid (the error's field names its index) or if they do not all fit in the queue.
+    #[cfg(feature = "publish")]
     pub fn publish_many(
         &mut self,
         items: Vec<PublishItem>,
@@ -594,6 +637,7 @@ impl Client {
             .collect()
     }
 
+    #[cfg(feature = "publish")]
     fn stamp(
         &mut self,
         channel: &str,
@@ -622,6 +666,7 @@ impl Client {
 
     /// Withdraws a published event that was never sent (no [`Output::Published`] comes for
     /// it then); returns whether it was withdrawn.
+    #[cfg(feature = "publish")]
     pub fn cancel(&mut self, ticket: Ticket) -> bool {
         self.queue.cancel(ticket)
     }
@@ -632,6 +677,7 @@ impl Client {
             return;
         }
         self.closed = true;
+        #[cfg(feature = "publish")]
         self.queue.close();
         self.conn.close(now);
         self.pump(now);
@@ -639,10 +685,15 @@ impl Client {
 
     /// True after [`close`](Self::close) once every queued event completed: the driver may stop.
     pub fn is_finished(&self) -> bool {
-        self.closed && self.queue.is_flushed() && self.outputs.is_empty()
+        #[cfg(feature = "publish")]
+        let flushed = self.queue.is_flushed();
+        #[cfg(not(feature = "publish"))]
+        let flushed = true;
+        self.closed && flushed && self.outputs.is_empty()
     }
 
     /// True when every accepted event was acknowledged or given up.
+    #[cfg(feature = "publish")]
     pub fn is_flushed(&self) -> bool {
         self.queue.is_flushed()
     }
@@ -665,8 +716,11 @@ impl Client {
             Ok(t) => {
                 self.token.value = Some(t.clone());
                 self.token.generation += 1;
-                self.token.failed = None;
-                self.token.http_waits = false;
+                #[cfg(feature = "publish")]
+                {
+                    self.token.failed = None;
+                    self.token.http_waits = false;
+                }
                 if std::mem::take(&mut self.token.connection_waits) {
                     self.conn.handle_token(Ok(t), now);
                     self.token.connection_generation = self.token.generation;
@@ -675,6 +729,7 @@ impl Client {
                     // (see `handle_socket_open`).
                     self.conn.set_token(t);
                 }
+                #[cfg(feature = "publish")]
                 if std::mem::take(&mut self.token.queue_waits) {
                     self.queue.handle_token(Ok(()), now);
                 }
@@ -683,11 +738,14 @@ impl Client {
                 if std::mem::take(&mut self.token.connection_waits) {
                     self.conn.handle_token(Err(message.clone()), now);
                 }
-                if std::mem::take(&mut self.token.queue_waits) {
-                    self.queue.handle_token(Err(message.clone()), now);
-                }
-                if std::mem::take(&mut self.token.http_waits) {
-                    self.token.failed = Some(message);
+                #[cfg(feature = "publish")]
+                {
+                    if std::mem::take(&mut self.token.queue_waits) {
+                        self.queue.handle_token(Err(message.clone()), now);
+                    }
+                    if std::mem::take(&mut self.token.http_waits) {
+                        self.token.failed = Some(message);
+                    }
                 }
             }
         }
@@ -743,6 +801,7 @@ impl Client {
     }
 
     /// What came back for an [`Output::SendBatch`]; `wall` turns HTTP-dates into delays.
+    #[cfg(feature = "publish")]
     pub fn handle_response(
         &mut self,
         batch: BatchId,
@@ -767,6 +826,7 @@ impl Client {
     /// Lets timers fire; extra calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.conn.handle_timeout(now);
+        #[cfg(feature = "publish")]
         self.queue.handle_timeout(now);
         self.pump(now);
     }
@@ -776,9 +836,12 @@ impl Client {
     /// The next output to act on; call until `None` after every command or input.
     #[must_use]
     pub fn poll(&mut self, now: Instant) -> Option<Output> {
+        #[cfg(feature = "publish")]
         if self.outputs.is_empty() {
             self.transmit(now);
         }
+        #[cfg(not(feature = "publish"))]
+        let _ = now;
         self.outputs.pop_front()
     }
 
@@ -793,15 +856,20 @@ impl Client {
     /// When [`handle_timeout`](Self::handle_timeout) should be called next.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let queue = if self.token.value.is_some() || self.token.fetching.is_none() {
-            self.queue.poll_timeout()
-        } else {
-            None
-        };
-        [self.conn.poll_timeout(), queue]
-            .into_iter()
-            .flatten()
-            .min()
+        #[cfg(feature = "publish")]
+        {
+            let queue = if self.token.value.is_some() || self.token.fetching.is_none() {
+                self.queue.poll_timeout()
+            } else {
+                None
+            };
+            [self.conn.poll_timeout(), queue]
+                .into_iter()
+                .flatten()
+                .min()
+        }
+        #[cfg(not(feature = "publish"))]
+        self.conn.poll_timeout()
     }
 
     /// The connection's state.
@@ -811,7 +879,13 @@ impl Client {
 
     /// Every counter, by name.
     pub fn stats(&self, now: Instant) -> ClientStats {
+        #[cfg(feature = "publish")]
         let mut s = ClientStats::from_parts(&self.queue.stats(now), self.conn.stats());
+        #[cfg(not(feature = "publish"))]
+        let mut s = {
+            let _ = now;
+            ClientStats::from_parts(self.conn.stats())
+        };
         s.channels = self.channels.len();
         s.paused_channels = self
             .channels
@@ -824,11 +898,13 @@ impl Client {
     }
 
     /// The events given up so far (oldest first).
+    #[cfg(feature = "publish")]
     pub fn dead_letters(&self) -> &[crate::queue::DeadLetter] {
         self.queue.dead_letters()
     }
 
     /// Takes the dead letters, leaving none.
+    #[cfg(feature = "publish")]
     pub fn take_dead_letters(&mut self) -> Vec<crate::queue::DeadLetter> {
         self.queue.take_dead_letters()
     }
@@ -844,6 +920,7 @@ impl Client {
     }
 
     /// Hands out the batches the queue lets go now, with the token.
+    #[cfg(feature = "publish")]
     fn transmit(&mut self, now: Instant) {
         loop {
             if self.token.value.is_none() {
@@ -883,6 +960,7 @@ impl Client {
         }
     }
 
+    #[cfg(feature = "publish")]
     fn drain_completions(&mut self) {
         while let Some(c) = self.queue.poll_completion() {
             self.outputs.push_back(Output::Published {
@@ -981,6 +1059,7 @@ impl Client {
                 connection::Output::Error(e) => self.outputs.push_back(Output::Error(e)),
             }
         }
+        #[cfg(feature = "publish")]
         self.drain_completions();
     }
 

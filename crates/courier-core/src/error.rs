@@ -373,7 +373,7 @@ pub enum UsageError {
     #[error("client is closed")]
     Closed,
     /// An operation gave up after its deadline.
-    #[error("timed out after {0:?}")]
+    #[error("timed out after {} ms", as_millis_u64(*.0))]
     Timeout(Duration),
     /// The same channel is already subscribed on this connection.
     #[error("channel `{0}` is already subscribed")]
@@ -595,4 +595,17 @@ impl ErrorResponse {
 pub struct ErrorResponse {
     /// What went wrong.
     pub error: ErrorBody,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations print as whole milliseconds: `Duration`'s `Debug` pulls float-style
+    /// formatting (~1 KB gzip of WASM) into every build that prints an error.
+    #[test]
+    fn timeout_prints_integer_milliseconds() {
+        let e = UsageError::Timeout(Duration::from_micros(1_500_700));
+        assert_eq!(e.to_string(), "timed out after 1500 ms");
+    }
 }

@@ -27,7 +27,7 @@ use crate::error::{ValidationError, ValidationKind};
 use crate::json::{self, JsonError, Obj, Reader, Seen};
 use crate::shape::{self, Field, Kind};
 
-#[cfg(test)]
+#[cfg(all(test, feature = "publish"))]
 mod oracle;
 
 /// Default limit on the size of an event's `data`, in bytes (100 KB).
@@ -269,7 +269,8 @@ impl Event {
         })
     }
 
-    /// Checks the envelope and, for catalogue types, the data shape.
+    /// Checks the envelope and, for catalogue types, the data shape (`publish` feature).
+    #[cfg(feature = "publish")]
     pub fn validate(&self, max_payload_bytes: usize) -> Result<(), ValidationError> {
         check_id("id", &self.id)?;
         check_event_type(&self.event_type)?;
@@ -383,6 +384,7 @@ pub fn check_event_type(event_type: &str) -> Result<(), ValidationError> {
     }
 }
 
+#[cfg(feature = "publish")]
 fn check_optional_text(field: &str, value: Option<&str>) -> Result<(), ValidationError> {
     match value {
         Some(v) if v.len() > MAX_ID_LEN => Err(ValidationError::new(
@@ -766,7 +768,7 @@ macro_rules! catalogue {
 
         /// The old validation (serde's derive through `serde_path_to_error`, then checks),
         /// kept in tests as the oracle of the table-driven one; `None` for custom types.
-        #[cfg(test)]
+        #[cfg(all(test, feature = "publish"))]
         pub(crate) fn oracle_validate(event_type: &str, data: &RawJson) -> Option<Result<(), ValidationError>> {
             match event_type {
                 $(<$variant as EventData>::TYPE => Some(oracle::parse_data::<$variant>(data)),)*
@@ -825,7 +827,8 @@ impl EventIdGenerator {
     }
 }
 
-#[cfg(test)]
+// The tests check validation, which comes with the `publish` feature (on by default).
+#[cfg(all(test, feature = "publish"))]
 mod tests {
     use super::*;
 

@@ -14,6 +14,16 @@
 //! behaviour it fixes for all languages is tabled in `docs/behaviour.md`.
 //! The drivers are `courier-client` (tokio), `courier-wasm` (browsers and Node) and, through
 //! `courier-client`, the Python package.
+//!
+//! # Features
+//!
+//! - `publish` (default): the publishing half: `queue`, the modules only it uses (`wire`,
+//!   `limits`, `gcra`, `retry_budget`, `rate_limit`, `retry_after`), catalogue
+//!   validation (`Event::validate`, `shape::validate`) and `Client::publish` with its outputs.
+//!   Without it [`Client`] subscribes only (the subscriber-only WASM build); its
+//!   [`ClientStats`] keeps every field, the publishing ones at zero.
+//! - `conformance` (default, implies `publish`): `conformance::evaluate` for the shared vectors.
+//! - `openapi`: `utoipa::ToSchema` on the wire types.
 
 pub mod backoff;
 pub mod channel;
@@ -25,28 +35,36 @@ pub mod connection;
 pub mod error;
 pub mod event;
 pub mod frame;
+#[cfg(feature = "publish")]
 pub mod gcra;
+#[cfg(feature = "publish")]
 pub mod limits;
 pub use courier_json as json;
+#[cfg(feature = "publish")]
 pub mod queue;
+#[cfg(feature = "publish")]
 pub mod rate_limit;
+#[cfg(feature = "publish")]
 pub mod retry_after;
+#[cfg(feature = "publish")]
 pub mod retry_budget;
 pub mod shape;
 pub mod time;
 mod vec_map;
+#[cfg(feature = "publish")]
 pub mod wire;
 
 pub use channel::{ChannelName, ChannelPattern};
-pub use client::{
-    Client, ClientConfig, ClientStats, Endpoints, EventOptions, ListenerId, PublishItem,
-};
+pub use client::{Client, ClientConfig, ClientStats, Endpoints, ListenerId};
+#[cfg(feature = "publish")]
+pub use client::{EventOptions, PublishItem};
 pub use error::{
     Error, ErrorBody, ErrorCategory, ErrorCode, ErrorResponse, FrameError, Refusal, UsageError,
     ValidationError, ValidationKind,
 };
 pub use event::{Event, Metadata, RawJson};
 pub use frame::{ClientFrame, Delivery, ErrorFrame, Limits, ServerFrame, StreamPosition};
+#[cfg(feature = "publish")]
 pub use queue::{Priority, PublishOptions, PublishQueue, PublishResult, QueueConfig};
 pub use time::{Duration, Instant};
 

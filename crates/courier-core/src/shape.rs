@@ -1,4 +1,5 @@
-//! Table-driven validation of JSON data: a static table of fields ([`Field`]: name, [`Kind`],
+//! Table-driven validation of JSON data (the tables are in every build; `validate` needs
+//! the `publish` feature): a static table of fields ([`Field`]: name, [`Kind`],
 //! required or not) is walked over the data's text with the core's own JSON reader
 //! ([`crate::json::Reader`]), with no serde and no tree. This is how the catalogue's event
 //! data is checked (the tables come from the catalogue's declaration in
@@ -20,17 +21,23 @@
 //! of the values that round to the range (see [`Range`]), so the answer is the one an `f64`
 //! comparison gives after correct rounding, as in JavaScript and Python.
 
+#[cfg(feature = "publish")]
 use std::cmp::Ordering;
 
+#[cfg(feature = "publish")]
 use crate::error::{ValidationError, ValidationKind};
+#[cfg(feature = "publish")]
 use crate::json::{JsonError, Reader, u64_text};
 
 /// Longest name or id (a [`Kind::Name`] value), in bytes.
+#[cfg(feature = "publish")]
 const MAX_NAME_LEN: usize = 128;
 /// Longest decimal string, in bytes.
+#[cfg(feature = "publish")]
 const MAX_DECIMAL_LEN: usize = 64;
 /// The smallest magnitude that overflows an `f64` (it rounds to infinity): 2^1024 − 2^970,
 /// halfway between `f64::MAX` and 2^1024 (the tie rounds up, to the even mantissa).
+#[cfg(feature = "publish")]
 const F64_OVERFLOW: &str = "1.79769313486231580793728971405303415079934132710037826936173778980444968292764750946649017977587207096330286416692887910946555547851940402630657488671505820681908902000708383676273854845817711531764475730270069855571366959622842914819860834936475292719074168444365510704342711559699508093042880177904174497792e308";
 
 /// What a field holds, and what is checked about it.
@@ -99,6 +106,7 @@ pub const PERCENT: Range = Range {
 /// Checks `data` (one JSON value, already checked to be JSON) against the object table
 /// `fields`; errors name the field as a path under `data` (`data.percent`,
 /// `data.symbols[2]`) and say which `event_type` the data belongs to.
+#[cfg(feature = "publish")]
 pub fn validate(
     data: &str,
     fields: &'static [Field],
@@ -128,6 +136,7 @@ pub fn validate(
 /// serde's derive found them); content errors wait in `later`, where the one first in
 /// declaration order (`rank`: the field and item indices along the path) stays, and are
 /// reported only when the shape is right (as the checks that ran after deserialising were).
+#[cfg(feature = "publish")]
 struct Walk<'t> {
     path: String,
     rank: Vec<u32>,
@@ -137,6 +146,7 @@ struct Walk<'t> {
     later: Option<(Vec<u32>, ValidationError)>,
 }
 
+#[cfg(feature = "publish")]
 impl Walk<'_> {
     /// The error at the current path, its message from `template`: `@` stands for the
     /// field (its path under `data`: `percent`, `symbols[2]`), `%` for the event type, `$`
@@ -369,9 +379,11 @@ impl Walk<'_> {
 }
 
 /// `u64::MAX` in decimal.
+#[cfg(feature = "publish")]
 const U64_MAX: &str = "18446744073709551615";
 
 /// `-?[0-9]+(\.[0-9]+)?`, at most 64 bytes.
+#[cfg(feature = "publish")]
 fn is_decimal(s: &str) -> bool {
     let unsigned = s.strip_prefix('-').unwrap_or(s);
     let (int, frac) = match unsigned.split_once('.') {
@@ -384,6 +396,7 @@ fn is_decimal(s: &str) -> bool {
 
 /// Whether a JSON number's text is an integer from 0 to `u64::MAX` (JSON has no leading
 /// zeros, so the length decides up to 20 digits).
+#[cfg(feature = "publish")]
 fn fits_u64(text: &str) -> bool {
     text.bytes().all(|b| b.is_ascii_digit())
         && (text.len() < U64_MAX.len() || (text.len() == U64_MAX.len() && text <= U64_MAX))
@@ -391,6 +404,7 @@ fn fits_u64(text: &str) -> bool {
 
 /// A JSON number's text as sign, exponent and digits: the value is `0.d₁d₂… × 10^exp` where
 /// the `d`s are `digits` without the point and leading zeros; `None` digits for zero.
+#[cfg(feature = "publish")]
 fn parts(text: &str) -> (bool, i64, Option<&str>) {
     let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
@@ -417,6 +431,7 @@ fn parts(text: &str) -> (bool, i64, Option<&str>) {
 }
 
 /// Compares two JSON number texts by the exact values they denote.
+#[cfg(feature = "publish")]
 fn compare(a: &str, b: &str) -> Ordering {
     let (a_neg, a_exp, a_digits) = parts(a);
     let (b_neg, b_exp, b_digits) = parts(b);
@@ -463,7 +478,7 @@ fn compare(a: &str, b: &str) -> Ordering {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "publish"))]
 mod tests {
     use super::*;
 

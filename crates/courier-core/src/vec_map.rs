@@ -34,6 +34,7 @@ impl<K: Ord, V> VecMap<K, V> {
         self.0.len()
     }
 
+    #[cfg(feature = "publish")]
     pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -76,10 +77,12 @@ impl<K: Ord, V> VecMap<K, V> {
         self.0.remove(i).map(|(_, v)| v)
     }
 
+    #[cfg(feature = "publish")]
     pub(crate) fn first_key_value(&self) -> Option<(&K, &V)> {
         self.0.front().map(|(k, v)| (k, v))
     }
 
+    #[cfg(feature = "publish")]
     pub(crate) fn pop_first(&mut self) -> Option<(K, V)> {
         self.0.pop_front()
     }

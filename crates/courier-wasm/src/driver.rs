@@ -123,6 +123,7 @@ extern "C" {
     fn url(this: &Options) -> String;
     #[wasm_bindgen(method, getter, js_name = httpUrl)]
     fn http_url(this: &Options) -> Option<String>;
+    #[cfg(feature = "publish")]
     #[wasm_bindgen(method, getter, js_name = serviceName)]
     fn service_name(this: &Options) -> Option<String>;
     #[wasm_bindgen(method, getter, js_name = clientName)]
@@ -324,18 +325,27 @@ pub struct CoreClient {
     inner: Rc<Inner>,
 }
 
-/// The WebSocket URL and the URL batches are posted to, for `url` (and `httpUrl`), as the
-/// core derives them; throws a core error for a URL it refuses.
-#[wasm_bindgen(unchecked_return_type = "{ wsUrl: string; publishUrl: string }")]
+/// The WebSocket URL and (publish build) the URL batches are posted to, for `url` (and
+/// `httpUrl`), as the core derives them; throws a core error for a URL it refuses.
+#[cfg_attr(
+    feature = "publish",
+    wasm_bindgen(unchecked_return_type = "{ wsUrl: string; publishUrl: string }")
+)]
+#[cfg_attr(
+    not(feature = "publish"),
+    wasm_bindgen(unchecked_return_type = "{ wsUrl: string }")
+)]
 pub fn endpoints(url: &str, http_url: Option<String>) -> Result<JsValue, JsValue> {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct Urls {
         ws_url: String,
+        #[cfg(feature = "publish")]
         publish_url: String,
     }
     let e = parse_endpoints(url, http_url)?;
     Ok(js(&Urls {
+        #[cfg(feature = "publish")]
         publish_url: e.publish_batch_url(),
         ws_url: e.ws_url,
     }))
@@ -366,6 +376,7 @@ impl CoreClient {
             .dyn_into()
             .map_err(|_| JsValue::from_str("WebSocket must be a constructor"))?;
         let mut config = ClientConfig {
+            #[cfg(feature = "publish")]
             service_name: options.service_name().unwrap_or_default(),
             // Callback host: handlers run as events arrive, nothing is left unread.
             subscription_buffer: None,
