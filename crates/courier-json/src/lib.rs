@@ -615,6 +615,7 @@ pub struct Seen(u64);
 
 impl Seen {
     /// Marks member `bit` (below 64) as seen; an error if it was already.
+    #[inline]
     pub fn first(&mut self, bit: u32, r: &Reader<'_>, name: &str) -> Result<(), JsonError> {
         let mask = 1u64 << bit;
         if self.0 & mask != 0 {
