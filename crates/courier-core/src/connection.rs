@@ -809,11 +809,17 @@ impl Connection {
             None => None,
             Some(_) => Some(GapReason::EpochChanged),
         };
-        let position = StreamPosition {
-            epoch: delivery.epoch.clone(),
-            offset: delivery.offset,
+        let last = match (&mut sub.position, reason) {
+            // The common case: the same epoch, one offset on (no allocation per event).
+            (Some(pos), None) => {
+                pos.offset = delivery.offset;
+                None
+            }
+            (position, _) => position.replace(StreamPosition {
+                epoch: delivery.epoch.clone(),
+                offset: delivery.offset,
+            }),
         };
-        let last = sub.position.replace(position);
         if let Some(reason) = reason {
             self.stats.gaps += 1;
             self.outputs.push_back(Output::Gap {
