@@ -176,7 +176,8 @@ impl<'a> Reader<'a> {
         if self.peek() != Some(b'"') {
             return Err(self.err("expected a key"));
         }
-        let key = self.string()?;
+        self.pos += 1;
+        let key = self.string_after_quote()?;
         self.expect(b':', "expected `:`")?;
         Ok(Some(key))
     }
@@ -362,6 +363,12 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(b'"', "expected a string")?;
+        self.string_after_quote()
+    }
+
+    /// [`Reader::string`] after its opening quote (inlined into the object walk's keys).
+    #[inline(always)]
+    fn string_after_quote(&mut self) -> Result<Cow<'a, str>, JsonError> {
         // The common case: no escape before the closing quote.
         let start = self.pos;
         let end = plain_run_end(self.bytes(), start);
@@ -619,10 +626,7 @@ impl Seen {
     pub fn first(&mut self, bit: u32, r: &Reader<'_>, name: &str) -> Result<(), JsonError> {
         let mask = 1u64 << bit;
         if self.0 & mask != 0 {
-            let mut what = String::from("duplicate field `");
-            what.push_str(name);
-            what.push('`');
-            return Err(r.err(what));
+            return Err(duplicate(r, name));
         }
         self.0 |= mask;
         Ok(())
@@ -644,6 +648,15 @@ impl Seen {
         *slot = read(r)?;
         Ok(())
     }
+}
+
+#[cold]
+#[inline(never)]
+fn duplicate(r: &Reader<'_>, name: &str) -> JsonError {
+    let mut what = String::from("duplicate field `");
+    what.push_str(name);
+    what.push('`');
+    r.err(what)
 }
 
 /// Unwraps a required member, or says it is missing.
