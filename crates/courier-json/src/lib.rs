@@ -13,6 +13,8 @@
 //!   joined and lone surrogates refused when a string is decoded) and nests at most
 //!   [`MAX_DEPTH`] deep, like serde_json. Numbers stay text until asked for as `u64`.
 //!   [`Reader::skip_value`] checks a value and returns its raw text (an event's `data`).
+//!   Objects are read with a closure per member ([`Reader::object`]) or, on the per-event
+//!   path, member by member ([`Reader::open_object`], [`Reader::next_key`]).
 //! - [`Obj`] writes an object field by field; strings are escaped as serde_json does.
 //!
 //! Serde derives stay on the wire types for the server, the OpenAPI document and tests.
