@@ -234,7 +234,9 @@ impl<'a> Reader<'a> {
     /// Reads a string into a `String`.
     #[inline]
     pub fn owned(&mut self) -> Result<String, JsonError> {
-        self.string().map(Cow::into_owned)
+        // `string` inlined: an event's strings (id, type, channel, …) all come this way.
+        self.expect(b'"', "expected a string")?;
+        self.string_after_quote().map(Cow::into_owned)
     }
 
     /// Reads a value with `read`; when that fails, goes back and skips the value instead,
