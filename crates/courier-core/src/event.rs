@@ -125,15 +125,21 @@ impl Metadata {
     pub fn read_json(r: &mut Reader<'_>) -> Result<Self, JsonError> {
         let mut m = Metadata::default();
         let mut seen = Seen::default();
-        r.object(|r, key| match key {
-            "timestamp" => seen.read(0, r, key, &mut m.timestamp, Reader::u64),
-            "source" => seen.read(1, r, key, &mut m.source, Reader::owned),
-            "correlation_id" => {
-                seen.read(2, r, key, &mut m.correlation_id, |r| r.opt(Reader::owned))
+        // Member by member rather than with `Reader::object`'s closure: this runs per event.
+        r.open_object()?;
+        let mut first = true;
+        while let Some(key) = r.next_key(&mut first)? {
+            let key = &*key;
+            match key {
+                "timestamp" => seen.read(0, r, key, &mut m.timestamp, Reader::u64)?,
+                "source" => seen.read(1, r, key, &mut m.source, Reader::owned)?,
+                "correlation_id" => {
+                    seen.read(2, r, key, &mut m.correlation_id, |r| r.opt(Reader::owned))?;
+                }
+                "user_id" => seen.read(3, r, key, &mut m.user_id, |r| r.opt(Reader::owned))?,
+                _ => drop(r.skip_value()?),
             }
-            "user_id" => seen.read(3, r, key, &mut m.user_id, |r| r.opt(Reader::owned)),
-            _ => r.skip_value().map(drop),
-        })?;
+        }
         Ok(m)
     }
 
@@ -206,18 +212,24 @@ impl Event {
         let (mut id, mut event_type, mut channel, mut data, mut metadata) =
             (None, None, None, None, None);
         let mut seen = Seen::default();
-        r.object(|r, key| match key {
-            "id" => seen.read(0, r, key, &mut id, |r| r.owned().map(Some)),
-            "type" => seen.read(1, r, key, &mut event_type, |r| r.owned().map(Some)),
-            "channel" => seen.read(2, r, key, &mut channel, |r| read_channel(r).map(Some)),
-            "data" => seen.read(3, r, key, &mut data, |r| {
-                Ok(Some(RawJson::from_checked(r.skip_value()?)))
-            }),
-            "metadata" => seen.read(4, r, key, &mut metadata, |r| {
-                Metadata::read_json(r).map(Some)
-            }),
-            _ => r.skip_value().map(drop),
-        })?;
+        // Member by member rather than with `Reader::object`'s closure: this runs per event.
+        r.open_object()?;
+        let mut first = true;
+        while let Some(key) = r.next_key(&mut first)? {
+            let key = &*key;
+            match key {
+                "id" => seen.read(0, r, key, &mut id, |r| r.owned().map(Some))?,
+                "type" => seen.read(1, r, key, &mut event_type, |r| r.owned().map(Some))?,
+                "channel" => seen.read(2, r, key, &mut channel, |r| read_channel(r).map(Some))?,
+                "data" => seen.read(3, r, key, &mut data, |r| {
+                    Ok(Some(RawJson::from_checked(r.skip_value()?)))
+                })?,
+                "metadata" => seen.read(4, r, key, &mut metadata, |r| {
+                    Metadata::read_json(r).map(Some)
+                })?,
+                _ => drop(r.skip_value()?),
+            }
+        }
         Ok(Self {
             id: id.unwrap_or_default(),
             event_type: json::required(event_type, r, "type")?,

@@ -560,10 +560,52 @@ const SERVER_FIELDS: [&str; 17] = [
     "replay_from",
 ];
 
+/// The hot path of every subscriber: an `event` frame as servers write it (`op` first, then
+/// `epoch`, `offset` and `event` in any order, nothing else), read in one pass without the
+/// member table of [`Members`].
+///
+/// `None` for anything else: another op, `op` not first, another member, a repeated member,
+/// `null`, any error. [`ServerFrame::decode`] then reads the frame the general way, so
+/// every error (and every unusual frame) comes out exactly as before; for the frames this
+/// accepts, the general way gives the same `Delivery` (the same readers, in the same
+/// order, and the general way's extra checks cannot fail on them).
+fn decode_event(text: &str) -> Option<Delivery> {
+    let mut r = Reader::new(text);
+    r.open_object().ok()?;
+    let mut first = true;
+    if r.next_key(&mut first).ok()?.as_deref() != Some("op") || r.string().ok()? != "event" {
+        return None;
+    }
+    let (mut epoch, mut offset, mut event) = (None, None, None);
+    while let Some(key) = r.next_key(&mut first).ok()? {
+        match &*key {
+            "epoch" if epoch.is_none() => epoch = Some(r.owned().ok()?),
+            "offset" if offset.is_none() => offset = Some(r.u64().ok()?),
+            "event" if event.is_none() => event = Some(Event::read_json(&mut r).ok()?),
+            _ => return None,
+        }
+    }
+    r.end().ok()?;
+    Some(Delivery {
+        epoch: epoch?,
+        offset: offset?,
+        event: event?,
+    })
+}
+
 impl ServerFrame {
     /// Decodes one frame, rejecting frames over `max_len` bytes.
     pub fn decode(text: &str, max_len: usize) -> Result<Self, FrameError> {
         check_len(text, max_len)?;
+        if let Some(delivery) = decode_event(text) {
+            return Ok(ServerFrame::Event(delivery));
+        }
+        Self::decode_members(text)
+    }
+
+    /// [`ServerFrame::decode`] the general way: the whole text checked first, then `op`,
+    /// then every known member.
+    fn decode_members(text: &str) -> Result<Self, FrameError> {
         const F: &[&str; 17] = &SERVER_FIELDS;
         let mut m = Members::scan(text, F, SERVER_OPS)?;
         // Every member present is read, whatever the op (as the serde codec did).
@@ -723,6 +765,92 @@ mod tests {
             panic!("not an event")
         };
         assert_eq!(d.event.data.get(), r#"{"backtest_id":"a","percent":5}"#);
+    }
+
+    /// The event fast path against the general decoder: the same result (value or error)
+    /// for event frames as servers write them and for every kind of variation on them.
+    #[test]
+    fn event_fast_path_agrees_with_the_general_decoder() {
+        let max = DEFAULT_MAX_FRAME_BYTES;
+        let event = r#"{"id":"01JD3Z8Q4W6X9V2N5R7T1K3M8P","type":"backtest.progress","channel":"backtest.bt-1","data":{"backtest_id":"bt-1","percent":42.5,"message":"a\"b\u00e9"},"metadata":{"timestamp":1732300000000,"source":"backtester","correlation_id":"run-7"}}"#;
+        let frames = [
+            format!(r#"{{"op":"event","epoch":"E","offset":3,"event":{event}}}"#),
+            format!(r#"{{"op":"event","event":{event},"offset":3,"epoch":"E"}}"#),
+            format!(r#" {{ "op" : "event" , "epoch" : "E\n" , "offset" : 3 , "event" : {event} }} "#),
+            format!(r#"{{"op":"ev\u0065nt","epoch":"E","offset":3,"event":{event}}}"#),
+            r#"{"op":"event","epoch":"E","offset":1,"event":{"type":"t","channel":"c","data":null}}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":1,"event":{"type":"t","channel":"c","data":1,"metadata":{},"x":[1,{"y":2}]}}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":1,"event":{"type":"t","channel":"c","data":1,"metadata":{"user_id":null,"correlation_id":"c","z":0}}}"#.into(),
+            // Not for the fast path: each must come out as the general decoder says.
+            format!(r#"{{"epoch":"E","op":"event","offset":3,"event":{event}}}"#),
+            format!(r#"{{"op":"event","epoch":"E","offset":3,"event":{event},"extra":1}}"#),
+            format!(r#"{{"op":"event","epoch":"E","offset":3,"event":{event},"id":"x"}}"#),
+            format!(r#"{{"op":"event","epoch":"E","offset":3,"event":{event},"id":7}}"#),
+            format!(r#"{{"op":"event","epoch":"E","epoch":"F","offset":3,"event":{event}}}"#),
+            format!(r#"{{"op":"event","op":"event","epoch":"E","offset":3,"event":{event}}}"#),
+            format!(r#"{{"op":"event","epoch":"E","offset":3,"event":{event}}} x"#),
+            format!(r#"{{"op":"event","epoch":null,"offset":3,"event":{event}}}"#),
+            format!(r#"{{"op":"event","epoch":"E","offset":-3,"event":{event}}}"#),
+            format!(r#"{{"op":"event","epoch":"E","offset":3.0,"event":{event}}}"#),
+            format!(r#"{{"op":"event","offset":3,"event":{event}}}"#),
+            r#"{"op":"event","epoch":"E","offset":3}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":3,"event":null}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":3,"event":{"type":"t","channel":"c"}}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":3,"event":{"type":"t","channel":"c..d","data":1}}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":3,"event":{"type":"t","type":"u","channel":"c","data":1}}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":3,"event":{"type":"t","channel":"c","data":[1,]}}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":3,"event":{"type":"t","channel":"c","data":1,"metadata":null}}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":3,"event":{"type":"t","channel":"c","data":1,"metadata":{"timestamp":-1}}}"#.into(),
+            r#"{"op":"event","epoch":"E","offset":3,"event":{"type":"t","channel":"c","data":1}"#.into(),
+            r#"{"op":"ping"}"#.into(),
+            r#"{"op":"pong","epoch":"E"}"#.into(),
+            r#"{"op":"event"}"#.into(),
+            r#"{"op":7}"#.into(),
+            r#"{"op":"eventx"}"#.into(),
+            "[]".into(),
+            "".into(),
+        ];
+        for (i, text) in frames.iter().enumerate() {
+            let general = ServerFrame::decode_members(text);
+            assert_eq!(ServerFrame::decode(text, max), general, "{text}");
+            assert_eq!(decode_event(text).is_some(), i < 7, "{text}");
+            if i < 7 {
+                assert!(matches!(general, Ok(ServerFrame::Event(_))), "{text}");
+            }
+            // Every prefix (cut frames) too.
+            for cut in (0..text.len()).filter(|&n| text.is_char_boundary(n)) {
+                let text = &text[..cut];
+                assert_eq!(
+                    ServerFrame::decode(text, max),
+                    ServerFrame::decode_members(text),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Edits of an event frame (a piece of JSON put in, a span taken out) come out of
+        /// `decode` as the general decoder reads them.
+        #[test]
+        fn edited_event_frames_decode_as_the_general_decoder(
+            at in 0usize..400,
+            len in 0usize..6,
+            piece in proptest::sample::select(vec![
+                "", "\"", ",", ":", "{", "}", "[", "]", "null", "1", "-1", "\"op\":\"event\",",
+                "\"epoch\":\"F\",", "\"id\":\"x\",", "\"offset\":2,", "\\u0041", " ", "\"x\":{},",
+            ]),
+        ) {
+            let text = r#"{"op":"event","epoch":"E","offset":3,"event":{"id":"i","type":"backtest.progress","channel":"backtest.bt-1","data":{"backtest_id":"bt-1","percent":42.5,"list":[1,"a",null]},"metadata":{"timestamp":17,"source":"s","correlation_id":"c","user_id":null}}}"#;
+            let at = at.min(text.len());
+            let end = (at + len).min(text.len());
+            let edited = format!("{}{}{}", &text[..at], piece, &text[end..]);
+            proptest::prop_assert_eq!(
+                ServerFrame::decode(&edited, DEFAULT_MAX_FRAME_BYTES),
+                ServerFrame::decode_members(&edited),
+                "{}", edited
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   joined and lone surrogates refused when a string is decoded) and nests at most
 //!   [`MAX_DEPTH`] deep, like serde_json. Numbers stay text until asked for as `u64`.
 //!   [`Reader::skip_value`] checks a value and returns its raw text (an event's `data`).
+//!   Objects are read with a closure per member ([`Reader::object`]) or, on the per-event
+//!   path, member by member ([`Reader::open_object`], [`Reader::next_key`]).
 //! - [`Obj`] writes an object field by field; strings are escaped as serde_json does.
 //!
 //! Serde derives stay on the wire types for the server, the OpenAPI document and tests.
@@ -132,21 +134,54 @@ impl<'a> Reader<'a> {
         &mut self,
         member: &mut dyn FnMut(&mut Self, &str) -> Result<(), JsonError>,
     ) -> Result<(), JsonError> {
-        self.expect(b'{', "expected an object")?;
-        if self.eat(b'}') {
-            return Ok(());
-        }
-        loop {
-            if self.peek() != Some(b'"') {
-                return Err(self.err("expected a key"));
-            }
-            let key = self.string()?;
-            self.expect(b':', "expected `:`")?;
+        self.open_object()?;
+        let mut first = true;
+        while let Some(key) = self.next_key(&mut first)? {
             member(self, &key)?;
-            if !self.eat(b',') {
-                return self.expect(b'}', "expected `,` or `}`");
-            }
         }
+        Ok(())
+    }
+
+    /// Reads the `{` of an object, to read it member by member with [`Reader::next_key`]:
+    /// the form of [`Reader::object`] without a closure, for the per-event hot path.
+    ///
+    /// ```
+    /// # use courier_json::Reader;
+    /// let mut r = Reader::new(r#"{"a":1,"b":"x"}"#);
+    /// r.open_object().unwrap();
+    /// let mut first = true;
+    /// let mut keys = Vec::new();
+    /// while let Some(key) = r.next_key(&mut first).unwrap() {
+    ///     keys.push(key.into_owned());
+    ///     r.skip_value().unwrap();
+    /// }
+    /// assert_eq!(keys, ["a", "b"]);
+    /// ```
+    #[inline]
+    pub fn open_object(&mut self) -> Result<(), JsonError> {
+        self.expect(b'{', "expected an object")
+    }
+
+    /// The next member's key, its `:` read (the caller then reads the value), or `None` once
+    /// the object's `}` is read. `first` starts `true` after [`Reader::open_object`] and is
+    /// cleared here. Same grammar and errors as [`Reader::object`].
+    #[inline]
+    pub fn next_key(&mut self, first: &mut bool) -> Result<Option<Cow<'a, str>>, JsonError> {
+        if *first {
+            *first = false;
+            if self.eat(b'}') {
+                return Ok(None);
+            }
+        } else if !self.eat(b',') {
+            return self.expect(b'}', "expected `,` or `}`").map(|()| None);
+        }
+        if self.peek() != Some(b'"') {
+            return Err(self.err("expected a key"));
+        }
+        self.pos += 1;
+        let key = self.string_after_quote()?;
+        self.expect(b':', "expected `:`")?;
+        Ok(Some(key))
     }
 
     /// Reads an array, calling `item` once per element; `item` must read it.
@@ -199,7 +234,9 @@ impl<'a> Reader<'a> {
     /// Reads a string into a `String`.
     #[inline]
     pub fn owned(&mut self) -> Result<String, JsonError> {
-        self.string().map(Cow::into_owned)
+        // `string` inlined: an event's strings (id, type, channel, …) all come this way.
+        self.expect(b'"', "expected a string")?;
+        self.string_after_quote().map(Cow::into_owned)
     }
 
     /// Reads a value with `read`; when that fails, goes back and skips the value instead,
@@ -330,6 +367,12 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
         self.expect(b'"', "expected a string")?;
+        self.string_after_quote()
+    }
+
+    /// [`Reader::string`] after its opening quote (inlined into the object walk's keys).
+    #[inline(always)]
+    fn string_after_quote(&mut self) -> Result<Cow<'a, str>, JsonError> {
         // The common case: no escape before the closing quote.
         let start = self.pos;
         let end = plain_run_end(self.bytes(), start);
@@ -547,21 +590,24 @@ impl<'a> Reader<'a> {
 /// The index of the first byte at or after `i` that ends a run of plain string content: a
 /// quote, a backslash or a control character (or `b.len()`). Strings are most of a frame's
 /// bytes, so this looks at eight bytes per step ("SWAR": a byte-wise compare in one `u64`).
+#[inline]
 fn plain_run_end(b: &[u8], mut i: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Non-zero when some byte of `v` is below `n` (exact for n <= 0x80).
+    // Sets the high bit of the bytes of `v` below `n` (n <= 0x80). A byte above one that is
+    // below `n` may be flagged too (the subtraction's borrow), but never a byte under the
+    // lowest one that is: the lowest flag is exact, and the bytes are read little-endian,
+    // so the lowest flag is the first such byte of the text.
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v & HIGH;
     while let Some(chunk) = b.get(i..i + 8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let v = u64::from_le_bytes(word);
-        if below(v ^ (ONES * u64::from(b'"')), 1)
+        let stops = below(v ^ (ONES * u64::from(b'"')), 1)
             | below(v ^ (ONES * u64::from(b'\\')), 1)
-            | below(v, 0x20)
-            != 0
-        {
-            break;
+            | below(v, 0x20);
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
@@ -580,13 +626,11 @@ pub struct Seen(u64);
 
 impl Seen {
     /// Marks member `bit` (below 64) as seen; an error if it was already.
+    #[inline]
     pub fn first(&mut self, bit: u32, r: &Reader<'_>, name: &str) -> Result<(), JsonError> {
         let mask = 1u64 << bit;
         if self.0 & mask != 0 {
-            let mut what = String::from("duplicate field `");
-            what.push_str(name);
-            what.push('`');
-            return Err(r.err(what));
+            return Err(duplicate(r, name));
         }
         self.0 |= mask;
         Ok(())
@@ -608,6 +652,15 @@ impl Seen {
         *slot = read(r)?;
         Ok(())
     }
+}
+
+#[cold]
+#[inline(never)]
+fn duplicate(r: &Reader<'_>, name: &str) -> JsonError {
+    let mut what = String::from("duplicate field `");
+    what.push_str(name);
+    what.push('`');
+    r.err(what)
 }
 
 /// Unwraps a required member, or says it is missing.
@@ -811,6 +864,41 @@ mod tests {
             r#"{"a" : [1, {"b": "}"}] , "c": 2}"#
         );
         assert!(r.end().is_err());
+    }
+
+    #[test]
+    fn plain_run_end_finds_the_first_stop() {
+        // Against a byte-by-byte scan, from every start, with stops (quote, backslash,
+        // control characters, and the bytes right around them) at every place in a word,
+        // alone and in pairs (a borrow from a lower stop must not hide it or move it).
+        let naive = |b: &[u8], i: usize| {
+            (i..b.len())
+                .find(|&j| matches!(b[j], b'"' | b'\\' | 0..0x20))
+                .unwrap_or(b.len())
+        };
+        let fill = [b'a', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xc3, 0xff, b' '];
+        let stops = [b'"', b'\\', 0, 1, 0x1f, b'\n', b'\t'];
+        for &f in &fill {
+            for len in 0..20 {
+                for p in 0..len {
+                    for &s in &stops {
+                        let mut b = vec![f; len];
+                        b[p] = s;
+                        for q in [None, Some(p + 1), Some(p + 3)] {
+                            let mut b = b.clone();
+                            if let Some(q) = q.filter(|&q| q < len) {
+                                b[q] = b'"';
+                            }
+                            for i in 0..=len {
+                                assert_eq!(plain_run_end(&b, i), naive(&b, i), "{b:?} from {i}");
+                            }
+                        }
+                    }
+                }
+                let b = vec![f; len];
+                assert_eq!(plain_run_end(&b, 0), naive(&b, 0));
+            }
+        }
     }
 
     #[test]

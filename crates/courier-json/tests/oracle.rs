@@ -40,6 +40,42 @@ proptest! {
     }
 
     #[test]
+    fn objects_walk_like_serde_json(text in json_shaped()) {
+        // `open_object` / `next_key`, the closure-free object walk of the event hot path.
+        let text = format!("{{{text}");
+        let walk = |text: &str| -> Result<Vec<String>, courier_json::JsonError> {
+            let mut r = Reader::new(text);
+            r.open_object()?;
+            let mut first = true;
+            let mut keys = Vec::new();
+            while let Some(key) = r.next_key(&mut first)? {
+                keys.push(key.into_owned());
+                r.skip_value()?;
+            }
+            r.end()?;
+            Ok(keys)
+        };
+        let ours = walk(&text).map(|mut k| { k.sort(); k.dedup(); k });
+        let oracle = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+            .map(|m| m.keys().cloned().collect::<Vec<_>>());
+        match (ours, oracle) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            (a, b) => prop_assert!(false, "{:?}: ours {:?}, serde_json {:?}", text, a, b.map_err(|e| e.to_string())),
+        }
+        // The closure form reads the same keys.
+        let mut closure_keys = Vec::new();
+        let closure = Reader::new(&text).object(|r, key| {
+            closure_keys.push(key.to_owned());
+            r.skip_value().map(drop)
+        });
+        if let Ok(keys) = walk(&text) {
+            prop_assert!(closure.is_ok());
+            prop_assert_eq!(keys, closure_keys);
+        }
+    }
+
+    #[test]
     fn any_string_round_trips(s in any::<String>()) {
         let text = serde_json::to_string(&s).unwrap();
         let back = Reader::new(&text).string().unwrap();
