@@ -190,11 +190,11 @@ export interface Subscription {
   readonly channel: string;
   /**
    * Resolves once the server confirmed the subscription (events published after that reach
-   * the handler); rejects with the `CourierError` that refused it, or a
+   * the handler), with the channel's latest position at that moment; rejects with the `CourierError` that refused it, or a
    * `ConnectionClosedError` when the client closes first or `unsubscribe()` came first.
    * Not awaiting it is fine: a rejection nobody awaits is not reported as unhandled.
    */
-  readonly ready: Promise<void>;
+  readonly ready: Promise<StreamPosition>;
   /** Removes this handler (the server subscription ends with the channel's last one). */
   unsubscribe(): void;
 }
@@ -231,7 +231,7 @@ export interface CoreHost {
   onEvent(listener: number, event: object): void;
   onState(state: ConnectionState): void;
   onGap(gap: object): void;
-  onSubscribed(listener: number): void;
+  onSubscribed(listener: number, position: object): void;
   onSubscriptionFailed(listener: number, error: object): void;
   onError(error: object): void;
   onPublished(ticket: number, ok: object | undefined, error: object | undefined): void;
@@ -299,7 +299,7 @@ interface Listener {
   channel: string;
   handler: Handler;
   /** Settles `ready` (undefined once settled). */
-  ready?: { resolve: () => void; reject: (e: CourierError) => void };
+  ready?: { resolve: (p: StreamPosition) => void; reject: (e: CourierError) => void };
 }
 
 /**
@@ -355,7 +355,7 @@ export class BaseClient {
         this.#emit('state', state);
       },
       onGap: (gap) => this.#emit('gap', gap as Gap),
-      onSubscribed: (listener) => this.#settle(listener),
+      onSubscribed: (listener, position) => this.#settle(listener, undefined, position as StreamPosition),
       onSubscriptionFailed: (listener, error) => this.#onSubscriptionFailed(listener, error as CoreErrorJson),
       onError: (error) => this.#emit('error', errorFromCore(error as CoreErrorJson)),
       onPublished: (ticket, ok, error) => this.onPublished(ticket, ok, error),
@@ -424,7 +424,7 @@ export class BaseClient {
       throw new UsageError('INVALID_ARGUMENT', 'since must be { epoch: string, offset: number }');
     }
     const entry: Listener = { channel, handler: handler as unknown as Handler };
-    const ready = new Promise<void>((resolve, reject) => {
+    const ready = new Promise<StreamPosition>((resolve, reject) => {
       entry.ready = { resolve, reject };
     });
     // An unobserved rejection is not an error of the application's: mark it handled.
@@ -486,14 +486,14 @@ export class BaseClient {
     }
   }
 
-  /** Resolves (or, with `error`, rejects) a listener's `ready`, once. */
-  #settle(listener: number, error?: CourierError): void {
+  /** Resolves (with `position`) or, with `error`, rejects a listener's `ready`, once. */
+  #settle(listener: number, error?: CourierError, position?: StreamPosition): void {
     const entry = this.#listenersById.get(listener);
     const ready = entry?.ready;
     if (!ready) return;
     entry.ready = undefined;
-    if (error) ready.reject(error);
-    else ready.resolve();
+    if (error || !position) ready.reject(error ?? new CourierError('UNKNOWN', 'no position'));
+    else ready.resolve(position);
   }
 
   /** The client closed: every `ready` still pending rejects. */

@@ -108,13 +108,32 @@ test('a forbidden channel is reported as an AuthError and the client keeps worki
   const sub = subscriber(['backtest.*']);
   const errors = [];
   sub.on('error', (e) => errors.push(e));
-  sub.subscribe('strategy.secret', () => assert.fail('no event expected'));
+  const refused = sub.subscribe('strategy.secret', () => assert.fail('no event expected'));
   sub.connect();
+  await assert.rejects(refused.ready, (e) => e instanceof AuthError && e.code === 'FORBIDDEN_CHANNEL');
   await until(() => errors.some((e) => e.code === 'FORBIDDEN_CHANNEL'), { what: 'FORBIDDEN_CHANNEL' });
   const err = errors.find((e) => e.code === 'FORBIDDEN_CHANNEL');
   assert.ok(err instanceof AuthError);
   assert.equal(sub.listenerCount('strategy.secret'), 0);
   assert.equal(sub.state, 'connected');
+});
+
+test('ready resolves with the position once live: what is published after it arrives, for a second listener too', async () => {
+  const sub = subscriber();
+  const pub = publisher();
+  const first = await pub.publish('backtest.ready', 'custom.before', { n: 0 });
+  const got = [];
+  const a = sub.subscribe('backtest.ready', (e) => got.push(['a', e.offset]));
+  const position = await a.ready;
+  assert.deepEqual(position, { epoch: first.epoch, offset: first.offset }, 'the channel stands at the event published before');
+  const b = sub.subscribe('backtest.ready', (e) => got.push(['b', e.offset]));
+  assert.deepEqual(await b.ready, position);
+  const r = await pub.publish('backtest.ready', 'custom.after', { n: 1 });
+  await until(() => got.length === 2, { what: 'the event, once per listener' });
+  assert.deepEqual(got, [['a', r.offset], ['b', r.offset]]);
+  const c = sub.subscribe('backtest.ready-never', () => {});
+  c.unsubscribe();
+  await assert.rejects(c.ready, (e) => e.code === 'CLOSED');
 });
 
 test('dropped connections resume with nothing lost and nothing duplicated', async () => {

@@ -51,7 +51,7 @@ export interface CoreHost {
   onEvent(listener: number, event: object): void;
   onState(state: "disconnected" | "connecting" | "connected" | "closed"): void;
   onGap(gap: object): void;
-  onSubscribed(listener: number): void;
+  onSubscribed(listener: number, position: { epoch: string; offset: number }): void;
   onSubscriptionFailed(listener: number, error: object): void;
   onError(error: object): void;
   onPublished(ticket: number, ok: object | undefined, error: object | undefined): void;
@@ -102,7 +102,7 @@ extern "C" {
     #[wasm_bindgen(method, js_name = onGap)]
     fn on_gap(this: &Host, gap: &JsValue);
     #[wasm_bindgen(method, js_name = onSubscribed)]
-    fn on_subscribed(this: &Host, listener: f64);
+    fn on_subscribed(this: &Host, listener: f64, position: &JsValue);
     #[wasm_bindgen(method, js_name = onSubscriptionFailed)]
     fn on_subscription_failed(this: &Host, listener: f64, error: &JsValue);
     #[wasm_bindgen(method, js_name = onError)]
@@ -713,7 +713,9 @@ fn act(this: &Rc<Inner>, output: Output) {
             };
             host.on_gap(&value);
         }
-        Output::Subscribed { listener, .. } => host.on_subscribed(listener.0 as f64),
+        Output::Subscribed {
+            listener, position, ..
+        } => host.on_subscribed(listener.0 as f64, &js(&position)),
         Output::SubscriptionFailed {
             listener, error, ..
         } => host.on_subscription_failed(listener.0 as f64, &js(&error_js(&error))),

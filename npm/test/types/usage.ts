@@ -73,7 +73,7 @@ const live = listener.subscribe('backtest.abc', (e) => {
     void p;
   }
 });
-const ready: Promise<void> = live.ready;
+const ready: Promise<{ epoch: string; offset: number }> = live.ready;
 void ready;
 // @ts-expect-error: the subscriber entry point does not publish
 void listener.publish;
