@@ -113,6 +113,7 @@ def run_bounded(name: str, argv: List[str], cwd: str, env: Dict[str, str]) -> st
                     f"stderr (tail): {err[-3000:]}")
     assert proc.returncode == 0, f"{name}: exit code {proc.returncode}\nstdout: {out!r}\nstderr (tail): {err[-3000:]}"
     assert RECEIVED.search(out), f"{name}: printed no received event\nstdout: {out!r}\nstderr (tail): {err[-3000:]}"
+    print(f"{name}: {out.strip()}")
     return out
 
 

@@ -1,3 +1,5 @@
+//! Courier quickstart: subscribe, publish one event, print it when it arrives, exit.
+
 use std::sync::Arc;
 
 use courier_client::{Client, ClientConfig, StaticToken};
