@@ -68,10 +68,13 @@ def free_port() -> int:
 
 
 class Server:
-    """courier-server on 127.0.0.1:port with fault injection; restartable on the same port."""
+    """courier-server on 127.0.0.1:port (by default with fault injection and JSON logs;
+    `flags` replaces those); restartable on the same port."""
 
-    def __init__(self, binary: str, port: int, env: Dict[str, str], log_name: str) -> None:
+    def __init__(self, binary: str, port: int, env: Dict[str, str], log_name: str,
+                 flags: Optional[List[str]] = None) -> None:
         self.binary, self.port, self.extra_env, self.log_name = binary, port, env, log_name
+        self.flags = ["--enable-fault-injection", "--log-format", "json"] if flags is None else flags
         self.proc: Optional["subprocess.Popen[bytes]"] = None
         self.starts = 0
         self.up_at: float = 0.0
@@ -98,7 +101,7 @@ class Server:
         deadline = time.monotonic() + 15
         while True:
             proc = subprocess.Popen(
-                [self.binary, "serve", "--listen", self.addr, "--enable-fault-injection", "--log-format", "json"],
+                [self.binary, "serve", "--listen", self.addr, *self.flags],
                 stdout=subprocess.PIPE, stderr=log, env=env,
             )
             assert proc.stdout is not None
