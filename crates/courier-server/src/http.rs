@@ -125,11 +125,19 @@ impl From<&ApiError> for ErrorResponse {
     }
 }
 
+/// The exact wait of an error answer (`retry_after_ms`), for the Retry-After histogram:
+/// the header rounds it up to whole seconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryAfterMs(pub(crate) u64);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorResponse::from(&self);
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().extend(self.headers);
+        if let Some(ms) = self.retry_after_ms {
+            response.extensions_mut().insert(RetryAfterMs(ms));
+        }
         response
     }
 }
@@ -209,8 +217,8 @@ async fn charge(state: &SharedState, usage: &mut Usage, event_type: &str) -> Res
     let Some(refusal) = charge.refused else {
         return Ok(());
     };
+    // Recorded where it is sent (`json_errors`, the batch handler, the WebSocket).
     let wait_ms = millis(refusal.retry_after).max(1);
-    state.metrics.retry_after.observe(wait_ms as f64 / 1000.0);
     let mut err = ApiError::new(
         ErrorCode::RateLimitExceeded,
         format!(
@@ -615,6 +623,9 @@ pub(crate) async fn publish_batch(
     );
     for r in rejected {
         if let Some(e) = &r.error {
+            if let Some(ms) = e.retry_after_ms {
+                state.metrics.retry_after_ms(ms);
+            }
             tracing::info!(
                 user = %claims.sub, id = %r.id, channel = r.channel.as_deref().unwrap_or(""),
                 code = e.code.as_str(), field = e.field.as_deref().unwrap_or(""),

@@ -206,6 +206,9 @@ impl Conn {
     }
 
     fn error(&self, frame: ErrorFrame) {
+        if let Some(ms) = frame.retry_after_ms {
+            self.state.metrics.retry_after_ms(ms);
+        }
         self.send(&ServerFrame::Error(frame));
     }
 
@@ -792,6 +795,7 @@ impl Session {
                 self.conn.send(&ServerFrame::Unsubscribed { id, channel });
             }
             ClientFrame::Publish { id, event } => {
+                let _timer = self.state.metrics.publish_timer();
                 let mut usage = self.state.limiter.usage(&self.claims);
                 match publish_event(&self.state, &self.claims, event, &mut usage).await {
                     Ok(ok) => self.conn.send(&ServerFrame::Ack {

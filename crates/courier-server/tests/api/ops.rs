@@ -374,3 +374,110 @@ async fn health_is_503_and_draining_during_shutdown() {
     assert_eq!(h["components"]["websocket"]["status"], "draining");
     handle.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_retry_after_sent_is_recorded_and_websocket_publishes_are_timed() {
+    use courier_server::config::LimitRule;
+    let server = start_with(|c| {
+        c.rate_limits
+            .types
+            .insert("backtest".into(), LimitRule::per_minute(1));
+    })
+    .await;
+    let metrics = || async { server.get("/metrics").await.text().await.unwrap() };
+    let before = metrics().await;
+    assert_eq!(sample(&before, "courier_retry_after_seconds_count"), 0.0);
+    assert_eq!(
+        sample(&before, "courier_publish_duration_seconds_count"),
+        0.0
+    );
+
+    // A 503 with the fixed `Retry-After: 1` (an injected backend failure).
+    let r = server
+        .post(
+            "/_fault/fail",
+            None,
+            &json!({"status": 503, "count": 1, "retry_after_secs": 1}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let token = user_with("alice", &[], &["global"]);
+    let r = server
+        .post("/publish", Some(&token), &event("a1", "global", 1))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let text = metrics().await;
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_count"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_sum"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_bucket{le=\"0.5\"}"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_bucket{le=\"1\"}"),
+        1.0,
+        "{text}"
+    );
+
+    // Over WebSocket: an accepted publish, then one refused with an error frame carrying
+    // `retry_after_ms`. Both are timed; the refusal's wait is recorded.
+    let (mut ws, _) = server.connect(&token).await;
+    for id in 1..=2 {
+        ws.send(
+            json!({"op": "publish", "id": id, "event": event(&format!("w{id}"), "global", id)}),
+        )
+        .await;
+    }
+    assert_eq!(ws.recv().await["op"], "ack");
+    let refused = ws.recv().await;
+    assert_eq!(refused["code"], "RATE_LIMIT_EXCEEDED", "{refused}");
+    let wait_ms = refused["retry_after_ms"].as_u64().unwrap();
+    let text = metrics().await;
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_count"),
+        2.0,
+        "{text}"
+    );
+    let sum = sample(&text, "courier_retry_after_seconds_sum");
+    assert!(
+        (sum - (1.0 + wait_ms as f64 / 1000.0)).abs() < 0.002,
+        "{sum} vs 1 s + {wait_ms} ms"
+    );
+    // The two WebSocket publishes (the injected 503 was answered before any handler).
+    assert_eq!(
+        sample(&text, "courier_publish_duration_seconds_count"),
+        2.0,
+        "{text}"
+    );
+
+    // A refused batch item carries `retry_after_ms` in the body: recorded too.
+    let r = server
+        .post(
+            "/publish/batch",
+            Some(&token),
+            &json!({"events": [event("b1", "global", 1)]}),
+        )
+        .await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["results"][0]["error"]["code"], "RATE_LIMIT_EXCEEDED",
+        "{body}"
+    );
+    let text = metrics().await;
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_count"),
+        3.0,
+        "{text}"
+    );
+    server.shutdown().await;
+}
