@@ -436,14 +436,16 @@ async fn publish_item(
 
 /// `POST /publish`.
 #[utoipa::path(post, path = "/publish", tag = "publish",
-    request_body(content = Object, description = "An event: `{id?, type, channel, data, metadata?}`"),
+    request_body(content = courier_core::Event, description = "An event: `{id?, type, channel, data, metadata?}`"),
     responses(
         (status = 200, description = "Accepted or duplicate", body = PublishResponse),
         (status = 400, description = "Invalid event; `error.field` names the field", body = ErrorResponse),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorResponse),
         (status = 403, description = "The token may not publish to the channel", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within `http.body_timeout_ms`", body = ErrorResponse),
         (status = 413, description = "Over the payload limit", body = ErrorResponse),
         (status = 429, description = "Rate limited; see Retry-After (whole seconds), `retry_after_ms` (exact) and `limit_type` (the bucket: `user`, `type:<prefix>`, `fallback`)", body = ErrorResponse),
+        (status = 503, description = "A backend is unavailable, or a publish with the same id is still in progress: retry with the same id", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn publish(
@@ -478,14 +480,16 @@ pub(crate) async fn publish(
 /// `POST /publish/{channel}`: the channel comes from the path.
 #[utoipa::path(post, path = "/publish/{channel}", tag = "publish",
     params(("channel" = String, Path, description = "The channel")),
-    request_body(content = Object, description = "An event without `channel`: `{id?, type, data, metadata?}`"),
+    request_body(content = crate::openapi::ChannelEvent, description = "An event whose `channel` may be left out: `{id?, type, channel?, data, metadata?}`"),
     responses(
         (status = 200, description = "Accepted or duplicate", body = PublishResponse),
-        (status = 400, description = "Invalid event", body = ErrorResponse),
+        (status = 400, description = "Invalid event or channel name", body = ErrorResponse),
         (status = 401, description = "Unauthorized", body = ErrorResponse),
         (status = 403, description = "Forbidden channel", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within `http.body_timeout_ms`", body = ErrorResponse),
         (status = 413, description = "Too large", body = ErrorResponse),
         (status = 429, description = "Rate limited", body = ErrorResponse),
+        (status = 503, description = "A backend is unavailable, or a publish with the same id is still in progress", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn publish_to_channel(
@@ -542,6 +546,7 @@ pub(crate) async fn publish_to_channel(
         (status = 200, description = "One result per event; a rate-limited event is rejected on its own (`RATE_LIMIT_EXCEEDED`, `retry_after_ms`, `limit_type` = the bucket) and the others are still accepted", body = BatchResponseBody),
         (status = 400, description = "The body is not a batch", body = ErrorResponse),
         (status = 401, description = "Unauthorized", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within `http.body_timeout_ms`", body = ErrorResponse),
         (status = 413, description = "Too large or too many events", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
@@ -657,13 +662,16 @@ pub(crate) async fn health(State(state): State<SharedState>) -> Response {
 }
 
 /// `GET /health/live`: the process is up.
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "Alive")))]
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`", body = crate::openapi::Status)))]
 pub(crate) async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
 /// `GET /health/ready`: 503 while draining or while the backend (Redis) is unreachable.
-#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200, description = "Ready"), (status = 503, description = "Draining, or the backend is unavailable")))]
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses(
+    (status = 200, description = "Ready: `{\"status\": \"ready\"}`", body = crate::openapi::Status),
+    (status = 503, description = "`draining`, or `unavailable` with the backend's `reason` (and `Retry-After`)", body = crate::openapi::Status),
+))]
 pub(crate) async fn ready(State(state): State<SharedState>) -> Response {
     if state.is_draining() {
         return (

@@ -481,3 +481,92 @@ async fn every_retry_after_sent_is_recorded_and_websocket_publishes_are_timed() 
     );
     server.shutdown().await;
 }
+
+/// Method and path of every operation of an OpenAPI document.
+fn documented(doc: &Value) -> std::collections::BTreeSet<(String, String)> {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| {
+                    ["get", "post", "put", "delete", "patch", "head", "options"]
+                        .contains(&k.as_str())
+                })
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_routes_served() {
+    for faults in [false, true] {
+        let server = start_with(|c| c.enable_fault_injection = faults).await;
+        let config = &server.state().config;
+        let served: std::collections::BTreeSet<(String, String)> = courier_server::routes(config)
+            .into_iter()
+            .map(|(m, p)| (m.to_string(), p.to_owned()))
+            .collect();
+        let doc: Value = server.get("/openapi.json").await.json().await.unwrap();
+        let listed = documented(&doc);
+        let undocumented: Vec<_> = served.difference(&listed).collect();
+        let not_served: Vec<_> = listed.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && not_served.is_empty(),
+            "faults={faults}: served but not documented {undocumented:?}; documented but not served {not_served:?}"
+        );
+        assert_eq!(served.iter().any(|(_, p)| p.starts_with("/_fault")), faults);
+        // The router is built from the same table: each route answers its method (not a
+        // 404 or 405); a method it does not list gets the JSON 405.
+        for (method, path) in &served {
+            if path.starts_with("/_fault") && method == "POST" {
+                continue; // would switch faults on
+            }
+            let url = server.url(&path.replace("{channel}", "global"));
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let status = server
+                .http
+                .request(method.clone(), &url)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status != 404 && status != 405, "{method} {path}: {status}");
+        }
+        // Every status documented with a body names its schema; every error is an
+        // ErrorResponse (but the health checks', which report the health).
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    let code: u16 = status.parse().unwrap();
+                    let content = &response["content"];
+                    if code == 101 {
+                        assert!(content.is_null(), "{method} {path} 101");
+                        continue;
+                    }
+                    assert!(
+                        content.is_object(),
+                        "{method} {path} {status}: no body documented"
+                    );
+                    if code >= 400 && !path.starts_with("/health") {
+                        let schema = &content["application/json"]["schema"]["$ref"];
+                        assert_eq!(
+                            schema, "#/components/schemas/ErrorResponse",
+                            "{method} {path} {status}"
+                        );
+                    }
+                    if code == 429 {
+                        assert!(
+                            response["headers"]["Retry-After"].is_object(),
+                            "{method} {path} 429 without Retry-After"
+                        );
+                    }
+                }
+            }
+        }
+        server.shutdown().await;
+    }
+}
