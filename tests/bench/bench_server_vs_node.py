@@ -9,12 +9,28 @@ second at full speed; publish→deliver p50 / p99 at full speed and paced at 200
 (×1,000 subscribers); server CPU time per 1,000 deliveries (user + system, /proc).
 """
 import json
+import os
+import platform
+import re
 
 from common import median, sh
 
 ROUNDS = 3
 SUBSCRIBERS = 1000
 EVENTS = 1000
+
+
+def machine():
+    """CPU model and kernel: sections are measured at different times, on different machines."""
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.+)", f.read())
+            cpu = m.group(1) if m else cpu
+    except OSError:
+        pass
+    node = sh("node --version", capture_output=True).stdout.strip()
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Node {node}"
 
 
 def loadavg():
@@ -59,6 +75,17 @@ def run():
             cells.append(f"**{fmt.format(meds[server])}** ({each})")
         ratio = meds["courier"] / meds["node"] if meds["node"] else float("nan")
         table.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio:.2f}× |")
+    paced = {
+        s: {k: median([r["paced"][k] for r in runs[s]]) for k in ("p50_ms", "p99_ms", "server_cpu_ms_per_1000")}
+        for s in runs
+    }
+    ok = lambda good: "meets" if good else "MISSES"  # noqa: E731
+    cpu_ratio = paced["courier"]["server_cpu_ms_per_1000"] / paced["node"]["server_cpu_ms_per_1000"]
+    targets = (
+        "Targets of #14, paced (medians): p50 and p99 no worse than bare `ws`: "
+        f"{ok(paced['courier']['p50_ms'] <= paced['node']['p50_ms'] and paced['courier']['p99_ms'] <= paced['node']['p99_ms'])}; "
+        f"server CPU per 1,000 deliveries at most 0.6× bare `ws`: {cpu_ratio:.2f}×, {ok(cpu_ratio <= 0.6)}.\n\n"
+    )
     lost = {s: sum(r["expected_deliveries"] - r["deliveries"] for r in runs[s]) for s in runs}
     loads = [x for s in runs for r in runs[s] for x in r["loadavg"]]
     return (
@@ -73,10 +100,13 @@ def run():
         "`JSON.stringify` per event and a `send` per subscriber, no auth, validation, history "
         "or rate limits. Courier: the release server, memory backend, rate limits off, TCP_NODELAY "
         "on accepted sockets and the WebSocket writer flushing once per burst.\n\n"
+        f"Machine: {machine()}.\n\n"
         "Median of the rounds in bold, each round in brackets:\n\n"
         + "\n".join(table)
-        + f"\n\nDeliveries missing at full speed over all rounds: Courier {lost['courier']}, Node {lost['node']}. "
+        + "\n\n"
+        + targets
+        + f"Deliveries missing at full speed over all rounds: Courier {lost['courier']}, Node {lost['node']}. "
         f"1-minute load average of the machine around the runs: {min(loads):.1f} to {max(loads):.1f} "
-        "(above 2, other work competed for the 2 cores: the figures then say how each server "
-        "degrades under contention more than what it does on a quiet machine).\n"
+        "(the benchmark itself keeps both cores busy, about 2; well above that, other work "
+        "competed for the cores and the figures say more about contention than about the servers).\n"
     )

@@ -3,8 +3,8 @@
 //
 // It speaks only what the fan-out load generator needs: `connect` -> `connected`,
 // `subscribe` -> `subscribed` (one channel for everyone), `ping` -> `pong`, and
-// `POST /publish/batch`, which stringifies each event once into an `event` frame and
-// `ws.send`s it to every subscriber (ws's defaults: TCP_NODELAY on, no compression). No
+// `POST /publish/batch`, which stringifies each event once into an `event` frame (one
+// Buffer) and `ws.send`s it to every subscriber (ws's defaults: TCP_NODELAY on, no compression). No
 // auth, validation, history, rate limits or ordering locks: the least a broadcast costs.
 // Prints `listening on 127.0.0.1:<port>` once bound to a free loopback port.
 import http from 'node:http';
@@ -29,8 +29,9 @@ const server = http.createServer((req, res) => {
     const results = [];
     for (const event of events) {
       offset += 1;
-      const frame = JSON.stringify({ op: 'event', epoch: 'node', offset, event });
-      for (const ws of subscribers) ws.send(frame);
+      // One Buffer for everyone (a string would be encoded again for each subscriber).
+      const frame = Buffer.from(JSON.stringify({ op: 'event', epoch: 'node', offset, event }));
+      for (const ws of subscribers) ws.send(frame, { binary: false });
       results.push({ id: event.id, status: 'accepted', channel: event.channel, epoch: 'node', offset });
     }
     res.writeHead(200, { 'content-type': 'application/json' });
