@@ -235,3 +235,43 @@ async fn a_request_hyper_cannot_read_gets_a_json_error_too() {
     assert_eq!(server.get("/health/live").await.status(), 200);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_token_is_checked_before_the_body_on_every_publish_path() {
+    let server = start().await;
+    // An anonymous caller gets 401 whatever it sent: not the body's 400 (nor, on the
+    // channel path, the channel mismatch).
+    for (path, body) in [
+        ("/publish", "not json"),
+        ("/publish/global", "not json"),
+        (
+            "/publish/global",
+            r#"{"type":"x.y","channel":"other","data":{}}"#,
+        ),
+        ("/publish/batch", "not json"),
+    ] {
+        let r = server
+            .http
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_error(r).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{path}: {body}");
+    }
+    // With a token, the same bodies are refused for what they are.
+    let r = server
+        .http
+        .post(server.url("/publish/global"))
+        .bearer_auth(service("svc"))
+        .header("content-type", "application/json")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_error(r).await.0, 400);
+    server.shutdown().await;
+}
