@@ -11,6 +11,7 @@ use axum::extract::State;
 use courier_core::wire;
 use serde::Serialize;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::SchemaType;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, ObjectBuilder, Ref, RefOr, Response, ResponseBuilder, Schema,
@@ -142,6 +143,17 @@ impl Modify for Grammar {
             if let Some(channel) = components.schemas.get_mut("ChannelName") {
                 constrain(channel, CHANNEL_PATTERN, 255);
             }
+            // A timestamp is any u64 (JSON Schema's `int64` would stop at 2^63 - 1).
+            if let Some(RefOr::T(Schema::Object(metadata))) = components.schemas.get_mut("Metadata")
+            {
+                if let Some(RefOr::T(Schema::Object(ts))) = metadata.properties.get_mut("timestamp")
+                {
+                    ts.format = None;
+                    ts.maximum = Some(utoipa::Number::UInt(
+                        usize::try_from(u64::MAX).unwrap_or(usize::MAX),
+                    ));
+                }
+            }
             if let Some(RefOr::T(Schema::Object(event))) = components.schemas.get_mut("Event") {
                 if let Some(t) = event.properties.get_mut("type") {
                     constrain(t, TYPE_PATTERN, 128);
@@ -149,6 +161,18 @@ impl Modify for Grammar {
                 if let Some(id) = event.properties.get_mut("id") {
                     constrain(id, ID_PATTERN, 128);
                 }
+                // Any JSON value is kept verbatim; only a catalogue type's data must be an
+                // object (of the catalogue's shape).
+                event.properties.insert(
+                    "data".to_owned(),
+                    ObjectBuilder::new()
+                        .schema_type(SchemaType::AnyValue)
+                        .description(Some(
+                            "The payload, kept verbatim: any JSON value; for a type of the event \
+                             catalogue, an object of the catalogue's shape.",
+                        ))
+                        .into(),
+                );
                 let mut without_channel = event.clone();
                 without_channel.required.retain(|r| r != "channel");
                 without_channel.description = Some(
