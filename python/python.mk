@@ -3,12 +3,12 @@
 
 PY_VENV := .venv
 PY := $(PY_VENV)/bin/python
-PY_TOOLS := maturin>=1.16,<2 pytest>=8 pytest-asyncio>=0.23 pytest-timeout>=2 mypy>=1.11 httpx>=0.27
+PY_TOOLS := maturin>=1.16,<2 pytest>=8 pytest-asyncio>=0.23 pytest-timeout>=2 mypy>=1.11 httpx>=0.27 schemathesis==4.32.5
 PY_TOOLS_STAMP := $(PY_VENV)/.courier-tools
 
-TEST_TARGETS += test-python
+TEST_TARGETS += test-python test-openapi
 
-.PHONY: python-venv python-dev test-python test-python-wheel
+.PHONY: python-venv python-dev test-python test-python-wheel test-openapi
 
 python-venv:
 	@test -x $(PY) || python3 -m venv $(PY_VENV)
@@ -34,3 +34,9 @@ test-python-wheel: python-venv
 	rm -rf target/wheels/courier_client-*.whl
 	cd python && ../$(PY) -m maturin build --release --locked -q -o ../target/wheels
 	$(PY) python/wheel_smoke.py target/wheels/courier_client-*.whl
+
+# The live server against its /openapi.json: a bounded property-based schemathesis run (every
+# response check: no 5xx, statuses, content types and bodies as documented), 90 s at most.
+test-openapi: python-venv
+	cargo build -q --locked -p courier-server
+	$(PY) tests/openapi/run_schemathesis.py --max-examples 50 --max-seconds 90

@@ -21,13 +21,34 @@ impl ServerProcess {
     /// `listening on` line.
     pub fn start(binary: &str, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(binary);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
         cmd.env("COURIER_LOG_LEVEL", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Self::spawn(cmd, binary)
+    }
+
+    /// Starts the bare Node `ws` broadcast server of `tests/bench/ws_broadcast.mjs`, the
+    /// baseline of the fan-out comparison (it speaks just enough of the protocol for the
+    /// fan-out subscribers and answers `POST /publish/batch`). Tokens still come from the
+    /// Courier binary; the Node server does not check them.
+    pub fn start_node_broadcast() -> Self {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/bench/ws_broadcast.mjs"
+        );
+        let mut cmd = Command::new("node");
+        cmd.arg(script);
+        let mut server = Self::spawn(cmd, "node");
+        server.binary = server_binary();
+        server
+    }
+
+    /// Spawns `cmd` (which prints `listening on <addr>` once bound) with stdout piped.
+    fn spawn(mut cmd: Command, name: &str) -> Self {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let binary = name.to_owned();
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
@@ -71,6 +92,24 @@ impl ServerProcess {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// CPU time (user + system) the child has used so far, in milliseconds, from
+    /// `/proc/<pid>/stat` (Linux clock ticks are 10 ms).
+    pub fn cpu_ms(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15 of the line: indexes 11 and 12 after the name.
+        (ticks(11) + ticks(12)) as f64 * 10.0
     }
 
     /// The child's resident memory in bytes, from `/proc`.
@@ -173,8 +212,16 @@ pub fn redis_env() -> Option<Vec<(String, String)>> {
     ])
 }
 
-/// Starts `instances` servers with `env` plus [`redis_env`] (all on one Redis when given).
+/// Starts `instances` servers with `env` plus [`redis_env`] (all on one Redis when given),
+/// or with `--server node` on the command line the bare Node `ws` baseline instead.
 pub fn start_servers(instances: u64, env: &[(&str, &str)]) -> Vec<ServerProcess> {
+    let args: Vec<String> = std::env::args().collect();
+    if args
+        .windows(2)
+        .any(|w| w[0] == "--server" && w[1] == "node")
+    {
+        return vec![ServerProcess::start_node_broadcast()];
+    }
     let redis = redis_env();
     assert!(
         instances <= 1 || redis.is_some(),

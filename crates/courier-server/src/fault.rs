@@ -269,11 +269,13 @@ async fn carried_buckets(state: &crate::SharedState, req: Request) -> Vec<String
 }
 
 /// `GET /_fault`: the active faults.
+#[utoipa::path(get, path = "/_fault", tag = "fault", responses((status = 200, description = "The active faults: `{fail?, delay?, drops}`", body = Object)))]
 pub(crate) async fn get(State(state): State<crate::SharedState>) -> Json<FaultState> {
     Json(state.faults.snapshot())
 }
 
 /// `POST /_fault/drop`: drops every WebSocket without a close frame.
+#[utoipa::path(post, path = "/_fault/drop", tag = "fault", responses((status = 200, description = "`{\"dropped\": n}`", body = Object)))]
 pub(crate) async fn drop_all(State(state): State<crate::SharedState>) -> Json<serde_json::Value> {
     let dropped = state
         .metrics
@@ -285,6 +287,7 @@ pub(crate) async fn drop_all(State(state): State<crate::SharedState>) -> Json<se
 }
 
 /// `POST /_fault/fail {status, count, retry_after_secs?}`.
+#[utoipa::path(post, path = "/_fault/fail", tag = "fault", request_body(content = Object, description = "`{status: 429 | 503, count, retry_after_secs?}`"), responses((status = 200, description = "The active faults", body = Object), (status = 400, description = "Not JSON, or a status other than 429 and 503", body = courier_core::ErrorResponse), (status = 415, description = "Not `application/json`", body = courier_core::ErrorResponse), (status = 422, description = "Not a rule", body = courier_core::ErrorResponse)))]
 pub(crate) async fn fail(
     State(state): State<crate::SharedState>,
     Json(rule): Json<FailRule>,
@@ -300,6 +303,7 @@ pub(crate) async fn fail(
 }
 
 /// `POST /_fault/delay {delay_ms, count?}`.
+#[utoipa::path(post, path = "/_fault/delay", tag = "fault", request_body(content = Object, description = "`{delay_ms, count?}`"), responses((status = 200, description = "The active faults", body = Object), (status = 400, description = "Not JSON", body = courier_core::ErrorResponse), (status = 415, description = "Not `application/json`", body = courier_core::ErrorResponse), (status = 422, description = "Not a rule", body = courier_core::ErrorResponse)))]
 pub(crate) async fn delay(
     State(state): State<crate::SharedState>,
     Json(rule): Json<DelayRule>,
@@ -311,6 +315,7 @@ pub(crate) async fn delay(
 
 /// `GET /_fault/requests`: every request to an API route since the start or the last reset,
 /// in arrival order: `{"requests": [RequestRecord, ...], "dropped": n}`.
+#[utoipa::path(get, path = "/_fault/requests", tag = "fault", responses((status = 200, description = "`{requests: [...], dropped}` (docs/protocol.md)", body = Object)))]
 pub(crate) async fn requests(State(state): State<crate::SharedState>) -> Json<serde_json::Value> {
     let (mut records, dropped) = {
         let log = state.faults.requests.lock().expect("request log lock");
@@ -322,6 +327,7 @@ pub(crate) async fn requests(State(state): State<crate::SharedState>) -> Json<se
 }
 
 /// `POST /_fault/reset`: clears every fault and the request record.
+#[utoipa::path(post, path = "/_fault/reset", tag = "fault", responses((status = 200, description = "The active faults, now none", body = Object)))]
 pub(crate) async fn reset(State(state): State<crate::SharedState>) -> Json<FaultState> {
     *state.faults.requests.lock().expect("request log lock") = RequestLog::default();
     let mut s = state.faults.state.lock().expect("fault lock");

@@ -125,11 +125,19 @@ impl From<&ApiError> for ErrorResponse {
     }
 }
 
+/// The exact wait of an error answer (`retry_after_ms`), for the Retry-After histogram:
+/// the header rounds it up to whole seconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryAfterMs(pub(crate) u64);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorResponse::from(&self);
         let mut response = (self.status, Json(body)).into_response();
         response.headers_mut().extend(self.headers);
+        if let Some(ms) = self.retry_after_ms {
+            response.extensions_mut().insert(RetryAfterMs(ms));
+        }
         response
     }
 }
@@ -209,8 +217,8 @@ async fn charge(state: &SharedState, usage: &mut Usage, event_type: &str) -> Res
     let Some(refusal) = charge.refused else {
         return Ok(());
     };
+    // Recorded where it is sent (`json_errors`, the batch handler, the WebSocket).
     let wait_ms = millis(refusal.retry_after).max(1);
-    state.metrics.retry_after.observe(wait_ms as f64 / 1000.0);
     let mut err = ApiError::new(
         ErrorCode::RateLimitExceeded,
         format!(
@@ -386,14 +394,10 @@ fn with_usage(mut response: Response, usage: &Usage) -> Response {
 /// Publishes the one event of a body, read in one pass; `end` is what followed it.
 async fn publish_item(
     state: &SharedState,
-    headers: &HeaderMap,
+    claims: Claims,
     item: EventItem,
     end: Result<(), ApiError>,
 ) -> Response {
-    let claims = match authenticate(state, headers) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
     let mut usage = state.limiter.usage(&claims);
     usage.carry(item.event_type.as_deref().unwrap_or_default());
     let event_type = item.event_type.clone().unwrap_or_default();
@@ -428,14 +432,16 @@ async fn publish_item(
 
 /// `POST /publish`.
 #[utoipa::path(post, path = "/publish", tag = "publish",
-    request_body(content = Object, description = "An event: `{id?, type, channel, data, metadata?}`"),
+    request_body(content = courier_core::Event, description = "An event: `{id?, type, channel, data, metadata?}`"),
     responses(
         (status = 200, description = "Accepted or duplicate", body = PublishResponse),
         (status = 400, description = "Invalid event; `error.field` names the field", body = ErrorResponse),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorResponse),
         (status = 403, description = "The token may not publish to the channel", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within `http.body_timeout_ms`", body = ErrorResponse),
         (status = 413, description = "Over the payload limit", body = ErrorResponse),
         (status = 429, description = "Rate limited; see Retry-After (whole seconds), `retry_after_ms` (exact) and `limit_type` (the bucket: `user`, `type:<prefix>`, `fallback`)", body = ErrorResponse),
+        (status = 503, description = "A backend is unavailable, or a publish with the same id is still in progress: retry with the same id", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn publish(
@@ -444,6 +450,12 @@ pub(crate) async fn publish(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let _timer = state.metrics.publish_timer();
+    // The token first, as on every publish path: an anonymous caller learns nothing about
+    // its body.
+    let claims = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let body = match body_or_error(body) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -459,7 +471,7 @@ pub(crate) async fn publish(
                 )
                 .with_field("body")
             });
-            publish_item(&state, &headers, item, end).await
+            publish_item(&state, claims, item, end).await
         }
         Err(_) => ApiError::new(ErrorCode::BadRequest, "the body is not UTF-8")
             .with_field("body")
@@ -470,14 +482,16 @@ pub(crate) async fn publish(
 /// `POST /publish/{channel}`: the channel comes from the path.
 #[utoipa::path(post, path = "/publish/{channel}", tag = "publish",
     params(("channel" = String, Path, description = "The channel")),
-    request_body(content = Object, description = "An event without `channel`: `{id?, type, data, metadata?}`"),
+    request_body(content = crate::openapi::ChannelEvent, description = "An event whose `channel` may be left out: `{id?, type, channel?, data, metadata?}`"),
     responses(
         (status = 200, description = "Accepted or duplicate", body = PublishResponse),
-        (status = 400, description = "Invalid event", body = ErrorResponse),
+        (status = 400, description = "Invalid event or channel name", body = ErrorResponse),
         (status = 401, description = "Unauthorized", body = ErrorResponse),
         (status = 403, description = "Forbidden channel", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within `http.body_timeout_ms`", body = ErrorResponse),
         (status = 413, description = "Too large", body = ErrorResponse),
         (status = 429, description = "Rate limited", body = ErrorResponse),
+        (status = 503, description = "A backend is unavailable, or a publish with the same id is still in progress", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
 pub(crate) async fn publish_to_channel(
@@ -487,6 +501,10 @@ pub(crate) async fn publish_to_channel(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let _timer = state.metrics.publish_timer();
+    let claims = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
     let result = (|| {
         let body = body_or_error(body)?;
         let channel = ChannelName::new(channel).map_err(ApiError::from)?;
@@ -522,7 +540,7 @@ pub(crate) async fn publish_to_channel(
         Ok(item)
     })();
     match result {
-        Ok(item) => publish_item(&state, &headers, item, Ok(())).await,
+        Ok(item) => publish_item(&state, claims, item, Ok(())).await,
         Err(e) => e.into_response(),
     }
 }
@@ -534,6 +552,7 @@ pub(crate) async fn publish_to_channel(
         (status = 200, description = "One result per event; a rate-limited event is rejected on its own (`RATE_LIMIT_EXCEEDED`, `retry_after_ms`, `limit_type` = the bucket) and the others are still accepted", body = BatchResponseBody),
         (status = 400, description = "The body is not a batch", body = ErrorResponse),
         (status = 401, description = "Unauthorized", body = ErrorResponse),
+        (status = 408, description = "The body did not arrive within `http.body_timeout_ms`", body = ErrorResponse),
         (status = 413, description = "Too large or too many events", body = ErrorResponse),
     ),
     security(("bearer" = [])))]
@@ -615,6 +634,9 @@ pub(crate) async fn publish_batch(
     );
     for r in rejected {
         if let Some(e) = &r.error {
+            if let Some(ms) = e.retry_after_ms {
+                state.metrics.retry_after_ms(ms);
+            }
             tracing::info!(
                 user = %claims.sub, id = %r.id, channel = r.channel.as_deref().unwrap_or(""),
                 code = e.code.as_str(), field = e.field.as_deref().unwrap_or(""),
@@ -646,13 +668,16 @@ pub(crate) async fn health(State(state): State<SharedState>) -> Response {
 }
 
 /// `GET /health/live`: the process is up.
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "Alive")))]
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, description = "Alive: `{\"status\": \"ok\"}`", body = crate::openapi::Status)))]
 pub(crate) async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
 /// `GET /health/ready`: 503 while draining or while the backend (Redis) is unreachable.
-#[utoipa::path(get, path = "/health/ready", tag = "health", responses((status = 200, description = "Ready"), (status = 503, description = "Draining, or the backend is unavailable")))]
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses(
+    (status = 200, description = "Ready: `{\"status\": \"ready\"}`", body = crate::openapi::Status),
+    (status = 503, description = "`draining`, or `unavailable` with the backend's `reason` (and `Retry-After`)", body = crate::openapi::Status),
+))]
 pub(crate) async fn ready(State(state): State<SharedState>) -> Response {
     if state.is_draining() {
         return (

@@ -4,25 +4,44 @@
 //! framework answers by itself — an unknown path (404), a wrong method (405), a `GET /ws`
 //! without an upgrade, a path with a bad percent-escape, a body that times out — keeping
 //! the status, the headers (`Allow`, `Retry-After`) and the framework's explanation.
-//! (A request head over `http.max_header_bytes` is refused by hyper before any layer runs:
-//! that 431 has no body.)
+//! (A request hyper cannot read — a head over `http.max_header_bytes`, a malformed request
+//! line — never reaches this layer: `serve.rs` rewrites hyper's own answer.)
+//!
+//! It also records every wait an HTTP answer hands out (`Retry-After`, or `retry_after_ms`
+//! in the body) in `courier_retry_after_seconds`, whichever handler or layer wrote it.
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use courier_core::ErrorCode;
 
-use crate::http::ApiError;
+use crate::SharedState;
+use crate::http::{ApiError, RetryAfterMs};
 
 /// Largest framework error text carried over into the JSON message.
 const MAX_TEXT: usize = 4096;
 
 /// The middleware (see the module docs).
-pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
+pub(crate) async fn json_errors(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
+    // The exact wait when the body carries one, else the header's whole seconds.
+    let exact = response.extensions().get::<RetryAfterMs>().map(|r| r.0);
+    let header_ms = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| secs.saturating_mul(1000));
+    if let Some(ms) = exact.or(header_ms) {
+        state.metrics.retry_after_ms(ms);
+    }
     let status = response.status();
     let is_json = response
         .headers()

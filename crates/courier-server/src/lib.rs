@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, HeaderValue, Request};
-use axum::routing::{get, post};
+use axum::http::{HeaderName, HeaderValue, Method, Request};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use courier_core::ChannelName;
 use courier_core::event::EventIdGenerator;
 use courier_core::wire::{PUBLISH_BATCH_PATH, PUBLISH_CHANNEL_PATH, PUBLISH_PATH};
@@ -240,40 +240,74 @@ impl AppState {
     }
 }
 
+/// Makes one route's method router for its method.
+type MakeRoute = fn(MethodFilter) -> MethodRouter<SharedState>;
+
+/// Every route the server serves under `config`: method, path, handler. [`app`] builds its
+/// router from this table alone, and [`routes`] lists it, so a test can hold the OpenAPI
+/// document to exactly these routes.
+fn route_table(config: &Config) -> Vec<(Method, &'static str, MakeRoute)> {
+    let mut table: Vec<(Method, &'static str, MakeRoute)> = vec![
+        (Method::POST, PUBLISH_PATH, |m| on(m, http::publish)),
+        (Method::POST, PUBLISH_BATCH_PATH, |m| {
+            on(m, http::publish_batch)
+        }),
+        (Method::POST, PUBLISH_CHANNEL_PATH, |m| {
+            on(m, http::publish_to_channel)
+        }),
+        (Method::GET, "/ws", |m| on(m, ws::ws_root)),
+        (Method::GET, "/ws/{channel}", |m| on(m, ws::ws_channel)),
+        (Method::GET, "/health", |m| on(m, http::health)),
+        (Method::GET, "/health/live", |m| on(m, http::live)),
+        (Method::GET, "/health/ready", |m| on(m, http::ready)),
+        (Method::GET, "/stats", |m| on(m, http::stats)),
+        (Method::GET, "/metrics", |m| on(m, http::metrics)),
+        (Method::GET, "/openapi.json", |m| {
+            on(m, openapi::openapi_json)
+        }),
+    ];
+    if config.enable_fault_injection {
+        table.extend([
+            (Method::GET, "/_fault", (|m| on(m, fault::get)) as MakeRoute),
+            (Method::POST, "/_fault/drop", |m| on(m, fault::drop_all)),
+            (Method::POST, "/_fault/fail", |m| on(m, fault::fail)),
+            (Method::POST, "/_fault/delay", |m| on(m, fault::delay)),
+            (Method::POST, "/_fault/reset", |m| on(m, fault::reset)),
+            (Method::GET, "/_fault/requests", |m| on(m, fault::requests)),
+        ]);
+    }
+    table
+}
+
+/// The method and path of every route the server serves under `config` (the fault routes
+/// only with `enable_fault_injection`). `GET` routes answer `HEAD` too; any path or method
+/// not listed gets a JSON 404 or 405.
+pub fn routes(config: &Config) -> Vec<(Method, &'static str)> {
+    route_table(config)
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect()
+}
+
 /// The router over `state`.
 pub fn app(state: SharedState) -> Router {
     let single_limit = DefaultBodyLimit::max(state.config.max_frame_bytes);
     let batch_limit = DefaultBodyLimit::max(state.config.max_batch_bytes);
-    let mut router = Router::new()
-        .route(PUBLISH_PATH, post(http::publish).layer(single_limit))
-        .route(
-            PUBLISH_BATCH_PATH,
-            post(http::publish_batch).layer(batch_limit),
-        )
-        .route(
-            PUBLISH_CHANNEL_PATH,
-            post(http::publish_to_channel).layer(single_limit),
-        )
-        .route("/ws", get(ws::ws_root))
-        .route("/ws/{channel}", get(ws::ws_channel))
-        .route("/health", get(http::health))
-        .route("/health/live", get(http::live))
-        .route("/health/ready", get(http::ready))
-        .route("/stats", get(http::stats))
-        .route("/metrics", get(http::metrics))
-        .route("/openapi.json", get(openapi::openapi_json));
+    let mut router = Router::new();
+    for (method, path, make) in route_table(&state.config) {
+        let filter = MethodFilter::try_from(method).expect("a method axum routes");
+        let route = match path {
+            PUBLISH_BATCH_PATH => make(filter).layer(batch_limit),
+            PUBLISH_PATH | PUBLISH_CHANNEL_PATH => make(filter).layer(single_limit),
+            _ => make(filter),
+        };
+        router = router.route(path, route);
+    }
     if state.config.enable_fault_injection {
-        router = router
-            .route("/_fault", get(fault::get))
-            .route("/_fault/drop", post(fault::drop_all))
-            .route("/_fault/fail", post(fault::fail))
-            .route("/_fault/delay", post(fault::delay))
-            .route("/_fault/reset", post(fault::reset))
-            .route("/_fault/requests", get(fault::requests))
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                fault::middleware,
-            ));
+        router = router.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            fault::middleware,
+        ));
     }
     let exposed: Vec<HeaderName> = [
         "retry-after",
@@ -321,7 +355,10 @@ pub fn app(state: SharedState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             body_timeout,
         ))
-        .layer(axum::middleware::from_fn(json_errors::json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            json_errors::json_errors,
+        ))
         .layer(cors)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(trace)

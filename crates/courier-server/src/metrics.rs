@@ -224,9 +224,11 @@ pub struct Metrics {
     pub idempotency_misses: AtomicU64,
     /// Bytes of each accepted event's frame.
     pub message_bytes: Histogram,
-    /// Time in a publish handler, per request.
+    /// Time to handle a publish: per HTTP request and per WebSocket `publish` frame.
     pub publish_duration: Histogram,
-    /// Waits handed out with rate-limit refusals (`retry_after_ms`, in seconds).
+    /// Every wait the server hands out, in seconds: `Retry-After` on HTTP answers (429,
+    /// 503), `retry_after_ms` of refused batch items and of WebSocket error frames. Record
+    /// with [`Metrics::retry_after_ms`].
     pub retry_after: Histogram,
     labelled: Mutex<BTreeMap<(&'static str, String), u64>>,
     latency: Histogram,
@@ -332,6 +334,11 @@ impl Metrics {
             .expect("metrics lock")
             .entry((family, labels))
             .or_default() += 1;
+    }
+
+    /// Records one wait handed out to a client (see [`Metrics::retry_after`]).
+    pub fn retry_after_ms(&self, ms: u64) {
+        self.retry_after.observe(ms as f64 / 1000.0);
     }
 
     /// Records one publish-to-deliver latency.
@@ -452,12 +459,12 @@ impl Metrics {
         self.publish_duration.render(
             &mut out,
             "courier_publish_duration_seconds",
-            "Time in a publish handler, per HTTP request.",
+            "Time to handle a publish: per HTTP request (one event or a batch) and per WebSocket publish frame.",
         );
         self.retry_after.render(
             &mut out,
             "courier_retry_after_seconds",
-            "Waits handed out with rate-limit refusals (429s and refused batch items).",
+            "Every wait handed out: Retry-After of HTTP 429/503 answers (the exact retry_after_ms when the body has one), retry_after_ms of refused batch items and of WebSocket error frames.",
         );
         let name = "courier_disconnections_total";
         let _ = writeln!(

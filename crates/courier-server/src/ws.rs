@@ -29,13 +29,31 @@ use crate::connections::{ConnectionGuard, Refused};
 use crate::http::{ApiError, publish_event};
 use crate::metrics::AuthFailure;
 use crate::store::{Published, ResumePoint, Retained, StoreError, Subscriber, SubscriptionId};
+#[allow(unused_imports)] // named by the OpenAPI annotations
+use courier_core::ErrorResponse;
 
 /// `GET /ws`.
+#[utoipa::path(get, path = "/ws", tag = "websocket", responses(
+    (status = 101, description = "Switched to the WebSocket protocol (docs/protocol.md); the first frame must be `connect` with the token"),
+    (status = 400, description = "Not a WebSocket upgrade (`Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and `Sec-WebSocket-Key` are required)", body = ErrorResponse),
+    (status = 426, description = "The connection cannot be upgraded", body = ErrorResponse),
+    (status = 429, description = "Too many connections waiting to authenticate (`ws.max_unauthenticated`): `CONNECTION_LIMIT_EXCEEDED` with `Retry-After`", body = ErrorResponse),
+    (status = 503, description = "The server is shutting down", body = ErrorResponse),
+))]
 pub(crate) async fn ws_root(State(state): State<SharedState>, ws: WebSocketUpgrade) -> Response {
     upgrade(state, ws, None)
 }
 
 /// `GET /ws/{channel}`: subscribes to `channel` (request id 0) right after `connect`.
+#[utoipa::path(get, path = "/ws/{channel}", tag = "websocket",
+    params(("channel" = String, Path, description = "The channel to subscribe to")),
+    responses(
+    (status = 101, description = "Switched to the WebSocket protocol (docs/protocol.md); the first frame must be `connect` with the token"),
+    (status = 400, description = "Not a WebSocket upgrade (`Connection: upgrade`, `Upgrade: websocket`, `Sec-WebSocket-Version: 13` and `Sec-WebSocket-Key` are required), or an invalid channel name", body = ErrorResponse),
+    (status = 426, description = "The connection cannot be upgraded", body = ErrorResponse),
+    (status = 429, description = "Too many connections waiting to authenticate (`ws.max_unauthenticated`): `CONNECTION_LIMIT_EXCEEDED` with `Retry-After`", body = ErrorResponse),
+    (status = 503, description = "The server is shutting down", body = ErrorResponse),
+))]
 pub(crate) async fn ws_channel(
     State(state): State<SharedState>,
     Path(channel): Path<String>,
@@ -206,6 +224,9 @@ impl Conn {
     }
 
     fn error(&self, frame: ErrorFrame) {
+        if let Some(ms) = frame.retry_after_ms {
+            self.state.metrics.retry_after_ms(ms);
+        }
         self.send(&ServerFrame::Error(frame));
     }
 
@@ -792,6 +813,7 @@ impl Session {
                 self.conn.send(&ServerFrame::Unsubscribed { id, channel });
             }
             ClientFrame::Publish { id, event } => {
+                let _timer = self.state.metrics.publish_timer();
                 let mut usage = self.state.limiter.usage(&self.claims);
                 match publish_event(&self.state, &self.claims, event, &mut usage).await {
                     Ok(ok) => self.conn.send(&ServerFrame::Ack {

@@ -3,7 +3,10 @@
 //! round-robin and the publisher posts to the first one.
 //! Prints `{"subscribers", "events", "deliveries", "seconds", "deliveries_per_sec",
 //! "paced": {"rate", "p50_ms", "p99_ms", "samples", "curve"}, "saturated": {…}}`, where
-//! `curve` is `[[percentile, ms], …]`.
+//! `curve` is `[[percentile, ms], …]`, and `server_cpu_ms_per_1000` the servers' CPU time
+//! per 1,000 deliveries in that phase.
+//! With `--server node` the same load runs against the bare Node `ws` broadcast server of
+//! `tests/bench/ws_broadcast.mjs` instead (the baseline of `tests/bench/bench_server_vs_node.py`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -144,6 +147,8 @@ async fn main() {
 
     // Saturated: publish every event as fast as the server takes them (4 requests in flight).
     let batch = 50u64;
+    let cpu_ms = || servers.iter().map(|s| s.cpu_ms()).sum::<f64>();
+    let cpu_start = cpu_ms();
     let start = Instant::now();
     sampling.store(true, Ordering::Relaxed);
     let mut handles = Vec::new();
@@ -164,6 +169,7 @@ async fn main() {
     let end = wait_for(&shared, target, Duration::from_secs(120)).await;
     let deliveries = shared.received.load(Ordering::Relaxed);
     let seconds = (end - start).as_secs_f64();
+    let saturated_cpu = cpu_ms() - cpu_start;
     let mut saturated = std::mem::take(&mut *shared.latencies.lock().await);
     saturated.sort_by(f64::total_cmp);
 
@@ -171,6 +177,7 @@ async fn main() {
     shared.received.store(0, Ordering::Relaxed);
     let rate = 200u64;
     let paced_events = rate * 3;
+    let cpu_start = cpu_ms();
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
     for n in 0..paced_events {
         tick.tick().await;
@@ -178,6 +185,8 @@ async fn main() {
         tokio::spawn(async move { publish_batch(&http, &url, &token, "paced", n, 1).await });
     }
     wait_for(&shared, subscribers * paced_events, Duration::from_secs(60)).await;
+    let paced_cpu = cpu_ms() - cpu_start;
+    let paced_deliveries = shared.received.load(Ordering::Relaxed);
     let mut paced = std::mem::take(&mut *shared.latencies.lock().await);
     paced.sort_by(f64::total_cmp);
 
@@ -189,8 +198,10 @@ async fn main() {
         "expected_deliveries": target,
         "seconds": seconds,
         "deliveries_per_sec": deliveries as f64 / seconds,
-        "saturated": {"p50_ms": percentile(&saturated, 50.0), "p99_ms": percentile(&saturated, 99.0), "samples": saturated.len(), "curve": curve(&saturated)},
-        "paced": {"rate": rate, "p50_ms": percentile(&paced, 50.0), "p99_ms": percentile(&paced, 99.0), "samples": paced.len(), "curve": curve(&paced)},
+        "saturated": {"p50_ms": percentile(&saturated, 50.0), "p99_ms": percentile(&saturated, 99.0), "samples": saturated.len(), "curve": curve(&saturated),
+            "server_cpu_ms_per_1000": saturated_cpu / deliveries.max(1) as f64 * 1000.0},
+        "paced": {"rate": rate, "p50_ms": percentile(&paced, 50.0), "p99_ms": percentile(&paced, 99.0), "samples": paced.len(), "curve": curve(&paced),
+            "deliveries": paced_deliveries, "server_cpu_ms_per_1000": paced_cpu / paced_deliveries.max(1) as f64 * 1000.0},
         "server_rss_mb": servers.iter().map(|s| s.rss_bytes()).sum::<u64>() as f64 / 1048576.0,
     });
     println!("{out}");

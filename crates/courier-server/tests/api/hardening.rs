@@ -186,3 +186,92 @@ async fn every_error_answer_is_json() {
     assert!((400..500).contains(&status), "{status}");
     server.shutdown().await;
 }
+
+/// The status, the head and the JSON body of a raw answer.
+fn split_answer(answer: &str) -> (u16, String, Value) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body: Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: not JSON: {answer}"));
+    (status, head.to_ascii_lowercase(), body)
+}
+
+#[tokio::test]
+async fn a_request_hyper_cannot_read_gets_a_json_error_too() {
+    let server = start_with(|c| c.http.max_header_bytes = 16 * 1024).await;
+    // A head over `http.max_header_bytes`: 431, JSON, then the connection closes.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let big = "a".repeat(20 * 1024);
+    let request = format!("GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    // The server may answer and close before it has read everything: ignore write errors.
+    let _ = tcp.write_all(request.as_bytes()).await;
+    let (answer, _) = read_until_closed(&mut tcp).await;
+    let (status, head, body) = split_answer(&answer);
+    assert_eq!(status, 431, "{answer}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(body["error"]["code"], "BAD_REQUEST", "{body}");
+    assert_eq!(body["error"]["field"], "headers", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("16384"),
+        "{body}"
+    );
+
+    // A malformed header line: hyper's 400, JSON as well.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, _) = read_until_closed(&mut tcp).await;
+    let (status, head, body) = split_answer(&answer);
+    assert_eq!(status, 400, "{answer}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_eq!(body["error"]["code"], "BAD_REQUEST", "{body}");
+
+    // A head under the limit on the same server is served as usual.
+    assert_eq!(server.get("/health/live").await.status(), 200);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_token_is_checked_before_the_body_on_every_publish_path() {
+    let server = start().await;
+    // An anonymous caller gets 401 whatever it sent: not the body's 400 (nor, on the
+    // channel path, the channel mismatch).
+    for (path, body) in [
+        ("/publish", "not json"),
+        ("/publish/global", "not json"),
+        (
+            "/publish/global",
+            r#"{"type":"x.y","channel":"other","data":{}}"#,
+        ),
+        ("/publish/batch", "not json"),
+    ] {
+        let r = server
+            .http
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json_error(r).await;
+        assert_eq!(status, 401, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "UNAUTHORIZED", "{path}: {body}");
+    }
+    // With a token, the same bodies are refused for what they are.
+    let r = server
+        .http
+        .post(server.url("/publish/global"))
+        .bearer_auth(service("svc"))
+        .header("content-type", "application/json")
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_error(r).await.0, 400);
+    server.shutdown().await;
+}

@@ -374,3 +374,199 @@ async fn health_is_503_and_draining_during_shutdown() {
     assert_eq!(h["components"]["websocket"]["status"], "draining");
     handle.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_retry_after_sent_is_recorded_and_websocket_publishes_are_timed() {
+    use courier_server::config::LimitRule;
+    let server = start_with(|c| {
+        c.rate_limits
+            .types
+            .insert("backtest".into(), LimitRule::per_minute(1));
+    })
+    .await;
+    let metrics = || async { server.get("/metrics").await.text().await.unwrap() };
+    let before = metrics().await;
+    assert_eq!(sample(&before, "courier_retry_after_seconds_count"), 0.0);
+    assert_eq!(
+        sample(&before, "courier_publish_duration_seconds_count"),
+        0.0
+    );
+
+    // A 503 with the fixed `Retry-After: 1` (an injected backend failure).
+    let r = server
+        .post(
+            "/_fault/fail",
+            None,
+            &json!({"status": 503, "count": 1, "retry_after_secs": 1}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let token = user_with("alice", &[], &["global"]);
+    let r = server
+        .post("/publish", Some(&token), &event("a1", "global", 1))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let text = metrics().await;
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_count"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_sum"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_bucket{le=\"0.5\"}"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_bucket{le=\"1\"}"),
+        1.0,
+        "{text}"
+    );
+
+    // Over WebSocket: an accepted publish, then one refused with an error frame carrying
+    // `retry_after_ms`. Both are timed; the refusal's wait is recorded.
+    let (mut ws, _) = server.connect(&token).await;
+    for id in 1..=2 {
+        ws.send(
+            json!({"op": "publish", "id": id, "event": event(&format!("w{id}"), "global", id)}),
+        )
+        .await;
+    }
+    assert_eq!(ws.recv().await["op"], "ack");
+    let refused = ws.recv().await;
+    assert_eq!(refused["code"], "RATE_LIMIT_EXCEEDED", "{refused}");
+    let wait_ms = refused["retry_after_ms"].as_u64().unwrap();
+    let text = metrics().await;
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_count"),
+        2.0,
+        "{text}"
+    );
+    let sum = sample(&text, "courier_retry_after_seconds_sum");
+    assert!(
+        (sum - (1.0 + wait_ms as f64 / 1000.0)).abs() < 0.002,
+        "{sum} vs 1 s + {wait_ms} ms"
+    );
+    // The two WebSocket publishes (the injected 503 was answered before any handler).
+    assert_eq!(
+        sample(&text, "courier_publish_duration_seconds_count"),
+        2.0,
+        "{text}"
+    );
+
+    // A refused batch item carries `retry_after_ms` in the body: recorded too.
+    let r = server
+        .post(
+            "/publish/batch",
+            Some(&token),
+            &json!({"events": [event("b1", "global", 1)]}),
+        )
+        .await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["results"][0]["error"]["code"], "RATE_LIMIT_EXCEEDED",
+        "{body}"
+    );
+    let text = metrics().await;
+    assert_eq!(
+        sample(&text, "courier_retry_after_seconds_count"),
+        3.0,
+        "{text}"
+    );
+    server.shutdown().await;
+}
+
+/// Method and path of every operation of an OpenAPI document.
+fn documented(doc: &Value) -> std::collections::BTreeSet<(String, String)> {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| {
+                    ["get", "post", "put", "delete", "patch", "head", "options"]
+                        .contains(&k.as_str())
+                })
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_routes_served() {
+    for faults in [false, true] {
+        let server = start_with(|c| c.enable_fault_injection = faults).await;
+        let config = &server.state().config;
+        let served: std::collections::BTreeSet<(String, String)> = courier_server::routes(config)
+            .into_iter()
+            .map(|(m, p)| (m.to_string(), p.to_owned()))
+            .collect();
+        let doc: Value = server.get("/openapi.json").await.json().await.unwrap();
+        let listed = documented(&doc);
+        let undocumented: Vec<_> = served.difference(&listed).collect();
+        let not_served: Vec<_> = listed.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && not_served.is_empty(),
+            "faults={faults}: served but not documented {undocumented:?}; documented but not served {not_served:?}"
+        );
+        assert_eq!(served.iter().any(|(_, p)| p.starts_with("/_fault")), faults);
+        // The router is built from the same table: each route answers its method (not a
+        // 404 or 405); a method it does not list gets the JSON 405.
+        for (method, path) in &served {
+            if path.starts_with("/_fault") && method == "POST" {
+                continue; // would switch faults on
+            }
+            let url = server.url(&path.replace("{channel}", "global"));
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let status = server
+                .http
+                .request(method.clone(), &url)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert!(status != 404 && status != 405, "{method} {path}: {status}");
+        }
+        // Every status documented with a body names its schema; every error is an
+        // ErrorResponse (but the health checks', which report the health).
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    let code: u16 = status.parse().unwrap();
+                    let content = &response["content"];
+                    if code == 101 {
+                        assert!(content.is_null(), "{method} {path} 101");
+                        continue;
+                    }
+                    assert!(
+                        content.is_object(),
+                        "{method} {path} {status}: no body documented"
+                    );
+                    if code >= 400 && !path.starts_with("/health") {
+                        let schema = &content["application/json"]["schema"]["$ref"];
+                        assert_eq!(
+                            schema, "#/components/schemas/ErrorResponse",
+                            "{method} {path} {status}"
+                        );
+                    }
+                    if code == 429 {
+                        assert!(
+                            response["headers"]["Retry-After"].is_object(),
+                            "{method} {path} 429 without Retry-After"
+                        );
+                    }
+                }
+            }
+        }
+        server.shutdown().await;
+    }
+}
