@@ -67,7 +67,7 @@ test-sdk-redis: tools-redis python-dev npm-build
 sdk-suites:
 	cargo test -p courier-client --test client --locked
 	cd python && SKIP_COURIER_SERVER_BUILD=1 ../.venv/bin/python -m pytest -q -p no:cacheprovider tests
-	cd npm && node --test --test-concurrency=1 test/client.test.mjs
+	cd npm && node --test --test-concurrency=1 --test-timeout=180000 test/client.test.mjs
 
 ## --- demo -------------------------------------------------------------------------------
 

@@ -68,8 +68,8 @@ lint-wasm: tools-rust
 
 test-npm: npm-build lint-wasm
 	cargo build -p courier-server --locked
-	cd npm && node --test --test-concurrency=1 test/*.test.mjs
+	cd npm && node --test --test-concurrency=1 --test-timeout=180000 test/*.test.mjs
 	@# The Node suite again: `ws` passed in the options with the subscriber entry point's
 	@# client subscribing, then Node's own WebSocket (Node 22's global; a flag on Node 20).
-	cd npm && COURIER_TEST_WEBSOCKET=ws COURIER_TEST_ENTRY=subscriber node --test --test-concurrency=1 test/client.test.mjs
-	cd npm && COURIER_TEST_WEBSOCKET=global node --experimental-websocket --test --test-concurrency=1 test/client.test.mjs
+	cd npm && COURIER_TEST_WEBSOCKET=ws COURIER_TEST_ENTRY=subscriber node --test --test-concurrency=1 --test-timeout=180000 test/client.test.mjs
+	cd npm && COURIER_TEST_WEBSOCKET=global node --experimental-websocket --test --test-concurrency=1 --test-timeout=180000 test/client.test.mjs

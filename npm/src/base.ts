@@ -311,6 +311,8 @@ export class BaseClient {
   protected readonly core: CoreLike;
   /** The handler of each core listener (one per `subscribe` call), by listener id. */
   readonly #listenersById = new Map<number, Listener>();
+  /** `subscribed` answers that came during `subscribe()`, before its listener was registered. */
+  readonly #early = new Map<number, StreamPosition>();
   readonly #listeners: { [K in keyof CourierClientEvents]: Set<CourierClientEvents[K]> } = {
     state: new Set(),
     error: new Set(),
@@ -355,7 +357,12 @@ export class BaseClient {
         this.#emit('state', state);
       },
       onGap: (gap) => this.#emit('gap', gap as Gap),
-      onSubscribed: (listener, position) => this.#settle(listener, undefined, position as StreamPosition),
+      onSubscribed: (listener, position) => {
+        // A channel already live answers a new listener during `subscribe()` itself, before
+        // the listener is registered below: keep the answer for it.
+        if (!this.#listenersById.has(listener)) this.#early.set(listener, position as StreamPosition);
+        else this.#settle(listener, undefined, position as StreamPosition);
+      },
       onSubscriptionFailed: (listener, error) => this.#onSubscriptionFailed(listener, error as CoreErrorJson),
       onError: (error) => this.#emit('error', errorFromCore(error as CoreErrorJson)),
       onPublished: (ticket, ok, error) => this.onPublished(ticket, ok, error),
@@ -436,6 +443,11 @@ export class BaseClient {
       throw errorFromThrown(e);
     }
     this.#listenersById.set(listener, entry);
+    const early = this.#early.get(listener);
+    if (early) {
+      this.#early.delete(listener);
+      this.#settle(listener, undefined, early);
+    }
     return {
       channel,
       ready,
