@@ -385,41 +385,89 @@ async fn batch_publish_reports_each_event() {
     server.shutdown().await;
 }
 
-/// Every publish path passes `data` on as the exact text that was sent: keys in their
-/// order, big integers and `1e999` as written, an escaped lone surrogate kept (issue #14:
-/// `POST /publish/{channel}` used to re-serialise the body and refuse the last two).
+/// Every publish path passes `data` on as the exact text that was sent (issue #14: `POST
+/// /publish/{channel}` used to re-serialise it, sorting keys and turning big integers into
+/// floats, and refused `1e999` and lone surrogates that the other paths kept). The same data
+/// goes through `POST /publish`, `POST /publish/{channel}`, `POST /publish/batch` and a
+/// WebSocket `publish` frame; a subscriber must receive the identical text from each.
 #[tokio::test]
 async fn every_publish_path_keeps_the_data_text() {
     let server = start().await;
     let svc = service("svc");
-    let (mut a, _) = server.connect(&user("alice")).await;
-    a.subscribe(1, "global", None).await;
-    let data = r#"{"b": 1, "a": 123456789012345678901234567890, "f": 1e999, "s": "\ud800"}"#;
-    let one = format!(r#"{{"type":"custom.raw","channel":"global","data":{data}}}"#);
-    let no_channel = format!(r#"{{"type":"custom.raw","data":{data}}}"#);
-    let batch = format!(r#"{{"events":[{one}]}}"#);
-    for (path, body) in [
-        ("/publish", one.clone()),
-        ("/publish/global", no_channel),
-        ("/publish/batch", batch),
-    ] {
-        let r = server
-            .http
-            .post(server.url(path))
-            .bearer_auth(&svc)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        let v: Value = r.json().await.unwrap();
-        assert!(v.get("error").is_none(), "{path}: {v}");
-        let frame = a.recv_text().await;
-        assert!(
-            frame.contains(&format!(r#""data":{data}"#)),
-            "{path}: {frame}"
-        );
+    let (mut sub, _) = server.connect(&user("alice")).await;
+    sub.subscribe(1, "global", None).await;
+    let (mut publisher, _) = server.connect(&svc).await;
+    let cases = [
+        r#"{"b": 1, "a": 2, "c": {"z": 0, "y": [3, 2, 1]}}"#,
+        r#"{"big":123456789012345678901234567890}"#,
+        r#"123456789012345678901234567890"#,
+        r#"{"f":1e999,"g":-1e999,"h":1E+400}"#,
+        r#"{"z":-0,"y":-0.0,"d":1.50,"e":2.500e+3}"#,
+        r#"{"s":"\ud800","t":"\udfff x","pair":"\ud83d\ude00"}"#,
+        r#"{"nested":{"a":{"b":{"c":[{"d":null},true,false,"x"]}}}}"#,
+        r#"{"é":"日本語 ✓ 😀","esc":"\u00e9\n\t\"\\\/"}"#,
+        r#"[1, "two", {"three": 3.0}]"#,
+        r#""just a string""#,
+        r#"  {"spaced" :  [ 1 ,2 ] }  "#,
+    ];
+    let mut ws_id = 0;
+    for data in cases {
+        let one = format!(r#"{{"type":"custom.raw","channel":"global","data":{data}}}"#);
+        let no_channel = format!(r#"{{"type":"custom.raw","data":{data}}}"#);
+        let batch = format!(r#"{{"events":[{one}]}}"#);
+        for (path, body) in [
+            ("/publish", one.clone()),
+            ("/publish/global", no_channel),
+            ("/publish/batch", batch),
+        ] {
+            let r = server
+                .http
+                .post(server.url(path))
+                .bearer_auth(&svc)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{path} {data}");
+            let v: Value = r.json().await.unwrap();
+            assert!(
+                v.get("error").is_none() && v["results"][0].get("error").is_none(),
+                "{path} {data}: {v}"
+            );
+            let frame = sub.recv_text().await;
+            assert_eq!(data_text(&frame), data.trim(), "{path}: {frame}");
+        }
+        ws_id += 1;
+        publisher
+            .send_text(&format!(r#"{{"op":"publish","id":{ws_id},"event":{one}}}"#))
+            .await;
+        let ack = publisher.recv().await;
+        assert_eq!(ack["op"], "ack", "ws {data}: {ack}");
+        let frame = sub.recv_text().await;
+        assert_eq!(data_text(&frame), data.trim(), "ws: {frame}");
     }
     server.shutdown().await;
+}
+
+/// The text of the `data` member of an event frame, as it was written.
+fn data_text(frame: &str) -> &str {
+    let mut r = courier_core::json::Reader::new(frame);
+    let mut found = None;
+    r.object(|r, key| {
+        if key == "event" {
+            r.object(|r, key| {
+                if key == "data" {
+                    found = Some(r.skip_value()?);
+                } else {
+                    r.skip_value()?;
+                }
+                Ok(())
+            })
+        } else {
+            r.skip_value().map(drop)
+        }
+    })
+    .unwrap();
+    found.expect("an event frame with data")
 }
