@@ -318,10 +318,19 @@ impl<'a> Reader<'a> {
     /// that is not zero, a negative value or one over `u64::MAX` is refused.
     pub fn whole_u64(&mut self) -> Result<u64, JsonError> {
         let start = self.pos;
-        if let Ok(n) = self.u64() {
-            return Ok(n);
+        match self.u64() {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                self.pos = start;
+                self.whole_u64_slow()
+            }
         }
-        self.pos = start;
+    }
+
+    /// [`Reader::whole_u64`] of a number written with a sign, a fraction or an exponent.
+    #[inline(never)]
+    fn whole_u64_slow(&mut self) -> Result<u64, JsonError> {
+        let start = self.pos;
         let text = self.number()?;
         let fail = |r: &mut Self, what: &'static str| {
             r.pos = start;
@@ -336,31 +345,36 @@ impl<'a> Reader<'a> {
             None => (text, "0"),
         };
         let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-        // The value is `digits` × 10^`scale`.
-        let digits = format!("{int}{frac}");
-        let digits = digits.trim_start_matches('0');
-        let significant = digits.trim_end_matches('0');
-        if significant.is_empty() {
+        // The value is the digits of `int` then `frac`, without their leading and trailing
+        // zeros (`significant`), times 10^`scale`.
+        let all = || int.bytes().chain(frac.bytes());
+        let total = int.len() + frac.len();
+        let leading = all().take_while(|&b| b == b'0').count();
+        if leading == total {
             return Ok(0); // 0, -0, 0.000, 0e99
         }
         if negative {
             return fail(self, "expected an unsigned integer");
         }
+        let trailing = all().rev().take_while(|&b| b == b'0').count();
+        let significant = total - leading - trailing;
         // An exponent too long to matter: huge means out of range, tiny means a fraction.
         let exp: i64 = match exp.parse() {
             Ok(e) if (-1_000..=1_000).contains(&e) => e,
             _ if exp.starts_with('-') => return fail(self, "expected an unsigned integer"),
             _ => return fail(self, "integer out of range"),
         };
-        let trailing = (digits.len() - significant.len()) as i64;
-        let scale = exp - frac.len() as i64 + trailing;
+        let scale = exp - frac.len() as i64 + trailing as i64;
         if scale < 0 {
             return fail(self, "expected an unsigned integer");
         }
-        if significant.len() as i64 + scale > 20 {
+        if significant as i64 + scale > 20 {
             return fail(self, "integer out of range");
         }
-        let digits = significant.bytes().map(|b| u64::from(b - b'0'));
+        let digits = all()
+            .skip(leading)
+            .take(significant)
+            .map(|b| u64::from(b - b'0'));
         let zeros = std::iter::repeat_n(0, scale as usize);
         match digits
             .chain(zeros)
