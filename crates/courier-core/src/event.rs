@@ -106,7 +106,8 @@ impl<'de> Deserialize<'de> for RawJson {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Metadata {
-    /// When the event was created, in Unix milliseconds; 0 lets the server stamp it.
+    /// When the event was created, in Unix milliseconds; 0 lets the server stamp it. Read
+    /// from any whole number (`5`, `5.0`, `5e3`), written as digits.
     #[serde(default)]
     pub timestamp: u64,
     /// The service that published it; empty lets the server use the token's subject.
@@ -131,7 +132,7 @@ impl Metadata {
         while let Some(key) = r.next_key(&mut first)? {
             let key = &*key;
             match key {
-                "timestamp" => seen.read(0, r, key, &mut m.timestamp, Reader::u64)?,
+                "timestamp" => seen.read(0, r, key, &mut m.timestamp, Reader::whole_u64)?,
                 "source" => seen.read(1, r, key, &mut m.source, Reader::owned)?,
                 "correlation_id" => {
                     seen.read(2, r, key, &mut m.correlation_id, |r| r.opt(Reader::owned))?;

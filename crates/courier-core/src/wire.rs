@@ -661,7 +661,7 @@ impl EventItem {
             return r.skip_value().map(drop);
         }
         let value = match bit {
-            0 => r.try_read(|r| r.u64().map(|t| m.timestamp = t))?,
+            0 => r.try_read(|r| r.whole_u64().map(|t| m.timestamp = t))?,
             1 => r.try_read(|r| r.owned().map(|s| m.source = s))?,
             2 => r.try_read(|r| r.opt(Reader::owned).map(|s| m.correlation_id = s))?,
             _ => r.try_read(|r| r.opt(Reader::owned).map(|s| m.user_id = s))?,

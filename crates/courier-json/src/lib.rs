@@ -313,6 +313,78 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
 
+    /// Reads a number whose value is a whole number that fits in a `u64`, however it is
+    /// written: `5`, `5.0`, `5e3`, `1.7323e12`, `-0` (JSON Schema's `integer`). A fraction
+    /// that is not zero, a negative value or one over `u64::MAX` is refused.
+    pub fn whole_u64(&mut self) -> Result<u64, JsonError> {
+        let start = self.pos;
+        match self.u64() {
+            Ok(n) => Ok(n),
+            Err(_) => {
+                self.pos = start;
+                self.whole_u64_slow()
+            }
+        }
+    }
+
+    /// [`Reader::whole_u64`] of a number written with a sign, a fraction or an exponent.
+    #[inline(never)]
+    fn whole_u64_slow(&mut self) -> Result<u64, JsonError> {
+        let start = self.pos;
+        let text = self.number()?;
+        let fail = |r: &mut Self, what: &'static str| {
+            r.pos = start;
+            Err(r.err(what))
+        };
+        let (negative, text) = match text.strip_prefix('-') {
+            Some(t) => (true, t),
+            None => (false, text),
+        };
+        let (mantissa, exp) = match text.find(['e', 'E']) {
+            Some(i) => (&text[..i], &text[i + 1..]),
+            None => (text, "0"),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        // The value is the digits of `int` then `frac`, without their leading and trailing
+        // zeros (`significant`), times 10^`scale`.
+        let all = || int.bytes().chain(frac.bytes());
+        let total = int.len() + frac.len();
+        let leading = all().take_while(|&b| b == b'0').count();
+        if leading == total {
+            return Ok(0); // 0, -0, 0.000, 0e99
+        }
+        if negative {
+            return fail(self, "expected an unsigned integer");
+        }
+        let trailing = all().rev().take_while(|&b| b == b'0').count();
+        let significant = total - leading - trailing;
+        // An exponent too long to matter: huge means out of range, tiny means a fraction.
+        let exp: i64 = match exp.parse() {
+            Ok(e) if (-1_000..=1_000).contains(&e) => e,
+            _ if exp.starts_with('-') => return fail(self, "expected an unsigned integer"),
+            _ => return fail(self, "integer out of range"),
+        };
+        let scale = exp - frac.len() as i64 + trailing as i64;
+        if scale < 0 {
+            return fail(self, "expected an unsigned integer");
+        }
+        if significant as i64 + scale > 20 {
+            return fail(self, "integer out of range");
+        }
+        let digits = all()
+            .skip(leading)
+            .take(significant)
+            .map(|b| u64::from(b - b'0'));
+        let zeros = std::iter::repeat_n(0, scale as usize);
+        match digits
+            .chain(zeros)
+            .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(d))
+        {
+            Some(n) => Ok(n),
+            _ => fail(self, "integer out of range"),
+        }
+    }
+
     /// Reads a `u64` that fits in a `usize`.
     pub fn usize(&mut self) -> Result<usize, JsonError> {
         let n = self.u64()?;
@@ -807,6 +879,52 @@ impl<'a> Obj<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_u64_reads_any_whole_number() {
+        let read = |t: &str| {
+            let mut r = Reader::new(t);
+            r.whole_u64().map(|n| (n, r.end().is_ok()))
+        };
+        for (text, n) in [
+            ("5", 5),
+            ("5.0", 5),
+            ("653.000", 653),
+            ("5e3", 5_000),
+            ("5E+3", 5_000),
+            ("1.7323e12", 1_732_300_000_000),
+            ("17323000000000e-1", 1_732_300_000_000),
+            ("0", 0),
+            ("-0", 0),
+            ("-0.0", 0),
+            ("0e999999", 0),
+            ("18446744073709551615", u64::MAX),
+            ("18446744073709551615.000", u64::MAX),
+            ("1.8446744073709551615e19", u64::MAX),
+        ] {
+            assert_eq!(
+                read(text).map_err(|e| e.to_string()),
+                Ok((n, true)),
+                "{text}"
+            );
+        }
+        for (text, why) in [
+            ("1.5", "expected an unsigned integer"),
+            ("5e-1", "expected an unsigned integer"),
+            ("1e-99999999999", "expected an unsigned integer"),
+            ("-1", "expected an unsigned integer"),
+            ("-1.0", "expected an unsigned integer"),
+            ("18446744073709551616", "integer out of range"),
+            ("1.8446744073709551616e19", "integer out of range"),
+            ("1e20", "integer out of range"),
+            ("1e999", "integer out of range"),
+            ("1e99999999999", "integer out of range"),
+            ("\"5\"", "expected a number"),
+        ] {
+            let e = read(text).expect_err(text);
+            assert!(e.to_string().contains(why), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn grammar() {

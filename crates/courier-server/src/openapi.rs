@@ -143,7 +143,8 @@ impl Modify for Grammar {
             if let Some(channel) = components.schemas.get_mut("ChannelName") {
                 constrain(channel, CHANNEL_PATTERN, 255);
             }
-            // A timestamp is any u64 (JSON Schema's `int64` would stop at 2^63 - 1).
+            // A timestamp is any u64 (JSON Schema's `int64` would stop at 2^63 - 1), written
+            // as any whole number (`5`, `5.0`, `5e3`: JSON Schema's `integer`).
             if let Some(RefOr::T(Schema::Object(metadata))) = components.schemas.get_mut("Metadata")
             {
                 if let Some(RefOr::T(Schema::Object(ts))) = metadata.properties.get_mut("timestamp")
@@ -173,11 +174,16 @@ impl Modify for Grammar {
                         ))
                         .into(),
                 );
+                // The path names the channel. A body may still carry `channel`, but only the
+                // path's, which a schema cannot say: the member is left out of the schema (an
+                // extra member is allowed), so no schema-valid body can differ from the path.
                 let mut without_channel = event.clone();
                 without_channel.required.retain(|r| r != "channel");
+                without_channel.properties.remove("channel");
                 without_channel.description = Some(
-                    "An event for `POST /publish/{channel}`: `channel` may be left out (the \
-                     path names it); when present it must equal the path's."
+                    "An event for `POST /publish/{channel}`: the path names the channel. A body \
+                     may also carry `channel`, but only equal to the path's (400 \
+                     `INVALID_EVENT` on `channel` otherwise)."
                         .to_owned(),
                 );
                 components.schemas.insert(

@@ -182,6 +182,11 @@ impl Server {
 }
 
 impl Ws {
+    /// Sends `text` as it is (JSON that `serde_json::Value` cannot hold, such as `1e999`).
+    pub(crate) async fn send_text(&mut self, text: &str) {
+        self.s.send(Message::Text(text.into())).await.unwrap();
+    }
+
     pub(crate) async fn send(&mut self, v: Value) {
         self.s
             .send(Message::Text(v.to_string().into()))
