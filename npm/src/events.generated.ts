@@ -400,7 +400,8 @@ export interface Metadata {
    */
   source?: string;
   /**
-   * When the event was created, in Unix milliseconds; 0 lets the server stamp it.
+   * When the event was created, in Unix milliseconds; 0 lets the server stamp it. Read
+   * from any whole number (`5`, `5.0`, `5e3`), written as digits.
    */
   timestamp?: number;
   /**

@@ -70,7 +70,8 @@ class Metadata(TypedDict, total=False):
     source: str
     """The service that published it; empty lets the server use the token's subject."""
     timestamp: int
-    """When the event was created, in Unix milliseconds; 0 lets the server stamp it."""
+    """When the event was created, in Unix milliseconds; 0 lets the server stamp it. Read
+from any whole number (5, 5.0, 5e3), written as digits."""
     user_id: Optional[str]
     """The user the event concerns."""
 
