@@ -9,6 +9,9 @@
  * code lives here.
  */
 import type { CourierEventDataMap, Metadata } from './events.generated.js';
+// The checked options and the callbacks the driver takes are declared once, in the driver
+// (`CoreOptions`, `CoreHost` in crates/courier-wasm/src/driver.rs).
+import type { CoreHost, CoreOptions } from './wasm/courier_wasm.js';
 import { ConnectionClosedError, CourierError, UsageError, errorFromCore, errorFromThrown, type CoreErrorJson } from './errors.js';
 
 /** Every event type of the catalogue. */
@@ -207,37 +210,6 @@ export interface CourierClientEvents {
 }
 
 type Handler = (event: EventEnvelope) => void;
-
-/** The options the driver reads, checked (`CoreOptions` in the driver). */
-export interface CoreOptions {
-  url: string;
-  httpUrl?: string;
-  serviceName?: string;
-  clientName: string;
-  WebSocket: WebSocketConstructor;
-  minDelayMs?: number;
-  baseDelayMs?: number;
-  maxDelayMs?: number;
-  maxQueued?: number;
-  maxBatchEvents?: number;
-  lingerMs?: number;
-  maxAttempts?: number;
-  maxInFlight?: number;
-  requestTimeoutMs?: number;
-}
-
-/** What the driver calls back (`CoreHost` in the driver); never throws. */
-export interface CoreHost {
-  onEvent(listener: number, event: object): void;
-  onState(state: ConnectionState): void;
-  onGap(gap: object): void;
-  onSubscribed(listener: number, position: object): void;
-  onSubscriptionFailed(listener: number, error: object): void;
-  onError(error: object): void;
-  onPublished(ticket: number, ok: object | undefined, error: object | undefined): void;
-  onFlushed(): void;
-  token(): Promise<string>;
-}
 
 /** The driver as the facade uses it: both builds of the WASM have these. */
 export interface CoreLike {

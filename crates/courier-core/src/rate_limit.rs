@@ -107,6 +107,21 @@ impl RateLimitInfo {
     }
 }
 
+/// Every response header the parsers here read, lower-case: what a driver that cannot hand
+/// over all headers (a browser's `fetch` reads them one by one) must pass on, and what a
+/// server must expose to browsers (CORS). A test holds it to the parser.
+pub const READ_HEADERS: [&str; 9] = [
+    "retry-after",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "ratelimit",
+    "ratelimit-policy",
+];
+
 /// One bucket of a `RateLimit-Policy` list: `"name";q=…;w=…;burst=…;shadow`.
 ///
 /// Serialized with the window in whole milliseconds (`window_ms`).
@@ -526,6 +541,33 @@ mod tests {
 
     fn secs(s: u64) -> Option<Duration> {
         Some(Duration::from_secs(s))
+    }
+
+    /// `READ_HEADERS` is what the parsers read: each name (any case) changes what they
+    /// give with a value of its form, and a name not on the list changes nothing.
+    #[test]
+    fn read_headers_are_exactly_what_the_parsers_read() {
+        let now = UNIX_EPOCH + Duration::from_secs(NOW_SECS);
+        let value = |name: &str| match name {
+            "ratelimit" => r#""user";r=5;t=1"#,
+            "ratelimit-policy" => r#""user";q=10;w=60"#,
+            _ => "7",
+        };
+        let read = |name: &str| {
+            let h = [(name, value(&name.to_ascii_lowercase()))];
+            let info = parse_rate_limit_headers(h, now, Duration::from_secs(300));
+            let buckets = parse_bucket_headers(h, now, Duration::from_secs(300));
+            info != RateLimitInfo::default() || buckets != BucketHeaders::default()
+        };
+        for name in READ_HEADERS {
+            assert!(read(name), "{name} is read");
+            assert!(
+                read(&name.to_ascii_uppercase()),
+                "{name} in capitals is read"
+            );
+        }
+        assert!(!read("x-ratelimit-used"));
+        assert!(!read("content-type"));
     }
 
     #[test]

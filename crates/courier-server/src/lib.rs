@@ -309,18 +309,12 @@ pub fn app(state: SharedState) -> Router {
             fault::middleware,
         ));
     }
-    let exposed: Vec<HeaderName> = [
-        "retry-after",
-        "x-ratelimit-limit",
-        "x-ratelimit-remaining",
-        "x-ratelimit-reset",
-        "ratelimit",
-        "ratelimit-policy",
-        "x-request-id",
-    ]
-    .into_iter()
-    .map(HeaderName::from_static)
-    .collect();
+    // Browsers may read what the SDKs' core reads, and the request id.
+    let exposed: Vec<HeaderName> = courier_core::rate_limit::READ_HEADERS
+        .into_iter()
+        .chain(["x-request-id"])
+        .map(HeaderName::from_static)
+        .collect();
     let origins = &state.config.cors_origins;
     let cors = CorsLayer::new()
         .allow_methods(Any)

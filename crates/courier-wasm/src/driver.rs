@@ -967,17 +967,6 @@ fn fetch_token(this: &Rc<Inner>) {
     });
 }
 
-/// Response headers the core reads (Retry-After and the rate-limit fields).
-#[cfg(feature = "publish")]
-const LIMIT_HEADERS: [&str; 6] = [
-    "retry-after",
-    "x-ratelimit-limit",
-    "x-ratelimit-remaining",
-    "x-ratelimit-reset",
-    "ratelimit",
-    "ratelimit-policy",
-];
-
 #[cfg(feature = "publish")]
 fn transmit(this: &Rc<Inner>, batch: courier_core::queue::BatchId, body: String, token: String) {
     use courier_core::queue::TransportResult;
@@ -1020,7 +1009,7 @@ async fn post(
         .unchecked_into();
     let received = response.headers();
     let mut headers = Vec::new();
-    for name in LIMIT_HEADERS {
+    for name in courier_core::rate_limit::READ_HEADERS {
         if let Some(value) = received.get(name)? {
             headers.push((name.to_owned(), value));
         }
