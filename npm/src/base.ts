@@ -283,6 +283,10 @@ export class BaseClient {
   protected readonly core: CoreLike;
   /** The handler of each core listener (one per `subscribe` call), by listener id. */
   readonly #listenersById = new Map<number, Listener>();
+  /** The hot path's event, kept by `readEvent` for `deliverEvent`, and the last channel/epoch. */
+  #event: EventEnvelope | undefined;
+  #lastChannel = '';
+  #lastEpoch = '';
   /** `subscribed` answers that came during `subscribe()`, before its listener was registered. */
   readonly #early = new Map<number, StreamPosition>();
   readonly #listeners: { [K in keyof CourierClientEvents]: Set<CourierClientEvents[K]> } = {
@@ -324,6 +328,12 @@ export class BaseClient {
     const token = tokenSource(options.token);
     const host: CoreHost = {
       onEvent: (listener, event) => this.#deliver(listener, event as EventEnvelope),
+      readEvent: (data, maxLength) => this.#readEvent(data, maxLength),
+      eventChannel: () => this.#lastChannel,
+      eventEpoch: () => this.#lastEpoch,
+      deliverEvent: (listener) => {
+        if (this.#event) this.#deliver(listener, this.#event);
+      },
       onState: (state) => {
         if (state === 'closed') this.#settleAll();
         this.#emit('state', state);
@@ -458,6 +468,39 @@ export class BaseClient {
   /** Reports an error to `on('error')` listeners. */
   protected emitError(e: CourierError): void {
     this.#emit('error', e);
+  }
+
+  /**
+   * The per-event path (`readEvent` in the driver's `CoreHost`): one `JSON.parse`, the
+   * shape checks the core's decision needs, and the position back as one number. Anything
+   * else is -1, and the driver hands the frame to the core, which decodes and reports it.
+   */
+  #readEvent(data: unknown, maxLength: number): number {
+    if (typeof data !== 'string' || data.length > maxLength) return -1;
+    let f: { op?: unknown; epoch?: unknown; offset?: unknown; event?: { channel?: unknown } | null };
+    try {
+      f = JSON.parse(data) as typeof f;
+    } catch {
+      return -1;
+    }
+    if (f === null || typeof f !== 'object' || f.op !== 'event') return -1;
+    const { epoch, offset, event } = f;
+    if (event === null || typeof event !== 'object' || typeof event.channel !== 'string' || typeof epoch !== 'string') return -1;
+    if (typeof offset !== 'number' || !Number.isInteger(offset) || offset < 0 || offset > 2 ** 51) return -1;
+    let changed = 0;
+    if (event.channel !== this.#lastChannel) {
+      this.#lastChannel = event.channel;
+      changed |= 1;
+    }
+    if (epoch !== this.#lastEpoch) {
+      this.#lastEpoch = epoch;
+      changed |= 2;
+    }
+    const e = event as unknown as EventEnvelope;
+    e.epoch = epoch;
+    e.offset = offset;
+    this.#event = e;
+    return offset * 4 + changed;
   }
 
   #deliver(listener: number, event: EventEnvelope): void {

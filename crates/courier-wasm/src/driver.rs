@@ -15,11 +15,13 @@
 //!
 //! # The hot path
 //!
-//! An event frame is parsed once, by the engine's own `JSON.parse` (through `js-sys`); only
-//! its position (channel, epoch, offset) crosses into the core
-//! ([`Client::handle_event_position`]), and the parsed event object itself goes to the
-//! handlers, with `epoch` and `offset` set on it. Any other frame, and an event frame that
-//! does not have that shape, goes to the core whole ([`Client::handle_frame`]), which
+//! An event frame is parsed once, by the engine's own `JSON.parse`, in the host's
+//! `readEvent`, which checks the shape the core's decision needs and answers with the
+//! position as one number (the channel and epoch cross only when they differ from the last
+//! event's). Only that position goes into the core ([`Client::handle_event_position`]);
+//! the parsed event object itself goes to the handlers (`deliverEvent`), with `epoch` and
+//! `offset` set on it: three boundary calls per event. Any other frame, and an event frame
+//! that does not have that shape, goes to the core whole ([`Client::handle_frame`]), which
 //! decodes, checks and reports it.
 //!
 //! # Re-entrancy
@@ -37,7 +39,7 @@ use courier_core::connection::{GapReason, State};
 use courier_core::time::{Instant, as_millis_u64};
 use courier_core::{ChannelName, Delivery, Error, StreamPosition};
 use gloo_timers::callback::Timeout;
-use js_sys::{Array, Function, JsString, Promise, Reflect};
+use js_sys::{Array, Function, Promise, Reflect};
 use serde::Serialize;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::prelude::*;
@@ -49,6 +51,19 @@ const TS_TYPES: &str = r#"
 /** What the facade gives the driver: where its results go, and the token. Never throws. */
 export interface CoreHost {
   onEvent(listener: number, event: object): void;
+  /**
+   * The hot path: `JSON.parse` of `data` when it is a string of at most `maxLength` units
+   * holding an event frame (`op` "event", string `epoch` and `event.channel`, a whole
+   * `offset` from 0 to 2^51); the event is kept with `epoch` and `offset` set on it, for
+   * `deliverEvent`. Returns `offset * 4 + changed` (bit 0: the channel differs from the
+   * last event's, bit 1: the epoch does; read them with `eventChannel`/`eventEpoch`), or -1
+   * for anything else (the driver hands that to the core whole).
+   */
+  readEvent(data: unknown, maxLength: number): number;
+  eventChannel(): string;
+  eventEpoch(): string;
+  /** Hands the event `readEvent` kept to `listener`. */
+  deliverEvent(listener: number): void;
   onState(state: "disconnected" | "connecting" | "connected" | "closed"): void;
   onGap(gap: object): void;
   onSubscribed(listener: number, position: { epoch: string; offset: number }): void;
@@ -97,6 +112,14 @@ extern "C" {
     pub type Host;
     #[wasm_bindgen(method, js_name = onEvent)]
     fn on_event(this: &Host, listener: f64, event: &JsValue);
+    #[wasm_bindgen(method, js_name = readEvent)]
+    fn read_event(this: &Host, data: &JsValue, max_length: u32) -> f64;
+    #[wasm_bindgen(method, js_name = eventChannel)]
+    fn event_channel(this: &Host) -> String;
+    #[wasm_bindgen(method, js_name = eventEpoch)]
+    fn event_epoch(this: &Host) -> String;
+    #[wasm_bindgen(method, js_name = deliverEvent)]
+    fn deliver_event(this: &Host, listener: f64);
     #[wasm_bindgen(method, js_name = onState)]
     fn on_state(this: &Host, state: &str);
     #[wasm_bindgen(method, js_name = onGap)]
@@ -155,26 +178,8 @@ extern "C" {
     #[wasm_bindgen(method, getter, js_name = requestTimeoutMs)]
     fn request_timeout_ms(this: &Options) -> Option<f64>;
 
-    /// `JSON.parse` of a string that stays in JavaScript (js-sys' takes a Rust `&str`, which
-    /// would copy every frame into WASM memory and back).
-    #[wasm_bindgen(js_namespace = JSON, js_name = parse, catch)]
-    fn parse_js(text: &JsString) -> Result<JsValue, JsValue>;
-
-    /// A parsed frame, read without copying it into WASM memory.
-    type Frame;
-    #[wasm_bindgen(method, getter)]
-    fn op(this: &Frame) -> JsValue;
-    #[wasm_bindgen(method, getter)]
-    fn epoch(this: &Frame) -> JsValue;
-    #[wasm_bindgen(method, getter)]
-    fn offset(this: &Frame) -> JsValue;
-    #[wasm_bindgen(method, getter)]
-    fn event(this: &Frame) -> JsValue;
-
-    /// The event object of a parsed event frame, handed to handlers.
+    /// An event object for handlers (one the core decoded: see `delivery_object`).
     type EventObject;
-    #[wasm_bindgen(method, getter)]
-    fn channel(this: &EventObject) -> JsValue;
     #[wasm_bindgen(method, setter = epoch)]
     fn set_epoch(this: &EventObject, epoch: &JsValue);
     #[wasm_bindgen(method, setter = offset)]
@@ -297,8 +302,6 @@ struct Inner {
     /// Longest frame (UTF-16 units) taken on the hot path; longer ones go to the core whole,
     /// which checks the byte limit.
     max_frame_units: u32,
-    /// `"event"`, to compare a frame's `op` with without copying it.
-    event_op: JsValue,
     st: RefCell<St>,
 }
 
@@ -314,9 +317,9 @@ struct St {
     flush_wanted: bool,
     /// The gap last reported: the core reports a gap per listener, the facade per client.
     last_gap: Option<GapJs>,
-    /// The hot path's last channel and epoch.
-    last_channel: CachedText,
-    last_epoch: CachedText,
+    /// The hot path's last channel and epoch (the host says when they change).
+    last_channel: String,
+    last_epoch: String,
 }
 
 /// Drives one core client with its I/O; created and owned by the TypeScript facade.
@@ -411,7 +414,6 @@ impl CoreClient {
                     .map_or(30_000, |v| v.min(u64::from(u32::MAX)) as u32),
                 ws_url: endpoints.ws_url,
                 max_frame_units,
-                event_op: JsValue::from_str("event"),
                 st: RefCell::new(St {
                     client: Client::new(config, seed, now()),
                     socket: None,
@@ -420,8 +422,8 @@ impl CoreClient {
                     #[cfg(feature = "publish")]
                     flush_wanted: false,
                     last_gap: None,
-                    last_channel: CachedText::default(),
-                    last_epoch: CachedText::default(),
+                    last_channel: String::new(),
+                    last_epoch: String::new(),
                 }),
             }),
         })
@@ -828,49 +830,31 @@ fn on_message(this: &Rc<Inner>, e: JsValue) {
     }
 }
 
-/// An event frame parsed by `JSON.parse`, its position decided on by the core and the parsed
-/// event handed to the listeners. False when the frame is not one (the caller hands it to
+/// An event frame parsed by the host's `JSON.parse` (`readEvent`), its position decided on
+/// by the core and the parsed event handed to the listeners (`deliverEvent`): three calls
+/// across the boundary per event. False when the frame is not one (the caller hands it to
 /// the core whole).
 fn hot_path(this: &Rc<Inner>, data: &JsValue) -> bool {
-    let Some(text) = data.dyn_ref::<JsString>() else {
-        return false;
-    };
-    if text.length() > this.max_frame_units {
+    let code = this.host.read_event(data, this.max_frame_units);
+    if code < 0.0 {
         return false;
     }
-    let Ok(frame) = parse_js(text) else {
-        return false;
-    };
-    if !frame.is_object() {
-        return false;
-    }
-    let frame: Frame = frame.unchecked_into();
-    if frame.op() != this.event_op {
-        return false;
-    }
-    let event = frame.event();
-    if !event.is_object() {
-        return false;
-    }
-    let event: EventObject = event.unchecked_into();
-    let (channel, epoch, offset) = (event.channel(), frame.epoch(), frame.offset());
-    let Some(n) = offset.as_f64().filter(|n| n.fract() == 0.0 && *n >= 0.0) else {
-        return false;
-    };
+    let changed = (code % 4.0) as u8;
+    let offset = (code / 4.0).floor() as u64;
     let now = now();
     let (listeners, more) = {
         let mut st = this.st.borrow_mut();
         let st = &mut *st;
-        // The channel and epoch are the last frame's almost always: compare them in
-        // JavaScript (`===`) and reuse their Rust copies instead of copying them again.
-        let (Some(channel), Some(epoch)) =
-            (st.last_channel.text(&channel), st.last_epoch.text(&epoch))
-        else {
-            return false;
-        };
+        // The channel and epoch are the last event's almost always: copied only on a change.
+        if changed & 1 != 0 {
+            st.last_channel = this.host.event_channel();
+        }
+        if changed & 2 != 0 {
+            st.last_epoch = this.host.event_epoch();
+        }
         let listeners: Listeners = st
             .client
-            .handle_event_position(channel, epoch, n as u64, now)
+            .handle_event_position(&st.last_channel, &st.last_epoch, offset, now)
             .iter()
             .map(|l| l.0 as f64)
             .collect();
@@ -880,48 +864,14 @@ fn hot_path(this: &Rc<Inner>, data: &JsValue) -> bool {
         // What the event caused (a gap, a pause) goes out before it.
         pump(this);
     }
-    if !listeners.is_empty() {
-        event.set_epoch(&epoch);
-        event.set_offset(&offset);
-        let event: JsValue = event.into();
-        for l in listeners {
-            this.host.on_event(l, &event);
-        }
+    for l in listeners {
+        this.host.deliver_event(l);
     }
     true
 }
 
 /// The listeners of one event: one, almost always.
 type Listeners = Vec<f64>;
-
-/// A JavaScript string and its Rust copy, kept while the next one is `===` to it.
-struct CachedText {
-    js: JsValue,
-    text: String,
-}
-
-impl Default for CachedText {
-    fn default() -> Self {
-        // A fresh object: nothing read from a frame is `===` to it, so the first value is
-        // always checked to be a string.
-        Self {
-            js: js_sys::Object::new().into(),
-            text: String::new(),
-        }
-    }
-}
-
-impl CachedText {
-    /// `value`'s text (copied only when it differs from the last one); `None` when it is not
-    /// a string.
-    fn text(&mut self, value: &JsValue) -> Option<&str> {
-        if *value != self.js {
-            self.text = value.as_string()?;
-            self.js = value.clone();
-        }
-        Some(&self.text)
-    }
-}
 
 fn arm_timer(this: &Rc<Inner>) {
     let mut st = this.st.borrow_mut();
