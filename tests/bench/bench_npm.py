@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 
-from common import ROOT, sh
+from common import ROOT, cpu_model, sh
 
 NPM = os.path.join(ROOT, "npm")
 BENCH_DEPS = os.path.join(ROOT, ".tools", "bench-npm")
@@ -16,18 +16,6 @@ OTHERS = [
     ("pusher-js", "8.6.0", "dist/web/pusher.min.js"),
     ("ably", "2.28.0", "build/ably.min.js"),
 ]
-
-
-def cpu_name():
-    """This machine's CPU, for the sections (the doc's top line may name another machine)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores"
 
 
 def gz(path):
@@ -88,7 +76,7 @@ def size_section():
         rows.append(f"| {name} {version} | `{path}` | {kb(gz(full))} | |")
     return (
         "## npm: bundle size (gzip -9)\n\n"
-        f"Machine: {cpu_name()}. "
+        f"Machine: {cpu_model()}. "
         "Command: `python3 tests/bench/run.py npm` (wasm-pack with `--profile wasm-release`, then wasm-opt; "
         "courier-core without `conformance`; the subscriber entry's WASM without the `publish` feature). "
         "Each entry point is measured as a page downloads it: its `.wasm` plus its JavaScript (the TypeScript layer "
@@ -115,7 +103,7 @@ def throughput_section():
     verdict = "meets" if ratio >= 0.8 else "MISSES"
     return (
         "## npm: events per second in Node, one connection\n\n"
-        f"Machine: {cpu_name()}. Command: `node npm/bench/throughput.mjs {total} {rounds}`. A local protocol-v1 feed (its own process) "
+        f"Machine: {cpu_model()}. Command: `node npm/bench/throughput.mjs {total} {rounds}`. A local protocol-v1 feed (its own process) "
         f"streams {total:,} `backtest.progress` frames (~330 bytes); the client receives, decodes and "
         f"hands each to a handler. {rounds} rounds, alternating bare and courier-client, each against a fresh feed.\n\n"
         "| client | events/s (median) |\n|---|---|\n"

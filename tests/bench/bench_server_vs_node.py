@@ -11,9 +11,8 @@ second at full speed; publish→deliver p50 / p99 at full speed and paced at 200
 import json
 import os
 import platform
-import re
 
-from common import median, sh
+from common import cpu_model, median, sh
 
 ROUNDS = 3
 SUBSCRIBERS = 1000
@@ -21,16 +20,9 @@ EVENTS = 1000
 
 
 def machine():
-    """CPU model and kernel: sections are measured at different times, on different machines."""
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.+)", f.read())
-            cpu = m.group(1) if m else cpu
-    except OSError:
-        pass
+    """CPU, kernel and Node: sections are measured at different times, on different machines."""
     node = sh("node --version", capture_output=True).stdout.strip()
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Node {node}"
+    return f"{cpu_model()}, {platform.system()} {platform.release()}, Node {node}"
 
 
 def loadavg():
