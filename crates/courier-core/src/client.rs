@@ -325,8 +325,22 @@ pub struct ClientStats {
 }
 
 impl ClientStats {
+    /// The connection's counters (every build).
+    fn from_connection(c: &ConnectionStats) -> Self {
+        Self {
+            rate_limit_waits: c.rate_limit_waits,
+            reconnects: c.reconnects,
+            events_received: c.events_delivered,
+            duplicates_dropped: c.duplicates_dropped,
+            gaps: c.gaps,
+            heartbeat_timeouts: c.heartbeat_timeouts,
+            ..Self::default()
+        }
+    }
+
+    /// The publish queue's counters on top (the publish build).
     #[cfg(feature = "publish")]
-    fn from_parts(q: &QueueStats, c: &ConnectionStats) -> Self {
+    fn with_queue(self, q: &QueueStats) -> Self {
         Self {
             queued_high: q.queued_high,
             queued_normal: q.queued_normal,
@@ -337,26 +351,8 @@ impl ClientStats {
             dead: q.dead,
             acknowledged: q.acknowledged,
             budget_exhausted: q.budget_exhausted,
-            rate_limit_waits: q.rate_limit_waits + c.rate_limit_waits,
-            reconnects: c.reconnects,
-            events_received: c.events_delivered,
-            duplicates_dropped: c.duplicates_dropped,
-            gaps: c.gaps,
-            heartbeat_timeouts: c.heartbeat_timeouts,
-            ..Self::default()
-        }
-    }
-
-    #[cfg(not(feature = "publish"))]
-    fn from_parts(c: &ConnectionStats) -> Self {
-        Self {
-            rate_limit_waits: c.rate_limit_waits,
-            reconnects: c.reconnects,
-            events_received: c.events_delivered,
-            duplicates_dropped: c.duplicates_dropped,
-            gaps: c.gaps,
-            heartbeat_timeouts: c.heartbeat_timeouts,
-            ..Self::default()
+            rate_limit_waits: q.rate_limit_waits + self.rate_limit_waits,
+            ..self
         }
     }
 }
@@ -879,13 +875,13 @@ impl Client {
 
     /// Every counter, by name.
     pub fn stats(&self, now: Instant) -> ClientStats {
+        let mut s = ClientStats::from_connection(self.conn.stats());
         #[cfg(feature = "publish")]
-        let mut s = ClientStats::from_parts(&self.queue.stats(now), self.conn.stats());
+        {
+            s = s.with_queue(&self.queue.stats(now));
+        }
         #[cfg(not(feature = "publish"))]
-        let mut s = {
-            let _ = now;
-            ClientStats::from_parts(self.conn.stats())
-        };
+        let _ = now;
         s.channels = self.channels.len();
         s.paused_channels = self
             .channels
