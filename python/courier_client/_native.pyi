@@ -4,6 +4,7 @@ from typing import Any, Callable, List, Optional, Tuple, final
 
 __all__ = [
     "NativeClient",
+    "NativeHistory",
     "NativeSubscription",
     "TokenReply",
     "__version__",

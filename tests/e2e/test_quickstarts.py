@@ -175,8 +175,8 @@ _ran: Dict[Tuple[str, str], str] = {}
 
 @pytest.mark.parametrize(
     "readme,heading,lang,index", QUICKSTARTS,
-    ids=[f"{r.split('/')[0].removesuffix('.md').lower()}-{lang}{'-' + str(i) if i else ''}"
-         for r, _, lang, i in QUICKSTARTS])
+    ids=[f"{r.split('/')[0].removesuffix('.md').lower()}-{'history-' if 'History' in h else ''}{lang}"
+         f"{'-' + str(i) if i else ''}" for r, h, lang, i in QUICKSTARTS])
 def test_quickstart_runs_as_written(readme: str, heading: str, lang: str, index: int, server_bin: str,
                                     server: Server) -> None:
     code = fenced_block(readme, heading, lang, index)
