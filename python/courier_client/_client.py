@@ -95,9 +95,14 @@ def _history_args(
         raise ValidationError(
             f"direction must be 'forward' or 'backward', not {direction!r}", field="direction", reason="bad_format"
         )
+    # Types and the offsets' range here; the rest (one start, `limit` 1 to 1000) is the core's.
     for name, value in (("after", after), ("before", before), ("limit", limit)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise ValidationError(f"{name} must be a whole number >= 0, not {value!r}", field=name, reason="wrong_type")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValidationError(f"{name} must be a whole number, not {value!r}", field=name, reason="wrong_type")
+        if value is not None and not 0 <= value < 2**63:
+            raise ValidationError(f"{name} must be 0 to 2**63 - 1, not {value}", field=name, reason="out_of_range")
+    if limit >= 2**32:
+        raise ValidationError(f"limit must be 1 to 1000, not {limit}", field="limit", reason="out_of_range")
     return {
         "after": after,
         "before": before,

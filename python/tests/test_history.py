@@ -70,6 +70,10 @@ async def test_async_history_errors_are_typed(server: Server, token: str) -> Non
         for kwargs, field in [
             ({"limit": 0}, "limit"),
             ({"limit": 1001}, "limit"),
+            ({"limit": 2**40}, "limit"),
+            ({"after": -1}, "after"),
+            ({"before": 2**64}, "before"),
+            ({"after": "3"}, "after"),
             ({"after": 1, "before": 5}, "before"),
             ({"after": 1, "direction": "backward"}, "direction"),
             ({"direction": "up"}, "direction"),
