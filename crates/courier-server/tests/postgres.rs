@@ -350,3 +350,20 @@ async fn resume_across_a_server_restart_loses_nothing_and_keeps_the_epoch() {
     assert_eq!(page["epoch"], epoch.as_str());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn health_and_readiness_report_postgres() {
+    let url = need_postgres!();
+    let server = pg_server(&util::fresh_database(&url).await).await;
+    let health: serde_json::Value = server.get("/health").await.json().await.unwrap();
+    let pg = &health["components"]["postgres"];
+    assert_eq!(
+        (pg["level"].as_str(), pg["status"].as_str()),
+        (Some("healthy"), Some("reachable")),
+        "{health}"
+    );
+    assert!(pg["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+    assert!(health["components"]["redis"].is_null());
+    assert_eq!(server.get("/health/ready").await.status(), 200);
+    server.shutdown().await;
+}
