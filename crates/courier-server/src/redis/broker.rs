@@ -30,6 +30,9 @@ use crate::store::{
     Broker, HistoryStore, PageFrom, Published, StoreError, Subscriber, SubscriptionId,
 };
 
+/// Events a catch-up reads from a durable history for a channel whose position is unknown.
+const CATCH_UP_EVENTS: u64 = 1000;
+
 /// An epoch and an offset in it.
 type Position = (Arc<str>, u64);
 
@@ -240,10 +243,20 @@ impl Inner {
             .map(|(c, s)| (c.clone(), s.position.clone()))
             .collect();
         for (channel, position) in positions {
-            let after = match position {
-                Some((e, last)) if *e == *epoch => last,
-                // Unknown position or a new epoch: everything the stream holds.
-                _ => 0,
+            let after = match (position, &self.history) {
+                (Some((e, last)), _) if *e == *epoch => last,
+                // Unknown position or a new epoch: everything the stream holds (at most
+                // `history.max_events_per_channel`).
+                (_, None) => 0,
+                // A durable history may hold millions: its newest events, as many as the
+                // streams would (the subscribers' resume reads the rest if they need it).
+                (_, Some(h)) => match h.latest(&channel).await {
+                    Ok(latest) => latest.saturating_sub(CATCH_UP_EVENTS),
+                    Err(e) => {
+                        tracing::warn!(error = %e, channel = %channel, "cannot catch up");
+                        continue;
+                    }
+                },
             };
             match self.backfill(&channel, after, None).await {
                 Ok(entries) => self.deliver_entries(&channel, entries),
