@@ -1,7 +1,8 @@
 //! `GET /health`: an overall level and one entry per component.
 //!
 //! The level is the worst of the components': `websocket` is unhealthy while draining (the
-//! instance is going away), `redis` (with that backend) is unhealthy when a PING fails, and
+//! instance is going away), `redis` (with that backend) is unhealthy when a PING fails,
+//! `postgres` (with the PostgreSQL history) when a `SELECT 1` fails, and
 //! `memory` is degraded above `health.memory_soft_limit_bytes`. `healthy` and `degraded`
 //! answer 200 (the instance still serves), `unhealthy` answers 503.
 
@@ -11,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::SharedState;
-use crate::config::Backend;
+use crate::config::{Backend, HistoryBackend};
 use crate::store::HistoryStats;
 
 /// How well a component, or the whole instance, is doing; ordered from best to worst.
@@ -63,6 +64,10 @@ pub struct Components {
     /// Redis; present only with `backend = "redis"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisHealth>,
+    /// PostgreSQL, probed with `SELECT 1` (the same fields as `redis`); present only with
+    /// `history.backend = "postgres"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<RedisHealth>,
     /// The process's memory.
     pub memory: MemoryHealth,
 }
@@ -80,7 +85,7 @@ pub struct WebSocketHealth {
     pub users: usize,
 }
 
-/// Redis, probed with PING on each `/health`.
+/// A backend probed on each `/health`: Redis (PING), or PostgreSQL (`SELECT 1`) under `postgres`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RedisHealth {
     /// `unhealthy` when unreachable.
@@ -170,7 +175,12 @@ impl Components {
     /// The worst level of any component.
     pub fn level(&self) -> Level {
         let redis = self.redis.as_ref().map_or(Level::Healthy, |r| r.level);
-        self.websocket.level.max(redis).max(self.memory.level)
+        let postgres = self.postgres.as_ref().map_or(Level::Healthy, |r| r.level);
+        self.websocket
+            .level
+            .max(redis)
+            .max(postgres)
+            .max(self.memory.level)
     }
 }
 
@@ -193,13 +203,25 @@ pub async fn report(state: &SharedState) -> HealthReport {
     let history = state.history.stats().await;
     let redis = match state.config.backend {
         Backend::Redis => {
+            // Redis serves the fan-out whatever keeps the history (PostgreSQL is probed by
+            // readiness).
+            let started = Instant::now();
+            let probe = state.broker.ready().await;
+            Some(RedisHealth::from_probe(
+                probe.map(|()| started.elapsed()).map_err(|e| e.to_string()),
+            ))
+        }
+        Backend::Memory => None,
+    };
+    let postgres = match state.config.history.backend {
+        HistoryBackend::Postgres => {
             let started = Instant::now();
             let probe = state.history.ready().await;
             Some(RedisHealth::from_probe(
                 probe.map(|()| started.elapsed()).map_err(|e| e.to_string()),
             ))
         }
-        Backend::Memory => None,
+        HistoryBackend::Default => None,
     };
     let mut memory = MemoryHealth::new(rss_bytes(), state.config.health.memory_soft_limit_bytes);
     memory.idempotency_entries = state.idempotency.entries();
@@ -209,6 +231,7 @@ pub async fn report(state: &SharedState) -> HealthReport {
     let components = Components {
         websocket: WebSocketHealth::new(draining, connections, users),
         redis,
+        postgres,
         memory,
     };
     let level = components.level();
@@ -240,6 +263,7 @@ mod tests {
         Components {
             websocket: WebSocketHealth::new(draining, 0, 0),
             redis: redis.map(RedisHealth::from_probe),
+            postgres: None,
             memory: MemoryHealth::new(Some(rss), 1000),
         }
     }
@@ -255,6 +279,9 @@ mod tests {
         assert_eq!(down.level(), Level::Unhealthy);
         let redis = down.redis.unwrap();
         assert_eq!((redis.status, redis.latency_ms), ("unreachable", None));
+        let mut pg_down = components(false, None, 10);
+        pg_down.postgres = Some(RedisHealth::from_probe(Err("refused".into())));
+        assert_eq!(pg_down.level(), Level::Unhealthy);
         let up = RedisHealth::from_probe(Ok(Duration::from_micros(1500)));
         assert_eq!(up.latency_ms, Some(1.5));
         // No limit configured, or RSS unknown: never degraded.
