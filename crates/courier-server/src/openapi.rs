@@ -19,7 +19,7 @@ use utoipa::openapi::{
 };
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{Config, SharedState, fault, http, ws};
+use crate::{Config, SharedState, admin, fault, http, ws};
 
 struct Bearer;
 
@@ -234,6 +234,11 @@ pub(crate) struct ChannelEvent;
         http::stats,
         http::metrics,
         openapi_json,
+        admin::console_page,
+        admin::console_asset,
+        admin::connections,
+        admin::channels,
+        admin::rate_limits,
     ),
     components(schemas(
         wire::PublishResponse,
@@ -255,6 +260,13 @@ pub(crate) struct ChannelEvent;
         crate::health::Level,
         Status,
         ChannelEvent,
+        admin::ConnectionsReport,
+        admin::ConnectionInfo,
+        admin::ChannelsReport,
+        admin::ChannelInfo,
+        admin::RateLimitsReport,
+        admin::RateLimitMinute,
+        admin::RateLimitRefusal,
     )),
     modifiers(&Bearer, &Headers, &Grammar),
 )]
