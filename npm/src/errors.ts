@@ -6,7 +6,7 @@
  *
  * ```text
  * CourierError                  unknown
- * ├─ ValidationError            validation: INVALID_EVENT
+ * ├─ ValidationError            validation: INVALID_EVENT, EPOCH_CHANGED
  * │  └─ PayloadTooLargeError    PAYLOAD_TOO_LARGE
  * ├─ AuthenticationError        authentication: UNAUTHORIZED, TOKEN_EXPIRED
  * │  └─ ForbiddenChannelError   authorization: FORBIDDEN_CHANNEL

@@ -9,7 +9,7 @@ One class per category (the names are those of the TypeScript SDK; ``tests/vecto
 lists every code with its class and ``tests/test_errors.py`` checks this module against it)::
 
     CourierError                      unknown
-    +-- ValidationError (ValueError)  validation: INVALID_EVENT
+    +-- ValidationError (ValueError)  validation: INVALID_EVENT, EPOCH_CHANGED
     |   +-- PayloadTooLargeError      PAYLOAD_TOO_LARGE
     +-- AuthenticationError           authentication: UNAUTHORIZED, TOKEN_EXPIRED
     |   +-- ForbiddenChannelError     authorization: FORBIDDEN_CHANNEL

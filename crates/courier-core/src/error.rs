@@ -53,6 +53,9 @@ pub enum ErrorCode {
     Unavailable,
     /// The server failed; nothing the client did was wrong.
     Internal,
+    /// A history cursor or position belongs to an epoch the server's history no longer has
+    /// (its history was lost): start again from a fresh query.
+    EpochChanged,
     /// A code this version of the core does not know yet.
     #[serde(other)]
     Unknown,
@@ -118,7 +121,7 @@ impl fmt::Display for ErrorCategory {
 
 impl ErrorCode {
     /// Every code this version knows, [`ErrorCode::Unknown`] last.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::RateLimitExceeded,
         ErrorCode::ConnectionLimitExceeded,
         ErrorCode::Unauthorized,
@@ -133,6 +136,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::EpochChanged,
         ErrorCode::Unknown,
     ];
 
@@ -153,6 +157,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::EpochChanged => "EPOCH_CHANGED",
             ErrorCode::Unknown => "UNKNOWN",
         }
     }
@@ -180,7 +185,9 @@ impl ErrorCode {
             }
             ErrorCode::Unauthorized | ErrorCode::TokenExpired => ErrorCategory::Authentication,
             ErrorCode::ForbiddenChannel => ErrorCategory::Authorization,
-            ErrorCode::InvalidEvent | ErrorCode::PayloadTooLarge => ErrorCategory::Validation,
+            ErrorCode::InvalidEvent | ErrorCode::PayloadTooLarge | ErrorCode::EpochChanged => {
+                ErrorCategory::Validation
+            }
             ErrorCode::UnknownOp
             | ErrorCode::BadRequest
             | ErrorCode::AuthTimeout
@@ -212,6 +219,7 @@ impl ErrorCode {
             ErrorCode::ForbiddenChannel => 403,
             ErrorCode::InvalidEvent | ErrorCode::BadRequest | ErrorCode::UnknownOp => 400,
             ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::EpochChanged => 409,
             ErrorCode::ShuttingDown | ErrorCode::Unavailable | ErrorCode::SlowConsumer => 503,
             ErrorCode::Internal | ErrorCode::Unknown => 500,
         }

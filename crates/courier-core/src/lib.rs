@@ -37,6 +37,7 @@ pub mod event;
 pub mod frame;
 #[cfg(feature = "publish")]
 pub mod gcra;
+pub mod history;
 #[cfg(feature = "publish")]
 pub mod limits;
 pub use courier_json as json;

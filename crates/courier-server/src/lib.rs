@@ -41,6 +41,7 @@ pub mod openapi;
 pub mod ratelimit;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod replay;
 mod serve;
 pub mod store;
 pub mod ws;
@@ -261,6 +262,9 @@ fn route_table(config: &Config) -> Vec<(Method, &'static str, MakeRoute)> {
         }),
         (Method::GET, "/ws", |m| on(m, ws::ws_root)),
         (Method::GET, "/ws/{channel}", |m| on(m, ws::ws_channel)),
+        (Method::GET, courier_core::history::HISTORY_PATH, |m| {
+            on(m, replay::history)
+        }),
         (Method::GET, "/health", |m| on(m, http::health)),
         (Method::GET, "/health/live", |m| on(m, http::live)),
         (Method::GET, "/health/ready", |m| on(m, http::ready)),

@@ -19,7 +19,7 @@ use utoipa::openapi::{
 };
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{Config, SharedState, admin, fault, http, ws};
+use crate::{Config, SharedState, admin, fault, http, replay, ws};
 
 struct Bearer;
 
@@ -226,6 +226,7 @@ pub(crate) struct ChannelEvent;
         http::publish,
         http::publish_to_channel,
         http::publish_batch,
+        replay::history,
         ws::ws_root,
         ws::ws_channel,
         http::health,
@@ -252,6 +253,8 @@ pub(crate) struct ChannelEvent;
         courier_core::Metadata,
         courier_core::ErrorCode,
         courier_core::ChannelName,
+        courier_core::history::HistoryPage,
+        courier_core::history::HistoryEntry,
         crate::health::HealthReport,
         crate::health::Components,
         crate::health::WebSocketHealth,

@@ -86,6 +86,31 @@ impl Retained {
     }
 }
 
+/// Where a page of history starts, and so its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageFrom {
+    /// Forwards: offsets greater than this one, oldest first (0: from the oldest held).
+    After(u64),
+    /// Backwards: offsets smaller than this one, newest first (`u64::MAX`: from the newest).
+    Before(u64),
+    /// Forwards from the first event stored at or after this Unix time (ms).
+    Since(u64),
+}
+
+/// One page of a channel's history (the current epoch's events only).
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The current epoch.
+    pub epoch: Arc<str>,
+    /// The channel's latest offset in `epoch` (0 when it has none), never older than the
+    /// newest event of the page.
+    pub latest: u64,
+    /// At most the asked number of events, in the page's direction.
+    pub events: Vec<StoredEvent>,
+    /// More events are held beyond the page in its direction.
+    pub more: bool,
+}
+
 /// Sizes, for `/health` and `/stats`.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct HistoryStats {
@@ -111,6 +136,15 @@ pub trait HistoryStore: Send + Sync + 'static {
         channel: &ChannelName,
         since: &StreamPosition,
     ) -> Result<Retained, StoreError>;
+    /// One page of at most `limit` (at least 1) events of the current epoch from `from`,
+    /// and whether more follow in that direction. Reads are bounded by `limit`, whatever
+    /// the history holds.
+    async fn read_page(
+        &self,
+        channel: &ChannelName,
+        from: PageFrom,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
     /// Sizes.
     async fn stats(&self) -> HistoryStats;
     /// Whether the backend can serve now (`/health/ready`); in-process stores always can.
@@ -290,9 +324,16 @@ impl ConnectionStore for MemoryConnections {
 // ----------------------------------------------------------------------------------------
 // In-memory history
 
+/// A held event: when it was stored (monotonic, for the age limit; Unix ms, for `since`).
+struct Held {
+    at: Instant,
+    unix_ms: u64,
+    stored: StoredEvent,
+}
+
 struct ChannelHistory {
     latest: u64,
-    events: VecDeque<(Instant, StoredEvent)>,
+    events: VecDeque<Held>,
     last_write: u64,
 }
 
@@ -324,8 +365,8 @@ impl MemoryHistory {
         while h.events.len() > self.max_events {
             h.events.pop_front();
         }
-        while let Some((at, _)) = h.events.front() {
-            if now.duration_since(*at) > self.max_age {
+        while let Some(held) = h.events.front() {
+            if now.duration_since(held.at) > self.max_age {
                 h.events.pop_front();
             } else {
                 break;
@@ -372,7 +413,13 @@ impl HistoryStore for MemoryHistory {
             offset: h.latest,
             event: Arc::new(event),
         };
-        h.events.push_back((now, stored.clone()));
+        // Kept non-decreasing (the wall clock may step back) so `since` can bisect.
+        let unix_ms = crate::http::unix_ms().max(h.events.back().map_or(0, |e| e.unix_ms));
+        h.events.push_back(Held {
+            at: now,
+            unix_ms,
+            stored: stored.clone(),
+        });
         self.trim(h, now);
         Ok(stored)
     }
@@ -404,8 +451,8 @@ impl HistoryStore for MemoryHistory {
             Some(h) => {
                 self.trim(h, now);
                 // Offsets are dense and ascending: find the first unseen one by bisection.
-                let start = h.events.partition_point(|(_, e)| e.offset <= after);
-                let events = h.events.range(start..).map(|(_, e)| e.clone()).collect();
+                let start = h.events.partition_point(|e| e.stored.offset <= after);
+                let events = h.events.range(start..).map(|e| e.stored.clone()).collect();
                 (h.latest, events)
             }
         };
@@ -413,6 +460,50 @@ impl HistoryStore for MemoryHistory {
             epoch: self.epoch.clone(),
             latest,
             events,
+        })
+    }
+
+    async fn read_page(
+        &self,
+        channel: &ChannelName,
+        from: PageFrom,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let limit = limit.max(1);
+        let now = Instant::now();
+        let mut channels = self.channels.lock().expect("history lock");
+        let Some(h) = channels.get_mut(channel) else {
+            return Ok(Page {
+                epoch: self.epoch.clone(),
+                latest: 0,
+                events: Vec::new(),
+                more: false,
+            });
+        };
+        self.trim(h, now);
+        // Offsets and store times are ascending: bisect to the page's first event.
+        let forward = |start: usize| {
+            let end = (start + limit).min(h.events.len());
+            let events = h.events.range(start..end).map(|e| e.stored.clone());
+            (events.collect(), end < h.events.len())
+        };
+        let (events, more) = match from {
+            PageFrom::After(after) => {
+                forward(h.events.partition_point(|e| e.stored.offset <= after))
+            }
+            PageFrom::Since(ms) => forward(h.events.partition_point(|e| e.unix_ms < ms)),
+            PageFrom::Before(before) => {
+                let end = h.events.partition_point(|e| e.stored.offset < before);
+                let start = end.saturating_sub(limit);
+                let events = h.events.range(start..end).rev().map(|e| e.stored.clone());
+                (events.collect(), start > 0)
+            }
+        };
+        Ok(Page {
+            epoch: self.epoch.clone(),
+            latest: h.latest,
+            events,
+            more,
         })
     }
 

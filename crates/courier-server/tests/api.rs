@@ -16,10 +16,14 @@ mod faults;
 mod frames;
 #[path = "api/hardening.rs"]
 mod hardening;
+#[path = "api/history.rs"]
+mod history;
 #[path = "api/limits.rs"]
 mod limits;
 #[path = "api/ops.rs"]
 mod ops;
+#[path = "api/paging.rs"]
+mod paging;
 #[path = "api/publish.rs"]
 mod publish;
 #[path = "api/resume.rs"]

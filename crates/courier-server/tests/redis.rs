@@ -5,6 +5,9 @@
 #[path = "api/util.rs"]
 mod util;
 
+#[path = "api/paging.rs"]
+mod paging;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -857,5 +860,78 @@ async fn health_reports_redis_latency_and_is_unhealthy_when_it_is_down() {
         (Some("unhealthy"), Some("unhealthy"), Some("unreachable"))
     );
     assert!(entry["error"].is_string(), "{h}");
+    kill(a).await;
+}
+
+#[tokio::test]
+async fn replay_api_pages_10000_events_both_ways_on_every_instance() {
+    let redis = need_redis!();
+    let a = instance(&redis, |c| c.history.max_events_per_channel = 20_000).await;
+    let b = instance(&redis, |c| c.history.max_events_per_channel = 20_000).await;
+    paging::fill(&a, "hist.big", 10_000).await;
+    let token = util::user_with("reader", &["hist.*"], &[]);
+    paging::check_paging_both_ways(&a, &token, "hist.big", 10_000).await;
+    // The other instance reads the same history, and a cursor from one continues on the other.
+    let (status, page) = paging::get(&a, Some(&token), "hist.big", "after=9000&limit=500").await;
+    assert_eq!(status, 200);
+    let next = page["next"].as_str().unwrap();
+    let (status, page) = paging::get(&b, Some(&token), "hist.big", &format!("cursor={next}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(page["events"][0]["offset"], 9501);
+    assert_eq!(page["latest"], 10_000);
+    let (status, body) = paging::get(
+        &b,
+        Some(&util::user_with("u", &["x.*"], &[])),
+        "hist.big",
+        "",
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("FORBIDDEN_CHANNEL"))
+    );
+    kill(a).await;
+    kill(b).await;
+}
+
+#[tokio::test]
+async fn replay_api_since_and_count_trim_on_redis() {
+    let redis = need_redis!();
+    let a = instance(&redis, |c| c.history.max_events_per_channel = 50).await;
+    let token = util::user_with("reader", &["hist.*"], &[]);
+    paging::fill(&a, "hist.trim", 120).await;
+    let (fwd, _) = paging::page_all(&a, &token, "hist.trim", "", 7).await;
+    assert_eq!(fwd, (71..=120).collect::<Vec<_>>());
+    let (back, _) = paging::page_all(&a, &token, "hist.trim", "direction=backward", 7).await;
+    assert_eq!(back, (71..=120).rev().collect::<Vec<_>>());
+    // `since` bisects the stream by store time: 3 events, a cut, 2 more.
+    paging::fill(&a, "hist.since", 3).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let cut = courier_server::http::unix_ms();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let ch = courier_core::ChannelName::new("hist.since").unwrap();
+    for i in 4..=5 {
+        let e = courier_core::Event::new(
+            format!("p{i}"),
+            "custom.n",
+            ch.clone(),
+            &json!({"n": i}),
+            Default::default(),
+        );
+        a.state().history.append(e).await.unwrap();
+    }
+    let (fwd, _) = paging::page_all(&a, &token, "hist.since", &format!("since={cut}"), 1).await;
+    assert_eq!(fwd, vec![4, 5]);
+    let (fwd, _) = paging::page_all(&a, &token, "hist.since", "since=0", 2).await;
+    assert_eq!(fwd, vec![1, 2, 3, 4, 5]);
+    let (fwd, _) = paging::page_all(
+        &a,
+        &token,
+        "hist.since",
+        &format!("since={}", cut + 60_000),
+        2,
+    )
+    .await;
+    assert!(fwd.is_empty());
     kill(a).await;
 }

@@ -9,7 +9,7 @@ use courier_core::{ChannelName, Event, StreamPosition};
 use redis::Script;
 
 use super::{Shared, timed};
-use crate::store::{HistoryStats, HistoryStore, Retained, StoreError, StoredEvent};
+use crate::store::{HistoryStats, HistoryStore, Page, PageFrom, Retained, StoreError, StoredEvent};
 
 /// KEYS: seq, stream, epoch. ARGV: event JSON, max events, max age (ms), pub/sub channel,
 /// epoch candidate. Returns `{offset, epoch, unix_ms}`.
@@ -101,6 +101,35 @@ pub(crate) async fn read_range(
     Ok(parse_entries(raw))
 }
 
+/// Up to `count` entries from `start` (an `XRANGE` bound such as `5-0` or `(5-0`) towards
+/// the end of the stream, or backwards (`XREVRANGE`) towards its start.
+async fn read_count(
+    shared: &Shared,
+    channel: &ChannelName,
+    start: &str,
+    backward: bool,
+    count: usize,
+) -> Result<Vec<Entry>, StoreError> {
+    let mut c = shared.conn();
+    let (cmd, end) = if backward {
+        ("XREVRANGE", "-")
+    } else {
+        ("XRANGE", "+")
+    };
+    let raw: Vec<RawEntry> = timed(
+        shared,
+        redis::cmd(cmd)
+            .arg(shared.key(&format!("h:{channel}")))
+            .arg(start)
+            .arg(end)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut c),
+    )
+    .await?;
+    Ok(parse_entries(raw))
+}
+
 /// History in Redis streams.
 pub struct RedisHistory {
     shared: Arc<Shared>,
@@ -118,6 +147,43 @@ impl RedisHistory {
             max_age,
             append: Script::new(APPEND),
         }
+    }
+}
+
+impl RedisHistory {
+    /// The smallest offset whose entry was stored at or after `unix_ms` (one past the
+    /// stream's end when none was): store times ascend with offsets, so a bisection over
+    /// the held offsets finds it in O(log n) one-entry reads.
+    async fn first_since(&self, channel: &ChannelName, unix_ms: u64) -> Result<u64, StoreError> {
+        let s = &self.shared;
+        let first = read_count(s, channel, "-", false, 1).await?;
+        let last = read_count(s, channel, "+", true, 1).await?;
+        let (Some(first), Some(last)) = (first.first(), last.first()) else {
+            return Ok(1);
+        };
+        if first.unix_ms >= unix_ms {
+            return Ok(first.offset);
+        }
+        if last.unix_ms < unix_ms {
+            return Ok(last.offset + 1);
+        }
+        // Invariant: the entry at `lo` is older than `unix_ms`; the first entry at or after
+        // `hi` is not.
+        let (mut lo, mut hi) = (first.offset, last.offset);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            // The first entry at or after `mid` (one may have been deleted).
+            match read_count(s, channel, &format!("{mid}-0"), false, 1)
+                .await?
+                .first()
+            {
+                // Nothing held in mid..e.offset: starting at `mid` reads `e` first.
+                Some(e) if e.unix_ms >= unix_ms => hi = mid,
+                Some(e) => lo = e.offset.max(mid),
+                None => hi = mid,
+            }
+        }
+        Ok(hi)
     }
 }
 
@@ -224,6 +290,71 @@ impl HistoryStore for RedisHistory {
             epoch,
             latest,
             events,
+        })
+    }
+
+    async fn read_page(
+        &self,
+        channel: &ChannelName,
+        from: PageFrom,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let limit = limit.max(1);
+        let mut latest = self.latest(channel).await?;
+        let epoch = self.shared.epoch();
+        // Entries past the age limit may still be in the stream (trimmed lazily): they are
+        // the oldest, so skipping them ends a backward page and only delays a forward one.
+        let cutoff = crate::http::unix_ms()
+            .saturating_sub(u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX));
+        let live = |e: &Entry| e.unix_ms >= cutoff && *e.epoch == *epoch;
+        let (backward, mut start) = match from {
+            PageFrom::After(after) => (false, format!("({after}-0")),
+            PageFrom::Before(before) if before > latest => (true, "+".to_owned()),
+            PageFrom::Before(before) => (true, format!("({before}-0")),
+            PageFrom::Since(ms) => (false, format!("{}-0", self.first_since(channel, ms).await?)),
+        };
+        // One more than the page, to tell whether more follow.
+        let mut held = Vec::with_capacity(limit + 1);
+        loop {
+            let want = limit + 1 - held.len();
+            let entries = read_count(&self.shared, channel, &start, backward, want).await?;
+            let fetched = entries.len();
+            let Some(last) = entries.last().map(|e| e.offset) else {
+                break;
+            };
+            let mut stale = false;
+            for e in entries {
+                if live(&e) {
+                    held.push(e);
+                } else {
+                    stale = true;
+                }
+            }
+            // Backwards, a stale entry is the oldest end; forwards, all were read, or the
+            // page is full.
+            if (backward && stale) || fetched < want || held.len() > limit {
+                break;
+            }
+            start = format!("({last}-0");
+        }
+        let more = held.len() > limit;
+        held.truncate(limit);
+        let mut events = Vec::with_capacity(held.len());
+        for e in held {
+            let event: Event = serde_json::from_str(&e.event_json)
+                .map_err(|err| StoreError(format!("a stored event is unreadable: {err}")))?;
+            latest = latest.max(e.offset);
+            events.push(StoredEvent {
+                epoch: epoch.clone(),
+                offset: e.offset,
+                event: Arc::new(event),
+            });
+        }
+        Ok(Page {
+            epoch,
+            latest,
+            events,
+            more,
         })
     }
 

@@ -1,0 +1,244 @@
+//! The replay API, `GET /history/{channel}` (docs/protocol.md, HTTP): the query an SDK
+//! sends, the page the server answers, and the paging policy every SDK follows.
+//!
+//! The policy is decided here once: a [`HistoryQuery`] is checked before anything is sent
+//! ([`HistoryQuery::validate`]), written as a query string ([`HistoryQuery::query_string`]),
+//! and a [`Pager`] follows each page's `next` cursor until the server says the page reached
+//! the end in its direction (`next` is `null`). Drivers only move the bytes: they ask the
+//! pager for the next request, send it, and hand the answer back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::channel::ChannelName;
+use crate::error::{ValidationError, ValidationKind};
+use crate::event::Event;
+
+/// The route of the replay API (axum syntax); see [`history_path`] for a channel's path.
+pub const HISTORY_PATH: &str = "/history/{channel}";
+/// The most events one page may hold (`limit`).
+pub const MAX_PAGE_LIMIT: u32 = 1000;
+/// The events per page when `limit` is not given.
+pub const DEFAULT_PAGE_LIMIT: u32 = 100;
+
+/// The path of a channel's history (channel names need no escaping in a path segment).
+pub fn history_path(channel: &ChannelName) -> String {
+    format!("/history/{channel}")
+}
+
+/// Where a history read starts, and so which way it pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HistoryStart {
+    /// Forwards from the oldest event held (no parameter).
+    Oldest,
+    /// Backwards from the newest event (`direction=backward`).
+    Newest,
+    /// Forwards, offsets greater than this one, oldest first (`after`).
+    After(u64),
+    /// Backwards, offsets smaller than this one (at least 1), newest first (`before`).
+    Before(u64),
+    /// Forwards from the first event the server stored at or after this Unix time in
+    /// milliseconds (`since`; the server also takes an RFC 3339 timestamp).
+    Since(u64),
+    /// Where a previous page ended, in its direction (`cursor`, from that page's `next`).
+    Cursor(String),
+}
+
+/// One request of the replay API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Where to start.
+    pub start: HistoryStart,
+    /// Events per page, 1 to [`MAX_PAGE_LIMIT`].
+    pub limit: u32,
+}
+
+impl Default for HistoryQuery {
+    fn default() -> Self {
+        Self {
+            start: HistoryStart::Oldest,
+            limit: DEFAULT_PAGE_LIMIT,
+        }
+    }
+}
+
+impl HistoryQuery {
+    /// Checks what the server would refuse with a 400, naming the same parameter.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if !(1..=MAX_PAGE_LIMIT).contains(&self.limit) {
+            return Err(ValidationError::new(
+                "limit",
+                ValidationKind::OutOfRange,
+                format!("must be 1 to {MAX_PAGE_LIMIT}, not {}", self.limit),
+            ));
+        }
+        match &self.start {
+            HistoryStart::Before(0) => Err(ValidationError::new(
+                "before",
+                ValidationKind::OutOfRange,
+                "offsets start at 1: nothing is before 0 (use `Newest` to start from the newest)",
+            )),
+            HistoryStart::Cursor(c) if c.is_empty() => Err(ValidationError::new(
+                "cursor",
+                ValidationKind::Missing,
+                "the cursor is empty: pass a page's `next` as it came",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The query string (without `?`), e.g. `after=41&limit=100`.
+    pub fn query_string(&self) -> String {
+        let start = match &self.start {
+            HistoryStart::Oldest => String::new(),
+            HistoryStart::Newest => "direction=backward&".to_owned(),
+            HistoryStart::After(o) => format!("after={o}&"),
+            HistoryStart::Before(o) => format!("before={o}&"),
+            HistoryStart::Since(ms) => format!("since={ms}&"),
+            // Cursors are URL-safe base64 (the server's); escape anyway, in case.
+            HistoryStart::Cursor(c) => format!("cursor={}&", percent_encode(c)),
+        };
+        format!("{start}limit={}", self.limit)
+    }
+
+    /// The request's path and query for `channel`, e.g. `/history/a.b?after=3&limit=100`.
+    pub fn request_path(&self, channel: &ChannelName) -> String {
+        format!("{}?{}", history_path(channel), self.query_string())
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// One event of a page: exactly the members of a live `event` frame but `op`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HistoryEntry {
+    /// The history epoch the offset belongs to.
+    pub epoch: String,
+    /// The event's offset in its channel.
+    pub offset: u64,
+    /// The event, as delivered live.
+    pub event: Event,
+}
+
+/// The `200` answer of `GET /history/{channel}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HistoryPage {
+    /// The channel.
+    pub channel: String,
+    /// The current history epoch; the offsets belong to it.
+    pub epoch: String,
+    /// The channel's latest offset in `epoch` (0 when it never had an event).
+    pub latest: u64,
+    /// The events, in the page's direction (oldest first forwards, newest first backwards).
+    pub events: Vec<HistoryEntry>,
+    /// The cursor of the next page in the same direction; `null` when this page reached the
+    /// end (the newest event forwards, the oldest held backwards).
+    pub next: Option<String>,
+}
+
+/// Follows a history query page by page: [`Pager::request`] names the next request (none
+/// once the end is reached), [`Pager::handle_page`] takes its answer.
+#[derive(Debug, Clone)]
+pub struct Pager {
+    channel: ChannelName,
+    next: Option<HistoryQuery>,
+}
+
+impl Pager {
+    /// A pager over `channel` starting with `query`, checked first.
+    pub fn new(channel: ChannelName, query: HistoryQuery) -> Result<Self, ValidationError> {
+        query.validate()?;
+        Ok(Self {
+            channel,
+            next: Some(query),
+        })
+    }
+
+    /// The path and query of the next request, or `None` when the end was reached.
+    pub fn request(&self) -> Option<String> {
+        self.next.as_ref().map(|q| q.request_path(&self.channel))
+    }
+
+    /// Takes the answer to [`Pager::request`]: the next request follows its `next` cursor
+    /// with the same limit; a page without `next` ends the paging.
+    pub fn handle_page(&mut self, page: &HistoryPage) {
+        self.next = match (self.next.take(), &page.next) {
+            (Some(q), Some(cursor)) => Some(HistoryQuery {
+                start: HistoryStart::Cursor(cursor.clone()),
+                limit: q.limit,
+            }),
+            _ => None,
+        };
+    }
+
+    /// True once a page said it reached the end.
+    pub fn is_done(&self) -> bool {
+        self.next.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings() {
+        let q = |start, limit| HistoryQuery { start, limit }.query_string();
+        assert_eq!(q(HistoryStart::Oldest, 100), "limit=100");
+        assert_eq!(q(HistoryStart::Newest, 5), "direction=backward&limit=5");
+        assert_eq!(q(HistoryStart::After(7), 1), "after=7&limit=1");
+        assert_eq!(q(HistoryStart::Before(7), 1), "before=7&limit=1");
+        assert_eq!(q(HistoryStart::Since(17), 9), "since=17&limit=9");
+        assert_eq!(
+            q(HistoryStart::Cursor("a+b/=".into()), 9),
+            "cursor=a%2Bb%2F%3D&limit=9"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_parameter() {
+        let bad = |start, limit| HistoryQuery { start, limit }.validate().unwrap_err();
+        assert_eq!(bad(HistoryStart::Oldest, 0).field, "limit");
+        assert_eq!(bad(HistoryStart::Oldest, 1001).field, "limit");
+        assert_eq!(bad(HistoryStart::Before(0), 10).field, "before");
+        assert_eq!(bad(HistoryStart::Cursor(String::new()), 10).field, "cursor");
+        assert!(HistoryQuery::default().validate().is_ok());
+    }
+
+    #[test]
+    fn pager_follows_next_until_null() {
+        let ch = ChannelName::new("a.b").unwrap();
+        let mut p = Pager::new(
+            ch,
+            HistoryQuery {
+                start: HistoryStart::After(3),
+                limit: 2,
+            },
+        )
+        .unwrap();
+        assert_eq!(p.request().unwrap(), "/history/a.b?after=3&limit=2");
+        let page = |next: Option<&str>| HistoryPage {
+            channel: "a.b".into(),
+            epoch: "e".into(),
+            latest: 9,
+            events: vec![],
+            next: next.map(str::to_owned),
+        };
+        p.handle_page(&page(Some("c1")));
+        assert_eq!(p.request().unwrap(), "/history/a.b?cursor=c1&limit=2");
+        p.handle_page(&page(None));
+        assert!(p.is_done());
+        assert_eq!(p.request(), None);
+    }
+}
