@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use courier_core::{ChannelName, ErrorCode};
 use serde::Serialize;
@@ -587,25 +587,37 @@ pub fn console_dir(configured: &str) -> PathBuf {
     }
 }
 
-fn not_built(dir: &Path) -> Response {
-    let mut err = ApiError::new(
-        ErrorCode::Unavailable,
-        format!(
-            "the admin console is not built (no {}): run `make console`, or set admin.console_dir (COURIER_ADMIN__CONSOLE_DIR) to a built console",
-            dir.join("index.html").display()
-        ),
+/// What to do when the console is not built (the folder `dir` has no `index.html`).
+fn not_built_text(dir: &Path) -> String {
+    format!(
+        "the admin console is not built (no {}): run `make console`, or set admin.console_dir (COURIER_ADMIN__CONSOLE_DIR) to a built console",
+        dir.join("index.html").display()
+    )
+}
+
+/// The page a person sees at `/admin` before the console is built: what to run.
+fn not_built_page(dir: &Path) -> Response {
+    let text = not_built_text(dir)
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let page = format!(
+        "<!doctype html><meta charset=utf-8><title>Courier admin console</title>\n<h1>Courier admin console</h1>\n<p id=not-built>{text}</p>\n"
     );
-    err.retry_after_ms = Some(60_000);
-    err.headers
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-    err.into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        page,
+    )
+        .into_response()
 }
 
 /// `GET /admin`: the console's page.
 #[utoipa::path(get, path = "/admin", tag = "admin",
     responses(
-        (status = 200, description = "The admin console (HTML); it asks for an admin token", content_type = "text/html", body = String),
-        (status = 503, description = "The console is not built (`make console`)", body = courier_core::ErrorResponse),
+        (status = 200, description = "The admin console (HTML; it asks for an admin token), or, before `make console` built it, a page saying how to build it", content_type = "text/html", body = String),
     ))]
 pub(crate) async fn console_page(State(state): State<SharedState>) -> Response {
     let dir = console_dir(&state.config.admin.console_dir);
@@ -618,7 +630,7 @@ pub(crate) async fn console_page(State(state): State<SharedState>) -> Response {
             page,
         )
             .into_response(),
-        Err(_) => not_built(&dir),
+        Err(_) => not_built_page(&dir),
     }
 }
 
@@ -627,13 +639,14 @@ pub(crate) async fn console_page(State(state): State<SharedState>) -> Response {
     params(("path" = String, Path, description = "A file of the built console, e.g. `console.js`")),
     responses(
         (status = 200, description = "The file", content_type = "application/octet-stream", body = String),
-        (status = 404, description = "No such file", body = courier_core::ErrorResponse),
-        (status = 503, description = "The console is not built (`make console`)", body = courier_core::ErrorResponse),
+        (status = 404, description = "No such file, or the console is not built (the message says how to build it)", body = courier_core::ErrorResponse),
     ))]
 pub(crate) async fn console_asset(State(state): State<SharedState>, request: Request) -> Response {
     let dir = console_dir(&state.config.admin.console_dir);
     if !dir.join("index.html").is_file() {
-        return not_built(&dir);
+        return ApiError::new(ErrorCode::BadRequest, not_built_text(&dir))
+            .with_status(StatusCode::NOT_FOUND)
+            .into_response();
     }
     // ServeDir resolves the rest of the path under `assets/` (refusing `..`) and sets the
     // content type (`application/wasm` for the WebAssembly).

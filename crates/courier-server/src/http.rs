@@ -72,6 +72,12 @@ impl ApiError {
         }
     }
 
+    /// The same error with another status (the code's usual one otherwise).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
     /// Names the field at fault.
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
         self.field = Some(field.into());
