@@ -191,7 +191,12 @@ impl AdminState {
     pub fn published(&self, channel: &ChannelName) {
         let now = unix_ms();
         let mut channels = self.channels.lock().expect("admin lock");
-        if !channels.contains_key(channel) && channels.len() >= MAX_CHANNELS {
+        // The common case allocates nothing: the channel is known.
+        if let Some(rate) = channels.get_mut(channel) {
+            rate.record(now);
+            return;
+        }
+        if channels.len() >= MAX_CHANNELS {
             let idle = channels
                 .iter()
                 .min_by_key(|(_, r)| r.last_ms)
@@ -200,10 +205,9 @@ impl AdminState {
                 channels.remove(&idle);
             }
         }
-        channels
-            .entry(channel.clone())
-            .or_insert_with(ChannelRate::new)
-            .record(now);
+        let mut rate = ChannelRate::new();
+        rate.record(now);
+        channels.insert(channel.clone(), rate);
     }
 
     /// Records what the buckets (by row) decided for one event; `bucket_name` names a row.
