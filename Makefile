@@ -13,7 +13,7 @@ WASM_PACK_VERSION := 0.15.1
 BINARYEN_VERSION := 132.0.0
 STAMP := .tools/stamps
 
-.PHONY: help test demo bench lint test-rust check-wasm tools-rust tools-redis test-sdk-redis sdk-suites
+.PHONY: help test demo bench lint test-rust check-wasm tools-rust tools-redis tools-postgres test-sdk-redis sdk-suites test-postgres
 
 help:
 	@echo "make demo   - build, start the reference server, show Python -> TypeScript events"
@@ -34,6 +34,11 @@ tools-rust: | $(STAMP)
 tools-redis:
 	@command -v redis-server >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
 
+# A real PostgreSQL for the PostgreSQL history store's tests (Debian's package; the tests
+# start their own throwaway cluster with tests/with-postgres.sh, never the system's).
+tools-postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql; }
+
 ## --- test -------------------------------------------------------------------------------
 
 # Each package adds its own checks to TEST_TARGETS from its own fragment.
@@ -45,6 +50,10 @@ TEST_TARGETS := lint test-rust check-wasm
 
 # The SDK suites once more, against a Redis-backed server (each server its own namespace).
 TEST_TARGETS += test-sdk-redis
+
+# The PostgreSQL history store (one throwaway cluster): its own tests, the whole API suite
+# with every server's history in PostgreSQL, and two instances on Redis fan-out with it.
+TEST_TARGETS += test-postgres
 
 test: tools-rust
 	@$(MAKE) --no-print-directory $(TEST_TARGETS)
@@ -64,6 +73,11 @@ check-wasm: tools-rust
 test-sdk-redis: tools-redis python-dev npm-build
 	cargo build -p courier-server --locked
 	tests/with-redis.sh $(MAKE) --no-print-directory sdk-suites
+
+test-postgres: tools-postgres tools-redis
+	tests/with-postgres.sh bash -c 'cargo test -p courier-server --locked --test postgres && \
+	  COURIER_TEST_HISTORY=postgres cargo test -p courier-server --locked --test api && \
+	  cargo test -p courier-server --locked --test redis postgres'
 
 sdk-suites:
 	cargo test -p courier-client --test client --locked

@@ -35,6 +35,7 @@
 //! ```
 
 mod driver;
+mod history;
 mod publisher;
 mod subscriber;
 mod token;
@@ -48,7 +49,9 @@ use courier_core::time::Instant;
 use courier_core::{ClientStats, Endpoints, Error, StreamPosition, UsageError};
 
 pub use courier_core::client::DEFAULT_SUBSCRIPTION_BUFFER;
+pub use courier_core::history::{HistoryPage, HistoryQuery, HistoryStart};
 pub use driver::Completer;
+pub use history::History;
 pub use publisher::Publisher;
 pub use subscriber::{ClientEvent, Listener, Subscriber, Subscription, SubscriptionItem};
 pub use token::{BoxFuture, StaticToken, TokenProvider, token_fn};
@@ -147,6 +150,15 @@ impl Drop for Owner {
 pub struct Client {
     publisher: Publisher,
     subscriber: Subscriber,
+    http: history::HttpIo,
+}
+
+impl std::fmt::Debug for history::HttpIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpIo")
+            .field("http_base", &self.http_base)
+            .finish_non_exhaustive()
+    }
 }
 
 fn random_seed() -> u64 {
@@ -213,6 +225,12 @@ impl Client {
             .build()
             .map_err(|e| Error::Transport(format!("cannot build the HTTP client: {e}")))?;
         let seed = config.seed.unwrap_or_else(random_seed);
+        let history_io = history::HttpIo {
+            http: http.clone(),
+            http_base: endpoints.http_base.clone(),
+            tokens: tokens.clone(),
+            request_timeout: config.request_timeout,
+        };
         let io = driver::Io {
             http,
             batch_url: endpoints.publish_batch_url(),
@@ -231,7 +249,34 @@ impl Client {
                 owner: owner.clone(),
             },
             subscriber: Subscriber { owner, state },
+            http: history_io,
         })
+    }
+
+    /// Reads `channel`'s history through the replay API (`GET /history/{channel}`), page by
+    /// page from where `query` says, following each page's cursor. The query is checked
+    /// first (a bad `limit` is [`Error::Invalid`] before any request); refusals are the
+    /// same typed errors as elsewhere (`FORBIDDEN_CHANNEL`, `EPOCH_CHANGED`, ...).
+    ///
+    /// ```no_run
+    /// # async fn run(client: courier_client::Client) -> Result<(), courier_core::Error> {
+    /// use courier_client::{HistoryQuery, HistoryStart};
+    /// let mut pages = client.history(
+    ///     "backtest.abc",
+    ///     HistoryQuery { start: HistoryStart::After(0), limit: 500 },
+    /// )?;
+    /// while let Some(page) = pages.next_page().await {
+    ///     for d in page?.events {
+    ///         println!("{} {}", d.offset, d.event.event_type);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn history(&self, channel: &str, query: HistoryQuery) -> Result<History, Error> {
+        let channel = courier_core::ChannelName::new(channel)?;
+        let pager = courier_core::history::Pager::new(channel, query)?;
+        Ok(History::new(self.http.clone(), pager))
     }
 
     /// The publishing handle.

@@ -101,8 +101,10 @@ pub enum ClientFrame {
     Pong,
 }
 
-/// An event delivered on a subscribed channel, with its place in the channel's history.
+/// An event delivered on a subscribed channel, with its place in the channel's history (the
+/// replay API's pages hold the same).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     /// The channel history's epoch.
     pub epoch: String,

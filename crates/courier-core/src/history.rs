@@ -10,8 +10,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::channel::ChannelName;
-use crate::error::{ValidationError, ValidationKind};
-use crate::event::Event;
+use crate::error::{
+    Error, ErrorCode, ErrorResponse, FrameError, Refusal, ValidationError, ValidationKind,
+};
+use crate::frame::Delivery;
 
 /// The route of the replay API (axum syntax); see [`history_path`] for a channel's path.
 pub const HISTORY_PATH: &str = "/history/{channel}";
@@ -118,20 +120,8 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// One event of a page: exactly the members of a live `event` frame but `op`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct HistoryEntry {
-    /// The history epoch the offset belongs to.
-    pub epoch: String,
-    /// The event's offset in its channel.
-    pub offset: u64,
-    /// The event, as delivered live.
-    pub event: Event,
-}
-
 /// The `200` answer of `GET /history/{channel}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryPage {
     /// The channel.
@@ -140,11 +130,41 @@ pub struct HistoryPage {
     pub epoch: String,
     /// The channel's latest offset in `epoch` (0 when it never had an event).
     pub latest: u64,
-    /// The events, in the page's direction (oldest first forwards, newest first backwards).
-    pub events: Vec<HistoryEntry>,
+    /// The events, in the page's direction (oldest first forwards, newest first backwards),
+    /// each exactly as a subscription delivers it (a live `event` frame's members but `op`).
+    pub events: Vec<Delivery>,
     /// The cursor of the next page in the same direction; `null` when this page reached the
     /// end (the newest event forwards, the oldest held backwards).
     pub next: Option<String>,
+}
+
+/// Reads the answer to a history request: the page of a `200`, or the refusal of an error
+/// status (its `ErrorResponse` body, or the code the status implies), as every SDK raises
+/// it. A `TOKEN_EXPIRED` refusal is the driver's cue to renew the token and ask once more.
+pub fn read_answer(status: u16, body: &str) -> Result<HistoryPage, Error> {
+    if status == 200 {
+        return serde_json::from_str(body).map_err(|e| {
+            Error::Protocol(FrameError::Malformed(format!(
+                "unreadable answer from GET {HISTORY_PATH}: {e}"
+            )))
+        });
+    }
+    if let Ok(parsed) = ErrorResponse::from_json(body) {
+        return Err(Error::Refused(parsed.error.to_refusal(Some(status))));
+    }
+    let code = match status {
+        400 => ErrorCode::BadRequest,
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::ForbiddenChannel,
+        409 => ErrorCode::EpochChanged,
+        429 => ErrorCode::RateLimitExceeded,
+        502..=504 => ErrorCode::Unavailable,
+        500..=599 => ErrorCode::Internal,
+        _ => ErrorCode::Unknown,
+    };
+    let mut refusal = Refusal::new(code, format!("HTTP {status} from GET {HISTORY_PATH}"));
+    refusal.status = Some(status);
+    Err(Error::Refused(refusal))
 }
 
 /// Follows a history query page by page: [`Pager::request`] names the next request (none
@@ -214,6 +234,29 @@ mod tests {
         assert_eq!(bad(HistoryStart::Before(0), 10).field, "before");
         assert_eq!(bad(HistoryStart::Cursor(String::new()), 10).field, "cursor");
         assert!(HistoryQuery::default().validate().is_ok());
+    }
+
+    #[test]
+    fn answers_become_pages_or_typed_refusals() {
+        let page = read_answer(
+            200,
+            r#"{"channel":"a","epoch":"e","latest":1,"events":[{"epoch":"e","offset":1,"event":{"id":"i","type":"t","channel":"a","data":{"x":1},"metadata":{"timestamp":5}}}],"next":null}"#,
+        )
+        .unwrap();
+        assert_eq!(page.events[0].offset, 1);
+        assert_eq!(page.events[0].event.data.get(), r#"{"x":1}"#);
+        let e = read_answer(
+            409,
+            r#"{"error":{"code":"EPOCH_CHANGED","message":"m","field":"cursor"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "EPOCH_CHANGED");
+        assert_eq!(e.category(), crate::error::ErrorCategory::Validation);
+        assert_eq!(
+            read_answer(403, "nope").unwrap_err().code(),
+            "FORBIDDEN_CHANNEL"
+        );
+        assert_eq!(read_answer(200, "{").unwrap_err().code(), "PROTOCOL_ERROR");
     }
 
     #[test]

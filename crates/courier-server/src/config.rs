@@ -5,7 +5,7 @@
 //! `COURIER_WS__PING_INTERVAL_MS=500`, `COURIER_RATE_LIMITS__ENABLED=false`. A few common keys
 //! have short aliases: `COURIER_LISTEN`, `COURIER_JWT_SECRET`, `COURIER_LOG_FORMAT`,
 //! `COURIER_LOG_LEVEL`, `COURIER_ALLOW_DEV_SECRET`, `COURIER_ENABLE_FAULT_INJECTION`,
-//! `COURIER_BACKEND` (`memory` or `redis`), `COURIER_REDIS_URL`.
+//! `COURIER_BACKEND` (`memory` or `redis`), `COURIER_REDIS_URL`, `COURIER_POSTGRES_URL`.
 //! Values are read as TOML scalars or arrays (`true`, `5`, `["a","b"]`); anything else is a
 //! string. A comma-separated value is accepted for list keys (`COURIER_CORS_ORIGINS=a,b`).
 
@@ -271,12 +271,19 @@ impl Default for ConnectionLimits {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HistoryConfig {
-    /// Events kept per channel.
+    /// Events kept per channel (memory and Redis history).
     pub max_events_per_channel: usize,
-    /// Events older than this are dropped.
+    /// Events older than this are dropped (memory and Redis history).
     pub max_age_secs: u64,
-    /// Channels with history kept; the least recently written is dropped beyond this.
+    /// Channels with history kept; the least recently written is dropped beyond this
+    /// (memory history).
     pub max_channels: usize,
+    /// Where history lives: `default` (where `backend` keeps everything) or `postgres`
+    /// (PostgreSQL, with the memory or the Redis fan-out; see [`PostgresConfig`])
+    /// (`COURIER_HISTORY__BACKEND`).
+    pub backend: HistoryBackend,
+    /// The PostgreSQL history's settings (used when `history.backend = "postgres"`).
+    pub postgres: PostgresConfig,
 }
 
 impl Default for HistoryConfig {
@@ -285,6 +292,53 @@ impl Default for HistoryConfig {
             max_events_per_channel: 1000,
             max_age_secs: 3600,
             max_channels: 100_000,
+            backend: HistoryBackend::default(),
+            postgres: PostgresConfig::default(),
+        }
+    }
+}
+
+/// Where the history lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryBackend {
+    /// Where `backend` keeps everything (process memory or Redis).
+    #[default]
+    Default,
+    /// In PostgreSQL: durable, retained for days, shared by every instance on it.
+    Postgres,
+}
+
+/// The PostgreSQL history store.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// `postgres://user[:password]@host:port/database` (`COURIER_POSTGRES_URL`).
+    pub url: String,
+    /// Events older than this are deleted by the retention task (7 days).
+    pub max_age_secs: u64,
+    /// Events kept per channel; older ones are deleted by the retention task.
+    pub max_events_per_channel: u64,
+    /// How often the retention task runs.
+    pub retention_interval_ms: u64,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// A statement that has not answered in this long fails (the request gets 503).
+    pub statement_timeout_ms: u64,
+    /// At start, keep trying to reach PostgreSQL this long before giving up.
+    pub startup_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://courier@127.0.0.1:5432/courier".into(),
+            max_age_secs: 7 * 24 * 3600,
+            max_events_per_channel: 1_000_000,
+            retention_interval_ms: 60_000,
+            pool_size: 8,
+            statement_timeout_ms: 5_000,
+            startup_timeout_ms: 30_000,
         }
     }
 }
@@ -474,6 +528,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("COURIER_JWT_SECRET", "auth.jwt_secret"),
     ("COURIER_RSA_PUBLIC_KEY_FILE", "auth.rsa_public_key_file"),
     ("COURIER_REDIS_URL", "redis.url"),
+    ("COURIER_POSTGRES_URL", "history.postgres.url"),
 ];
 
 const LIST_KEYS: &[&str] = &["cors_origins", "auth.algorithms", "auth.audience"];

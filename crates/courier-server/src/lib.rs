@@ -38,6 +38,8 @@ mod json_errors;
 pub mod logs;
 pub mod metrics;
 pub mod openapi;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod ratelimit;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -82,10 +84,34 @@ impl Stores {
     /// The stores `config.backend` names (Redis: connects, waiting up to
     /// `redis.startup_timeout_ms` for it).
     pub async fn for_config(config: &Config) -> Result<Self, ServerError> {
+        let background = CancellationToken::new();
+        // The history kept apart from the rest, when `history.backend` says so.
+        let history: Option<Arc<dyn HistoryStore>> = match config.history.backend {
+            config::HistoryBackend::Default => None,
+            #[cfg(feature = "postgres")]
+            config::HistoryBackend::Postgres => Some(
+                postgres::PostgresHistory::connect(&config.history.postgres, background.clone())
+                    .await
+                    .map_err(|e| ServerError::Backend(e.0))?,
+            ),
+            #[cfg(not(feature = "postgres"))]
+            config::HistoryBackend::Postgres => {
+                return Err(ServerError::Backend(
+                    "this build has no PostgreSQL support (cargo feature `postgres`)".into(),
+                ));
+            }
+        };
         match config.backend {
-            config::Backend::Memory => Ok(Self::in_memory(config)),
+            config::Backend::Memory => {
+                let mut stores = Self::in_memory(config);
+                if let Some(h) = history {
+                    stores.history = h;
+                }
+                stores.background = background;
+                Ok(stores)
+            }
             #[cfg(feature = "redis")]
-            config::Backend::Redis => redis::connect(config)
+            config::Backend::Redis => redis::connect(config, history, background)
                 .await
                 .map_err(|e| ServerError::Backend(e.to_string())),
             #[cfg(not(feature = "redis"))]

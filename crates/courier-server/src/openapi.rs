@@ -254,7 +254,7 @@ pub(crate) struct ChannelEvent;
         courier_core::ErrorCode,
         courier_core::ChannelName,
         courier_core::history::HistoryPage,
-        courier_core::history::HistoryEntry,
+        courier_core::Delivery,
         crate::health::HealthReport,
         crate::health::Components,
         crate::health::WebSocketHealth,

@@ -120,12 +120,15 @@ fn parse_since(value: &str) -> Result<u64, ApiError> {
     Ok(u64::try_from(ms.max(0)).unwrap_or(u64::MAX))
 }
 
+/// Offsets are 63-bit (the document's `int64`, PostgreSQL's `bigint`).
+const MAX_OFFSET: u64 = i64::MAX as u64;
+
 fn parse_offset(field: &str, value: &str, min: u64) -> Result<u64, ApiError> {
     match value.parse::<u64>() {
-        Ok(v) if v >= min => Ok(v),
+        Ok(v) if (min..=MAX_OFFSET).contains(&v) => Ok(v),
         _ => Err(bad(
             field,
-            format!("must be a whole number from {min} to 2^64 - 1, not `{value}`"),
+            format!("must be a whole number from {min} to {MAX_OFFSET}, not `{value}`"),
         )),
     }
 }
@@ -374,6 +377,7 @@ mod tests {
         assert_eq!(field("limit=x"), "limit");
         assert_eq!(field("after=-1"), "after");
         assert_eq!(field("before=0"), "before");
+        assert_eq!(field("before=9223372036854775808"), "before");
         assert_eq!(field("since=yesterday"), "since");
         assert_eq!(field("cursor=abc"), "cursor");
         assert_eq!(field("after=1&before=3"), "before");

@@ -8,6 +8,11 @@
 //! read from the stream (`XRANGE`) before going on. When the connection drops (Redis
 //! restarted, network), the task reconnects with backoff, resubscribes, and reads from each
 //! channel's stream what it missed — so nothing that was acknowledged is lost.
+//!
+//! With the history elsewhere (PostgreSQL), the broker publishes each event itself after the
+//! append, in the same format, and fills holes from that history instead of the streams: two
+//! instances appending to one channel may publish out of offset order, and the later offset
+//! arriving first makes the earlier one a hole, read from the history before going on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +26,9 @@ use redis::aio::{PubSubSink, PubSubStream};
 
 use super::history::{Entry, event_frame, read_range};
 use super::{Shared, pubsub, timed};
-use crate::store::{Broker, Published, StoreError, Subscriber, SubscriptionId};
+use crate::store::{
+    Broker, HistoryStore, PageFrom, Published, StoreError, Subscriber, SubscriptionId,
+};
 
 /// An epoch and an offset in it.
 type Position = (Arc<str>, u64);
@@ -39,6 +46,9 @@ struct Inner {
     /// The pub/sub connection's command half; `None` while disconnected. Held across
     /// (un)subscribe so that the Redis subscription set matches `channels`.
     sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// The history when it is not the Redis streams: the broker publishes, and reads holes
+    /// from it.
+    history: Option<Arc<dyn HistoryStore>>,
 }
 
 /// Fans out through Redis pub/sub.
@@ -48,12 +58,17 @@ pub struct RedisBroker {
 
 impl RedisBroker {
     /// Connects the pub/sub connection and starts the task that reads it.
-    pub async fn start(shared: Arc<Shared>) -> Result<Self, StoreError> {
+    /// `history` is the history when it is not the Redis streams (see the module docs).
+    pub async fn start(
+        shared: Arc<Shared>,
+        history: Option<Arc<dyn HistoryStore>>,
+    ) -> Result<Self, StoreError> {
         let inner = Arc::new(Inner {
             shared,
             next_id: AtomicU64::new(0),
             channels: RwLock::new(HashMap::new()),
             sink: tokio::sync::Mutex::new(None),
+            history,
         });
         let stream = inner.connect().await?;
         tokio::spawn(run(inner.clone(), Some(stream)));
@@ -116,6 +131,51 @@ impl Inner {
         }
     }
 
+    /// The entries after `after` (up to `until`, inclusive), from wherever history lives.
+    async fn backfill(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        until: Option<u64>,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let Some(history) = &self.history else {
+            return read_range(&self.shared, channel, after, until).await;
+        };
+        let mut out = Vec::new();
+        let mut from = after;
+        loop {
+            let want = until.map_or(1000, |u| u.saturating_sub(from).clamp(1, 1000));
+            if until.is_some_and(|u| from >= u) {
+                break;
+            }
+            let page = history
+                .read_page(channel, PageFrom::After(from), want as usize)
+                .await?;
+            let now = crate::http::unix_ms();
+            for e in &page.events {
+                from = e.offset;
+                out.push(Entry {
+                    offset: e.offset,
+                    epoch: e.epoch.to_string(),
+                    unix_ms: now,
+                    event_json: e.event.to_json(),
+                });
+            }
+            if page.events.is_empty() || !page.more {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The current epoch of the history.
+    async fn history_epoch(&self) -> Result<Arc<str>, StoreError> {
+        match &self.history {
+            Some(h) => Ok(h.epoch()),
+            None => self.shared.ensure_epoch().await,
+        }
+    }
+
     fn deliver_entries(&self, channel: &ChannelName, entries: Vec<Entry>) {
         for e in entries {
             let frame = event_frame(&e.epoch, e.offset, &e.event_json);
@@ -153,7 +213,7 @@ impl Inner {
             }
         };
         if let Some(last) = missed_after {
-            match read_range(&self.shared, &channel, last, Some(offset - 1)).await {
+            match self.backfill(&channel, last, Some(offset - 1)).await {
                 Ok(entries) => self.deliver_entries(&channel, entries),
                 Err(e) => {
                     tracing::warn!(error = %e, channel = %channel, "cannot fill a fan-out gap")
@@ -165,7 +225,7 @@ impl Inner {
 
     /// After a reconnect: reads from each channel's stream what pub/sub missed.
     async fn catch_up(&self) {
-        let epoch = match self.shared.ensure_epoch().await {
+        let epoch = match self.history_epoch().await {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot catch up after reconnecting");
@@ -185,7 +245,7 @@ impl Inner {
                 // Unknown position or a new epoch: everything the stream holds.
                 _ => 0,
             };
-            match read_range(&self.shared, &channel, after, None).await {
+            match self.backfill(&channel, after, None).await {
                 Ok(entries) => self.deliver_entries(&channel, entries),
                 Err(e) => {
                     tracing::warn!(error = %e, channel = %channel, "cannot catch up");
@@ -247,8 +307,29 @@ async fn run(inner: Arc<Inner>, mut stream: Option<PubSubStream>) {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn publish(&self, _message: Arc<Published>) -> Result<(), StoreError> {
-        // The history's append script has published it to every instance already.
+    async fn publish(&self, message: Arc<Published>) -> Result<(), StoreError> {
+        if self.inner.history.is_none() {
+            // The history's append script has published it to every instance already.
+            return Ok(());
+        }
+        // As the append script would: `"{offset} {unix_ms} {epoch} {frame}"`.
+        let s = &self.inner.shared;
+        let payload = format!(
+            "{} {} {} {}",
+            message.offset,
+            crate::http::unix_ms(),
+            message.epoch,
+            message.frame.as_str()
+        );
+        let mut c = s.conn();
+        let _: i64 = timed(
+            s,
+            redis::cmd("PUBLISH")
+                .arg(self.inner.pubsub_key(&message.channel))
+                .arg(payload)
+                .query_async(&mut c),
+        )
+        .await?;
         Ok(())
     }
 
@@ -285,6 +366,21 @@ impl Broker for RedisBroker {
             return Err(e);
         }
         // Where the channel stands now, so a hole after a reconnect can be filled.
+        if let Some(h) = &inner.history {
+            if let Ok(latest) = h.latest(channel).await {
+                if let Some(state) = inner
+                    .channels
+                    .write()
+                    .expect("broker lock")
+                    .get_mut(channel)
+                {
+                    if state.position.is_none() {
+                        state.position = Some((h.epoch(), latest));
+                    }
+                }
+            }
+            return Ok(id);
+        }
         let s = &inner.shared;
         let mut c = s.conn();
         let now: Result<(Option<u64>, Option<String>), _> = timed(

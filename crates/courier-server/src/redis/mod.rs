@@ -32,7 +32,7 @@ use redis::{Client, RedisError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RedisConfig};
-use crate::store::StoreError;
+use crate::store::{HistoryStore, StoreError};
 use crate::{ServerError, Stores};
 
 pub mod broker;
@@ -113,8 +113,14 @@ fn new_epoch() -> String {
 }
 
 /// Connects to `config.redis` (retrying until `startup_timeout_ms`), establishes the epoch
-/// and this instance's heartbeat, and starts the fan-out; returns the stores.
-pub async fn connect(config: &Config) -> Result<Stores, ServerError> {
+/// and this instance's heartbeat, and starts the fan-out; returns the stores. With
+/// `history` (the history kept elsewhere, e.g. PostgreSQL), the fan-out publishes and fills
+/// its holes from it, and the Redis streams are not used. `stop` ends the background tasks.
+pub async fn connect(
+    config: &Config,
+    history: Option<Arc<dyn HistoryStore>>,
+    stop: CancellationToken,
+) -> Result<Stores, ServerError> {
     let rc = config.redis.clone();
     let client = Client::open(rc.url.as_str())
         .map_err(|e| ServerError::Backend(format!("redis.url: {e}")))?;
@@ -145,7 +151,6 @@ pub async fn connect(config: &Config) -> Result<Stores, ServerError> {
             }
         }
     };
-    let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
         client,
         conn,
@@ -164,15 +169,18 @@ pub async fn connect(config: &Config) -> Result<Stores, ServerError> {
     let connections = RedisConnections::start(shared.clone())
         .await
         .map_err(|e| ServerError::Backend(e.to_string()))?;
-    let broker = RedisBroker::start(shared.clone())
+    let broker = RedisBroker::start(shared.clone(), history.clone())
         .await
         .map_err(|e| ServerError::Backend(e.to_string()))?;
-    Ok(Stores {
-        history: Arc::new(RedisHistory::new(
+    let history = history.unwrap_or_else(|| {
+        Arc::new(RedisHistory::new(
             shared.clone(),
             config.history.max_events_per_channel,
             Duration::from_secs(config.history.max_age_secs),
-        )),
+        ))
+    });
+    Ok(Stores {
+        history,
         broker: Arc::new(broker),
         rate_limits: Arc::new(RedisRateLimits::new(shared.clone())),
         idempotency: Arc::new(RedisIdempotency::new(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use courier_core::ChannelPattern;
 use courier_server::auth::{Claims, Role, sign_hs256, unix_now};
+use courier_server::config::HistoryBackend;
 use courier_server::{Config, ServerHandle};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -46,6 +47,11 @@ pub(crate) fn http_client() -> reqwest::Client {
 pub(crate) async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
     let mut c = config();
     f(&mut c);
+    if std::env::var("COURIER_TEST_HISTORY").as_deref() == Ok("postgres")
+        && c.history.backend == HistoryBackend::Default
+    {
+        postgres_history(&mut c).await;
+    }
     let listener = tokio::net::TcpListener::bind(c.listen).await.unwrap();
     let handle = courier_server::start(c, listener).await.unwrap();
     let addr = handle.local_addr();
@@ -54,6 +60,43 @@ pub(crate) async fn start_with(f: impl FnOnce(&mut Config)) -> Server {
         addr,
         http: http_client(),
     }
+}
+
+/// The PostgreSQL of tests/with-postgres.sh (`COURIER_TEST_POSTGRES_URL`), if any.
+pub(crate) fn test_postgres_url() -> Option<String> {
+    std::env::var("COURIER_TEST_POSTGRES_URL").ok()
+}
+
+/// Keeps the history in PostgreSQL, in a fresh database, with the limits the test set for
+/// the default history. With `COURIER_TEST_HISTORY=postgres` (`make test-postgres`) every
+/// server of these tests does this, so the tests that hold the memory history (and, through
+/// the same assertions, Redis) to the protocol hold the PostgreSQL store to it too.
+pub(crate) async fn postgres_history(c: &mut Config) {
+    let url =
+        test_postgres_url().expect("COURIER_TEST_POSTGRES_URL: run under tests/with-postgres.sh");
+    c.history.backend = HistoryBackend::Postgres;
+    c.history.postgres.url = fresh_database(&url).await;
+    c.history.postgres.max_events_per_channel = c.history.max_events_per_channel as u64;
+    c.history.postgres.max_age_secs = c.history.max_age_secs;
+    c.history.postgres.retention_interval_ms = 200;
+    c.history.postgres.startup_timeout_ms = 5_000;
+}
+
+/// A new empty database on the server of `url`; returns its URL.
+pub(crate) async fn fresh_database(url: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let task = tokio::spawn(conn);
+    let name = format!("courier_t_{}", uuid::Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("CREATE DATABASE");
+    drop(client);
+    let _ = task.await;
+    let (base, _) = url.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{name}")
 }
 
 pub(crate) fn claims(sub: &str) -> Claims {

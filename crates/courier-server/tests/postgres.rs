@@ -1,0 +1,352 @@
+//! The PostgreSQL history store against a real PostgreSQL (tests/with-postgres.sh starts a
+//! throwaway cluster and exports `COURIER_TEST_POSTGRES_URL`; each test makes its own
+//! database). `make test-postgres` runs these, the whole API suite with the history in
+//! PostgreSQL (`COURIER_TEST_HISTORY=postgres`), and the Redis fan-out test with it.
+//! Without the variable each test says so and passes: `cargo test --workspace` has no
+//! PostgreSQL.
+
+#[path = "api/util.rs"]
+mod util;
+
+#[path = "api/paging.rs"]
+mod paging;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use courier_core::{ChannelName, Event, StreamPosition};
+use courier_server::config::{HistoryBackend, PostgresConfig};
+use courier_server::postgres::PostgresHistory;
+use courier_server::store::{HistoryStore, MemoryHistory, PageFrom};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use util::{STEP, Server, service, start_with, user_with};
+
+macro_rules! need_postgres {
+    () => {
+        match util::test_postgres_url() {
+            Some(url) => url,
+            None => {
+                eprintln!("SKIPPED: COURIER_TEST_POSTGRES_URL is not set (run under tests/with-postgres.sh; `make test-postgres` does)");
+                return;
+            }
+        }
+    };
+}
+
+fn pg_config(url: String) -> PostgresConfig {
+    PostgresConfig {
+        url,
+        startup_timeout_ms: 5_000,
+        ..PostgresConfig::default()
+    }
+}
+
+async fn store(config: &PostgresConfig) -> Arc<PostgresHistory> {
+    // The retention task ends with the test's runtime.
+    PostgresHistory::connect(config, CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+/// A client on the test database, to look at the tables themselves.
+async fn client(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+async fn append(h: &dyn HistoryStore, ch: &ChannelName, n: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let e = Event::new(
+            format!("e{i}"),
+            "x",
+            ch.clone(),
+            &json!({}),
+            Default::default(),
+        );
+        out.push(h.append(e).await.unwrap().offset);
+    }
+    out
+}
+
+fn at(epoch: &str, offset: u64) -> StreamPosition {
+    StreamPosition {
+        epoch: epoch.into(),
+        offset,
+    }
+}
+
+/// (offsets held for `since`, replay_from, recovered)
+async fn resume(
+    h: &dyn HistoryStore,
+    ch: &ChannelName,
+    since: StreamPosition,
+) -> (Vec<u64>, u64, bool) {
+    let r = h.read_since(ch, &since).await.unwrap();
+    let p = r.resume_point(&since);
+    (
+        r.events.iter().map(|e| e.offset).collect(),
+        p.replay_from,
+        p.recovered,
+    )
+}
+
+/// The history contract every store keeps (the memory store's unit tests, here over the
+/// trait): offsets from 1, dense, per channel; the resume rule over a history trimmed to 3
+/// events; pages both ways.
+async fn contract(h: &dyn HistoryStore) {
+    let ch = ChannelName::new("a").unwrap();
+    let other = ChannelName::new("b").unwrap();
+    let e = h.epoch().to_string();
+    assert_eq!(h.latest(&ch).await.unwrap(), 0);
+    assert_eq!(resume(h, &ch, at(&e, 0)).await, (vec![], 1, true));
+    assert_eq!(resume(h, &ch, at("old", 7)).await, (vec![], 1, false));
+    assert_eq!(append(h, &ch, 5).await, vec![1, 2, 3, 4, 5]);
+    assert_eq!(append(h, &other, 2).await, vec![1, 2]);
+    assert_eq!(h.latest(&ch).await.unwrap(), 5);
+    // Holds 3..=5.
+    assert_eq!(resume(h, &ch, at(&e, 2)).await, (vec![3, 4, 5], 3, true));
+    assert_eq!(resume(h, &ch, at(&e, 4)).await, (vec![5], 5, true));
+    assert_eq!(resume(h, &ch, at(&e, 5)).await, (vec![], 6, true));
+    assert_eq!(resume(h, &ch, at(&e, 9)).await, (vec![], 6, true));
+    assert_eq!(resume(h, &ch, at(&e, 0)).await, (vec![3, 4, 5], 3, false));
+    assert_eq!(resume(h, &ch, at(&e, 1)).await, (vec![3, 4, 5], 3, false));
+    assert_eq!(
+        resume(h, &ch, at("old", 4)).await,
+        (vec![3, 4, 5], 3, false)
+    );
+    assert_eq!(
+        resume(h, &ch, at("old", 99)).await,
+        (vec![3, 4, 5], 3, false)
+    );
+    // Pages.
+    let offsets =
+        |p: courier_server::store::Page| p.events.iter().map(|e| e.offset).collect::<Vec<_>>();
+    let p = h.read_page(&ch, PageFrom::After(0), 2).await.unwrap();
+    assert_eq!((p.latest, p.more), (5, true));
+    assert_eq!(offsets(p), vec![3, 4]);
+    let p = h.read_page(&ch, PageFrom::After(4), 2).await.unwrap();
+    assert!(!p.more);
+    assert_eq!(offsets(p), vec![5]);
+    let p = h
+        .read_page(&ch, PageFrom::Before(u64::MAX), 2)
+        .await
+        .unwrap();
+    assert!(p.more);
+    assert_eq!(offsets(p), vec![5, 4]);
+    let p = h.read_page(&ch, PageFrom::Before(4), 5).await.unwrap();
+    assert!(!p.more);
+    assert_eq!(offsets(p), vec![3]);
+    let p = h.read_page(&ch, PageFrom::Since(0), 5).await.unwrap();
+    assert_eq!(offsets(p), vec![3, 4, 5]);
+    let p = h.read_page(&other, PageFrom::After(0), 5).await.unwrap();
+    assert_eq!(offsets(p), vec![1, 2]);
+}
+
+#[tokio::test]
+async fn the_history_contract_holds_for_memory_and_postgres() {
+    contract(&MemoryHistory::new(3, Duration::from_secs(60), 10)).await;
+    let url = need_postgres!();
+    let config = PostgresConfig {
+        max_events_per_channel: 3,
+        ..pg_config(util::fresh_database(&url).await)
+    };
+    contract(&*store(&config).await).await;
+}
+
+#[tokio::test]
+async fn concurrent_appends_from_two_stores_get_dense_offsets() {
+    let url = need_postgres!();
+    let config = pg_config(util::fresh_database(&url).await);
+    let (a, b) = (store(&config).await, store(&config).await);
+    assert_eq!(a.epoch(), b.epoch(), "one epoch per database");
+    let ch = ChannelName::new("race").unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let h: Arc<dyn HistoryStore> = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let ch = ch.clone();
+        tasks.push(tokio::spawn(async move { append(&*h, &ch, 100).await }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let mine = t.await.unwrap();
+        // Each writer's own appends come back in increasing order.
+        assert!(mine.windows(2).all(|w| w[0] < w[1]));
+        all.extend(mine);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=800).collect::<Vec<_>>());
+    let c = client(&config.url).await;
+    let row = c
+        .query_one("SELECT count(*), min(\"offset\"), max(\"offset\") FROM courier_events WHERE channel = 'race'", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (800, 1, 800)
+    );
+}
+
+#[tokio::test]
+async fn retention_deletes_by_age_and_count_and_offsets_stay_dense() {
+    let url = need_postgres!();
+    let config = PostgresConfig {
+        max_age_secs: 1,
+        max_events_per_channel: 10,
+        retention_interval_ms: 100,
+        ..pg_config(util::fresh_database(&url).await)
+    };
+    let h = store(&config).await;
+    let (old, busy) = (
+        ChannelName::new("old").unwrap(),
+        ChannelName::new("busy").unwrap(),
+    );
+    append(&*h, &old, 3).await;
+    append(&*h, &busy, 25).await;
+    let c = client(&config.url).await;
+    let held = |ch: &'static str| {
+        let c = &c;
+        async move {
+            c.query(
+                "SELECT \"offset\" FROM courier_events WHERE channel = $1 ORDER BY 1",
+                &[&ch],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect::<Vec<_>>()
+        }
+    };
+    // The task deletes by count within its interval.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while held("busy").await != (16..=25).collect::<Vec<_>>() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "count retention did not run: {:?}",
+            held("busy").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And by age: `old` is past 1 s soon.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    while !held("old").await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "age retention did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Offsets go on where they were: dense, never reused.
+    assert_eq!(append(&*h, &old, 2).await, vec![4, 5]);
+    assert_eq!(h.latest(&old).await.unwrap(), 5);
+    let p = h.read_page(&old, PageFrom::After(0), 10).await.unwrap();
+    assert_eq!(
+        p.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    // A resume from before the gap is told what was lost.
+    let since = at(&h.epoch(), 1);
+    let r = h.read_since(&old, &since).await.unwrap();
+    assert!(!r.resume_point(&since).recovered);
+}
+
+async fn pg_server(url: &str) -> Server {
+    let url = url.to_owned();
+    start_with(move |c| {
+        c.history.backend = HistoryBackend::Postgres;
+        c.history.postgres = pg_config(url);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn resume_across_a_server_restart_loses_nothing_and_keeps_the_epoch() {
+    let url = need_postgres!();
+    let db = util::fresh_database(&url).await;
+    let server = pg_server(&db).await;
+    let svc = service("svc");
+    let token = user_with("reader", &["pg.*"], &[]);
+    let (mut ws, connected) = server.connect(&token).await;
+    let epoch = connected["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(ws.subscribe(1, "pg.a", None).await["op"], "subscribed");
+    for i in 1..=3u64 {
+        let r = server
+            .post(
+                "/publish",
+                Some(&svc),
+                &util::event(&format!("r{i}"), "pg.a", i),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    for i in 1..=3u64 {
+        let f = ws.recv().await;
+        assert_eq!(
+            (f["op"].as_str(), f["offset"].as_u64()),
+            (Some("event"), Some(i)),
+            "{f}"
+        );
+    }
+    // Two more that the subscriber never sees: it is gone, then the server restarts.
+    for i in 4..=5u64 {
+        let r = server
+            .post(
+                "/publish",
+                Some(&svc),
+                &util::event(&format!("r{i}"), "pg.a", i),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    drop(ws);
+    server.shutdown().await;
+    let server = pg_server(&db).await;
+    let (mut ws, connected) = server.connect(&token).await;
+    assert_eq!(
+        connected["epoch"].as_str(),
+        Some(epoch.as_str()),
+        "the epoch survives a restart"
+    );
+    let f = ws
+        .subscribe(1, "pg.a", Some(json!({"epoch": epoch, "offset": 3})))
+        .await;
+    assert_eq!(
+        (f["recovered"].as_bool(), f["replay_from"].as_u64()),
+        (Some(true), Some(4)),
+        "{f}"
+    );
+    for i in 4..=5u64 {
+        let f = ws.recv().await;
+        assert_eq!(
+            (f["offset"].as_u64(), f["event"]["id"].as_str()),
+            (Some(i), Some(format!("r{i}").as_str())),
+            "{f}"
+        );
+    }
+    // Live continues at 6; the replay API sees all of it.
+    let r = server
+        .post("/publish", Some(&svc), &util::event("r6", "pg.a", 6))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(ws.recv().await["offset"], 6);
+    let (status, page) = paging::get(&server, Some(&token), "pg.a", "limit=10").await;
+    assert_eq!(status, 200);
+    let offsets: Vec<u64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets, (1..=6).collect::<Vec<_>>());
+    assert_eq!(page["epoch"], epoch.as_str());
+    server.shutdown().await;
+}
