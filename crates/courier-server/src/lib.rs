@@ -31,6 +31,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod fault;
 pub mod health;
 pub mod http;
@@ -299,9 +300,9 @@ fn route_table(config: &Config) -> Vec<(Method, &'static str, MakeRoute)> {
         (Method::GET, "/openapi.json", |m| {
             on(m, openapi::openapi_json)
         }),
-        (Method::GET, "/admin", |m| on(m, admin::console_page)),
+        (Method::GET, "/admin", |m| on(m, console::page)),
         (Method::GET, "/admin/assets/{*path}", |m| {
-            on(m, admin::console_asset)
+            on(m, console::asset)
         }),
         (Method::GET, "/admin/api/connections", |m| {
             on(m, admin::connections)

@@ -19,7 +19,7 @@ use utoipa::openapi::{
 };
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{Config, SharedState, admin, fault, http, replay, ws};
+use crate::{Config, SharedState, admin, console, fault, http, replay, ws};
 
 struct Bearer;
 
@@ -235,8 +235,8 @@ pub(crate) struct ChannelEvent;
         http::stats,
         http::metrics,
         openapi_json,
-        admin::console_page,
-        admin::console_asset,
+        console::page,
+        console::asset,
         admin::connections,
         admin::channels,
         admin::rate_limits,
