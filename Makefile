@@ -95,6 +95,6 @@ demo: tools-rust python-dev npm-build console
 
 ## --- bench ------------------------------------------------------------------------------
 
-bench: tools-rust tools-redis python-dev npm-build
+bench: tools-rust tools-redis tools-postgres python-dev npm-build
 	.venv/bin/python -m pip install -q 'matplotlib>=3.8' 'requests>=2.31' 'aiohttp>=3.9'
 	.venv/bin/python tests/bench/run.py

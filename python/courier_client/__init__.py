@@ -9,12 +9,21 @@
 logger. The Rust core decides retries, backoff, rate limits, reconnects and resume.
 """
 
-from ._client import AsyncCourierClient, AsyncSubscription, CourierClient, Subscription, TokenSource
+from ._client import (
+    AsyncCourierClient,
+    AsyncHistory,
+    AsyncSubscription,
+    CourierClient,
+    History,
+    Subscription,
+    TokenSource,
+)
 from ._types import (
     ClientStats,
     DeadLetter,
     EventToPublish,
     Gap,
+    HistoryPage,
     Priority,
     PublishResult,
     ReceivedEvent,
@@ -44,6 +53,9 @@ __all__ = [
     "CourierClient",
     "AsyncSubscription",
     "Subscription",
+    "AsyncHistory",
+    "History",
+    "HistoryPage",
     "TokenSource",
     "ClientStats",
     "DeadLetter",

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from datetime import datetime
 from types import TracebackType
 from typing import (
     Any,
+    AsyncIterator,
     Awaitable,
     Callable,
     Dict,
@@ -34,18 +36,28 @@ from ._types import (
     EventLike,
     EventToPublish,
     Gap,
+    HistoryPage,
     Priority,
     PublishResult,
     ReceivedEvent,
     StreamPosition,
     _dead_letter,
+    _page,
     _position,
     _received,
 )
 from .errors import CourierError, CourierTimeoutError, ValidationError
 from .events import JsonValue, Metadata
 
-__all__ = ["AsyncCourierClient", "CourierClient", "AsyncSubscription", "Subscription", "TokenSource"]
+__all__ = [
+    "AsyncCourierClient",
+    "CourierClient",
+    "AsyncSubscription",
+    "Subscription",
+    "AsyncHistory",
+    "History",
+    "TokenSource",
+]
 
 TokenSource = Union[str, Callable[[], Union[str, Awaitable[str]]]]
 """A JWT, or a callable returning one (or an awaitable of one); called again on expiry."""
@@ -54,6 +66,51 @@ StateCallback = Callable[[str], None]
 ErrorCallback = Callable[[CourierError], None]
 GapCallback = Callable[[Gap], None]
 SinceLike = Union[StreamPosition, Tuple[str, int], None]
+HistorySince = Union[int, datetime, None]
+"""Unix milliseconds, or an aware ``datetime``."""
+Direction = Literal["forward", "backward"]
+
+
+def _since_ms(since: HistorySince) -> Optional[int]:
+    if since is None or isinstance(since, int):
+        return since
+    if since.tzinfo is None:
+        raise ValidationError(
+            "since: a naive datetime is ambiguous; give one with a timezone (or Unix ms)",
+            field="since",
+            reason="bad_format",
+        )
+    return int(since.timestamp() * 1000)
+
+
+def _history_args(
+    after: Optional[int],
+    before: Optional[int],
+    since: HistorySince,
+    cursor: Optional[str],
+    direction: Optional[Direction],
+    limit: int,
+) -> Dict[str, Any]:
+    if direction not in (None, "forward", "backward"):
+        raise ValidationError(
+            f"direction must be 'forward' or 'backward', not {direction!r}", field="direction", reason="bad_format"
+        )
+    # Types and the offsets' range here; the rest (one start, `limit` 1 to 1000) is the core's.
+    for name, value in (("after", after), ("before", before), ("limit", limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValidationError(f"{name} must be a whole number, not {value!r}", field=name, reason="wrong_type")
+        if value is not None and not 0 <= value < 2**63:
+            raise ValidationError(f"{name} must be 0 to 2**63 - 1, not {value}", field=name, reason="out_of_range")
+    if limit >= 2**32:
+        raise ValidationError(f"limit must be 1 to 1000, not {limit}", field="limit", reason="out_of_range")
+    return {
+        "after": after,
+        "before": before,
+        "since_ms": _since_ms(since),
+        "cursor": cursor,
+        "backward": None if direction is None else direction == "backward",
+        "limit": limit,
+    }
 
 _EventArgs = Tuple[str, str, str, str, bool, Optional[str], Optional[str]]
 
@@ -315,6 +372,50 @@ class AsyncSubscription:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+class AsyncHistory:
+    """A channel's history through the replay API: ``async for event in ...`` yields the
+    events (``ReceivedEvent``, as a subscription does) in the query's direction, fetching pages
+    as needed; ``pages()`` yields whole ``HistoryPage``s. Ends at the end of the history in that
+    direction; a refusal raises the SDK's exception (``ForbiddenChannelError``,
+    ``ValidationError`` with code ``EPOCH_CHANGED`` for a cursor of a lost history, ...)."""
+
+    def __init__(self, native: Any, channel: str) -> None:
+        self._native = native
+        self.channel = channel
+        self._pending: List[ReceivedEvent] = []
+        self._done = False
+
+    async def next_page(self) -> Optional[HistoryPage]:
+        """The next page, ``None`` once the end was reached."""
+        if self._done:
+            return None
+        fut: "asyncio.Future[Any]" = asyncio.get_running_loop().create_future()
+        self._native.next_start(fut)
+        page = _page(await fut)
+        if page is None or page.next is None:
+            self._done = True
+        return page
+
+    async def pages(self) -> AsyncIterator[HistoryPage]:
+        """Every page, in order."""
+        while True:
+            page = await self.next_page()
+            if page is None:
+                return
+            yield page
+
+    def __aiter__(self) -> "AsyncHistory":
+        return self
+
+    async def __anext__(self) -> ReceivedEvent:
+        while not self._pending:
+            page = await self.next_page()
+            if page is None:
+                raise StopAsyncIteration
+            self._pending.extend(reversed(page.events))
+        return self._pending.pop()
 
 
 class AsyncCourierClient(_Base):
@@ -590,6 +691,30 @@ class AsyncCourierClient(_Base):
             pass
         return AsyncSubscription(self._native.subscribe(channel, _since(since)), channel, self._on_gap)
 
+    def history(
+        self,
+        channel: str,
+        *,
+        after: Optional[int] = None,
+        before: Optional[int] = None,
+        since: HistorySince = None,
+        cursor: Optional[str] = None,
+        direction: Optional[Direction] = None,
+        limit: int = 100,
+    ) -> AsyncHistory:
+        """Reads ``channel``'s history (``GET /history/{channel}``): forwards from the oldest
+        held by default; ``after=offset`` forwards, ``before=offset`` or
+        ``direction="backward"`` backwards (newest first), ``since`` (Unix ms or an aware
+        ``datetime``) forwards from that time, ``cursor`` where a page's ``next`` left off; at
+        most one of them. ``limit`` (1 to 1000) events per page. Checked before any request
+        (``ValidationError`` naming the argument)."""
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        args = _history_args(after, before, since, cursor, direction, limit)
+        return AsyncHistory(self._native.history(channel, **args), channel)
+
     async def flush(self, timeout: Optional[float] = None) -> None:
         """Waits until every queued event is acknowledged or dead-lettered."""
         fut: "asyncio.Future[Any]" = self._bind().create_future()
@@ -679,6 +804,48 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class History:
+    """A channel's history through the replay API, blocking: ``for event in ...`` yields the
+    events (``ReceivedEvent``) in the query's direction, fetching pages as needed; ``pages()``
+    yields whole ``HistoryPage``s. Refusals raise the SDK's exceptions."""
+
+    def __init__(self, native: Any, channel: str, timeout: Optional[float]) -> None:
+        self._native = native
+        self.channel = channel
+        self._timeout = timeout
+        self._pending: List[ReceivedEvent] = []
+        self._done = False
+
+    def next_page(self) -> Optional[HistoryPage]:
+        """The next page, ``None`` once the end was reached; ``CourierTimeoutError`` when the
+        client's timeout passed (calling again retries the same page)."""
+        if self._done:
+            return None
+        page = _page(self._native.next_wait(self._timeout))
+        if page is None or page.next is None:
+            self._done = True
+        return page
+
+    def pages(self) -> Iterator[HistoryPage]:
+        """Every page, in order."""
+        while True:
+            page = self.next_page()
+            if page is None:
+                return
+            yield page
+
+    def __iter__(self) -> "History":
+        return self
+
+    def __next__(self) -> ReceivedEvent:
+        while not self._pending:
+            page = self.next_page()
+            if page is None:
+                raise StopIteration
+            self._pending.extend(reversed(page.events))
+        return self._pending.pop()
 
 
 class CourierClient(_Base):
@@ -870,6 +1037,24 @@ class CourierClient(_Base):
     def subscribe(self, channel: str, since: SinceLike = None) -> Subscription:
         """Subscribes to ``channel``; iterate with ``for``."""
         return Subscription(self._native.subscribe(channel, _since(since)), channel, self._on_gap)
+
+    def history(
+        self,
+        channel: str,
+        *,
+        after: Optional[int] = None,
+        before: Optional[int] = None,
+        since: HistorySince = None,
+        cursor: Optional[str] = None,
+        direction: Optional[Direction] = None,
+        limit: int = 100,
+        timeout: Optional[float] = None,
+    ) -> History:
+        """Reads ``channel``'s history (``GET /history/{channel}``), blocking; the arguments
+        are those of ``AsyncCourierClient.history``, and ``timeout`` bounds each page's wait
+        (``CourierTimeoutError``). Ctrl-C interrupts a waiting page."""
+        args = _history_args(after, before, since, cursor, direction, limit)
+        return History(self._native.history(channel, **args), channel, timeout)
 
     def flush(self, timeout: Optional[float] = None) -> None:
         """Blocks until every queued event is acknowledged or dead-lettered."""

@@ -4,6 +4,7 @@ from typing import Any, Callable, List, Optional, Tuple, final
 
 __all__ = [
     "NativeClient",
+    "NativeHistory",
     "NativeSubscription",
     "TokenReply",
     "__version__",
@@ -32,6 +33,11 @@ class NativeSubscription:
     def close(self) -> None: ...
 
 @final
+class NativeHistory:
+    def next_wait(self, timeout: Optional[float] = None) -> Tuple[Any, ...]: ...
+    def next_start(self, fut: Any) -> None: ...
+
+@final
 class NativeClient:
     def __new__(
         cls,
@@ -54,6 +60,16 @@ class NativeClient:
     def close_wait(self, timeout: Optional[float] = None) -> bool: ...
     def shutdown(self) -> None: ...
     def subscribe(self, channel: str, since: Optional[Tuple[str, int]] = None) -> NativeSubscription: ...
+    def history(
+        self,
+        channel: str,
+        after: Optional[int] = None,
+        before: Optional[int] = None,
+        since_ms: Optional[int] = None,
+        cursor: Optional[str] = None,
+        backward: Optional[bool] = None,
+        limit: int = 100,
+    ) -> NativeHistory: ...
     def state(self) -> str: ...
     def stats(self) -> dict[str, int]: ...
     def dead_letters(self) -> List[dict[str, Any]]: ...

@@ -14,6 +14,7 @@ __all__ = [
     "PublishResult",
     "StreamPosition",
     "ReceivedEvent",
+    "HistoryPage",
     "Gap",
     "DeadLetter",
     "ClientStats",
@@ -63,6 +64,22 @@ class ReceivedEvent:
     def position(self) -> StreamPosition:
         """Where this event sits in the channel's history."""
         return StreamPosition(self.epoch, self.offset)
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """One page of a channel's history (the replay API), from ``history(...).pages()``."""
+
+    channel: str
+    epoch: str
+    """The history's epoch; the events' offsets belong to it."""
+    latest: int
+    """The channel's latest offset when the page was read (0 when it never had an event)."""
+    events: Tuple[ReceivedEvent, ...]
+    """The events, in the query's direction: the same ``ReceivedEvent`` a subscription yields."""
+    next: Optional[str]
+    """The cursor of the next page (``history(channel, cursor=...)`` continues there), ``None``
+    when this page reached the end in its direction."""
 
 
 @dataclass(frozen=True)
@@ -283,6 +300,15 @@ def _metadata(meta: Tuple[int, str, Optional[str], Optional[str]]) -> Metadata:
 def _received(item: Tuple[Any, ...]) -> ReceivedEvent:
     (_, (eid, etype, channel, data), meta, epoch, offset) = item
     return ReceivedEvent(eid, etype, channel, json.loads(data), _metadata(meta), epoch, offset)
+
+
+def _page(item: Tuple[Any, ...]) -> Optional[HistoryPage]:
+    """A native page tuple: ``("page", channel, epoch, latest, [event tuples], next)`` or
+    ``("end", None)``."""
+    if item[0] == "end":
+        return None
+    (_, channel, epoch, latest, events, nxt) = item
+    return HistoryPage(channel, epoch, latest, tuple(_received(e) for e in events), nxt)
 
 
 def _dead_letter(d: Mapping[str, Any]) -> DeadLetter:

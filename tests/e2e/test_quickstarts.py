@@ -1,8 +1,8 @@
 """Issue #13: every README quickstart runs as written. Each fenced block is taken from its
 README under its heading and run unchanged (Python with the venv's interpreter, TypeScript
-type-checked with `tsc --strict` then run by Node against the built package, Rust as
-`examples/quickstart.rs`, which must be the README's text byte for byte) against a fresh
-server at its default settings (only the secret and the port are ours), with a token minted
+type-checked with `tsc --strict` then run by Node against the built package, Rust as one of
+`crates/courier-client/examples/*.rs`, which must be the README's text byte for byte) against
+a fresh server at its default settings (only the secret and the port are ours), with a token minted
 by the README's own `token` line. Each must print the event it received and exit by itself
 with code 0 within EXIT_BOUND_S: a program still running then is a hang (something stays
 armed after close()), which is what this test is for."""
@@ -25,7 +25,7 @@ from conftest import NODE, PYTHON, ROOT, SECRET, Server, free_port
 EXIT_BOUND_S = 20.0
 NPM = os.path.join(ROOT, "npm")
 BIN = os.path.join(NPM, "node_modules", ".bin")
-RUST_EXAMPLE = os.path.join(ROOT, "crates", "courier-client", "examples", "quickstart.rs")
+RUST_EXAMPLES = os.path.join(ROOT, "crates", "courier-client", "examples")
 PY_EXAMPLE = os.path.join(ROOT, "python", "examples", "readme_example.py")
 # What each program prints for the event it received: the type, then the data (percent 42 or 42.5).
 RECEIVED = re.compile(r"^received backtest\.progress\b.*\b42\b", re.M)
@@ -35,6 +35,8 @@ QUICKSTARTS: List[Tuple[str, str, str, int]] = [
     ("README.md", "### Python", "python", 0),
     ("README.md", "### TypeScript", "ts", 0),
     ("README.md", "### Rust (native client)", "rust", 0),
+    ("README.md", "### History (replay API): Python", "python", 0),
+    ("README.md", "### History (replay API): Rust", "rust", 0),
     ("python/README.md", "## Quickstart", "python", 0),
     ("python/README.md", "## Quickstart", "python", 1),  # asyncio
     ("npm/README.md", "# courier-client", "ts", 0),
@@ -152,10 +154,15 @@ def run_typescript(name: str, code: str, env: Dict[str, str], tmp: str) -> str:
 
 
 def run_rust(name: str, code: str, env: Dict[str, str], tmp: str) -> str:
-    with open(RUST_EXAMPLE) as f:
-        assert f.read() == code, f"{name} differs from crates/courier-client/examples/quickstart.rs"
+    # The README block is one of courier-client's examples byte for byte (quickstart, history).
+    same = []
+    for file in sorted(os.listdir(RUST_EXAMPLES)):
+        with open(os.path.join(RUST_EXAMPLES, file)) as f:
+            if f.read() == code:
+                same.append(file.removesuffix(".rs"))
+    assert same, f"{name} is none of crates/courier-client/examples/*.rs byte for byte"
     cargo = ["cargo", "--quiet"]
-    example = ["--locked", "-p", "courier-client", "--example", "quickstart"]
+    example = ["--locked", "-p", "courier-client", "--example", same[0]]
     # Built first (a no-op after `make test-e2e`'s build), so the bound times the program.
     subprocess.run([*cargo, "build", *example], cwd=ROOT, check=True, timeout=900)
     return run_bounded(name, [*cargo, "run", *example], ROOT, env)
@@ -168,8 +175,8 @@ _ran: Dict[Tuple[str, str], str] = {}
 
 @pytest.mark.parametrize(
     "readme,heading,lang,index", QUICKSTARTS,
-    ids=[f"{r.split('/')[0].removesuffix('.md').lower()}-{lang}{'-' + str(i) if i else ''}"
-         for r, _, lang, i in QUICKSTARTS])
+    ids=[f"{r.split('/')[0].removesuffix('.md').lower()}-{'history-' if 'History' in h else ''}{lang}"
+         f"{'-' + str(i) if i else ''}" for r, h, lang, i in QUICKSTARTS])
 def test_quickstart_runs_as_written(readme: str, heading: str, lang: str, index: int, server_bin: str,
                                     server: Server) -> None:
     code = fenced_block(readme, heading, lang, index)

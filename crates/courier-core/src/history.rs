@@ -45,6 +45,65 @@ pub enum HistoryStart {
     Cursor(String),
 }
 
+impl HistoryStart {
+    /// The start named by an SDK's keyword arguments: at most one of `after`, `before`,
+    /// `since` (Unix ms) and `cursor`; `backward` (the direction, when said) alone starts
+    /// from the newest, and must agree with the one given (the server's rules, checked
+    /// before any request).
+    pub fn from_parts(
+        after: Option<u64>,
+        before: Option<u64>,
+        since: Option<u64>,
+        cursor: Option<String>,
+        backward: Option<bool>,
+    ) -> Result<Self, ValidationError> {
+        let given = [
+            after.map(|_| "after"),
+            before.map(|_| "before"),
+            since.map(|_| "since"),
+            cursor.as_ref().map(|_| "cursor"),
+        ];
+        let named: Vec<&str> = given.into_iter().flatten().collect();
+        if named.len() > 1 {
+            return Err(ValidationError::new(
+                named[1],
+                ValidationKind::BadFormat,
+                format!(
+                    "give at most one of after, before, since and cursor (got {})",
+                    named.join(" and ")
+                ),
+            ));
+        }
+        let start = match (after, before, since, cursor) {
+            (Some(a), ..) => HistoryStart::After(a),
+            (_, Some(b), ..) => HistoryStart::Before(b),
+            (_, _, Some(s), _) => HistoryStart::Since(s),
+            (.., Some(c)) => HistoryStart::Cursor(c),
+            _ if backward == Some(true) => HistoryStart::Newest,
+            _ => HistoryStart::Oldest,
+        };
+        // A cursor carries its own direction; the others have one.
+        let reads_backward = matches!(start, HistoryStart::Before(_) | HistoryStart::Newest);
+        let contradicts = backward.is_some_and(|b| b != reads_backward);
+        if !matches!(start, HistoryStart::Cursor(_)) && contradicts {
+            return Err(ValidationError::new(
+                "direction",
+                ValidationKind::BadFormat,
+                format!(
+                    "`{}` reads {}, not in the direction asked",
+                    named.first().copied().unwrap_or("direction"),
+                    if reads_backward {
+                        "backwards"
+                    } else {
+                        "forwards"
+                    }
+                ),
+            ));
+        }
+        Ok(start)
+    }
+}
+
 /// One request of the replay API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryQuery {
@@ -234,6 +293,52 @@ mod tests {
         assert_eq!(bad(HistoryStart::Before(0), 10).field, "before");
         assert_eq!(bad(HistoryStart::Cursor(String::new()), 10).field, "cursor");
         assert!(HistoryQuery::default().validate().is_ok());
+    }
+
+    #[test]
+    fn starts_from_keyword_arguments() {
+        let f = HistoryStart::from_parts;
+        assert_eq!(f(None, None, None, None, None), Ok(HistoryStart::Oldest));
+        assert_eq!(
+            f(None, None, None, None, Some(false)),
+            Ok(HistoryStart::Oldest)
+        );
+        assert_eq!(
+            f(None, None, None, None, Some(true)),
+            Ok(HistoryStart::Newest)
+        );
+        assert_eq!(
+            f(Some(3), None, None, None, None),
+            Ok(HistoryStart::After(3))
+        );
+        assert_eq!(
+            f(None, Some(3), None, None, None),
+            Ok(HistoryStart::Before(3))
+        );
+        assert_eq!(
+            f(None, Some(3), None, None, Some(true)),
+            Ok(HistoryStart::Before(3))
+        );
+        assert_eq!(
+            f(None, None, Some(9), None, None),
+            Ok(HistoryStart::Since(9))
+        );
+        assert_eq!(
+            f(None, None, None, Some("c".into()), Some(true)),
+            Ok(HistoryStart::Cursor("c".into()))
+        );
+        assert_eq!(
+            f(Some(1), Some(2), None, None, None).unwrap_err().field,
+            "before"
+        );
+        assert_eq!(
+            f(Some(1), None, None, None, Some(true)).unwrap_err().field,
+            "direction"
+        );
+        assert_eq!(
+            f(None, Some(1), None, None, Some(false)).unwrap_err().field,
+            "direction"
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use courier_client::{
-    Client, ClientConfig, ClientEvent, Subscription, SubscriptionItem, TokenProvider,
+    Client, ClientConfig, ClientEvent, History, HistoryPage, HistoryQuery, HistoryStart,
+    Subscription, SubscriptionItem, TokenProvider,
 };
 use courier_core::client::{EventOptions, PublishItem};
 use courier_core::connection::{ConnectionConfig, GapReason, State};
@@ -96,6 +97,7 @@ enum Outcome {
     Unit(Result<(), Error>),
     Item(Option<SubscriptionItem>),
     Ready(Result<StreamPosition, Error>),
+    Page(Option<Result<HistoryPage, Error>>),
 }
 
 fn publish_tuple<'py>(py: Python<'py>, r: &PublishResult) -> PyResult<Bound<'py, PyAny>> {
@@ -119,34 +121,60 @@ fn gap_reason(r: GapReason) -> &'static str {
     }
 }
 
+/// `("event", (id, type, channel, data_json), metadata, epoch, offset)`: a delivered event, as
+/// `courier_client._types._received` reads it (subscriptions and history pages alike).
+fn delivery_tuple<'py>(py: Python<'py>, d: &courier_core::Delivery) -> PyResult<Bound<'py, PyAny>> {
+    let e = &d.event;
+    let meta = (
+        e.metadata.timestamp,
+        e.metadata.source.as_str(),
+        e.metadata.correlation_id.as_deref(),
+        e.metadata.user_id.as_deref(),
+    );
+    Ok((
+        "event",
+        (
+            e.id.as_str(),
+            e.event_type.as_str(),
+            e.channel.as_str(),
+            e.data.get(),
+        ),
+        meta,
+        d.epoch.as_str(),
+        d.offset,
+    )
+        .into_pyobject(py)?
+        .into_any())
+}
+
+/// `("page", channel, epoch, latest, [event tuples], next)` or `("end", None)`.
+fn page_tuple<'py>(py: Python<'py>, page: Option<HistoryPage>) -> PyResult<Bound<'py, PyAny>> {
+    let Some(page) = page else {
+        return Ok(("end", py.None()).into_pyobject(py)?.into_any());
+    };
+    let events = page
+        .events
+        .iter()
+        .map(|d| delivery_tuple(py, d))
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok((
+        "page",
+        page.channel,
+        page.epoch,
+        page.latest,
+        PyList::new(py, events)?,
+        page.next,
+    )
+        .into_pyobject(py)?
+        .into_any())
+}
+
 fn item_tuple<'py>(py: Python<'py>, item: Option<SubscriptionItem>) -> PyResult<Bound<'py, PyAny>> {
     let Some(item) = item else {
         return Ok(("end", py.None()).into_pyobject(py)?.into_any());
     };
     Ok(match item {
-        SubscriptionItem::Event(d) => {
-            let e = &d.event;
-            let meta = (
-                e.metadata.timestamp,
-                e.metadata.source.as_str(),
-                e.metadata.correlation_id.as_deref(),
-                e.metadata.user_id.as_deref(),
-            );
-            (
-                "event",
-                (
-                    e.id.as_str(),
-                    e.event_type.as_str(),
-                    e.channel.as_str(),
-                    e.data.get(),
-                ),
-                meta,
-                d.epoch.as_str(),
-                d.offset,
-            )
-                .into_pyobject(py)?
-                .into_any()
-        }
+        SubscriptionItem::Event(d) => delivery_tuple(py, &d)?,
         SubscriptionItem::Subscribed {
             recovered,
             position,
@@ -188,6 +216,9 @@ fn outcome_value<'py>(py: Python<'py>, outcome: Outcome) -> PyResult<(bool, Boun
         Outcome::Unit(Ok(())) => (true, py.None().into_bound(py)),
         Outcome::Item(item) => (true, item_tuple(py, item)?),
         Outcome::Ready(Ok(p)) => (true, (p.epoch, p.offset).into_pyobject(py)?.into_any()),
+        Outcome::Page(Some(Err(e))) => (false, exception(py, &e)),
+        Outcome::Page(Some(Ok(page))) => (true, page_tuple(py, Some(page))?),
+        Outcome::Page(None) => (true, page_tuple(py, None)?),
     })
 }
 
@@ -704,6 +735,33 @@ impl NativeClient {
         })
     }
 
+    /// A reader of `channel`'s history (the replay API); the query is checked here, with the
+    /// core's rules (at most one start, `limit` 1 to 1000).
+    #[pyo3(signature = (channel, after=None, before=None, since_ms=None, cursor=None, backward=None, limit=100))]
+    #[allow(clippy::too_many_arguments)]
+    fn history(
+        &self,
+        channel: &str,
+        after: Option<u64>,
+        before: Option<u64>,
+        since_ms: Option<u64>,
+        cursor: Option<String>,
+        backward: Option<bool>,
+        limit: u32,
+    ) -> PyResult<NativeHistory> {
+        let start = HistoryStart::from_parts(after, before, since_ms, cursor, backward)
+            .map_err(|e| to_pyerr(&e.into()))?;
+        let history = self
+            .client
+            .history(channel, HistoryQuery { start, limit })
+            .map_err(|e| to_pyerr(&e))?;
+        Ok(NativeHistory {
+            history: Arc::new(tokio::sync::Mutex::new(history)),
+            handle: self.handle.clone(),
+            dispatch: self.dispatch.clone(),
+        })
+    }
+
     fn state(&self) -> &'static str {
         state_str(self.client.subscriber().state())
     }
@@ -886,6 +944,56 @@ impl NativeSubscription {
     }
 }
 
+/// The pages of one history query.
+#[pyclass(frozen, module = "courier_client._native")]
+struct NativeHistory {
+    history: Arc<tokio::sync::Mutex<History>>,
+    handle: tokio::runtime::Handle,
+    dispatch: Option<Dispatch>,
+}
+
+async fn next_page(
+    history: Arc<tokio::sync::Mutex<History>>,
+) -> Option<Result<HistoryPage, Error>> {
+    history.lock().await.next_page().await
+}
+
+#[pymethods]
+impl NativeHistory {
+    /// The next page tuple (see `page_tuple`), blocking with the GIL released; raises the
+    /// SDK's exception for a refusal, `CourierTimeoutError` when `timeout` passed.
+    #[pyo3(signature = (timeout=None))]
+    fn next_wait<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+        let fut = next_page(self.history.clone());
+        match block_on(py, &self.handle, fut, timeout)? {
+            None => Err(timeout_error(Duration::from_secs_f64(
+                timeout.unwrap_or(0.0),
+            ))),
+            Some(page) => {
+                let (ok, value) = outcome_value(py, Outcome::Page(page))?;
+                if ok {
+                    Ok(value)
+                } else {
+                    Err(PyErr::from_value(value))
+                }
+            }
+        }
+    }
+
+    /// Resolves the asyncio future `fut` with the next page tuple (or its exception).
+    fn next_start(&self, fut: Py<PyAny>) -> PyResult<()> {
+        let tx = self.dispatch.clone().ok_or_else(|| {
+            PyRuntimeError::new_err("this client was created without an event loop")
+        })?;
+        let work = next_page(self.history.clone());
+        self.handle.spawn(async move {
+            let page = work.await;
+            let _ = tx.send((fut, Outcome::Page(page)));
+        });
+        Ok(())
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Module functions.
 // ------------------------------------------------------------------------------------------
@@ -935,6 +1043,7 @@ fn set_log_sink(sink: Py<PyAny>, level: u8) {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
     m.add_class::<NativeSubscription>()?;
+    m.add_class::<NativeHistory>()?;
     m.add_class::<TokenReply>()?;
     m.add_function(wrap_pyfunction!(evaluate_vector, m)?)?;
     m.add_function(wrap_pyfunction!(vector_files, m)?)?;

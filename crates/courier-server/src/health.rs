@@ -193,8 +193,10 @@ pub async fn report(state: &SharedState) -> HealthReport {
     let history = state.history.stats().await;
     let redis = match state.config.backend {
         Backend::Redis => {
+            // Redis serves the fan-out whatever keeps the history (PostgreSQL is probed by
+            // readiness).
             let started = Instant::now();
-            let probe = state.history.ready().await;
+            let probe = state.broker.ready().await;
             Some(RedisHealth::from_probe(
                 probe.map(|()| started.elapsed()).map_err(|e| e.to_string()),
             ))

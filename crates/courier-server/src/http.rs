@@ -716,7 +716,12 @@ pub(crate) async fn ready(State(state): State<SharedState>) -> Response {
         )
             .into_response();
     }
-    match state.history.ready().await {
+    // The history and the fan-out (the same Redis, or PostgreSQL beside Redis).
+    let ready = match state.history.ready().await {
+        Ok(()) => state.broker.ready().await,
+        Err(e) => Err(e),
+    };
+    match ready {
         Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -367,6 +367,10 @@ impl HistoryStore for PostgresHistory {
             if let Some(last) = events.last() {
                 latest = latest.max(i64::try_from(last.offset).unwrap_or(0));
             }
+            // Appends between the two reads move the count limit on: hold to it as of the
+            // newest event read, as one atomic read would have.
+            let floor = u64::try_from(self.count_floor(latest)).unwrap_or(0);
+            events.retain(|e| e.offset > floor);
             Ok(Retained {
                 epoch: self.epoch.clone(),
                 latest: u64::try_from(latest).unwrap_or(0),

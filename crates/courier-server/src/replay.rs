@@ -23,7 +23,7 @@ use crate::store::{Page, PageFrom};
 /// to name the parameter at fault).
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
+#[allow(dead_code)] // never built: it only describes the query to utoipa
 pub(crate) struct HistoryParams {
     /// Forwards: events with offsets greater than this one, oldest first.
     #[param(minimum = 0)]

@@ -199,6 +199,10 @@ pub trait Broker: Send + Sync + 'static {
     fn subscriber_count(&self, channel: &ChannelName) -> usize;
     /// Channels with at least one subscriber on this instance.
     fn channel_count(&self) -> usize;
+    /// Whether the fan-out can serve now (`/health/ready`); in-process brokers always can.
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// One GCRA bucket to check.

@@ -322,14 +322,21 @@ impl Broker for RedisBroker {
             message.frame.as_str()
         );
         let mut c = s.conn();
-        let _: i64 = timed(
+        let published: Result<i64, _> = timed(
             s,
             redis::cmd("PUBLISH")
                 .arg(self.inner.pubsub_key(&message.channel))
                 .arg(payload)
                 .query_async(&mut c),
         )
-        .await?;
+        .await;
+        // The event is stored already: failing the request would make the client publish
+        // it again (a second offset). Every instance reads it from the history instead, at
+        // the channel's next event (a gap) or when its fan-out reconnects.
+        if let Err(e) = published {
+            tracing::warn!(error = %e, channel = %message.channel, offset = message.offset,
+                "cannot publish to the fan-out; instances will read the event from the history");
+        }
         Ok(())
     }
 
@@ -442,5 +449,15 @@ impl Broker for RedisBroker {
 
     fn channel_count(&self) -> usize {
         self.inner.channels.read().expect("broker lock").len()
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        let s = &self.inner.shared;
+        if !s.fanout_up() {
+            return Err(StoreError("redis: fan-out connection is down".into()));
+        }
+        let mut c = s.conn();
+        let _: String = timed(s, redis::cmd("PING").query_async(&mut c)).await?;
+        Ok(())
     }
 }
