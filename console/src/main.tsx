@@ -46,6 +46,11 @@ const message = (e: unknown): string =>
 
 const time = (ms: number | null | undefined) => (ms ? new Date(ms).toLocaleTimeString() : '—');
 
+/** Called when the admin API refuses the session's token (it expired): back to logging in. */
+let onTokenRefused: (reason: string) => void = () => {};
+/** The session's client, closed when the token is refused. */
+let sessionClient: CourierClient | undefined;
+
 /** Polls `path` every `everyMs` while mounted. */
 function usePoll<T>(token: string, path: string, everyMs = 1000): { data?: T; error?: string } {
   const [state, setState] = useState<{ data?: T; error?: string }>({});
@@ -57,7 +62,12 @@ function usePoll<T>(token: string, path: string, everyMs = 1000): { data?: T; er
         const data = await api<T>(token, path);
         if (active) setState({ data });
       } catch (e) {
-        if (active) setState((s) => ({ ...s, error: message(e) }));
+        if (!active) return;
+        if ((e as ApiError).status === 401) {
+          onTokenRefused(message(e));
+          return;
+        }
+        setState((s) => ({ ...s, error: message(e) }));
       }
       if (active) timer = setTimeout(tick, everyMs);
     };
@@ -72,9 +82,9 @@ function usePoll<T>(token: string, path: string, everyMs = 1000): { data?: T; er
 
 // ---- log in ------------------------------------------------------------------------------
 
-function Login({ onToken }: { onToken: (token: string) => void }) {
+function Login({ onToken, reason }: { onToken: (token: string) => void; reason?: string }) {
   const [token, setToken] = useState('');
-  const [error, setError] = useState<string>();
+  const [error, setError] = useState<string | undefined>(reason && `Logged out: the server refused the token (${reason}). Paste a new one.`);
   const [busy, setBusy] = useState(false);
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -599,6 +609,7 @@ function Console({ token, onLogout }: { token: string; onLogout: () => void }) {
   // One client for the session (this component is keyed by the token); the provider
   // connects it, logging out closes it.
   const [client] = useState(() => new CourierClient({ url: SERVER, token, clientName: 'courier-admin-console/0.1.0' }));
+  sessionClient = client;
   const logout = () => {
     client.close();
     onLogout();
@@ -642,6 +653,14 @@ function Console({ token, onLogout }: { token: string; onLogout: () => void }) {
 
 function App() {
   const [token, setToken] = useState<string | null>(() => sessionStorage.getItem(TOKEN_KEY));
+  const [refused, setRefused] = useState<string>();
+  onTokenRefused = (reason) => {
+    sessionClient?.close();
+    sessionClient = undefined;
+    sessionStorage.removeItem(TOKEN_KEY);
+    setRefused(reason);
+    setToken(null);
+  };
   if (!token) {
     return (
       <>
@@ -649,7 +668,9 @@ function App() {
           <h1>Courier admin</h1>
         </header>
         <Login
+          reason={refused}
           onToken={(t) => {
+            setRefused(undefined);
             sessionStorage.setItem(TOKEN_KEY, t);
             setToken(t);
           }}

@@ -208,3 +208,17 @@ test('channels show their rates, and rate-limit refusals are listed', async () =
   assert.deepEqual(cells.reduce((a, r) => a.map((v, i) => v + r[i]), [0, 0, 0]), [5, 1, 0]);
   await shot('rate-limits');
 });
+
+test('an expired token sends the admin back to the login form, saying why', async () => {
+  const fresh = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+  try {
+    await fresh.goto(`${server.httpUrl}/admin`);
+    await fresh.fill('#token', token({ sub: 'ops-short', role: 'admin', ttl: 3 }));
+    await fresh.click('[data-testid=login] button[type=submit]');
+    await fresh.waitForSelector('[data-testid=connections] tr[data-user=ops-short]', WAIT);
+    await fresh.waitForSelector('[data-testid=login-error]', WAIT);
+    assert.match(await fresh.textContent('[data-testid=login-error]'), /Logged out: the server refused the token \(token has expired\)/);
+  } finally {
+    await fresh.close();
+  }
+});
