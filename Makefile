@@ -45,6 +45,7 @@ tools-postgres:
 TEST_TARGETS := lint test-rust check-wasm
 -include python/python.mk
 -include npm/npm.mk
+-include console/console.mk
 -include tests/e2e/e2e.mk
 
 # The SDK suites once more, against a Redis-backed server (each server its own namespace).
@@ -85,9 +86,10 @@ sdk-suites:
 
 ## --- demo -------------------------------------------------------------------------------
 
-# Builds what it needs (the server, the Python package into .venv, the npm package), then
-# runs examples/demo.sh: Python publisher -> server -> Node subscriber and browser dashboard.
-demo: tools-rust python-dev npm-build
+# Builds what it needs (the server, the Python package into .venv, the npm package, the admin
+# console), then runs examples/demo.sh: Python publisher -> server -> Node subscriber and
+# browser dashboard, with the admin console at /admin.
+demo: tools-rust python-dev npm-build console
 	cargo build -p courier-server --locked
 	examples/demo.sh
 

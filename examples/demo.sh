@@ -38,6 +38,7 @@ done
 
 publisher_token=$("$server" token --sub demo-publisher --role service --ttl 86400)
 viewer_token=$("$server" token --sub demo-viewer --role user --channels 'backtest.*' --ttl 86400)
+admin_token=$("$server" token --sub demo-admin --role admin --ttl 86400)
 
 node examples/browser-dashboard/serve.mjs --ws "ws://$addr/ws" --token "$viewer_token" >"$work/dashboard.log" 2>&1 &
 pids+=($!)
@@ -49,6 +50,8 @@ done
 
 echo "demo: courier-server on $addr"
 echo "demo: open the dashboard at ${url:-(dashboard failed: see $work/dashboard.log)}"
+echo "demo: admin console at http://$addr/admin (log in with this admin token):"
+echo "      $admin_token"
 echo "demo: Ctrl-C stops everything"
 echo
 

@@ -13,6 +13,7 @@ import type { CourierEventDataMap, Metadata } from './events.generated.js';
 // (`CoreOptions`, `CoreHost` in crates/courier-wasm/src/driver.rs).
 import type { CoreHost, CoreOptions } from './wasm/courier_wasm.js';
 import { ConnectionClosedError, CourierError, UsageError, errorFromCore, errorFromThrown, type CoreErrorJson } from './errors.js';
+import { historyPages, type HistoryOptions, type HistoryPage } from './history.js';
 
 /** Every event type of the catalogue. */
 export type KnownEventType = keyof CourierEventDataMap;
@@ -295,8 +296,16 @@ export class BaseClient {
     gap: new Set(),
   };
 
-  /** Checks the options and makes the driver with `factory` (each entry point its own WASM). */
-  protected constructor(options: CourierClientOptions, factory: CoreFactory) {
+  /** The token provider, also used by `history()`. */
+  readonly #token: () => Promise<string>;
+  /** The server's HTTP base URL (for `history()`), e.g. `http://127.0.0.1:8766`. */
+  readonly #httpBase: string;
+
+  /**
+   * Checks the options and makes the driver with `factory` (each entry point its own WASM);
+   * `wsUrlOf` is that entry's `endpoints(url).wsUrl`, from which the HTTP base is derived.
+   */
+  protected constructor(options: CourierClientOptions, factory: CoreFactory, wsUrlOf: (url: string) => string) {
     if (options === null || typeof options !== 'object') throw new UsageError('INVALID_ARGUMENT', 'options must be an object');
     const ctor = options.WebSocket ?? defaultWebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (typeof ctor !== 'function') {
@@ -326,6 +335,15 @@ export class BaseClient {
       requestTimeoutMs: count('requestTimeoutMs', options.requestTimeoutMs),
     };
     const token = tokenSource(options.token);
+    this.#token = token;
+    // The core derives `<base>/ws` from any accepted form of `httpUrl` or `url`: back to `<base>`.
+    try {
+      this.#httpBase = wsUrlOf(text('httpUrl', options.httpUrl) ?? url)
+        .replace(/^ws/, 'http')
+        .replace(/\/ws$/, '');
+    } catch (e) {
+      throw errorFromThrown(e);
+    }
     const host: CoreHost = {
       onEvent: (listener, event) => this.#deliver(listener, event as EventEnvelope),
       readEvent: (data, maxLength) => this.#readEvent(data, maxLength),
@@ -440,6 +458,21 @@ export class BaseClient {
         this.core.unsubscribe(listener);
       },
     };
+  }
+
+  /**
+   * The channel's stored history through the replay API (`GET /history/{channel}`), page by
+   * page: `for await (const page of client.history('backtest.b1', { limit: 50 }))`. Forwards
+   * from the oldest held by default; `after`, `before` (backwards, newest first), `since` or a
+   * previous page's `cursor` start elsewhere, and `direction: 'backward'` alone starts from
+   * the newest. Events are typed like live ones (pass a type argument for custom events).
+   * Needs no WebSocket. A bad option throws a `ValidationError` naming it before anything is
+   * sent; the server's refusals are `CourierError`s (`ForbiddenChannelError`,
+   * `AuthenticationError`, `ValidationError` with `EPOCH_CHANGED` for a cursor of an older
+   * epoch, ...).
+   */
+  history<E extends { type: string } = CourierEvent>(channel: string, options: HistoryOptions = {}): AsyncGenerator<HistoryPage<E>, void, undefined> {
+    return historyPages<E>(this.#httpBase, this.#token, channel, options);
   }
 
   /** Handlers registered on `channel` (for tests and devtools). */

@@ -37,7 +37,7 @@ export class CourierClient extends BaseClient {
   #flushWaiters: Array<() => void> = [];
 
   constructor(options: CourierClientOptions) {
-    super(options, (o, host, hi, lo) => new CoreClient(o, host, hi, lo));
+    super(options, (o, host, hi, lo) => new CoreClient(o, host, hi, lo), (url) => coreEndpoints(url).wsUrl);
   }
 
   get #full(): CoreClient {

@@ -41,4 +41,5 @@ export {
   type CourierErrorDetails,
   type ErrorCategory,
 } from './errors.js';
+export { MAX_HISTORY_LIMIT, type HistoryOptions, type HistoryPage } from './history.js';
 export type * from './events.generated.js';

@@ -18,6 +18,6 @@ export function endpoints(url: string, httpUrl?: string): { wsUrl: string } {
 /** The Courier client without publishing: subscribe to channels, never write reconnect code. */
 export class CourierClient extends BaseClient {
   constructor(options: CourierClientOptions) {
-    super(options, (o, host, hi, lo) => new CoreClient(o, host, hi, lo));
+    super(options, (o, host, hi, lo) => new CoreClient(o, host, hi, lo), (url) => coreEndpoints(url).wsUrl);
   }
 }

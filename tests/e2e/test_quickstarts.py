@@ -37,6 +37,7 @@ QUICKSTARTS: List[Tuple[str, str, str, int]] = [
     ("README.md", "### Rust (native client)", "rust", 0),
     ("README.md", "### History (replay API): Python", "python", 0),
     ("README.md", "### History (replay API): Rust", "rust", 0),
+    ("README.md", "### History (replay API): TypeScript", "ts", 0),
     ("python/README.md", "## Quickstart", "python", 0),
     ("python/README.md", "## Quickstart", "python", 1),  # asyncio
     ("npm/README.md", "# courier-client", "ts", 0),

@@ -39,7 +39,10 @@ def b64(data: bytes) -> str:
 
 def token(sub: str) -> str:
     now = int(time.time())
-    claims = {"sub": sub, "exp": now + 3600, "iat": now, "role": "service", "publish": ["*"]}
+    # `admin` publishes and reads anywhere like `service` (same tier), and may also call the
+    # admin API, so every operation's 200 is exercised; the 403 of other roles is tested in
+    # crates/courier-server/tests/api/admin.rs.
+    claims = {"sub": sub, "exp": now + 3600, "iat": now, "role": "admin", "publish": ["*"]}
     head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
     body = b64(json.dumps(claims).encode())
     sig = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()

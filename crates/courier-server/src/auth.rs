@@ -17,6 +17,16 @@ pub enum Role {
     User,
     /// A backend service: publishes and reads anywhere.
     Service,
+    /// An operator: reads and publishes anywhere, like a service, and may use the admin API
+    /// and console (`/admin`).
+    Admin,
+}
+
+impl Role {
+    /// Services and admins read and publish on any channel.
+    pub fn is_privileged(self) -> bool {
+        matches!(self, Role::Service | Role::Admin)
+    }
 }
 
 /// The claims Courier reads.
@@ -29,13 +39,13 @@ pub struct Claims {
     /// Issued at, Unix seconds.
     #[serde(default)]
     pub iat: u64,
-    /// `user` (default) or `service`.
+    /// `user` (default), `service` or `admin`.
     #[serde(default)]
     pub role: Role,
     /// Patterns granted for reading.
     #[serde(default)]
     pub channels: Vec<ChannelPattern>,
-    /// Patterns granted for publishing (users only; services publish anywhere).
+    /// Patterns granted for publishing (users only; services and admins publish anywhere).
     #[serde(default)]
     pub publish: Vec<ChannelPattern>,
     /// Rate-limit tier: one of the server's `rate_limits.tiers` (by default `standard`,
@@ -58,14 +68,14 @@ impl Claims {
     pub fn tier(&self) -> &str {
         match (&self.tier, self.role) {
             (Some(t), _) => t,
-            (None, Role::Service) => "service",
+            (None, Role::Service | Role::Admin) => "service",
             (None, Role::User) => "standard",
         }
     }
 
     /// Whether this token may read `channel`.
     pub fn can_read(&self, channel: &ChannelName) -> bool {
-        self.role == Role::Service
+        self.role.is_privileged()
             || channel.as_str() == "global"
             || channel.user_id() == Some(self.sub.as_str())
             || self.channels.iter().any(|p| p.matches(channel))
@@ -73,7 +83,7 @@ impl Claims {
 
     /// Whether this token may publish to `channel`.
     pub fn can_publish(&self, channel: &ChannelName) -> bool {
-        self.role == Role::Service || self.publish.iter().any(|p| p.matches(channel))
+        self.role.is_privileged() || self.publish.iter().any(|p| p.matches(channel))
     }
 }
 

@@ -71,6 +71,8 @@ pub struct Config {
     pub backend: Backend,
     /// The Redis backend's settings (used when `backend = "redis"`).
     pub redis: RedisConfig,
+    /// The admin console and API (`/admin`).
+    pub admin: AdminConfig,
 }
 
 /// Where the server keeps its shared state.
@@ -141,6 +143,7 @@ impl Default for Config {
             health: HealthConfig::default(),
             backend: Backend::default(),
             redis: RedisConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -472,6 +475,29 @@ pub struct HealthConfig {
     /// `degraded`, in bytes; 0 means no limit. A warning before the hard limit (container or
     /// OOM killer) is reached.
     pub memory_soft_limit_bytes: u64,
+}
+
+/// The admin console and API (`/admin`, for tokens with the `admin` role).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The folder of the built console (`make console` writes `console/dist`). Empty: the
+    /// `console/dist` of the source tree the binary was built from. Read at each request, so
+    /// building the console needs no server restart; without it `/admin` answers 503 saying
+    /// how to build it.
+    pub console_dir: String,
+    /// Rate-limit refusals kept in memory for `GET /admin/api/rate-limits` (the newest; this
+    /// instance's only).
+    pub rate_limit_log: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            console_dir: String::new(),
+            rate_limit_log: 1000,
+        }
+    }
 }
 
 /// A configuration that could not be loaded or is unsafe.

@@ -24,6 +24,7 @@ use courier_core::{ChannelName, ErrorCode, Event, ValidationError};
 use courier_core::{ErrorBody, ErrorResponse};
 
 use crate::SharedState;
+use crate::admin::RateLimitedEvent;
 use crate::auth::{AuthError, Claims};
 use crate::metrics::AuthFailure;
 use crate::ratelimit::{Usage, millis};
@@ -69,6 +70,12 @@ impl ApiError {
             limit_type: None,
             headers: HeaderMap::new(),
         }
+    }
+
+    /// The same error with another status (the code's usual one otherwise).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
     }
 
     /// Names the field at fault.
@@ -202,7 +209,13 @@ fn json_response(body: String) -> Response {
 /// Charges one otherwise accepted event to its rate-limit buckets in `usage`; a refusal is
 /// `RATE_LIMIT_EXCEEDED` naming the bucket, with the exact wait and `Retry-After` (whole
 /// seconds, rounded up; a batch drops it).
-async fn charge(state: &SharedState, usage: &mut Usage, event_type: &str) -> Result<(), ApiError> {
+async fn charge(
+    state: &SharedState,
+    claims: &Claims,
+    usage: &mut Usage,
+    event: &Event,
+) -> Result<(), ApiError> {
+    let event_type = &event.event_type;
     let charge = state
         .limiter
         .charge(usage, event_type)
@@ -213,6 +226,22 @@ async fn charge(state: &SharedState, usage: &mut Usage, event_type: &str) -> Res
     }
     for (row, decision) in charge.decisions.iter().flatten() {
         state.metrics.rl_decision(*row, *decision);
+    }
+    if charge.decisions.iter().any(Option::is_some) {
+        state.admin.rate_limited(
+            &RateLimitedEvent {
+                user: &claims.sub,
+                tier: claims.tier(),
+                channel: event.channel.as_str(),
+                event_type,
+            },
+            &charge.decisions,
+            &|row| state.limiter.bucket_name(row).to_owned(),
+            charge
+                .refused
+                .as_ref()
+                .map(|r| millis(r.retry_after).max(1)),
+        );
     }
     let Some(refusal) = charge.refused else {
         return Ok(());
@@ -308,7 +337,7 @@ pub(crate) async fn publish_event(
             }
         }
     }
-    if let Err(e) = charge(state, usage, &event.event_type).await {
+    if let Err(e) = charge(state, claims, usage, &event).await {
         // Refused: the id must not stay claimed, so a retry is published, not a duplicate.
         if dedupe {
             state.idempotency.release(&key).await;
@@ -341,6 +370,7 @@ pub(crate) async fn publish_event(
     match stored {
         Ok(stored) => {
             state.metrics.published.fetch_add(1, Ordering::Relaxed);
+            state.admin.published(&channel);
             let record = PublishRecord {
                 channel: channel.to_string(),
                 epoch: stored.epoch.to_string(),

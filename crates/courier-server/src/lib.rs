@@ -27,9 +27,11 @@ use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod fault;
 pub mod health;
 pub mod http;
@@ -179,6 +181,8 @@ pub struct AppState {
     pub connections: Arc<ConnectionRegistry>,
     /// Fault injection switches.
     pub faults: Faults,
+    /// What the admin API reports (connections, channel rates, rate-limit decisions).
+    pub admin: Arc<admin::AdminState>,
     background: CancellationToken,
     started: Instant,
     draining: AtomicBool,
@@ -221,6 +225,7 @@ impl AppState {
                 stores.connections,
             )),
             faults: Faults::default(),
+            admin: Arc::new(admin::AdminState::new(config.admin.rate_limit_log)),
             background: stores.background,
             started: Instant::now(),
             draining: AtomicBool::new(false),
@@ -294,6 +299,19 @@ fn route_table(config: &Config) -> Vec<(Method, &'static str, MakeRoute)> {
         (Method::GET, "/metrics", |m| on(m, http::metrics)),
         (Method::GET, "/openapi.json", |m| {
             on(m, openapi::openapi_json)
+        }),
+        (Method::GET, "/admin", |m| on(m, console::page)),
+        (Method::GET, "/admin/assets/{*path}", |m| {
+            on(m, console::asset)
+        }),
+        (Method::GET, "/admin/api/connections", |m| {
+            on(m, admin::connections)
+        }),
+        (Method::GET, "/admin/api/channels", |m| {
+            on(m, admin::channels)
+        }),
+        (Method::GET, "/admin/api/rate-limits", |m| {
+            on(m, admin::rate_limits)
         }),
     ];
     if config.enable_fault_injection {

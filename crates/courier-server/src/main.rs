@@ -51,7 +51,7 @@ enum Command {
         /// The subject (user or service id).
         #[arg(long)]
         sub: String,
-        /// `user` or `service`.
+        /// `user`, `service` or `admin` (the admin API and console at /admin).
         #[arg(long, default_value = "user")]
         role: String,
         /// Channel patterns granted for reading, comma-separated.
@@ -125,7 +125,12 @@ fn token(
     let role = match role {
         "user" => Role::User,
         "service" => Role::Service,
-        other => return Err(format!("--role must be user or service, not `{other}`")),
+        "admin" => Role::Admin,
+        other => {
+            return Err(format!(
+                "--role must be user, service or admin, not `{other}`"
+            ));
+        }
     };
     let patterns = |list: Vec<String>| -> Result<Vec<ChannelPattern>, String> {
         list.into_iter()
@@ -246,5 +251,15 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn token_mints_the_admin_role() {
+        let config = Config::default();
+        let t = token(&config, "ops".into(), "admin", vec![], vec![], None, 60).unwrap();
+        let verifier = courier_server::auth::Verifier::new(&config.auth, None).unwrap();
+        assert_eq!(verifier.verify(&t).unwrap().role, Role::Admin);
+        let err = token(&config, "ops".into(), "root", vec![], vec![], None, 60).unwrap_err();
+        assert!(err.contains("admin"), "{err}");
     }
 }

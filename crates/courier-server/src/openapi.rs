@@ -19,7 +19,7 @@ use utoipa::openapi::{
 };
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{Config, SharedState, fault, http, replay, ws};
+use crate::{Config, SharedState, admin, console, fault, http, replay, ws};
 
 struct Bearer;
 
@@ -235,6 +235,11 @@ pub(crate) struct ChannelEvent;
         http::stats,
         http::metrics,
         openapi_json,
+        console::page,
+        console::asset,
+        admin::connections,
+        admin::channels,
+        admin::rate_limits,
     ),
     components(schemas(
         wire::PublishResponse,
@@ -258,6 +263,13 @@ pub(crate) struct ChannelEvent;
         crate::health::Level,
         Status,
         ChannelEvent,
+        admin::ConnectionsReport,
+        admin::ConnectionInfo,
+        admin::ChannelsReport,
+        admin::ChannelInfo,
+        admin::RateLimitsReport,
+        admin::RateLimitMinute,
+        admin::RateLimitRefusal,
     )),
     modifiers(&Bearer, &Headers, &Grammar),
 )]

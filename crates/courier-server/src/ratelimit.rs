@@ -178,6 +178,14 @@ impl RateLimiter {
             .collect()
     }
 
+    /// The name of the bucket of `row` (see [`RateLimiter::bucket_names`]).
+    pub fn bucket_name(&self, row: usize) -> &str {
+        self.default_table
+            .rows
+            .get(row)
+            .map_or("", |r| r.name.as_str())
+    }
+
     /// The name of the bucket `event_type` is charged to (besides `user`).
     pub fn bucket_for(&self, event_type: &str) -> String {
         let t = &self.default_table;

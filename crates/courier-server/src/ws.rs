@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::SharedState;
+use crate::admin::ConnectionEntry;
 use crate::auth::{AuthError, Claims, unix_now};
 use crate::connections::{ConnectionGuard, Refused};
 use crate::http::{ApiError, publish_event};
@@ -449,6 +450,8 @@ struct Session {
     claims: Claims,
     expires_at: Instant,
     subs: HashMap<ChannelName, (SubscriptionId, Arc<ChannelSub>)>,
+    /// This connection in the admin API's list (its channels follow `subs`).
+    listed: ConnectionEntry,
     _guard: ConnectionGuard,
 }
 
@@ -486,8 +489,9 @@ async fn run(
     let authenticated = authenticate(&state, &conn, &mut stream, &mut drop_rx).await;
     drop(unauthenticated);
     match authenticated {
-        Some((claims, guard)) => {
+        Some((claims, guard, listed)) => {
             let mut session = Session {
+                listed,
                 expires_at: expiry(claims.exp, state.config.auth.leeway_secs),
                 state: state.clone(),
                 conn: conn.clone(),
@@ -582,7 +586,7 @@ async fn authenticate(
     conn: &Arc<Conn>,
     stream: &mut SplitStream<WebSocket>,
     drop_rx: &mut watch::Receiver<u64>,
-) -> Option<(Claims, ConnectionGuard)> {
+) -> Option<(Claims, ConnectionGuard, ConnectionEntry)> {
     let fail = |code: ErrorCode, close_code: u16, message: &str| {
         tracing::info!(
             code = code.as_str(),
@@ -623,8 +627,8 @@ async fn authenticate(
         }
         Ok(Some(Incoming::Text(t))) => t,
     };
-    let token = match ClientFrame::decode(&text, state.config.max_frame_bytes) {
-        Ok(ClientFrame::Connect { token, .. }) => token,
+    let (token, client) = match ClientFrame::decode(&text, state.config.max_frame_bytes) {
+        Ok(ClientFrame::Connect { token, client }) => (token, client),
         Ok(_) => {
             fail(
                 ErrorCode::BadRequest,
@@ -676,6 +680,7 @@ async fn authenticate(
     };
     let session = state.next_session();
     tracing::info!(session = %session, sub = %claims.sub, "connected");
+    let listed = state.admin.connected(&session, &claims, client.as_deref());
     conn.send(&ServerFrame::Connected {
         session,
         epoch: state.history.epoch().to_string(),
@@ -686,7 +691,7 @@ async fn authenticate(
             max_subscriptions: state.config.ws.max_subscriptions,
         },
     });
-    Some((claims, guard))
+    Some((claims, guard, listed))
 }
 
 fn limit_error(state: &SharedState, id: Option<u64>, limit_type: &str) -> ErrorFrame {
@@ -813,6 +818,7 @@ impl Session {
             ClientFrame::Unsubscribe { id, channel } => {
                 if let Some((sid, _)) = self.subs.remove(&channel) {
                     self.state.broker.unsubscribe(&channel, sid).await;
+                    self.listed.unsubscribed(&channel);
                 }
                 self.conn.send(&ServerFrame::Unsubscribed { id, channel });
             }
@@ -954,6 +960,7 @@ impl Session {
             }
         };
         self.subs.insert(channel.clone(), (sid, sub.clone()));
+        self.listed.subscribed(&channel);
         self.conn.send(&ServerFrame::Subscribed {
             id,
             channel,

@@ -4,6 +4,8 @@
 #[path = "api/util.rs"]
 mod util;
 
+#[path = "api/admin.rs"]
+mod admin;
 #[path = "api/auth.rs"]
 mod auth;
 #[path = "api/bodies.rs"]

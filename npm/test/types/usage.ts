@@ -81,3 +81,24 @@ void listener.publish;
 void CourierProvider({ client: listener });
 const listenerStats: ClientStats = listener.stats();
 void listenerStats;
+
+// history(): pages of events typed like live ones, from both entry points.
+async function readHistory(): Promise<void> {
+  for await (const page of listener.history('backtest.abc', { direction: 'backward', limit: 50 })) {
+    const next: string | null = page.next;
+    void next;
+    for (const e of page.events) {
+      const offset: number = e.offset;
+      void offset;
+      if (e.type === 'backtest.progress') {
+        const p: number | undefined = e.data.percent;
+        void p;
+        // @ts-expect-error: no such field on backtest.progress
+        void e.data.nope;
+      }
+    }
+  }
+  // @ts-expect-error: the direction is forward or backward
+  void listener.history('backtest.abc', { direction: 'sideways' });
+}
+void readHistory;
