@@ -4,6 +4,10 @@
 #[path = "api/util.rs"]
 mod util;
 
+#[macro_use]
+#[path = "api/batches.rs"]
+mod batches;
+
 #[path = "api/auth.rs"]
 mod auth;
 #[path = "api/bodies.rs"]
@@ -22,3 +26,8 @@ mod ops;
 mod publish;
 #[path = "api/resume.rs"]
 mod resume;
+
+/// The batch cases on the in-memory backend (`redis.rs` runs them on Redis).
+mod batches_on_memory {
+    batch_tests!(((), crate::util::start().await));
+}

@@ -5,6 +5,10 @@
 #[path = "api/util.rs"]
 mod util;
 
+#[macro_use]
+#[path = "api/batches.rs"]
+mod batches;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -858,4 +862,16 @@ async fn health_reports_redis_latency_and_is_unhealthy_when_it_is_down() {
     );
     assert!(entry["error"].is_string(), "{h}");
     kill(a).await;
+}
+
+/// The batch cases (`api.rs` runs them in memory) on one instance on Redis, at the default
+/// settings (rate limits on).
+mod batches_on_redis {
+    use super::*;
+
+    batch_tests!({
+        let redis = need_redis!();
+        let server = instance(&redis, |c| c.rate_limits.enabled = true).await;
+        (redis, server)
+    });
 }

@@ -252,6 +252,10 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
+    fn fans_out_on_append(&self) -> bool {
+        true
+    }
+
     async fn subscribe(
         &self,
         channel: &ChannelName,

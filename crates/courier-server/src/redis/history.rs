@@ -4,12 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{LuaScript, Shared, eval_many, timed};
+use crate::store::{HistoryStats, HistoryStore, Retained, StoreError, StoredEvent};
 use async_trait::async_trait;
 use courier_core::{ChannelName, Event, StreamPosition};
-use redis::Script;
-
-use super::{Shared, timed};
-use crate::store::{HistoryStats, HistoryStore, Retained, StoreError, StoredEvent};
 
 /// KEYS: seq, stream, epoch. ARGV: event JSON, max events, max age (ms), pub/sub channel,
 /// epoch candidate. Returns `{offset, epoch, unix_ms}`.
@@ -106,7 +104,7 @@ pub struct RedisHistory {
     shared: Arc<Shared>,
     max_events: usize,
     max_age: Duration,
-    append: Script,
+    append: LuaScript,
 }
 
 impl RedisHistory {
@@ -116,7 +114,7 @@ impl RedisHistory {
             shared,
             max_events: max_events.max(1),
             max_age,
-            append: Script::new(APPEND),
+            append: LuaScript::new(APPEND),
         }
     }
 }
@@ -128,33 +126,54 @@ impl HistoryStore for RedisHistory {
     }
 
     async fn append(&self, event: Event) -> Result<StoredEvent, StoreError> {
-        // The core's writer: `data` is copied as it is, not parsed again.
-        let json = event.to_json();
+        self.append_many(vec![event])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError("redis: the append got no answer".into()))
+    }
+
+    async fn append_many(&self, events: Vec<Event>) -> Result<Vec<StoredEvent>, StoreError> {
         let s = &self.shared;
-        let ch = &event.channel;
-        let mut c = s.conn();
-        let mut invocation = self.append.prepare_invoke();
-        invocation
-            .key(s.key(&format!("seq:{ch}")))
-            .key(s.key(&format!("h:{ch}")))
-            .key(s.key("epoch"))
-            .arg(&json)
-            .arg(self.max_events)
-            .arg(
-                u64::try_from(self.max_age.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            )
-            .arg(s.key(&format!("ev:{ch}")))
-            .arg(super::new_epoch());
-        let (offset, epoch, _now): (u64, String, u64) =
-            timed(s, invocation.invoke_async(&mut c)).await?;
-        s.set_epoch(&epoch);
-        Ok(StoredEvent {
-            epoch: epoch.into(),
-            offset,
-            event: Arc::new(event),
-        })
+        let max_age_ms = u64::try_from(self.max_age.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let epoch_candidate = super::new_epoch();
+        // One script call per event, pipelined: Redis runs them in order, so a channel's
+        // offsets follow the order of `events`.
+        let calls = events
+            .iter()
+            .map(|event| {
+                let ch = &event.channel;
+                let mut call = self.append.call(&[
+                    s.key(&format!("seq:{ch}")),
+                    s.key(&format!("h:{ch}")),
+                    s.key("epoch"),
+                ]);
+                // The core's writer: `data` is copied as it is, not parsed again.
+                call.arg(event.to_json())
+                    .arg(self.max_events)
+                    .arg(max_age_ms)
+                    .arg(s.key(&format!("ev:{ch}")))
+                    .arg(&epoch_candidate);
+                call
+            })
+            .collect();
+        let answers: Vec<(u64, String, u64)> = eval_many(s, &self.append, calls).await?;
+        if answers.len() != events.len() {
+            return Err(StoreError("redis: the append script answered oddly".into()));
+        }
+        Ok(events
+            .into_iter()
+            .zip(answers)
+            .map(|(event, (offset, epoch, _now))| {
+                s.set_epoch(&epoch);
+                StoredEvent {
+                    epoch: epoch.into(),
+                    offset,
+                    event: Arc::new(event),
+                }
+            })
+            .collect())
     }
 
     async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError> {

@@ -3,11 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use redis::Script;
-
-use super::{Shared, timed};
+use super::{LuaScript, Shared, eval_many, timed};
 use crate::store::{Claim, IdempotencyStore, PublishRecord, StoreError};
+use async_trait::async_trait;
 
 /// How long a claim stays `pending` if its publisher dies before finishing.
 const PENDING_TTL_MS: u64 = 10_000;
@@ -24,7 +22,7 @@ return redis.call('GET', KEYS[1]) or ''
 pub struct RedisIdempotency {
     shared: Arc<Shared>,
     window: Duration,
-    claim: Script,
+    claim: LuaScript,
 }
 
 impl RedisIdempotency {
@@ -33,7 +31,7 @@ impl RedisIdempotency {
         Self {
             shared,
             window,
-            claim: Script::new(CLAIM),
+            claim: LuaScript::new(CLAIM),
         }
     }
 
@@ -61,35 +59,71 @@ fn decode(v: &str) -> Option<PublishRecord> {
 #[async_trait]
 impl IdempotencyStore for RedisIdempotency {
     async fn claim(&self, key: &str) -> Result<Claim, StoreError> {
-        let mut invocation = self.claim.prepare_invoke();
-        invocation.key(self.key(key)).arg(PENDING_TTL_MS);
-        let mut c = self.shared.conn();
-        let v: String = timed(&self.shared, invocation.invoke_async(&mut c)).await?;
-        Ok(if v.is_empty() {
-            Claim::New
-        } else if let Some(r) = decode(&v) {
-            Claim::Done(r)
-        } else {
-            Claim::Pending
-        })
+        let mut claims = self.claim_many(&[key.to_owned()]).await?;
+        claims
+            .pop()
+            .ok_or_else(|| StoreError("redis: the claim got no answer".into()))
+    }
+
+    async fn claim_many(&self, keys: &[String]) -> Result<Vec<Claim>, StoreError> {
+        let calls = keys
+            .iter()
+            .map(|k| {
+                let mut call = self.claim.call(&[self.key(k)]);
+                call.arg(PENDING_TTL_MS);
+                call
+            })
+            .collect();
+        let answers: Vec<String> = eval_many(&self.shared, &self.claim, calls).await?;
+        Ok(answers
+            .iter()
+            .map(|v| {
+                if v.is_empty() {
+                    Claim::New
+                } else if let Some(r) = decode(v) {
+                    Claim::Done(r)
+                } else {
+                    Claim::Pending
+                }
+            })
+            .collect())
     }
 
     async fn complete(&self, key: &str, record: PublishRecord) -> Result<(), StoreError> {
+        self.complete_many(vec![(key.to_owned(), record)]).await
+    }
+
+    async fn complete_many(&self, done: Vec<(String, PublishRecord)>) -> Result<(), StoreError> {
+        if done.is_empty() {
+            return Ok(());
+        }
         let ms = u64::try_from(self.window.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        let mut c = self.shared.conn();
-        let _: () = timed(
-            &self.shared,
-            redis::cmd("SET")
+        let mut pipe = redis::pipe();
+        for (key, record) in &done {
+            pipe.cmd("SET")
                 .arg(self.key(key))
-                .arg(encode(&record))
+                .arg(encode(record))
                 .arg("PX")
                 .arg(ms)
-                .query_async(&mut c),
-        )
-        .await?;
+                .ignore();
+        }
+        let mut c = self.shared.conn();
+        let _: () = timed(&self.shared, pipe.query_async(&mut c)).await?;
         Ok(())
+    }
+
+    async fn release_many(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut c = self.shared.conn();
+        let mut del = redis::cmd("DEL");
+        for k in keys {
+            del.arg(self.key(k));
+        }
+        let _: Result<(), _> = timed(&self.shared, del.query_async(&mut c)).await;
     }
 
     async fn release(&self, key: &str) {

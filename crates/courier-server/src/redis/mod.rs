@@ -218,3 +218,62 @@ impl Shared {
         self.fanout_up.load(Ordering::SeqCst)
     }
 }
+
+/// A Lua script that can run many times in one pipelined round trip.
+pub(crate) struct LuaScript {
+    script: redis::Script,
+    code: &'static str,
+}
+
+impl LuaScript {
+    pub(crate) fn new(code: &'static str) -> Self {
+        Self {
+            script: redis::Script::new(code),
+            code,
+        }
+    }
+
+    /// One call of the script (`EVALSHA`), for [`eval_many`]; add the arguments to it.
+    pub(crate) fn call<K: redis::ToRedisArgs>(&self, keys: &[K]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash()).arg(keys.len());
+        for k in keys {
+            cmd.arg(k);
+        }
+        cmd
+    }
+}
+
+/// Runs `calls` of `script`, in order, as one pipelined round trip within the command
+/// timeout; one answer per call. Several calls are preceded by `SCRIPT LOAD` in the same
+/// pipeline (cheap when loaded), so a Redis that lost its script cache cannot answer some of
+/// them `NOSCRIPT` and run the others; a single call loads the script only when asked to.
+pub(crate) async fn eval_many<T: redis::FromRedisValue>(
+    shared: &Shared,
+    script: &LuaScript,
+    calls: Vec<redis::Cmd>,
+) -> Result<Vec<T>, StoreError> {
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let run = |load: bool| {
+        let mut pipe = redis::pipe();
+        if load {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(script.code).ignore();
+        }
+        for c in &calls {
+            pipe.add_command(c.clone());
+        }
+        pipe
+    };
+    let mut c = shared.conn();
+    let first = calls.len() == 1;
+    let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
+    timed(shared, async {
+        match run(!first).query_async::<Vec<T>>(&mut c).await {
+            Err(e) if first && e.kind() == no_script => run(true).query_async(&mut c).await,
+            r => r,
+        }
+    })
+    .await
+}
