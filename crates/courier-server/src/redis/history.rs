@@ -9,35 +9,42 @@ use crate::store::{HistoryStats, HistoryStore, Retained, StoreError, StoredEvent
 use async_trait::async_trait;
 use courier_core::{ChannelName, Event, StreamPosition};
 
-/// KEYS: seq, stream, epoch. ARGV: event JSON, max events, max age (ms), pub/sub channel,
-/// epoch candidate. Returns `{offset, epoch, unix_ms}`.
+/// KEYS: seq, stream, epoch. ARGV: max events, max age (ms), pub/sub channel, epoch
+/// candidate, then the events' JSON, in order. Appends them all to the one channel with
+/// consecutive offsets and publishes each. Returns `{first offset, epoch, unix_ms}`.
 const APPEND: &str = r#"
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
-  epoch = ARGV[5]
+  epoch = ARGV[4]
   redis.call('SET', KEYS[3], epoch)
 end
-local off = redis.call('INCR', KEYS[1])
+local n = #ARGV - 4
+local last = redis.call('INCRBY', KEYS[1], n)
+local first = last - n + 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], off .. '-0', 'e', ARGV[1], 'p', epoch, 't', now)
-local max_age = tonumber(ARGV[3])
+local head = '{"op":"event","epoch":"' .. epoch .. '","offset":'
+for i = 1, n do
+  local off = first + i - 1
+  local json = ARGV[4 + i]
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], off .. '-0', 'e', json, 'p', epoch, 't', now)
+  redis.call('PUBLISH', ARGV[3], off .. ' ' .. now .. ' ' .. epoch .. ' ' .. head .. off .. ',"event":' .. json .. '}')
+end
+local max_age = tonumber(ARGV[2])
 local cutoff = now - max_age
 for i = 1, 32 do
-  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-  if #first == 0 then break end
-  local f = first[1][2]
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #oldest == 0 then break end
+  local f = oldest[1][2]
   local ft = 0
   for j = 1, #f, 2 do
     if f[j] == 't' then ft = tonumber(f[j + 1]) end
   end
   if ft >= cutoff then break end
-  redis.call('XDEL', KEYS[2], first[1][1])
+  redis.call('XDEL', KEYS[2], oldest[1][1])
 end
 redis.call('PEXPIRE', KEYS[2], max_age)
-local frame = '{"op":"event","epoch":"' .. epoch .. '","offset":' .. off .. ',"event":' .. ARGV[1] .. '}'
-redis.call('PUBLISH', ARGV[4], off .. ' ' .. now .. ' ' .. epoch .. ' ' .. frame)
-return {off, epoch, now}
+return {first, epoch, now}
 "#;
 
 /// The `event` frame for an entry, byte for byte what the append script publishes.
@@ -138,40 +145,53 @@ impl HistoryStore for RedisHistory {
             .unwrap_or(u64::MAX)
             .max(1);
         let epoch_candidate = super::new_epoch();
-        // One script call per event, pipelined: Redis runs them in order, so a channel's
-        // offsets follow the order of `events`.
-        let calls = events
+        // One script call per channel with that channel's events in order, pipelined:
+        // offsets are consecutive per channel in the order of `events`.
+        let mut groups: Vec<(&ChannelName, Vec<usize>)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            match groups.iter_mut().find(|(ch, _)| **ch == e.channel) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((&e.channel, vec![i])),
+            }
+        }
+        let calls = groups
             .iter()
-            .map(|event| {
-                let ch = &event.channel;
+            .map(|(ch, members)| {
                 let mut call = self.append.call(&[
                     s.key(&format!("seq:{ch}")),
                     s.key(&format!("h:{ch}")),
                     s.key("epoch"),
                 ]);
-                // The core's writer: `data` is copied as it is, not parsed again.
-                call.arg(event.to_json())
-                    .arg(self.max_events)
+                call.arg(self.max_events)
                     .arg(max_age_ms)
                     .arg(s.key(&format!("ev:{ch}")))
                     .arg(&epoch_candidate);
+                for &i in members {
+                    // The core's writer: `data` is copied as it is, not parsed again.
+                    call.arg(events[i].to_json());
+                }
                 call
             })
             .collect();
         let answers: Vec<(u64, String, u64)> = eval_many(s, &self.append, calls).await?;
-        if answers.len() != events.len() {
+        if answers.len() != groups.len() {
             return Err(StoreError("redis: the append script answered oddly".into()));
+        }
+        let mut positions: Vec<(u64, Arc<str>)> = vec![(0, "".into()); events.len()];
+        for ((_, members), (first, epoch, _now)) in groups.iter().zip(answers) {
+            s.set_epoch(&epoch);
+            let epoch: Arc<str> = epoch.into();
+            for (k, &i) in members.iter().enumerate() {
+                positions[i] = (first + k as u64, epoch.clone());
+            }
         }
         Ok(events
             .into_iter()
-            .zip(answers)
-            .map(|(event, (offset, epoch, _now))| {
-                s.set_epoch(&epoch);
-                StoredEvent {
-                    epoch: epoch.into(),
-                    offset,
-                    event: Arc::new(event),
-                }
+            .zip(positions)
+            .map(|(event, (offset, epoch))| StoredEvent {
+                epoch,
+                offset,
+                event: Arc::new(event),
             })
             .collect())
     }

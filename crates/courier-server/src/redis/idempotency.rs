@@ -1,38 +1,26 @@
-//! The idempotency window: one atomic set-if-absent with expiry per event id.
+//! The idempotency window: one atomic set-if-absent-and-get with expiry per event id, all
+//! of a request's ids in one pipeline.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{LuaScript, Shared, eval_many, timed};
+use super::{Shared, timed};
 use crate::store::{Claim, IdempotencyStore, PublishRecord, StoreError};
 use async_trait::async_trait;
 
 /// How long a claim stays `pending` if its publisher dies before finishing.
 const PENDING_TTL_MS: u64 = 10_000;
 
-/// KEYS: the id's key. ARGV: pending TTL (ms). Returns "" when claimed, else the value.
-const CLAIM: &str = r#"
-if redis.call('SET', KEYS[1], 'pending', 'NX', 'PX', ARGV[1]) then
-  return ''
-end
-return redis.call('GET', KEYS[1]) or ''
-"#;
-
 /// Event ids in Redis for the window.
 pub struct RedisIdempotency {
     shared: Arc<Shared>,
     window: Duration,
-    claim: LuaScript,
 }
 
 impl RedisIdempotency {
     /// Ids over `shared`, remembered for `window`.
     pub fn new(shared: Arc<Shared>, window: Duration) -> Self {
-        Self {
-            shared,
-            window,
-            claim: LuaScript::new(CLAIM),
-        }
+        Self { shared, window }
     }
 
     fn key(&self, key: &str) -> String {
@@ -66,15 +54,20 @@ impl IdempotencyStore for RedisIdempotency {
     }
 
     async fn claim_many(&self, keys: &[String]) -> Result<Vec<Claim>, StoreError> {
-        let calls = keys
-            .iter()
-            .map(|k| {
-                let mut call = self.claim.call(&[self.key(k)]);
-                call.arg(PENDING_TTL_MS);
-                call
-            })
-            .collect();
-        let answers: Vec<String> = eval_many(&self.shared, &self.claim, calls).await?;
+        // `SET NX GET` (Redis >= 7.0) claims and reads in one command: nil when claimed.
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("SET")
+                .arg(self.key(k))
+                .arg("pending")
+                .arg("NX")
+                .arg("PX")
+                .arg(PENDING_TTL_MS)
+                .arg("GET");
+        }
+        let mut c = self.shared.conn();
+        let answers: Vec<Option<String>> = timed(&self.shared, pipe.query_async(&mut c)).await?;
+        let answers: Vec<String> = answers.into_iter().map(Option::unwrap_or_default).collect();
         Ok(answers
             .iter()
             .map(|v| {

@@ -9,15 +9,21 @@
 //! | `h:{channel}` | stream | the channel's history; entry id `{offset}-0`, fields `e` (event JSON), `p` (epoch), `t` (Unix ms); trimmed by count and age, expires when idle |
 //! | `ev:{channel}` | pub/sub | every appended event, published in the same script as the append |
 //! | `rl:{bucket}:{sub}` | string | a GCRA bucket's theoretical arrival time (µs), expiring when full; `{bucket}` is `user`, `type:{prefix}` or `fallback` (one per user for every type no row matches) |
-//! | `idem:{sub}:{id}` | string | `pending` while publishing, then the first publish's position |
+//! | `idem:{sub}:{id}` | string | `pending` while publishing (claimed with `SET NX GET`), then the first publish's position |
 //! | `conn:{user}` | hash | connections per instance id |
 //! | `inst:{id}` | string | an instance's heartbeat; it expires when the instance dies |
 //!
-//! One Lua script appends an event: it reads (or recreates) the epoch, `INCR`s the channel's
-//! offset, `XADD`s the entry, trims, and `PUBLISH`es the encoded frame. Redis runs scripts
-//! one at a time, so offsets are dense and every instance's subscriber connection receives a
-//! channel's events in offset order. An instance whose pub/sub connection was interrupted
-//! fills the hole from the stream when it is back (see [`broker`]).
+//! One Lua script appends a channel's events of one request: it reads (or recreates) the
+//! epoch, `INCRBY`s the channel's offset, `XADD`s the entries, `PUBLISH`es each encoded
+//! frame, and trims. Redis runs scripts one at a time, so offsets are dense and every
+//! instance's subscriber connection receives a channel's events in offset order. An instance
+//! whose pub/sub connection was interrupted fills the hole from the stream when it is back
+//! (see [`broker`]).
+//!
+//! A publish request (one event or a batch) costs a fixed number of round trips whatever its
+//! size: each stage (idempotency claims with `SET NX GET`, which needs Redis >= 7.0; the
+//! rate-limit script once per event; the appends, one script call per channel; the
+//! completions) is one pipeline.
 //!
 //! Redis Cluster is not supported (the scripts touch keys of several slots); use one Redis,
 //! with Sentinel for failover, `maxmemory-policy noeviction`, and AOF
