@@ -899,6 +899,7 @@ pub(crate) async fn metrics(State(state): State<SharedState>) -> Response {
         state.broker.channel_count(),
         history.events,
         state.is_draining(),
+        state.history.data_loss().epoch_changes,
     );
     (
         [(

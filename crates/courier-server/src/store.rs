@@ -95,6 +95,15 @@ pub struct HistoryStats {
     pub events: usize,
 }
 
+/// What the history's backend is known to have lost while this instance ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataLoss {
+    /// Times the epoch changed under this instance (the backend lost its data).
+    pub epoch_changes: u64,
+    /// When this instance last saw it change (Unix ms).
+    pub last_at_ms: Option<u64>,
+}
+
 /// Per-channel history with server-assigned offsets.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
@@ -126,6 +135,11 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Whether the backend can serve now (`/health/ready`); in-process stores always can.
     async fn ready(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// What the backend lost while this instance ran; an in-process store loses nothing
+    /// without the process.
+    fn data_loss(&self) -> DataLoss {
+        DataLoss::default()
     }
 }
 

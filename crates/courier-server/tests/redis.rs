@@ -875,3 +875,151 @@ mod batches_on_redis {
         (redis, server)
     });
 }
+
+/// The `courier_history_epoch_changes_total` sample of `/metrics`.
+async fn epoch_changes_metric(server: &Server) -> u64 {
+    let text = server.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("courier_history_epoch_changes_total "))
+        .expect("the epoch-change counter is exported")
+        .parse()
+        .unwrap()
+}
+
+/// Publishes a batch until no event is refused for Redis being away; returns the results.
+async fn publish_batch_retrying(server: &Server, token: &str, events: &[Value]) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let r = server
+            .post("/publish/batch", Some(token), &json!({ "events": events }))
+            .await;
+        if r.status() == 200 {
+            let v: Value = r.json().await.unwrap();
+            let results = v["results"].as_array().unwrap().clone();
+            if results.iter().all(|r| r["error"]["code"] != "UNAVAILABLE") {
+                return results;
+            }
+        } else {
+            assert_eq!(r.status(), 503);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "Redis never back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_aof_always_ids_acknowledged_before_a_kill_9_stay_duplicates() {
+    let mut redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    // Five single publishes and a batch of five, with ids, over two channels.
+    let singles: Vec<Value> = (0..5).map(|i| ev(&format!("s{i}"), "global", i)).collect();
+    let batch: Vec<Value> = (0..5)
+        .map(|i| {
+            ev(
+                &format!("b{i}"),
+                if i % 2 == 0 { "global" } else { "other" },
+                i,
+            )
+        })
+        .collect();
+    let mut first = Vec::new();
+    for e in &singles {
+        first.push(publish_ok(&a, &svc, e).await);
+    }
+    let first_batch = publish_batch_retrying(&a, &svc, &batch).await;
+    let epoch = first[0]["epoch"].as_str().unwrap().to_owned();
+    // SIGKILL: only the AOF (fsynced before every answer) survives.
+    redis.kill();
+    redis.spawn().await;
+    // The same ids again: every one a duplicate with its first position.
+    for (e, was) in singles.iter().zip(&first) {
+        let again = publish_retrying(&a, &svc, e).await;
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(
+            (&again["epoch"], &again["offset"]),
+            (&was["epoch"], &was["offset"])
+        );
+    }
+    let again = publish_batch_retrying(&a, &svc, &batch).await;
+    for (r, was) in again.iter().zip(&first_batch) {
+        assert_eq!(r["status"], "duplicate", "{r}");
+        assert_eq!((&r["epoch"], &r["offset"]), (&was["epoch"], &was["offset"]));
+    }
+    // History intact: a resume from the start of the epoch replays all of it, once.
+    let (mut ws, _) = a.connect(&user("u")).await;
+    let f = ws
+        .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 0})))
+        .await;
+    assert_eq!(
+        (f["recovered"].as_bool(), f["epoch"].as_str()),
+        (Some(true), Some(epoch.as_str())),
+        "{f}"
+    );
+    let ids: Vec<String> = expect_events(&mut ws, 1, 8)
+        .await
+        .iter()
+        .map(|f| f["event"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["s0", "s1", "s2", "s3", "s4", "b0", "b2", "b4"]);
+    // Nothing was lost, and /health and /metrics say so.
+    let h: Value = a.get("/health").await.json().await.unwrap();
+    assert_eq!(
+        (
+            h["components"]["redis"]["status"].as_str(),
+            h["components"]["redis"]["epoch_changes"].as_u64()
+        ),
+        (Some("reachable"), Some(0)),
+        "{h}"
+    );
+    assert_eq!(epoch_changes_metric(&a).await, 0);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_persistence_a_restart_loses_ids_and_health_and_metrics_say_so() {
+    let mut redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    let was = publish_ok(&a, &svc, &ev("k1", "global", 1)).await;
+    assert_eq!(epoch_changes_metric(&a).await, 0);
+    // Redis comes back empty, as one without persistence does.
+    redis.restart_empty().await;
+    // The documented loss: the id is accepted again, as new, in a new epoch.
+    let again = publish_retrying(&a, &svc, &ev("k1", "global", 1)).await;
+    assert_eq!(again["duplicate"], false, "{again}");
+    assert_ne!(again["epoch"], was["epoch"]);
+    // Both instances tell: the one that published at once, the other at its next read.
+    for server in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + STEP;
+        let h = loop {
+            let h: Value = server.get("/health").await.json().await.unwrap();
+            if h["components"]["redis"]["status"] == "data_lost" {
+                break h;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reported: {h}"
+            );
+            // A read of the channel is what shows the other instance the new epoch.
+            let (mut ws, _) = server.connect(&user("u")).await;
+            ws.subscribe(1, "global", None).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let r = &h["components"]["redis"];
+        assert_eq!(
+            (
+                h["status"].as_str(),
+                r["level"].as_str(),
+                r["epoch_changes"].as_u64()
+            ),
+            (Some("degraded"), Some("degraded"), Some(1)),
+            "{h}"
+        );
+        assert!(r["data_lost_at_ms"].as_u64().is_some(), "{h}");
+        assert_eq!(epoch_changes_metric(server).await, 1);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{LuaScript, Shared, eval_many, timed};
-use crate::store::{HistoryStats, HistoryStore, Retained, StoreError, StoredEvent};
+use crate::store::{DataLoss, HistoryStats, HistoryStore, Retained, StoreError, StoredEvent};
 use async_trait::async_trait;
 use courier_core::{ChannelName, Event, StreamPosition};
 
@@ -280,5 +280,9 @@ impl HistoryStore for RedisHistory {
         let mut c = s.conn();
         let _: String = timed(s, redis::cmd("PING").query_async(&mut c)).await?;
         Ok(())
+    }
+
+    fn data_loss(&self) -> DataLoss {
+        self.shared.data_loss()
     }
 }

@@ -29,7 +29,7 @@
 //! with Sentinel for failover, `maxmemory-policy noeviction`, and AOF
 //! (`appendonly yes`, `appendfsync always` for "acknowledged means durable").
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ use redis::{Client, RedisError};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, RedisConfig};
-use crate::store::StoreError;
+use crate::store::{DataLoss, StoreError};
 use crate::{ServerError, Stores};
 
 pub mod broker;
@@ -68,6 +68,10 @@ pub struct Shared {
     config: RedisConfig,
     instance: String,
     epoch: RwLock<Arc<str>>,
+    /// Times the epoch changed after this instance first read it (Redis lost its data).
+    epoch_changes: AtomicU64,
+    /// When it last changed (Unix ms; 0: never).
+    epoch_changed_at_ms: AtomicU64,
     /// The fan-out connection is subscribed (readiness).
     fanout_up: AtomicBool,
     stop: CancellationToken,
@@ -88,9 +92,33 @@ impl Shared {
     }
 
     fn set_epoch(&self, epoch: &str) {
-        if *self.epoch() != *epoch {
-            tracing::warn!(epoch, "history epoch changed (Redis lost its data)");
-            *self.epoch.write().expect("epoch lock") = epoch.into();
+        if *self.epoch() == *epoch {
+            return;
+        }
+        let mut current = self.epoch.write().expect("epoch lock");
+        if **current == *epoch {
+            return;
+        }
+        // The first epoch read is no change; any later one means Redis lost its data.
+        if !current.is_empty() {
+            tracing::warn!(
+                old = %current, epoch,
+                "history epoch changed: Redis lost its data (history, offsets, and the \
+                 idempotency window: ids acknowledged before are accepted again as new)"
+            );
+            self.epoch_changes.fetch_add(1, Ordering::Relaxed);
+            self.epoch_changed_at_ms
+                .store(crate::http::unix_ms(), Ordering::Relaxed);
+        }
+        *current = epoch.into();
+    }
+
+    /// What Redis lost while this instance ran.
+    pub fn data_loss(&self) -> DataLoss {
+        let at = self.epoch_changed_at_ms.load(Ordering::Relaxed);
+        DataLoss {
+            epoch_changes: self.epoch_changes.load(Ordering::Relaxed),
+            last_at_ms: (at > 0).then_some(at),
         }
     }
 
@@ -159,6 +187,8 @@ pub async fn connect(config: &Config) -> Result<Stores, ServerError> {
         instance: format!("{}", uuid::Uuid::new_v4().simple()),
         config: rc,
         epoch: RwLock::new("".into()),
+        epoch_changes: AtomicU64::new(0),
+        epoch_changed_at_ms: AtomicU64::new(0),
         fanout_up: AtomicBool::new(false),
         stop: stop.clone(),
     });
