@@ -11,7 +11,10 @@ use courier_core::{ChannelName, Event, StreamPosition};
 
 /// KEYS: seq, stream, epoch. ARGV: max events, max age (ms), pub/sub channel, epoch
 /// candidate, then the events' JSON, in order. Appends them all to the one channel with
-/// consecutive offsets and publishes each. Returns `{first offset, epoch, unix_ms}`.
+/// consecutive offsets, and publishes them in one message,
+/// `"{first offset} {unix_ms} {epoch} {len},{len},… {json}{json}…"` (byte lengths; the
+/// broker builds the frames, so no string is built here per event). Returns
+/// `{first offset, epoch, unix_ms}`.
 const APPEND: &str = r#"
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
@@ -23,13 +26,13 @@ local last = redis.call('INCRBY', KEYS[1], n)
 local first = last - n + 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local head = '{"op":"event","epoch":"' .. epoch .. '","offset":'
+local lens = {}
 for i = 1, n do
-  local off = first + i - 1
   local json = ARGV[4 + i]
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], off .. '-0', 'e', json, 'p', epoch, 't', now)
-  redis.call('PUBLISH', ARGV[3], off .. ' ' .. now .. ' ' .. epoch .. ' ' .. head .. off .. ',"event":' .. json .. '}')
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], (first + i - 1) .. '-0', 'e', json, 'p', epoch, 't', now)
+  lens[i] = #json
 end
+redis.call('PUBLISH', ARGV[3], first .. ' ' .. now .. ' ' .. epoch .. ' ' .. table.concat(lens, ',') .. ' ' .. table.concat(ARGV, '', 5))
 local max_age = tonumber(ARGV[2])
 local cutoff = now - max_age
 for i = 1, 32 do
@@ -47,7 +50,40 @@ redis.call('PEXPIRE', KEYS[2], max_age)
 return {first, epoch, now}
 "#;
 
-/// The `event` frame for an entry, byte for byte what the append script publishes.
+/// One pub/sub message of the append script: a channel's consecutive events.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Appended<'a> {
+    pub(crate) first: u64,
+    pub(crate) unix_ms: u64,
+    pub(crate) epoch: &'a str,
+    /// Each event's JSON, at offsets `first`, `first + 1`, …
+    pub(crate) events: Vec<&'a str>,
+}
+
+/// Reads a message of the append script; `None` when it is not one.
+pub(crate) fn parse_appended(payload: &str) -> Option<Appended<'_>> {
+    let mut parts = payload.splitn(5, ' ');
+    let first = parts.next()?.parse().ok()?;
+    let unix_ms = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?;
+    let lens = parts.next()?;
+    let mut rest = parts.next()?;
+    let mut events = Vec::new();
+    for len in lens.split(',') {
+        let len: usize = len.parse().ok()?;
+        let (json, tail) = (rest.get(..len)?, rest.get(len..)?);
+        events.push(json);
+        rest = tail;
+    }
+    rest.is_empty().then_some(Appended {
+        first,
+        unix_ms,
+        epoch,
+        events,
+    })
+}
+
+/// The `event` frame for an entry.
 pub(crate) fn event_frame(epoch: &str, offset: u64, event_json: &str) -> String {
     format!(r#"{{"op":"event","epoch":"{epoch}","offset":{offset},"event":{event_json}}}"#)
 }
@@ -284,5 +320,29 @@ impl HistoryStore for RedisHistory {
 
     fn data_loss(&self) -> DataLoss {
         self.shared.data_loss()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_messages_split_by_byte_length() {
+        let m = parse_appended("7 1700 e1 10,12 {\"a\":\"é\"}{\"b\":\" 1,2\"}").unwrap();
+        assert_eq!(
+            m,
+            Appended {
+                first: 7,
+                unix_ms: 1700,
+                epoch: "e1",
+                events: vec!["{\"a\":\"é\"}", "{\"b\":\" 1,2\"}"],
+            }
+        );
+        // A length past the end, or in the middle of a character, or bytes left over.
+        assert_eq!(parse_appended("7 1700 e1 99 {}"), None);
+        assert_eq!(parse_appended("7 1700 e1 7 {\"a\":\"é\"}"), None);
+        assert_eq!(parse_appended("7 1700 e1 1 {}"), None);
+        assert_eq!(parse_appended("x 1700 e1 2 {}"), None);
     }
 }
