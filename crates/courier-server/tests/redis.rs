@@ -1023,3 +1023,75 @@ async fn without_persistence_a_restart_loses_ids_and_health_and_metrics_say_so()
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Five rounds of a batch of ten over `one` and `two`, then a single to `one`, ids
+/// `{name}-{round}-{i}` (`s` for the single).
+async fn publish_rounds(name: &str, via: &Server, svc: &str) {
+    for round in 0..5 {
+        let events: Vec<Value> = (0..10)
+            .map(|i| {
+                let ch = if i % 3 == 0 { "two" } else { "one" };
+                ev(&format!("{name}-{round}-{i}"), ch, i)
+            })
+            .collect();
+        let results = publish_batch_retrying(via, svc, &events).await;
+        assert!(
+            results.iter().all(|r| r["status"] == "accepted"),
+            "{results:?}"
+        );
+        publish_ok(via, svc, &ev(&format!("{name}-{round}-s"), "one", 0)).await;
+    }
+}
+
+#[tokio::test]
+async fn batches_over_several_channels_reach_every_instance_once_in_order() {
+    let redis = need_redis!();
+    let (a, b) = (
+        instance(&redis, |_| {}).await,
+        instance(&redis, |_| {}).await,
+    );
+    let svc = service("svc");
+    let reader = util::user_with("u", &["one", "two"], &[]);
+    // Subscribers of both channels on both instances.
+    let mut sockets = Vec::new();
+    for server in [&a, &b] {
+        for channel in ["one", "two"] {
+            let (mut ws, _) = server.connect(&reader).await;
+            assert_eq!(ws.subscribe(1, channel, None).await["op"], "subscribed");
+            sockets.push((channel, ws));
+        }
+    }
+    // Batches mixing the two channels, from both instances at once, with singles between.
+    tokio::join!(publish_rounds("a", &a, &svc), publish_rounds("b", &b, &svc));
+    // "one" got 2 × 5 × (6 + 1) events, "two" 2 × 5 × 4.
+    let mut seen: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for (channel, ws) in &mut sockets {
+        let n = if *channel == "one" { 70 } else { 40 };
+        let ids: Vec<String> = expect_events(ws, 1, n)
+            .await
+            .iter()
+            .map(|f| f["event"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        // Both instances deliver the same sequence.
+        match seen.get(channel) {
+            Some(first) => assert_eq!(first, &ids, "{channel}"),
+            None => {
+                // Each publisher's events keep its order within the channel.
+                for p in ["a-", "b-"] {
+                    let mine: Vec<&String> = ids.iter().filter(|i| i.starts_with(p)).collect();
+                    let mut sorted = mine.clone();
+                    sorted.sort_by_key(|i| {
+                        let mut parts = i.split('-').skip(1);
+                        let round: u32 = parts.next().unwrap().parse().unwrap();
+                        let i: u32 = parts.next().unwrap().parse().unwrap_or(99);
+                        (round, i)
+                    });
+                    assert_eq!(mine, sorted, "{channel}");
+                }
+                seen.insert(channel, ids);
+            }
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
