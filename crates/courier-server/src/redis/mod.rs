@@ -179,6 +179,13 @@ pub async fn connect(config: &Config) -> Result<Stores, ServerError> {
             }
         }
     };
+    let mut probe = conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut probe)
+        .await
+        .map_err(|e| ServerError::Backend(format!("redis: INFO server: {e}")))?;
+    check_version(&info).map_err(ServerError::Backend)?;
     let stop = CancellationToken::new();
     let shared = Arc::new(Shared {
         client,
@@ -218,6 +225,28 @@ pub async fn connect(config: &Config) -> Result<Stores, ServerError> {
         connections: Arc::new(connections),
         background: stop,
     })
+}
+
+/// The oldest Redis the backend runs on: idempotency claims use `SET … NX … GET`.
+const MIN_VERSION: (u32, u32) = (7, 0);
+
+/// Refuses a Redis older than [`MIN_VERSION`], from its `INFO server` text.
+fn check_version(info: &str) -> Result<(), String> {
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(str::trim)
+        .ok_or("redis: INFO server names no redis_version")?;
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found < MIN_VERSION {
+        return Err(format!(
+            "Redis {version} is too old: the redis backend needs Redis {}.{} or later \
+             (idempotency claims use SET NX GET); upgrade Redis",
+            MIN_VERSION.0, MIN_VERSION.1
+        ));
+    }
+    Ok(())
 }
 
 /// The URL without its password, for logs.
@@ -312,4 +341,24 @@ pub(crate) async fn eval_many<T: redis::FromRedisValue>(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_older_than_7_is_refused_with_what_to_do() {
+        assert_eq!(
+            check_version("# Server\r\nredis_version:7.0.15\r\n"),
+            Ok(())
+        );
+        assert_eq!(check_version("redis_version:8.2.1"), Ok(()));
+        let old = check_version("redis_version:6.2.14\r\nredis_mode:standalone").unwrap_err();
+        assert!(
+            old.contains("6.2.14") && old.contains("7.0 or later"),
+            "{old}"
+        );
+        assert!(check_version("nothing").is_err());
+    }
 }
