@@ -29,9 +29,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lens = {}
 for i = 1, n do
   local json = ARGV[4 + i]
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], (first + i - 1) .. '-0', 'e', json, 'p', epoch, 't', now)
+  redis.call('XADD', KEYS[2], (first + i - 1) .. '-0', 'e', json, 'p', epoch, 't', now)
   lens[i] = #json
 end
+-- Trimmed by count once for the whole request: the same entries stay as when each XADD
+-- trims, and the script is atomic.
+redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])
 redis.call('PUBLISH', ARGV[3], first .. ' ' .. now .. ' ' .. epoch .. ' ' .. table.concat(lens, ',') .. ' ' .. table.concat(ARGV, '', 5))
 local max_age = tonumber(ARGV[2])
 local cutoff = now - max_age
