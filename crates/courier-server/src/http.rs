@@ -456,7 +456,10 @@ async fn publish_part(
             Ok(stored) => {
                 let mut out = Vec::with_capacity(stored.len());
                 for s in stored {
-                    out.push(fan_out(state, &s).await.map(|()| s));
+                    out.push(match s {
+                        Ok(s) => fan_out(state, &s).await.map(|()| s),
+                        Err(e) => Err(e),
+                    });
                 }
                 Ok(out)
             }

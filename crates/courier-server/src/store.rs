@@ -112,12 +112,15 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Appends `event` to its channel and returns it with its offset.
     async fn append(&self, event: Event) -> Result<StoredEvent, StoreError>;
     /// Appends `events` in order (offsets dense per channel, in the order given), as one
-    /// step where the backend can (Redis: one pipelined round trip). All or nothing as far
-    /// as the caller knows: an error means none of them may be taken as stored.
-    async fn append_many(&self, events: Vec<Event>) -> Result<Vec<StoredEvent>, StoreError> {
+    /// step where the backend can (Redis: one pipelined round trip); one result per event.
+    /// An `Err` of the whole means no result is known (the backend is unreachable).
+    async fn append_many(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
         let mut stored = Vec::with_capacity(events.len());
         for e in events {
-            stored.push(self.append(e).await?);
+            stored.push(self.append(e).await);
         }
         Ok(stored)
     }

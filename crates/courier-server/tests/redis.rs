@@ -1095,3 +1095,63 @@ async fn batches_over_several_channels_reach_every_instance_once_in_order() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_channel_redis_refuses_rejects_its_events_alone_and_leaves_their_ids_free() {
+    let redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    // A channel whose offset counter Redis cannot increment (as a damaged key would be).
+    assert_eq!(
+        redis.command("SET courier:seq:broken not-a-number").await,
+        "+OK"
+    );
+    let events = [
+        ev("f1", "fine", 1),
+        ev("x1", "broken", 2),
+        ev("f2", "fine", 3),
+        ev("x2", "broken", 4),
+    ];
+    let r = a
+        .post("/publish/batch", Some(&svc), &json!({ "events": events }))
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let res = v["results"].as_array().unwrap();
+    let got: Vec<(&str, Option<u64>, Option<&str>)> = res
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap(),
+                r["offset"].as_u64(),
+                r["error"]["code"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("accepted", Some(1), None),
+            ("rejected", None, Some("UNAVAILABLE")),
+            ("accepted", Some(2), None),
+            ("rejected", None, Some("UNAVAILABLE")),
+        ]
+    );
+    // Repaired, the refused ids publish as new events, not duplicates.
+    assert_eq!(redis.command("DEL courier:seq:broken").await, ":1");
+    let again = publish_batch_retrying(&a, &svc, &events).await;
+    let statuses: Vec<(&str, Option<u64>)> = again
+        .iter()
+        .map(|r| (r["status"].as_str().unwrap(), r["offset"].as_u64()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("duplicate", Some(1)),
+            ("accepted", Some(1)),
+            ("duplicate", Some(2)),
+            ("accepted", Some(2)),
+        ]
+    );
+    a.shutdown().await;
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{LuaScript, Shared, eval_many, timed};
+use super::{LuaScript, Shared, eval_each, timed};
 use crate::store::{DataLoss, HistoryStats, HistoryStore, Retained, StoreError, StoredEvent};
 use async_trait::async_trait;
 use courier_core::{ChannelName, Event, StreamPosition};
@@ -175,10 +175,13 @@ impl HistoryStore for RedisHistory {
         self.append_many(vec![event])
             .await?
             .pop()
-            .ok_or_else(|| StoreError("redis: the append got no answer".into()))
+            .unwrap_or_else(|| Err(StoreError("redis: the append got no answer".into())))
     }
 
-    async fn append_many(&self, events: Vec<Event>) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn append_many(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
         let s = &self.shared;
         let max_age_ms = u64::try_from(self.max_age.as_millis())
             .unwrap_or(u64::MAX)
@@ -212,25 +215,37 @@ impl HistoryStore for RedisHistory {
                 call
             })
             .collect();
-        let answers: Vec<(u64, String, u64)> = eval_many(s, &self.append, calls).await?;
-        if answers.len() != groups.len() {
-            return Err(StoreError("redis: the append script answered oddly".into()));
-        }
-        let mut positions: Vec<(u64, Arc<str>)> = vec![(0, "".into()); events.len()];
-        for ((_, members), (first, epoch, _now)) in groups.iter().zip(answers) {
-            s.set_epoch(&epoch);
-            let epoch: Arc<str> = epoch.into();
-            for (k, &i) in members.iter().enumerate() {
-                positions[i] = (first + k as u64, epoch.clone());
+        // A channel whose call failed fails its events alone; the others are stored.
+        let answers: Vec<Result<(u64, String, u64), StoreError>> =
+            eval_each(s, &self.append, calls).await?;
+        let mut positions: Vec<Result<(u64, Arc<str>), StoreError>> = (0..events.len())
+            .map(|_| Err(StoreError("redis: the append got no answer".into())))
+            .collect();
+        for ((_, members), answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok((first, epoch, _now)) => {
+                    s.set_epoch(&epoch);
+                    let epoch: Arc<str> = epoch.into();
+                    for (k, &i) in members.iter().enumerate() {
+                        positions[i] = Ok((first + k as u64, epoch.clone()));
+                    }
+                }
+                Err(e) => {
+                    for &i in members {
+                        positions[i] = Err(e.clone());
+                    }
+                }
             }
         }
         Ok(events
             .into_iter()
             .zip(positions)
-            .map(|(event, (offset, epoch))| StoredEvent {
-                epoch,
-                offset,
-                event: Arc::new(event),
+            .map(|(event, position)| {
+                position.map(|(offset, epoch)| StoredEvent {
+                    epoch,
+                    offset,
+                    event: Arc::new(event),
+                })
             })
             .collect())
     }

@@ -310,19 +310,22 @@ impl LuaScript {
 }
 
 /// Runs `calls` of `script`, in order, as one pipelined round trip within the command
-/// timeout; one answer per call. Several calls are preceded by `SCRIPT LOAD` in the same
-/// pipeline (cheap when loaded), so a Redis that lost its script cache cannot answer some of
-/// them `NOSCRIPT` and run the others; a single call loads the script only when asked to.
-pub(crate) async fn eval_many<T: redis::FromRedisValue>(
+/// timeout; one answer per call, each its own success or failure (an `Err` of the whole is a
+/// connection failure: then no answer is known). Several calls are preceded by `SCRIPT LOAD`
+/// in the same pipeline (cheap when loaded), so a Redis that lost its script cache cannot
+/// answer some of them `NOSCRIPT` and run the others; a single call loads the script only
+/// when asked to.
+pub(crate) async fn eval_each<T: redis::FromRedisValue>(
     shared: &Shared,
     script: &LuaScript,
     calls: Vec<redis::Cmd>,
-) -> Result<Vec<T>, StoreError> {
+) -> Result<Vec<Result<T, StoreError>>, StoreError> {
     if calls.is_empty() {
         return Ok(Vec::new());
     }
     let run = |load: bool| {
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         if load {
             pipe.cmd("SCRIPT").arg("LOAD").arg(script.code).ignore();
         }
@@ -334,13 +337,33 @@ pub(crate) async fn eval_many<T: redis::FromRedisValue>(
     let mut c = shared.conn();
     let first = calls.len() == 1;
     let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
-    timed(shared, async {
-        match run(!first).query_async::<Vec<T>>(&mut c).await {
-            Err(e) if first && e.kind() == no_script => run(true).query_async(&mut c).await,
-            r => r,
+    let answers: Vec<redis::RedisResult<T>> = timed(shared, async {
+        let answers: Vec<redis::RedisResult<T>> = run(!first).query_async(&mut c).await?;
+        match answers.first() {
+            Some(Err(e)) if first && e.kind() == no_script => run(true).query_async(&mut c).await,
+            _ => Ok(answers),
         }
     })
-    .await
+    .await?;
+    if answers.len() != calls.len() {
+        return Err(StoreError("redis: a pipeline was answered oddly".into()));
+    }
+    Ok(answers
+        .into_iter()
+        .map(|r| r.map_err(StoreError::from))
+        .collect())
+}
+
+/// [`eval_each`] where any failed call fails the whole.
+pub(crate) async fn eval_many<T: redis::FromRedisValue>(
+    shared: &Shared,
+    script: &LuaScript,
+    calls: Vec<redis::Cmd>,
+) -> Result<Vec<T>, StoreError> {
+    eval_each(shared, script, calls)
+        .await?
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
