@@ -1,8 +1,9 @@
 //! `GET /health`: an overall level and one entry per component.
 //!
 //! The level is the worst of the components': `websocket` is unhealthy while draining (the
-//! instance is going away), `redis` (with that backend) is unhealthy when a PING fails,
-//! `postgres` (with the PostgreSQL history) when a `SELECT 1` fails, and
+//! instance is going away), `redis` (with that backend) is unhealthy when a PING fails and
+//! degraded for one idempotency window after Redis lost its data (the epoch changed),
+//! `postgres` (with the PostgreSQL history) is unhealthy when a `SELECT 1` fails, and
 //! `memory` is degraded above `health.memory_soft_limit_bytes`. `healthy` and `degraded`
 //! answer 200 (the instance still serves), `unhealthy` answers 503.
 
@@ -13,7 +14,7 @@ use utoipa::ToSchema;
 
 use crate::SharedState;
 use crate::config::{Backend, HistoryBackend};
-use crate::store::HistoryStats;
+use crate::store::{DataLoss, HistoryStats};
 
 /// How well a component, or the whole instance, is doing; ordered from best to worst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
@@ -98,6 +99,13 @@ pub struct RedisHealth {
     /// Why it is unreachable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Times Redis lost its data (the history epoch changed) while this instance ran.
+    pub epoch_changes: u64,
+    /// When this instance last saw the epoch change (Unix ms). For one idempotency window
+    /// after it, an id acknowledged before the loss is accepted again as new, so the entry is
+    /// `degraded` (`status: "data_lost"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_lost_at_ms: Option<u64>,
 }
 
 /// The process's memory.
@@ -140,14 +148,34 @@ impl RedisHealth {
                 status: "reachable",
                 latency_ms: Some(rtt.as_secs_f64() * 1e3),
                 error: None,
+                epoch_changes: 0,
+                data_lost_at_ms: None,
             },
             Err(e) => Self {
                 level: Level::Unhealthy,
                 status: "unreachable",
                 latency_ms: None,
                 error: Some(e),
+                epoch_changes: 0,
+                data_lost_at_ms: None,
             },
         }
+    }
+
+    /// Adds what Redis lost: a loss less than `window` (the idempotency window) before
+    /// `now_ms` degrades a reachable Redis.
+    pub fn with_data_loss(mut self, loss: DataLoss, window: Duration, now_ms: u64) -> Self {
+        self.epoch_changes = loss.epoch_changes;
+        self.data_lost_at_ms = loss.last_at_ms;
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let recent = loss
+            .last_at_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < window_ms);
+        if recent && self.level == Level::Healthy {
+            self.level = Level::Degraded;
+            self.status = "data_lost";
+        }
+        self
     }
 }
 
@@ -207,9 +235,16 @@ pub async fn report(state: &SharedState) -> HealthReport {
             // readiness).
             let started = Instant::now();
             let probe = state.broker.ready().await;
-            Some(RedisHealth::from_probe(
-                probe.map(|()| started.elapsed()).map_err(|e| e.to_string()),
-            ))
+            Some(
+                RedisHealth::from_probe(
+                    probe.map(|()| started.elapsed()).map_err(|e| e.to_string()),
+                )
+                .with_data_loss(
+                    state.history.data_loss(),
+                    Duration::from_secs(state.config.idempotency.window_secs),
+                    crate::http::unix_ms(),
+                ),
+            )
         }
         Backend::Memory => None,
     };
@@ -284,6 +319,26 @@ mod tests {
         assert_eq!(pg_down.level(), Level::Unhealthy);
         let up = RedisHealth::from_probe(Ok(Duration::from_micros(1500)));
         assert_eq!(up.latency_ms, Some(1.5));
+        // Redis lost its data a minute ago: degraded for a 5-minute window, not for 30 s.
+        let loss = DataLoss {
+            epoch_changes: 1,
+            last_at_ms: Some(1_000_000),
+        };
+        let window = Duration::from_secs(300);
+        let lost =
+            RedisHealth::from_probe(Ok(Duration::ZERO)).with_data_loss(loss, window, 1_060_000);
+        assert_eq!((lost.level, lost.status), (Level::Degraded, "data_lost"));
+        let old = RedisHealth::from_probe(Ok(Duration::ZERO)).with_data_loss(
+            loss,
+            Duration::from_secs(30),
+            1_060_000,
+        );
+        assert_eq!(
+            (old.level, old.status, old.epoch_changes),
+            (Level::Healthy, "reachable", 1)
+        );
+        let down = RedisHealth::from_probe(Err("x".into())).with_data_loss(loss, window, 1_060_000);
+        assert_eq!(down.level, Level::Unhealthy);
         // No limit configured, or RSS unknown: never degraded.
         assert_eq!(MemoryHealth::new(Some(u64::MAX), 0).level, Level::Healthy);
         assert_eq!(MemoryHealth::new(None, 1).level, Level::Healthy);

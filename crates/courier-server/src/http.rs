@@ -27,7 +27,7 @@ use crate::SharedState;
 use crate::admin::RateLimitedEvent;
 use crate::auth::{AuthError, Claims};
 use crate::metrics::AuthFailure;
-use crate::ratelimit::{Usage, millis};
+use crate::ratelimit::{Charge, Usage, millis};
 use crate::store::{Claim, PublishRecord, Published};
 
 /// Unix milliseconds now.
@@ -206,21 +206,16 @@ fn json_response(body: String) -> Response {
         .into_response()
 }
 
-/// Charges one otherwise accepted event to its rate-limit buckets in `usage`; a refusal is
+/// What a charge produced, as an answer: `Ok` when admitted; a refusal is
 /// `RATE_LIMIT_EXCEEDED` naming the bucket, with the exact wait and `Retry-After` (whole
-/// seconds, rounded up; a batch drops it).
-async fn charge(
+/// seconds, rounded up; a batch drops it). Records the rate-limit metrics and, for the
+/// admin console, the decisions about `event`.
+fn charged(
     state: &SharedState,
     claims: &Claims,
-    usage: &mut Usage,
     event: &Event,
+    charge: &Charge,
 ) -> Result<(), ApiError> {
-    let event_type = &event.event_type;
-    let charge = state
-        .limiter
-        .charge(usage, event_type)
-        .await
-        .map_err(ApiError::store)?;
     for (rule, shadow) in &charge.hits {
         state.metrics.rate_limit_hit(rule, *shadow);
     }
@@ -233,7 +228,7 @@ async fn charge(
                 user: &claims.sub,
                 tier: claims.tier(),
                 channel: event.channel.as_str(),
-                event_type,
+                event_type: &event.event_type,
             },
             &charge.decisions,
             &|row| state.limiter.bucket_name(row).to_owned(),
@@ -243,7 +238,7 @@ async fn charge(
                 .map(|r| millis(r.retry_after).max(1)),
         );
     }
-    let Some(refusal) = charge.refused else {
+    let Some(refusal) = &charge.refused else {
         return Ok(());
     };
     // Recorded where it is sent (`json_errors`, the batch handler, the WebSocket).
@@ -256,22 +251,24 @@ async fn charge(
         ),
     );
     err.retry_after_ms = Some(wait_ms);
-    err.limit_type = Some(refusal.bucket);
+    err.limit_type = Some(refusal.bucket.clone());
     if let Ok(v) = HeaderValue::from_str(&wait_ms.div_ceil(1000).to_string()) {
         err.headers.insert(header::RETRY_AFTER, v);
     }
     Err(err)
 }
 
-/// Authorizes, stamps, validates, deduplicates, rate-limits (charging `usage`), stores and
-/// fans out one event. Only an event that would otherwise be accepted is charged: an
-/// invalid or forbidden event, or a duplicate of an accepted id, costs nothing.
-pub(crate) async fn publish_event(
-    state: &SharedState,
-    claims: &Claims,
-    mut event: Event,
-    usage: &mut Usage,
-) -> Result<PublishResponse, ApiError> {
+/// An event that passed the checks that need no store, on its way to the stores.
+struct Prepared {
+    event: Event,
+    /// The publisher named the id: deduplicate it.
+    dedupe: bool,
+    /// The idempotency key, `{sub}:{id}`.
+    key: String,
+}
+
+/// Authorizes, stamps and validates one event.
+fn prepare(state: &SharedState, claims: &Claims, mut event: Event) -> Result<Prepared, ApiError> {
     if !claims.can_publish(&event.channel) {
         state.metrics.auth_failure(AuthFailure::Forbidden);
         return Err(ApiError::new(
@@ -295,21 +292,110 @@ pub(crate) async fn publish_event(
         return Err(e.into());
     }
     let key = format!("{}:{}", claims.sub, event.id);
-    if dedupe {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match state
-                .idempotency
-                .claim(&key)
-                .await
-                .map_err(ApiError::store)?
-            {
+    Ok(Prepared { event, dedupe, key })
+}
+
+/// Authorizes, stamps, validates, deduplicates, rate-limits (charging `usage`), stores and
+/// fans out one event. Only an event that would otherwise be accepted is charged: an
+/// invalid or forbidden event, or a duplicate of an accepted id, costs nothing.
+pub(crate) async fn publish_event(
+    state: &SharedState,
+    claims: &Claims,
+    event: Event,
+    usage: &mut Usage,
+) -> Result<PublishResponse, ApiError> {
+    publish_events(state, claims, vec![Ok(event)], usage)
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(unanswered()))
+}
+
+/// The answer for an event the stores left without one (they answered fewer results than
+/// asked); the publisher retries with the same id.
+fn unanswered() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "the store gave no answer for this event; retry with the same id",
+    )
+}
+
+/// [`publish_event`] for each of `events` (an `Err` is an event already refused), in order,
+/// with one store step per stage for all of them (claims, rate limits, appends,
+/// completions): on Redis a batch costs a few round trips, not a few per event. The answers
+/// are those publishing the events one after another would give: an id repeated in the
+/// list is settled by what became of its first occurrence (the list is cut before the
+/// repeat and the parts run in order), and a refusal rejects its event alone.
+pub(crate) async fn publish_events(
+    state: &SharedState,
+    claims: &Claims,
+    events: Vec<Result<Event, ApiError>>,
+    usage: &mut Usage,
+) -> Vec<Result<PublishResponse, ApiError>> {
+    let mut results: Vec<Option<Result<PublishResponse, ApiError>>> =
+        (0..events.len()).map(|_| None).collect();
+    let mut part: Vec<(usize, Prepared)> = Vec::new();
+    let mut keys = std::collections::HashSet::new();
+    for (i, event) in events.into_iter().enumerate() {
+        match event.and_then(|e| prepare(state, claims, e)) {
+            Err(e) => results[i] = Some(Err(e)),
+            Ok(p) => {
+                if p.dedupe && !keys.insert(p.key.clone()) {
+                    publish_part(
+                        state,
+                        claims,
+                        usage,
+                        std::mem::take(&mut part),
+                        &mut results,
+                    )
+                    .await;
+                    keys.clear();
+                    keys.insert(p.key.clone());
+                }
+                part.push((i, p));
+            }
+        }
+    }
+    publish_part(state, claims, usage, part, &mut results).await;
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(unanswered())))
+        .collect()
+}
+
+/// Publishes `part` (no id twice), writing each event's answer at its index in `results`.
+async fn publish_part(
+    state: &SharedState,
+    claims: &Claims,
+    usage: &mut Usage,
+    part: Vec<(usize, Prepared)>,
+    results: &mut [Option<Result<PublishResponse, ApiError>>],
+) {
+    if part.is_empty() {
+        return;
+    }
+    // 1. Claim the ids; one still being published elsewhere is asked again for a while.
+    let (mut to_claim, mut live): (Vec<_>, Vec<_>) = part.into_iter().partition(|(_, p)| p.dedupe);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !to_claim.is_empty() {
+        let keys: Vec<String> = to_claim.iter().map(|(_, p)| p.key.clone()).collect();
+        let claimed = match state.idempotency.claim_many(&keys).await {
+            Ok(c) => c,
+            Err(e) => {
+                for (i, _) in to_claim {
+                    results[i] = Some(Err(ApiError::store(e.clone())));
+                }
+                break;
+            }
+        };
+        let mut pending = Vec::new();
+        for ((i, p), claim) in to_claim.into_iter().zip(claimed) {
+            match claim {
                 Claim::New => {
                     state
                         .metrics
                         .idempotency_misses
                         .fetch_add(1, Ordering::Relaxed);
-                    break;
+                    live.push((i, p));
                 }
                 Claim::Done(r) => {
                     state.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -317,87 +403,179 @@ pub(crate) async fn publish_event(
                         .metrics
                         .idempotency_hits
                         .fetch_add(1, Ordering::Relaxed);
-                    return Ok(PublishResponse {
-                        id: event.id,
+                    results[i] = Some(Ok(PublishResponse {
+                        id: p.event.id,
                         channel: r.channel,
                         epoch: r.epoch,
                         offset: r.offset,
                         duplicate: true,
-                    });
+                    }));
                 }
-                Claim::Pending if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(5)).await
-                }
-                Claim::Pending => {
-                    return Err(ApiError::new(
+                Claim::Pending => pending.push((i, p)),
+            }
+        }
+        if !pending.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                for (i, _) in pending {
+                    results[i] = Some(Err(ApiError::new(
                         ErrorCode::Unavailable,
                         "a publish with this id is still in progress; retry",
-                    ));
+                    )));
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        to_claim = pending;
+    }
+    live.sort_unstable_by_key(|(i, _)| *i);
+    let dedupe_keys = |items: &[(usize, Prepared)]| -> Vec<String> {
+        items
+            .iter()
+            .filter(|(_, p)| p.dedupe)
+            .map(|(_, p)| p.key.clone())
+            .collect()
+    };
+
+    // 2. Rate limits, in order; a refused event's id must not stay claimed, so a retry is
+    // published, not a duplicate.
+    let types: Vec<&str> = live
+        .iter()
+        .map(|(_, p)| p.event.event_type.as_str())
+        .collect();
+    let charges = match state.limiter.charge_many(usage, &types).await {
+        Ok(c) => c,
+        Err(e) => {
+            state.idempotency.release_many(&dedupe_keys(&live)).await;
+            for (i, _) in live {
+                results[i] = Some(Err(ApiError::store(e.clone())));
+            }
+            return;
+        }
+    };
+    let mut admitted = Vec::with_capacity(live.len());
+    let mut released = Vec::new();
+    for ((i, p), charge) in live.into_iter().zip(charges) {
+        match charged(state, claims, &p.event, &charge) {
+            Ok(()) => admitted.push((i, p)),
+            Err(e) => {
+                if p.dedupe {
+                    released.push(p.key);
+                }
+                results[i] = Some(Err(e));
+            }
+        }
+    }
+    state.idempotency.release_many(&released).await;
+    if admitted.is_empty() {
+        return;
+    }
+
+    // 3. Append and fan out, in order.
+    let failed_keys = dedupe_keys(&admitted);
+    let mut answers = Vec::with_capacity(admitted.len());
+    let mut events = Vec::with_capacity(admitted.len());
+    for (i, p) in admitted {
+        answers.push((i, p.dedupe, p.key, p.event.id.clone()));
+        events.push(p.event);
+    }
+    let stored = {
+        let locks = if state.broker.fans_out_on_append() {
+            Vec::new()
+        } else {
+            state.order_locks(events.iter().map(|e| &e.channel))
+        };
+        let mut guards = Vec::with_capacity(locks.len());
+        for lock in locks {
+            guards.push(lock.lock().await);
+        }
+        match state.history.append_many(events).await {
+            Ok(stored) => {
+                let mut out = Vec::with_capacity(stored.len());
+                for s in stored {
+                    out.push(match s {
+                        Ok(s) => fan_out(state, &s).await.map(|()| s),
+                        Err(e) => Err(e),
+                    });
+                }
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let stored = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            state.idempotency.release_many(&failed_keys).await;
+            for (i, ..) in answers {
+                results[i] = Some(Err(ApiError::store(e.clone())));
+            }
+            return;
+        }
+    };
+
+    // 4. Remember the accepted ids.
+    let mut done = Vec::new();
+    let mut done_at = Vec::new();
+    let mut failed = Vec::new();
+    for ((i, dedupe, key, id), s) in answers.into_iter().zip(stored) {
+        match s {
+            Ok(stored) => {
+                state.metrics.published.fetch_add(1, Ordering::Relaxed);
+                state.admin.published(&stored.event.channel);
+                let record = PublishRecord {
+                    channel: stored.event.channel.to_string(),
+                    epoch: stored.epoch.to_string(),
+                    offset: stored.offset,
+                };
+                results[i] = Some(Ok(PublishResponse {
+                    id,
+                    channel: record.channel.clone(),
+                    epoch: record.epoch.clone(),
+                    offset: record.offset,
+                    duplicate: false,
+                }));
+                if dedupe {
+                    done.push((key, record));
+                    done_at.push(i);
                 }
             }
-        }
-    }
-    if let Err(e) = charge(state, claims, usage, &event).await {
-        // Refused: the id must not stay claimed, so a retry is published, not a duplicate.
-        if dedupe {
-            state.idempotency.release(&key).await;
-        }
-        return Err(e);
-    }
-    let id = event.id.clone();
-    let channel = event.channel.clone();
-    let stored = async {
-        let _order = state.order_lock(&channel).lock().await;
-        let stored = state.history.append(event).await?;
-        let frame = ServerFrame::Event(Delivery {
-            epoch: stored.epoch.to_string(),
-            offset: stored.offset,
-            event: (*stored.event).clone(),
-        })
-        .encode();
-        state.metrics.message_bytes.observe(frame.len() as f64);
-        let message = Published {
-            channel: channel.clone(),
-            epoch: stored.epoch.clone(),
-            offset: stored.offset,
-            frame: frame.into(),
-            accepted_at: std::time::Instant::now(),
-        };
-        state.broker.publish(Arc::new(message)).await?;
-        Ok::<_, crate::store::StoreError>(stored)
-    }
-    .await;
-    match stored {
-        Ok(stored) => {
-            state.metrics.published.fetch_add(1, Ordering::Relaxed);
-            state.admin.published(&channel);
-            let record = PublishRecord {
-                channel: channel.to_string(),
-                epoch: stored.epoch.to_string(),
-                offset: stored.offset,
-            };
-            if dedupe {
-                state
-                    .idempotency
-                    .complete(&key, record.clone())
-                    .await
-                    .map_err(ApiError::store)?;
+            Err(e) => {
+                if dedupe {
+                    failed.push(key);
+                }
+                results[i] = Some(Err(ApiError::store(e)));
             }
-            Ok(PublishResponse {
-                id,
-                channel: record.channel,
-                epoch: record.epoch,
-                offset: record.offset,
-                duplicate: false,
-            })
-        }
-        Err(e) => {
-            if dedupe {
-                state.idempotency.release(&key).await;
-            }
-            Err(ApiError::store(e))
         }
     }
+    state.idempotency.release_many(&failed).await;
+    if let Err(e) = state.idempotency.complete_many(done).await {
+        for i in done_at {
+            results[i] = Some(Err(ApiError::store(e.clone())));
+        }
+    }
+}
+
+/// Hands a stored event to the broker, its frame encoded once.
+async fn fan_out(
+    state: &SharedState,
+    stored: &crate::store::StoredEvent,
+) -> Result<(), crate::store::StoreError> {
+    let frame = ServerFrame::Event(Delivery {
+        epoch: stored.epoch.to_string(),
+        offset: stored.offset,
+        event: (*stored.event).clone(),
+    })
+    .encode();
+    state.metrics.message_bytes.observe(frame.len() as f64);
+    let message = Published {
+        channel: stored.event.channel.clone(),
+        epoch: stored.epoch.clone(),
+        offset: stored.offset,
+        frame: frame.into(),
+        accepted_at: std::time::Instant::now(),
+    };
+    state.broker.publish(Arc::new(message)).await
 }
 
 fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
@@ -624,23 +802,26 @@ pub(crate) async fn publish_batch(
         .with_field("events")
         .into_response();
     }
-    let mut results = Vec::with_capacity(items.len());
     let mut usage = state.limiter.usage(&claims);
-    for (i, item) in items.into_iter().enumerate() {
-        // For the answer if the event is refused: what it said its id and channel were.
-        let (id, channel) = (item.id.clone().unwrap_or_default(), item.channel.clone());
+    // For the answer if an event is refused: what it said its id and channel were.
+    let mut named = Vec::with_capacity(items.len());
+    let mut events = Vec::with_capacity(items.len());
+    for item in items {
+        named.push((item.id.clone().unwrap_or_default(), item.channel.clone()));
         usage.carry(item.event_type.as_deref().unwrap_or_default());
-        // Each event on its own: a refusal (rate limit included) rejects that event only.
-        let outcome = async {
-            let event = item.into_event().map_err(fault_error).inspect_err(|e| {
-                state
-                    .metrics
-                    .validation_failure(e.field.as_deref().unwrap_or("body"))
-            })?;
-            publish_event(&state, &claims, event, &mut usage).await
-        }
-        .await;
-        results.push(match outcome {
+        events.push(item.into_event().map_err(fault_error).inspect_err(|e| {
+            state
+                .metrics
+                .validation_failure(e.field.as_deref().unwrap_or("body"))
+        }));
+    }
+    // Each event on its own: a refusal (rate limit included) rejects that event only.
+    let outcomes = publish_events(&state, &claims, events, &mut usage).await;
+    let results: Vec<BatchItemResult> = outcomes
+        .into_iter()
+        .zip(named)
+        .enumerate()
+        .map(|(i, (outcome, (id, channel)))| match outcome {
             Ok(ok) if ok.duplicate => {
                 BatchItemResult::duplicate(ok.id, ok.channel, ok.epoch, ok.offset)
             }
@@ -651,8 +832,8 @@ pub(crate) async fn publish_batch(
                 }
                 BatchItemResult::rejected(id, channel, e.body())
             }
-        });
-    }
+        })
+        .collect();
     let rejected: Vec<&BatchItemResult> = results.iter().filter(|r| r.error.is_some()).collect();
     let duplicates = results
         .iter()
@@ -764,6 +945,7 @@ pub(crate) async fn metrics(State(state): State<SharedState>) -> Response {
         state.broker.channel_count(),
         history.events,
         state.is_draining(),
+        state.history.data_loss().epoch_changes,
     );
     (
         [(

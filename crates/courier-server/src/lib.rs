@@ -264,11 +264,24 @@ impl AppState {
         )
     }
 
-    /// Serialises append + fan-out per channel so subscribers see offsets in order.
-    pub(crate) fn order_lock(&self, channel: &ChannelName) -> &tokio::sync::Mutex<()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        channel.hash(&mut h);
-        &self.order[(h.finish() as usize) % ORDER_SHARDS]
+    /// The locks that serialise append + fan-out per channel (so subscribers see offsets in
+    /// order) for every channel of `channels`, each once, in one global order so that two
+    /// publishers taking them one after another cannot deadlock.
+    pub(crate) fn order_locks<'a>(
+        &self,
+        channels: impl IntoIterator<Item = &'a ChannelName>,
+    ) -> Vec<&tokio::sync::Mutex<()>> {
+        let mut shards: Vec<usize> = channels
+            .into_iter()
+            .map(|channel| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                channel.hash(&mut h);
+                (h.finish() as usize) % ORDER_SHARDS
+            })
+            .collect();
+        shards.sort_unstable();
+        shards.dedup();
+        shards.into_iter().map(|i| &self.order[i]).collect()
     }
 }
 

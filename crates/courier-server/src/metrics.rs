@@ -357,8 +357,15 @@ impl Metrics {
             .sum()
     }
 
-    /// The text exposition, with gauges supplied by the caller.
-    pub fn render(&self, channels: usize, history_events: usize, draining: bool) -> String {
+    /// The text exposition, with gauges (and the backend's epoch changes) supplied by the
+    /// caller.
+    pub fn render(
+        &self,
+        channels: usize,
+        history_events: usize,
+        draining: bool,
+        epoch_changes: u64,
+    ) -> String {
         let mut out = String::new();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let mut simple = |name: &str, kind: &str, help: &str, value: String| {
@@ -378,6 +385,12 @@ impl Metrics {
             "counter",
             "WebSocket connections accepted.",
             load(&self.connections_opened).to_string(),
+        );
+        simple(
+            "courier_history_epoch_changes_total",
+            "counter",
+            "Times the history epoch changed while this instance ran: the backend (Redis) lost its data, idempotency window included.",
+            epoch_changes.to_string(),
         );
         simple(
             "courier_channels",
@@ -537,7 +550,7 @@ mod tests {
         m.rl_decision(7, RlDecision::Blocked); // unknown row: ignored, no panic
         m.message_bytes.observe(100.0);
         m.retry_after.observe(1.5);
-        let text = m.render(0, 0, false);
+        let text = m.render(0, 0, false, 0);
         for line in [
             "courier_disconnections_total{class=\"slow_consumer\"} 1",
             "courier_disconnections_total{class=\"peer\"} 1",

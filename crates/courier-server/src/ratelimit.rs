@@ -213,54 +213,86 @@ impl RateLimiter {
     /// charges nothing). Call it only for an event that is otherwise accepted: valid, and
     /// not a duplicate.
     pub async fn charge(&self, usage: &mut Usage, event_type: &str) -> Result<Charge, StoreError> {
+        let mut charges = self.charge_many(usage, &[event_type]).await?;
+        Ok(charges.pop().unwrap_or_default())
+    }
+
+    /// [`Self::charge`] for several events in order, each seeing the buckets as the ones
+    /// before it left them, in one store step.
+    pub async fn charge_many(
+        &self,
+        usage: &mut Usage,
+        event_types: &[&str],
+    ) -> Result<Vec<Charge>, StoreError> {
         let Some(table) = usage.table.clone() else {
-            return Ok(Charge::default());
+            return Ok(event_types.iter().map(|_| Charge::default()).collect());
         };
-        let rows = [USER_ROW, table.row_for(event_type)];
-        let requests: Vec<BucketRequest> = rows
+        let rows: Vec<[usize; 2]> = event_types
             .iter()
-            .map(|&i| {
-                let r = &table.rows[i];
-                BucketRequest {
-                    key: format!("rl:{}:{}", r.name, usage.sub),
-                    emission_interval: r.emission_interval,
-                    burst: r.burst,
-                    shadow: r.shadow,
-                }
+            .map(|t| [USER_ROW, table.row_for(t)])
+            .collect();
+        let requests: Vec<Vec<BucketRequest>> = rows
+            .iter()
+            .map(|rows| {
+                rows.iter()
+                    .map(|&i| {
+                        let r = &table.rows[i];
+                        BucketRequest {
+                            key: format!("rl:{}:{}", r.name, usage.sub),
+                            emission_interval: r.emission_interval,
+                            burst: r.burst,
+                            shadow: r.shadow,
+                        }
+                    })
+                    .collect()
             })
             .collect();
-        let decisions = self.store.check(&requests).await?;
-        let mut charge = Charge::default();
-        for (n, (&i, d)) in rows.iter().zip(&decisions).enumerate() {
-            let r = &table.rows[i];
-            usage.touch(i, *d);
-            let decision = match (d.allowed, r.shadow) {
-                (true, _) => RlDecision::Allowed,
-                (false, true) => RlDecision::ShadowBlocked,
-                (false, false) => RlDecision::Blocked,
-            };
-            charge.decisions[n] = Some((i, decision));
-            if d.allowed {
-                continue;
-            }
-            charge.hits.push((r.label.clone(), r.shadow));
-            let wait = d.retry_after.max(Duration::from_millis(1));
-            let later = charge.refused.as_ref().is_none_or(|f| wait > f.retry_after);
-            if !r.shadow && later {
-                charge.refused = Some(Refusal {
-                    bucket: r.name.clone(),
-                    retry_after: wait,
-                });
-            }
+        let decided = self.store.check_many(&requests).await?;
+        Ok(rows
+            .iter()
+            .zip(&decided)
+            .map(|(rows, decisions)| settle(&table, usage, rows, decisions))
+            .collect())
+    }
+}
+
+/// What one event's bucket decisions mean, recorded in `usage`.
+fn settle(
+    table: &Table,
+    usage: &mut Usage,
+    rows: &[usize],
+    decisions: &[BucketDecision],
+) -> Charge {
+    let mut charge = Charge::default();
+    for (n, (&i, d)) in rows.iter().zip(decisions).enumerate() {
+        let r = &table.rows[i];
+        usage.touch(i, *d);
+        let decision = match (d.allowed, r.shadow) {
+            (true, _) => RlDecision::Allowed,
+            (false, true) => RlDecision::ShadowBlocked,
+            (false, false) => RlDecision::Blocked,
+        };
+        charge.decisions[n] = Some((i, decision));
+        if d.allowed {
+            continue;
         }
-        if let Some(f) = &charge.refused {
-            usage.refused.push(Refused {
-                bucket: f.bucket.clone(),
-                retry_after_ms: millis(f.retry_after),
+        charge.hits.push((r.label.clone(), r.shadow));
+        let wait = d.retry_after.max(Duration::from_millis(1));
+        let later = charge.refused.as_ref().is_none_or(|f| wait > f.retry_after);
+        if !r.shadow && later {
+            charge.refused = Some(Refusal {
+                bucket: r.name.clone(),
+                retry_after: wait,
             });
         }
-        Ok(charge)
     }
+    if let Some(f) = &charge.refused {
+        usage.refused.push(Refused {
+            bucket: f.bucket.clone(),
+            retry_after_ms: millis(f.retry_after),
+        });
+    }
+    charge
 }
 
 /// Milliseconds, saturating.

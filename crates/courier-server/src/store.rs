@@ -120,6 +120,15 @@ pub struct HistoryStats {
     pub events: usize,
 }
 
+/// What the history's backend is known to have lost while this instance ran.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataLoss {
+    /// Times the epoch changed under this instance (the backend lost its data).
+    pub epoch_changes: u64,
+    /// When this instance last saw it change (Unix ms).
+    pub last_at_ms: Option<u64>,
+}
+
 /// Per-channel history with server-assigned offsets.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
@@ -127,6 +136,19 @@ pub trait HistoryStore: Send + Sync + 'static {
     fn epoch(&self) -> Arc<str>;
     /// Appends `event` to its channel and returns it with its offset.
     async fn append(&self, event: Event) -> Result<StoredEvent, StoreError>;
+    /// Appends `events` in order (offsets dense per channel, in the order given), as one
+    /// step where the backend can (Redis: one pipelined round trip); one result per event.
+    /// An `Err` of the whole means no result is known (the backend is unreachable).
+    async fn append_many(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
+        let mut stored = Vec::with_capacity(events.len());
+        for e in events {
+            stored.push(self.append(e).await);
+        }
+        Ok(stored)
+    }
     /// The channel's latest offset (0 when it never had an event).
     async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError>;
     /// What a resume from `since` can replay (see [`Retained::events`]). The latest offset
@@ -150,6 +172,11 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Whether the backend can serve now (`/health/ready`); in-process stores always can.
     async fn ready(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// What the backend lost while this instance ran; an in-process store loses nothing
+    /// without the process.
+    fn data_loss(&self) -> DataLoss {
+        DataLoss::default()
     }
 }
 
@@ -195,6 +222,11 @@ pub trait Broker: Send + Sync + 'static {
     ) -> Result<SubscriptionId, StoreError>;
     /// Removes a subscriber.
     async fn unsubscribe(&self, channel: &ChannelName, id: SubscriptionId);
+    /// Whether the history's append already fans the event out in offset order (so the
+    /// publisher needs no local per-channel lock around append and `publish`).
+    fn fans_out_on_append(&self) -> bool {
+        false
+    }
     /// Subscribers of `channel` on this instance.
     fn subscriber_count(&self, channel: &ChannelName) -> usize;
     /// Channels with at least one subscriber on this instance.
@@ -238,6 +270,18 @@ pub struct BucketDecision {
 pub trait RateLimitStore: Send + Sync + 'static {
     /// Checks (and, when admitted, records) one request against `buckets`.
     async fn check(&self, buckets: &[BucketRequest]) -> Result<Vec<BucketDecision>, StoreError>;
+    /// Runs `check` for each request in order, each seeing the ones before it, as one step
+    /// where the backend can (Redis: one pipelined round trip).
+    async fn check_many(
+        &self,
+        requests: &[Vec<BucketRequest>],
+    ) -> Result<Vec<Vec<BucketDecision>>, StoreError> {
+        let mut out = Vec::with_capacity(requests.len());
+        for r in requests {
+            out.push(self.check(r).await?);
+        }
+        Ok(out)
+    }
 }
 
 /// What an earlier publish of the same id produced.
@@ -273,6 +317,27 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     async fn release(&self, key: &str);
     /// Ids remembered now.
     fn entries(&self) -> usize;
+    /// Claims each of `keys` in order (distinct keys), as one step where the backend can.
+    async fn claim_many(&self, keys: &[String]) -> Result<Vec<Claim>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.claim(k).await?);
+        }
+        Ok(out)
+    }
+    /// Records the outcome of each claimed key, as one step where the backend can.
+    async fn complete_many(&self, done: Vec<(String, PublishRecord)>) -> Result<(), StoreError> {
+        for (k, r) in done {
+            self.complete(&k, r).await?;
+        }
+        Ok(())
+    }
+    /// Forgets claims whose publish failed or was refused.
+    async fn release_many(&self, keys: &[String]) {
+        for k in keys {
+            self.release(k).await;
+        }
+    }
 }
 
 /// Counts each user's WebSocket connections against the per-user limit, across every

@@ -6,6 +6,10 @@ mod util;
 
 #[path = "api/admin.rs"]
 mod admin;
+#[macro_use]
+#[path = "api/batches.rs"]
+mod batches;
+
 #[path = "api/auth.rs"]
 mod auth;
 #[path = "api/bodies.rs"]
@@ -28,3 +32,8 @@ mod paging;
 mod publish;
 #[path = "api/resume.rs"]
 mod resume;
+
+/// The batch cases on the in-memory backend (`redis.rs` runs them on Redis).
+mod batches_on_memory {
+    batch_tests!(((), crate::util::start().await));
+}

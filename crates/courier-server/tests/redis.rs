@@ -8,6 +8,10 @@ mod util;
 #[path = "api/paging.rs"]
 mod paging;
 
+#[macro_use]
+#[path = "api/batches.rs"]
+mod batches;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -1005,4 +1009,296 @@ async fn two_instances_on_redis_fan_out_with_postgres_history_deliver_every_offs
         let s = std::sync::Arc::into_inner(s).unwrap();
         kill(s).await;
     }
+}
+
+/// The batch cases (`api.rs` runs them in memory) on one instance on Redis, at the default
+/// settings (rate limits on).
+mod batches_on_redis {
+    use super::*;
+
+    batch_tests!({
+        let redis = need_redis!();
+        let server = instance(&redis, |c| c.rate_limits.enabled = true).await;
+        (redis, server)
+    });
+}
+
+/// The `courier_history_epoch_changes_total` sample of `/metrics`.
+async fn epoch_changes_metric(server: &Server) -> u64 {
+    let text = server.get("/metrics").await.text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("courier_history_epoch_changes_total "))
+        .expect("the epoch-change counter is exported")
+        .parse()
+        .unwrap()
+}
+
+/// Publishes a batch until no event is refused for Redis being away; returns the results.
+async fn publish_batch_retrying(server: &Server, token: &str, events: &[Value]) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let r = server
+            .post("/publish/batch", Some(token), &json!({ "events": events }))
+            .await;
+        if r.status() == 200 {
+            let v: Value = r.json().await.unwrap();
+            let results = v["results"].as_array().unwrap().clone();
+            if results.iter().all(|r| r["error"]["code"] != "UNAVAILABLE") {
+                return results;
+            }
+        } else {
+            assert_eq!(r.status(), 503);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "Redis never back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_aof_always_ids_acknowledged_before_a_kill_9_stay_duplicates() {
+    let mut redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    // Five single publishes and a batch of five, with ids, over two channels.
+    let singles: Vec<Value> = (0..5).map(|i| ev(&format!("s{i}"), "global", i)).collect();
+    let batch: Vec<Value> = (0..5)
+        .map(|i| {
+            ev(
+                &format!("b{i}"),
+                if i % 2 == 0 { "global" } else { "other" },
+                i,
+            )
+        })
+        .collect();
+    let mut first = Vec::new();
+    for e in &singles {
+        first.push(publish_ok(&a, &svc, e).await);
+    }
+    let first_batch = publish_batch_retrying(&a, &svc, &batch).await;
+    let epoch = first[0]["epoch"].as_str().unwrap().to_owned();
+    // SIGKILL: only the AOF (fsynced before every answer) survives.
+    redis.kill();
+    redis.spawn().await;
+    // The same ids again: every one a duplicate with its first position.
+    for (e, was) in singles.iter().zip(&first) {
+        let again = publish_retrying(&a, &svc, e).await;
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(
+            (&again["epoch"], &again["offset"]),
+            (&was["epoch"], &was["offset"])
+        );
+    }
+    let again = publish_batch_retrying(&a, &svc, &batch).await;
+    for (r, was) in again.iter().zip(&first_batch) {
+        assert_eq!(r["status"], "duplicate", "{r}");
+        assert_eq!((&r["epoch"], &r["offset"]), (&was["epoch"], &was["offset"]));
+    }
+    // History intact: a resume from the start of the epoch replays all of it, once.
+    let (mut ws, _) = a.connect(&user("u")).await;
+    let f = ws
+        .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 0})))
+        .await;
+    assert_eq!(
+        (f["recovered"].as_bool(), f["epoch"].as_str()),
+        (Some(true), Some(epoch.as_str())),
+        "{f}"
+    );
+    let ids: Vec<String> = expect_events(&mut ws, 1, 8)
+        .await
+        .iter()
+        .map(|f| f["event"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["s0", "s1", "s2", "s3", "s4", "b0", "b2", "b4"]);
+    // Nothing was lost, and /health and /metrics say so.
+    let h: Value = a.get("/health").await.json().await.unwrap();
+    assert_eq!(
+        (
+            h["components"]["redis"]["status"].as_str(),
+            h["components"]["redis"]["epoch_changes"].as_u64()
+        ),
+        (Some("reachable"), Some(0)),
+        "{h}"
+    );
+    assert_eq!(epoch_changes_metric(&a).await, 0);
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_persistence_a_restart_loses_ids_and_health_and_metrics_say_so() {
+    let mut redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let b = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    let was = publish_ok(&a, &svc, &ev("k1", "global", 1)).await;
+    assert_eq!(epoch_changes_metric(&a).await, 0);
+    // Redis comes back empty, as one without persistence does.
+    redis.restart_empty().await;
+    // The documented loss: the id is accepted again, as new, in a new epoch.
+    let again = publish_retrying(&a, &svc, &ev("k1", "global", 1)).await;
+    assert_eq!(again["duplicate"], false, "{again}");
+    assert_ne!(again["epoch"], was["epoch"]);
+    // Both instances tell: the one that published at once, the other at its next read.
+    for server in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + STEP;
+        let h = loop {
+            let h: Value = server.get("/health").await.json().await.unwrap();
+            if h["components"]["redis"]["status"] == "data_lost" {
+                break h;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reported: {h}"
+            );
+            // A read of the channel is what shows the other instance the new epoch.
+            let (mut ws, _) = server.connect(&user("u")).await;
+            ws.subscribe(1, "global", None).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let r = &h["components"]["redis"];
+        assert_eq!(
+            (
+                h["status"].as_str(),
+                r["level"].as_str(),
+                r["epoch_changes"].as_u64()
+            ),
+            (Some("degraded"), Some("degraded"), Some(1)),
+            "{h}"
+        );
+        assert!(r["data_lost_at_ms"].as_u64().is_some(), "{h}");
+        assert_eq!(epoch_changes_metric(server).await, 1);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// Five rounds of a batch of ten over `one` and `two`, then a single to `one`, ids
+/// `{name}-{round}-{i}` (`s` for the single).
+async fn publish_rounds(name: &str, via: &Server, svc: &str) {
+    for round in 0..5 {
+        let events: Vec<Value> = (0..10)
+            .map(|i| {
+                let ch = if i % 3 == 0 { "two" } else { "one" };
+                ev(&format!("{name}-{round}-{i}"), ch, i)
+            })
+            .collect();
+        let results = publish_batch_retrying(via, svc, &events).await;
+        assert!(
+            results.iter().all(|r| r["status"] == "accepted"),
+            "{results:?}"
+        );
+        publish_ok(via, svc, &ev(&format!("{name}-{round}-s"), "one", 0)).await;
+    }
+}
+
+#[tokio::test]
+async fn batches_over_several_channels_reach_every_instance_once_in_order() {
+    let redis = need_redis!();
+    let (a, b) = (
+        instance(&redis, |_| {}).await,
+        instance(&redis, |_| {}).await,
+    );
+    let svc = service("svc");
+    let reader = util::user_with("u", &["one", "two"], &[]);
+    // Subscribers of both channels on both instances.
+    let mut sockets = Vec::new();
+    for server in [&a, &b] {
+        for channel in ["one", "two"] {
+            let (mut ws, _) = server.connect(&reader).await;
+            assert_eq!(ws.subscribe(1, channel, None).await["op"], "subscribed");
+            sockets.push((channel, ws));
+        }
+    }
+    // Batches mixing the two channels, from both instances at once, with singles between.
+    tokio::join!(publish_rounds("a", &a, &svc), publish_rounds("b", &b, &svc));
+    // "one" got 2 × 5 × (6 + 1) events, "two" 2 × 5 × 4.
+    let mut seen: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for (channel, ws) in &mut sockets {
+        let n = if *channel == "one" { 70 } else { 40 };
+        let ids: Vec<String> = expect_events(ws, 1, n)
+            .await
+            .iter()
+            .map(|f| f["event"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        // Both instances deliver the same sequence.
+        match seen.get(channel) {
+            Some(first) => assert_eq!(first, &ids, "{channel}"),
+            None => {
+                // Each publisher's events keep its order within the channel.
+                for p in ["a-", "b-"] {
+                    let mine: Vec<&String> = ids.iter().filter(|i| i.starts_with(p)).collect();
+                    let mut sorted = mine.clone();
+                    sorted.sort_by_key(|i| {
+                        let mut parts = i.split('-').skip(1);
+                        let round: u32 = parts.next().unwrap().parse().unwrap();
+                        let i: u32 = parts.next().unwrap().parse().unwrap_or(99);
+                        (round, i)
+                    });
+                    assert_eq!(mine, sorted, "{channel}");
+                }
+                seen.insert(channel, ids);
+            }
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_channel_redis_refuses_rejects_its_events_alone_and_leaves_their_ids_free() {
+    let redis = need_redis!();
+    let a = instance(&redis, |_| {}).await;
+    let svc = service("svc");
+    // A channel whose offset counter Redis cannot increment (as a damaged key would be).
+    assert_eq!(
+        redis.command("SET courier:seq:broken not-a-number").await,
+        "+OK"
+    );
+    let events = [
+        ev("f1", "fine", 1),
+        ev("x1", "broken", 2),
+        ev("f2", "fine", 3),
+        ev("x2", "broken", 4),
+    ];
+    let r = a
+        .post("/publish/batch", Some(&svc), &json!({ "events": events }))
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let res = v["results"].as_array().unwrap();
+    let got: Vec<(&str, Option<u64>, Option<&str>)> = res
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap(),
+                r["offset"].as_u64(),
+                r["error"]["code"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("accepted", Some(1), None),
+            ("rejected", None, Some("UNAVAILABLE")),
+            ("accepted", Some(2), None),
+            ("rejected", None, Some("UNAVAILABLE")),
+        ]
+    );
+    // Repaired, the refused ids publish as new events, not duplicates.
+    assert_eq!(redis.command("DEL courier:seq:broken").await, ":1");
+    let again = publish_batch_retrying(&a, &svc, &events).await;
+    let statuses: Vec<(&str, Option<u64>)> = again
+        .iter()
+        .map(|r| (r["status"].as_str().unwrap(), r["offset"].as_u64()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("duplicate", Some(1)),
+            ("accepted", Some(1)),
+            ("duplicate", Some(2)),
+            ("accepted", Some(2)),
+        ]
+    );
+    a.shutdown().await;
 }

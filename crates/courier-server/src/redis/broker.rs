@@ -1,9 +1,9 @@
 //! Fan-out through Redis pub/sub, in offset order, with holes filled from the streams.
 //!
 //! Each instance holds one pub/sub connection, subscribed to `ev:{channel}` for every
-//! channel with a local subscriber. The append script publishes each event as
-//! `"{offset} {unix_ms} {epoch} {frame}"`; scripts run one at a time, so one connection
-//! receives a channel's events in offset order. One task reads the connection and keeps,
+//! channel with a local subscriber. The append script publishes a request's events of one
+//! channel as one message (see [`parse_appended`]); scripts run one at a time, so one
+//! connection receives a channel's events in offset order. One task reads the connection and keeps,
 //! per channel, the last offset it delivered: an older offset is dropped, a skipped one is
 //! read from the stream (`XRANGE`) before going on. When the connection drops (Redis
 //! restarted, network), the task reconnects with backoff, resubscribes, and reads from each
@@ -24,7 +24,7 @@ use courier_core::ChannelName;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 
-use super::history::{Entry, event_frame, read_range};
+use super::history::{Entry, event_frame, event_json_in_frame, parse_appended, read_range};
 use super::{Shared, pubsub, timed};
 use crate::store::{
     Broker, HistoryStore, PageFrom, Published, StoreError, Subscriber, SubscriptionId,
@@ -199,31 +199,30 @@ impl Inner {
         let Ok(payload) = msg.get_payload::<String>() else {
             return;
         };
-        let mut parts = payload.splitn(4, ' ');
-        let (Some(off), Some(at), Some(epoch), Some(frame)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return;
-        };
-        let (Ok(offset), Ok(at)) = (off.parse::<u64>(), at.parse::<u64>()) else {
+        let Some(m) = parse_appended(&payload) else {
+            tracing::warn!(channel = %channel, "unreadable fan-out message dropped");
             return;
         };
         let missed_after = {
             let channels = self.channels.read().expect("broker lock");
             match channels.get(&channel).and_then(|s| s.position.clone()) {
-                Some((e, last)) if *e == *epoch && offset > last + 1 => Some(last),
+                Some((e, last)) if *e == *m.epoch && m.first > last + 1 => Some(last),
                 _ => None,
             }
         };
         if let Some(last) = missed_after {
-            match self.backfill(&channel, last, Some(offset - 1)).await {
+            match self.backfill(&channel, last, Some(m.first - 1)).await {
                 Ok(entries) => self.deliver_entries(&channel, entries),
                 Err(e) => {
                     tracing::warn!(error = %e, channel = %channel, "cannot fill a fan-out gap")
                 }
             }
         }
-        self.deliver(&channel, epoch.into(), offset, frame.to_owned(), at);
+        let epoch: Arc<str> = m.epoch.into();
+        for (offset, json) in (m.first..).zip(m.events) {
+            let frame = event_frame(&epoch, offset, json);
+            self.deliver(&channel, epoch.clone(), offset, frame, m.unix_ms);
+        }
     }
 
     /// After a reconnect: reads from each channel's stream what pub/sub missed.
@@ -325,14 +324,19 @@ impl Broker for RedisBroker {
             // The history's append script has published it to every instance already.
             return Ok(());
         }
-        // As the append script would: `"{offset} {unix_ms} {epoch} {frame}"`.
+        // As the append script would, one event: `"{offset} {unix_ms} {epoch} {len} {json}"`.
         let s = &self.inner.shared;
+        let Some(json) = event_json_in_frame(message.frame.as_str()) else {
+            // `http::fan_out` writes every frame; instances read the event from the history.
+            tracing::error!(channel = %message.channel, "not an `event` frame; not fanned out");
+            return Ok(());
+        };
         let payload = format!(
-            "{} {} {} {}",
+            "{} {} {} {} {json}",
             message.offset,
             crate::http::unix_ms(),
             message.epoch,
-            message.frame.as_str()
+            json.len(),
         );
         let mut c = s.conn();
         let published: Result<i64, _> = timed(

@@ -6,45 +6,102 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use courier_core::{ChannelName, Event, StreamPosition};
-use redis::Script;
 
-use super::{Shared, timed};
-use crate::store::{HistoryStats, HistoryStore, Page, PageFrom, Retained, StoreError, StoredEvent};
+use super::{LuaScript, Shared, eval_each, timed};
+use crate::store::{
+    DataLoss, HistoryStats, HistoryStore, Page, PageFrom, Retained, StoreError, StoredEvent,
+};
 
-/// KEYS: seq, stream, epoch. ARGV: event JSON, max events, max age (ms), pub/sub channel,
-/// epoch candidate. Returns `{offset, epoch, unix_ms}`.
+/// KEYS: seq, stream, epoch. ARGV: max events, max age (ms), pub/sub channel, epoch
+/// candidate, then the events' JSON, in order. Appends them all to the one channel with
+/// consecutive offsets, and publishes them in one message,
+/// `"{first offset} {unix_ms} {epoch} {len},{len},… {json}{json}…"` (byte lengths; the
+/// broker builds the frames, so no string is built here per event). Returns
+/// `{first offset, epoch, unix_ms}`.
 const APPEND: &str = r#"
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
-  epoch = ARGV[5]
+  epoch = ARGV[4]
   redis.call('SET', KEYS[3], epoch)
 end
-local off = redis.call('INCR', KEYS[1])
+local n = #ARGV - 4
+local last = redis.call('INCRBY', KEYS[1], n)
+local first = last - n + 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], off .. '-0', 'e', ARGV[1], 'p', epoch, 't', now)
-local max_age = tonumber(ARGV[3])
+local lens = {}
+for i = 1, n do
+  local json = ARGV[4 + i]
+  redis.call('XADD', KEYS[2], (first + i - 1) .. '-0', 'e', json, 'p', epoch, 't', now)
+  lens[i] = #json
+end
+-- Trimmed by count once for the whole request: the same entries stay as when each XADD
+-- trims, and the script is atomic.
+redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])
+redis.call('PUBLISH', ARGV[3], first .. ' ' .. now .. ' ' .. epoch .. ' ' .. table.concat(lens, ',') .. ' ' .. table.concat(ARGV, '', 5))
+local max_age = tonumber(ARGV[2])
 local cutoff = now - max_age
 for i = 1, 32 do
-  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-  if #first == 0 then break end
-  local f = first[1][2]
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #oldest == 0 then break end
+  local f = oldest[1][2]
   local ft = 0
   for j = 1, #f, 2 do
     if f[j] == 't' then ft = tonumber(f[j + 1]) end
   end
   if ft >= cutoff then break end
-  redis.call('XDEL', KEYS[2], first[1][1])
+  redis.call('XDEL', KEYS[2], oldest[1][1])
 end
 redis.call('PEXPIRE', KEYS[2], max_age)
-local frame = '{"op":"event","epoch":"' .. epoch .. '","offset":' .. off .. ',"event":' .. ARGV[1] .. '}'
-redis.call('PUBLISH', ARGV[4], off .. ' ' .. now .. ' ' .. epoch .. ' ' .. frame)
-return {off, epoch, now}
+return {first, epoch, now}
 "#;
 
-/// The `event` frame for an entry, byte for byte what the append script publishes.
+/// One pub/sub message of the append script: a channel's consecutive events.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Appended<'a> {
+    pub(crate) first: u64,
+    pub(crate) unix_ms: u64,
+    pub(crate) epoch: &'a str,
+    /// Each event's JSON, at offsets `first`, `first + 1`, …
+    pub(crate) events: Vec<&'a str>,
+}
+
+/// Reads a message of the append script; `None` when it is not one.
+pub(crate) fn parse_appended(payload: &str) -> Option<Appended<'_>> {
+    let mut parts = payload.splitn(5, ' ');
+    let first = parts.next()?.parse().ok()?;
+    let unix_ms = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?;
+    let lens = parts.next()?;
+    let mut rest = parts.next()?;
+    let mut events = Vec::new();
+    for len in lens.split(',') {
+        let len: usize = len.parse().ok()?;
+        let (json, tail) = (rest.get(..len)?, rest.get(len..)?);
+        events.push(json);
+        rest = tail;
+    }
+    rest.is_empty().then_some(Appended {
+        first,
+        unix_ms,
+        epoch,
+        events,
+    })
+}
+
+/// The `event` frame for an entry.
 pub(crate) fn event_frame(epoch: &str, offset: u64, event_json: &str) -> String {
     format!(r#"{{"op":"event","epoch":"{epoch}","offset":{offset},"event":{event_json}}}"#)
+}
+
+/// The event's JSON inside a frame [`event_frame`] wrote (the broker beside PostgreSQL
+/// publishes events in the append script's format from the frames `http` encoded).
+pub(crate) fn event_json_in_frame(frame: &str) -> Option<&str> {
+    let rest = frame.strip_prefix(r#"{"op":"event","epoch":""#)?;
+    let (_, rest) = rest.split_once(r#"","offset":"#)?;
+    let (offset, rest) = rest.split_once(r#","event":"#)?;
+    offset.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+    rest.strip_suffix('}')
 }
 
 /// One stream entry.
@@ -135,7 +192,7 @@ pub struct RedisHistory {
     shared: Arc<Shared>,
     max_events: usize,
     max_age: Duration,
-    append: Script,
+    append: LuaScript,
 }
 
 impl RedisHistory {
@@ -145,7 +202,7 @@ impl RedisHistory {
             shared,
             max_events: max_events.max(1),
             max_age,
-            append: Script::new(APPEND),
+            append: LuaScript::new(APPEND),
         }
     }
 }
@@ -194,33 +251,82 @@ impl HistoryStore for RedisHistory {
     }
 
     async fn append(&self, event: Event) -> Result<StoredEvent, StoreError> {
-        // The core's writer: `data` is copied as it is, not parsed again.
-        let json = event.to_json();
+        self.append_many(vec![event])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError("redis: the append got no answer".into())))
+    }
+
+    async fn append_many(
+        &self,
+        events: Vec<Event>,
+    ) -> Result<Vec<Result<StoredEvent, StoreError>>, StoreError> {
         let s = &self.shared;
-        let ch = &event.channel;
-        let mut c = s.conn();
-        let mut invocation = self.append.prepare_invoke();
-        invocation
-            .key(s.key(&format!("seq:{ch}")))
-            .key(s.key(&format!("h:{ch}")))
-            .key(s.key("epoch"))
-            .arg(&json)
-            .arg(self.max_events)
-            .arg(
-                u64::try_from(self.max_age.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            )
-            .arg(s.key(&format!("ev:{ch}")))
-            .arg(super::new_epoch());
-        let (offset, epoch, _now): (u64, String, u64) =
-            timed(s, invocation.invoke_async(&mut c)).await?;
-        s.set_epoch(&epoch);
-        Ok(StoredEvent {
-            epoch: epoch.into(),
-            offset,
-            event: Arc::new(event),
-        })
+        let max_age_ms = u64::try_from(self.max_age.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let epoch_candidate = super::new_epoch();
+        // One script call per channel with that channel's events in order, pipelined:
+        // offsets are consecutive per channel in the order of `events`.
+        let mut groups: Vec<(&ChannelName, Vec<usize>)> = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            match groups.iter_mut().find(|(ch, _)| **ch == e.channel) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((&e.channel, vec![i])),
+            }
+        }
+        let calls = groups
+            .iter()
+            .map(|(ch, members)| {
+                let mut call = self.append.call(&[
+                    s.key(&format!("seq:{ch}")),
+                    s.key(&format!("h:{ch}")),
+                    s.key("epoch"),
+                ]);
+                call.arg(self.max_events)
+                    .arg(max_age_ms)
+                    .arg(s.key(&format!("ev:{ch}")))
+                    .arg(&epoch_candidate);
+                for &i in members {
+                    // The core's writer: `data` is copied as it is, not parsed again.
+                    call.arg(events[i].to_json());
+                }
+                call
+            })
+            .collect();
+        // A channel whose call failed fails its events alone; the others are stored.
+        let answers: Vec<Result<(u64, String, u64), StoreError>> =
+            eval_each(s, &self.append, calls).await?;
+        let mut positions: Vec<Result<(u64, Arc<str>), StoreError>> = (0..events.len())
+            .map(|_| Err(StoreError("redis: the append got no answer".into())))
+            .collect();
+        for ((_, members), answer) in groups.iter().zip(answers) {
+            match answer {
+                Ok((first, epoch, _now)) => {
+                    s.set_epoch(&epoch);
+                    let epoch: Arc<str> = epoch.into();
+                    for (k, &i) in members.iter().enumerate() {
+                        positions[i] = Ok((first + k as u64, epoch.clone()));
+                    }
+                }
+                Err(e) => {
+                    for &i in members {
+                        positions[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+        Ok(events
+            .into_iter()
+            .zip(positions)
+            .map(|(event, position)| {
+                position.map(|(offset, epoch)| StoredEvent {
+                    epoch,
+                    offset,
+                    event: Arc::new(event),
+                })
+            })
+            .collect())
     }
 
     async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError> {
@@ -372,5 +478,56 @@ impl HistoryStore for RedisHistory {
         let mut c = s.conn();
         let _: String = timed(s, redis::cmd("PING").query_async(&mut c)).await?;
         Ok(())
+    }
+
+    fn data_loss(&self) -> DataLoss {
+        self.shared.data_loss()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_messages_split_by_byte_length() {
+        let m = parse_appended("7 1700 e1 10,12 {\"a\":\"é\"}{\"b\":\" 1,2\"}").unwrap();
+        assert_eq!(
+            m,
+            Appended {
+                first: 7,
+                unix_ms: 1700,
+                epoch: "e1",
+                events: vec!["{\"a\":\"é\"}", "{\"b\":\" 1,2\"}"],
+            }
+        );
+        // A length past the end, or in the middle of a character, or bytes left over.
+        assert_eq!(parse_appended("7 1700 e1 99 {}"), None);
+        assert_eq!(parse_appended("7 1700 e1 7 {\"a\":\"é\"}"), None);
+        assert_eq!(parse_appended("7 1700 e1 1 {}"), None);
+        assert_eq!(parse_appended("x 1700 e1 2 {}"), None);
+    }
+
+    #[test]
+    fn the_event_json_is_read_back_from_the_frame_http_encodes() {
+        use courier_core::{Delivery, ServerFrame};
+        let event = Event::from_json_data(
+            "t1",
+            "trade.executed",
+            ChannelName::new("trades").unwrap(),
+            r#"{"s":"}\"event\":{"}"#.into(),
+            courier_core::Metadata::default(),
+        )
+        .unwrap();
+        let frame = ServerFrame::Event(Delivery {
+            epoch: "e7".into(),
+            offset: 42,
+            event: event.clone(),
+        })
+        .encode();
+        let json = event_json_in_frame(&frame).unwrap();
+        assert_eq!(json, event.to_json());
+        assert_eq!(event_frame("e7", 42, json), frame);
+        assert_eq!(event_json_in_frame(r#"{"op":"ack","id":"x"}"#), None);
     }
 }

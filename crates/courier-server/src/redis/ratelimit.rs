@@ -4,11 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use redis::Script;
-
-use super::{Shared, timed};
+use super::{LuaScript, Shared, eval_many};
 use crate::store::{BucketDecision, BucketRequest, RateLimitStore, StoreError};
+use async_trait::async_trait;
 
 /// KEYS: the buckets. ARGV, three per bucket: emission interval (µs), burst, shadow (0/1).
 /// Mirrors `store::gcra_decide`; the request is admitted when every non-shadow bucket
@@ -55,7 +53,7 @@ return res
 /// GCRA buckets in Redis.
 pub struct RedisRateLimits {
     shared: Arc<Shared>,
-    script: Script,
+    script: LuaScript,
 }
 
 impl RedisRateLimits {
@@ -63,7 +61,7 @@ impl RedisRateLimits {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
-            script: Script::new(GCRA),
+            script: LuaScript::new(GCRA),
         }
     }
 }
@@ -75,33 +73,56 @@ fn micros(d: u64) -> Duration {
 #[async_trait]
 impl RateLimitStore for RedisRateLimits {
     async fn check(&self, buckets: &[BucketRequest]) -> Result<Vec<BucketDecision>, StoreError> {
-        let mut invocation = self.script.prepare_invoke();
-        for b in buckets {
-            invocation.key(self.shared.key(&b.key));
-        }
-        for b in buckets {
-            let us = u64::try_from(b.emission_interval.as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1);
-            invocation
-                .arg(us)
-                .arg(b.burst.max(1))
-                .arg(if b.shadow { 1 } else { 0 });
-        }
-        let mut c = self.shared.conn();
-        let raw: Vec<(i64, i64, i64, i64)> =
-            timed(&self.shared, invocation.invoke_async(&mut c)).await?;
-        if raw.len() != buckets.len() {
+        self.check_many(&[buckets.to_vec()])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError("redis: the rate-limit script got no answer".into()))
+    }
+
+    async fn check_many(
+        &self,
+        requests: &[Vec<BucketRequest>],
+    ) -> Result<Vec<Vec<BucketDecision>>, StoreError> {
+        // One script call per request, pipelined: Redis runs them in order, each seeing the
+        // buckets as the ones before it left them.
+        let calls = requests
+            .iter()
+            .map(|buckets| {
+                let keys: Vec<String> = buckets.iter().map(|b| self.shared.key(&b.key)).collect();
+                let mut call = self.script.call(&keys);
+                for b in buckets {
+                    let us = u64::try_from(b.emission_interval.as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1);
+                    call.arg(us)
+                        .arg(b.burst.max(1))
+                        .arg(if b.shadow { 1 } else { 0 });
+                }
+                call
+            })
+            .collect();
+        let answers: Vec<Vec<(i64, i64, i64, i64)>> =
+            eval_many(&self.shared, &self.script, calls).await?;
+        if answers.len() != requests.len()
+            || answers
+                .iter()
+                .zip(requests)
+                .any(|(a, r)| a.len() != r.len())
+        {
             return Err(StoreError("redis: rate-limit script answered oddly".into()));
         }
         let pos = |v: i64| u64::try_from(v).unwrap_or(0);
-        Ok(raw
+        Ok(answers
             .into_iter()
-            .map(|(allowed, remaining, reset, retry)| BucketDecision {
-                allowed: allowed == 1,
-                remaining: pos(remaining),
-                reset_after: micros(pos(reset)),
-                retry_after: micros(pos(retry)),
+            .map(|raw| {
+                raw.into_iter()
+                    .map(|(allowed, remaining, reset, retry)| BucketDecision {
+                        allowed: allowed == 1,
+                        remaining: pos(remaining),
+                        reset_after: micros(pos(reset)),
+                        retry_after: micros(pos(retry)),
+                    })
+                    .collect()
             })
             .collect())
     }

@@ -1,4 +1,5 @@
-//! Publish and delivery, history resume, idempotency, validation, payload limits, batches.
+//! Publish and delivery, history resume, idempotency, validation, payload limits (batches:
+//! `batches.rs`).
 
 use serde_json::{Value, json};
 
@@ -331,56 +332,6 @@ async fn payload_too_large() {
     assert_eq!(
         r.json::<Value>().await.unwrap()["error"]["code"],
         "PAYLOAD_TOO_LARGE"
-    );
-    server.shutdown().await;
-}
-
-#[tokio::test]
-async fn batch_publish_reports_each_event() {
-    let server = start().await;
-    let svc = service("svc");
-    server
-        .post("/publish", Some(&svc), &event("b0", "global", 1))
-        .await;
-    let body = json!({"events": [
-        event("b1", "global", 1),
-        event("b0", "global", 1),
-        {"id": "b2", "type": "backtest.progress", "channel": "global", "data": {"percent": 1}},
-        event("", "backtest.z", 3),
-    ]});
-    let r = server.post("/publish/batch", Some(&svc), &body).await;
-    assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
-    let res = v["results"].as_array().unwrap();
-    assert_eq!(res.len(), 4);
-    assert_eq!(
-        (res[0]["status"].as_str(), res[0]["offset"].as_u64()),
-        (Some("accepted"), Some(2))
-    );
-    assert_eq!(
-        (res[1]["status"].as_str(), res[1]["offset"].as_u64()),
-        (Some("duplicate"), Some(1))
-    );
-    assert_eq!(
-        (res[2]["status"].as_str(), res[2]["id"].as_str()),
-        (Some("rejected"), Some("b2"))
-    );
-    assert_eq!(res[2]["error"]["field"], "events[2].data.backtest_id");
-    assert!(res[0].get("error").is_none());
-    assert_eq!(
-        (
-            res[3]["status"].as_str(),
-            res[3]["channel"].as_str(),
-            res[3]["offset"].as_u64()
-        ),
-        (Some("accepted"), Some("backtest.z"), Some(1))
-    );
-    assert_eq!(
-        server
-            .post("/publish/batch", Some(&svc), &json!({"nope": 1}))
-            .await
-            .status(),
-        400
     );
     server.shutdown().await;
 }
