@@ -333,6 +333,7 @@ pub(crate) async fn publish_event(
             offset: stored.offset,
             frame: frame.into(),
             accepted_at: std::time::Instant::now(),
+            deflated: Default::default(),
         };
         state.broker.publish(Arc::new(message)).await?;
         Ok::<_, crate::store::StoreError>(stored)

@@ -30,6 +30,7 @@ use tower_http::trace::TraceLayer;
 pub mod auth;
 pub mod config;
 pub mod connections;
+mod deflate;
 pub mod fault;
 pub mod health;
 pub mod http;
@@ -42,6 +43,7 @@ pub mod ratelimit;
 pub mod redis;
 mod serve;
 pub mod store;
+mod upgrade;
 pub mod ws;
 
 pub use config::Config;

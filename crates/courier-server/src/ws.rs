@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use courier_core::close;
@@ -22,13 +21,20 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use ws_tungstenite::tungstenite::protocol::CloseFrame;
+use ws_tungstenite::tungstenite::protocol::frame::Frame;
+use ws_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use ws_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::SharedState;
 use crate::auth::{AuthError, Claims, unix_now};
+use crate::config::WsCompression;
 use crate::connections::{ConnectionGuard, Refused};
+use crate::deflate::{self, InflateError};
 use crate::http::{ApiError, publish_event};
 use crate::metrics::AuthFailure;
 use crate::store::{Published, ResumePoint, Retained, StoreError, Subscriber, SubscriptionId};
+use crate::upgrade::{Socket, Upgrade};
 #[allow(unused_imports)] // named by the OpenAPI annotations
 use courier_core::ErrorResponse;
 
@@ -40,7 +46,7 @@ use courier_core::ErrorResponse;
     (status = 429, description = "Too many connections waiting to authenticate (`ws.max_unauthenticated`): `CONNECTION_LIMIT_EXCEEDED` with `Retry-After`", body = ErrorResponse),
     (status = 503, description = "The server is shutting down", body = ErrorResponse),
 ))]
-pub(crate) async fn ws_root(State(state): State<SharedState>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn ws_root(State(state): State<SharedState>, ws: Upgrade) -> Response {
     upgrade(state, ws, None)
 }
 
@@ -57,7 +63,7 @@ pub(crate) async fn ws_root(State(state): State<SharedState>, ws: WebSocketUpgra
 pub(crate) async fn ws_channel(
     State(state): State<SharedState>,
     Path(channel): Path<String>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     match ChannelName::new(channel) {
         Ok(c) => upgrade(state, ws, Some(c)),
@@ -65,7 +71,7 @@ pub(crate) async fn ws_channel(
     }
 }
 
-fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName>) -> Response {
+fn upgrade(state: SharedState, ws: Upgrade, channel: Option<ChannelName>) -> Response {
     if state.is_draining() {
         return ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
             .into_response();
@@ -88,14 +94,12 @@ fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName
         .max_frame_bytes
         .saturating_mul(2)
         .max(64 * 1024);
-    // Small buffers: tungstenite reserves its read buffer up front (128 KiB by default),
-    // which would dominate the memory of an idle connection; they grow when a big frame
-    // arrives.
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| tracker.track_future(run(state, socket, channel, slot)))
+    let compression = state.config.ws.compression == WsCompression::On;
+    let deflating =
+        (compression && ws.deflate_offered()).then_some(state.config.ws.compression_min_bytes);
+    ws.on_upgrade(compression, max, move |socket| {
+        tracker.track_future(run(state, socket, channel, slot, deflating))
+    })
 }
 
 /// A connection counted against `ws.max_unauthenticated` until it authenticates or ends.
@@ -119,6 +123,9 @@ impl Drop for Unauthenticated {
 /// Close code for a text frame that is not UTF-8 (RFC 6455 §7.4.1).
 const INVALID_PAYLOAD: u16 = 1007;
 
+/// Close code for frames that break the protocol (RFC 6455 §7.4.1).
+const PROTOCOL_ERROR: u16 = 1002;
+
 /// A close frame's payload is at most 125 bytes: the 2-byte code and the reason.
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -130,7 +137,7 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
         end -= 1;
     }
     CloseFrame {
-        code,
+        code: code.into(),
         reason: reason[..end].into(),
     }
 }
@@ -302,14 +309,48 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 
 /// One item of a connection's queue, ready for the socket.
 enum Write {
-    Text(Utf8Bytes, Option<std::time::Instant>, usize),
+    Send {
+        message: Message,
+        /// When the event was accepted (live events only).
+        accepted_at: Option<std::time::Instant>,
+        /// What the item held against the connection's byte budget.
+        budgeted: usize,
+        /// Payload bytes uncompressed, and as sent.
+        raw: usize,
+        wire: usize,
+    },
     Close(Option<(u16, String)>),
+}
+
+/// A text message: deflated with RSV1 set when `deflated` is given and smaller, else as
+/// it is. Returns the message and its payload bytes uncompressed and as sent.
+fn text_frame(plain: Bytes, deflated: Option<&Bytes>) -> (Message, usize, usize) {
+    let raw = plain.len();
+    let (payload, rsv1) = match deflated {
+        Some(d) if d.len() < raw => (d.clone(), true),
+        _ => (plain, false),
+    };
+    let wire = payload.len();
+    let mut frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = rsv1;
+    (Message::Frame(frame), raw, wire)
+}
+
+/// A connection's own text frame (not an event shared with other subscribers), deflated
+/// for it alone when `deflating` (the minimum size) allows.
+fn own_text(text: String, deflating: Option<usize>) -> (Message, usize, usize) {
+    let plain = Bytes::from(text.into_bytes());
+    let deflated = deflating
+        .filter(|min| plain.len() >= *min)
+        .map(|_| deflate::deflate(&plain));
+    text_frame(plain, deflated.as_ref())
 }
 
 fn to_write(
     item: Option<Outbound>,
     close_tx: &watch::Sender<Option<(u16, String)>>,
     state: &SharedState,
+    deflating: Option<usize>,
 ) -> Write {
     let bytes = item.as_ref().map_or(0, Outbound::budgeted_bytes);
     match item {
@@ -325,24 +366,58 @@ fn to_write(
             });
             Write::Close(close_tx.borrow().clone())
         }
-        Some(Outbound::Frame(t)) => Write::Text(t.into(), None, bytes),
+        Some(Outbound::Frame(t)) => {
+            let (message, raw, wire) = own_text(t, deflating);
+            Write::Send {
+                message,
+                accepted_at: None,
+                budgeted: bytes,
+                raw,
+                wire,
+            }
+        }
         Some(Outbound::Replayed(t)) => {
             state.metrics.delivered.fetch_add(1, Ordering::Relaxed);
-            Write::Text(t.into(), None, bytes)
+            let (message, raw, wire) = own_text(t, deflating);
+            Write::Send {
+                message,
+                accepted_at: None,
+                budgeted: bytes,
+                raw,
+                wire,
+            }
         }
-        Some(Outbound::Event(p)) => Write::Text(p.frame.clone(), Some(p.accepted_at), bytes),
+        Some(Outbound::Event(p)) => {
+            // Deflated once for every compressing subscriber: the first writer to need it
+            // makes it, the others share its bytes.
+            let deflated = deflating.filter(|min| p.frame.len() >= *min).map(|_| {
+                p.deflated
+                    .get_or_init(|| deflate::deflate(p.frame.as_str().as_bytes()))
+            });
+            let (message, raw, wire) = text_frame(Bytes::from(p.frame.clone()), deflated);
+            Write::Send {
+                message,
+                accepted_at: Some(p.accepted_at),
+                budgeted: bytes,
+                raw,
+                wire,
+            }
+        }
     }
 }
 
 /// Writes a connection's queue to its socket: everything queued at once goes out with one
 /// flush (one TCP segment for a burst under `TCP_NODELAY`, not one per frame), and an event's
-/// frame is shared with every other subscriber's writer, never copied.
+/// frame (plain or deflated) is shared with every other subscriber's writer, never copied.
+/// `deflating`: the minimum size of a message to compress, when the connection negotiated
+/// permessage-deflate.
 async fn writer(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: SplitSink<Socket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     close_tx: watch::Sender<Option<(u16, String)>>,
     queued_bytes: Arc<AtomicUsize>,
     state: SharedState,
+    deflating: Option<usize>,
 ) {
     let mut close_rx = close_tx.subscribe();
     // One wait for a close for the writer's life (not a new one per item: registering and
@@ -358,18 +433,27 @@ async fn writer(
         };
         let mut next = Some(item);
         let mut fed_bytes = 0;
+        let (mut fed_raw, mut fed_wire) = (0, 0);
         let mut fed = 0;
         while let Some(item) = next.take() {
-            match to_write(item, &close_tx, &state) {
+            match to_write(item, &close_tx, &state, deflating) {
                 Write::Close(c) => {
                     let _ = sink.flush().await;
                     break 'outer c;
                 }
-                Write::Text(text, accepted_at, bytes) => {
-                    if sink.feed(Message::Text(text)).await.is_err() {
+                Write::Send {
+                    message,
+                    accepted_at,
+                    budgeted,
+                    raw,
+                    wire,
+                } => {
+                    if sink.feed(message).await.is_err() {
                         return;
                     }
-                    fed_bytes += bytes;
+                    fed_bytes += budgeted;
+                    fed_raw += raw;
+                    fed_wire += wire;
                     delivered.extend(accepted_at);
                 }
             }
@@ -383,6 +467,13 @@ async fn writer(
             return;
         }
         queued_bytes.fetch_sub(fed_bytes, Ordering::Relaxed);
+        let metrics = &state.metrics;
+        metrics
+            .ws_raw_bytes
+            .fetch_add(fed_raw as u64, Ordering::Relaxed);
+        metrics
+            .ws_wire_bytes
+            .fetch_add(fed_wire as u64, Ordering::Relaxed);
         for at in delivered.drain(..) {
             state.metrics.delivered.fetch_add(1, Ordering::Relaxed);
             state.metrics.observe_latency(at.elapsed());
@@ -405,12 +496,13 @@ enum Incoming {
 }
 
 /// Reads the next frame; `None` when the peer is gone or closed.
-async fn next_text(stream: &mut SplitStream<WebSocket>) -> Option<Incoming> {
+async fn next_text(stream: &mut SplitStream<Socket>) -> Option<Incoming> {
     loop {
         match stream.next().await? {
-            Ok(Message::Text(t)) => return Some(Incoming::Text(t.to_string())),
+            Ok(Message::Text(t)) => return Some(Incoming::Text(t.as_str().to_owned())),
             Ok(Message::Binary(_)) => return Some(Incoming::Binary),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            // tungstenite answers pings itself and never yields a raw frame when reading.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
             Ok(Message::Close(_)) => return None,
             Err(e) => return refused_frame(&e),
         }
@@ -420,26 +512,37 @@ async fn next_text(stream: &mut SplitStream<WebSocket>) -> Option<Incoming> {
 /// The documented answer to a read error that is the peer's fault and leaves the connection
 /// able to send a close frame; `None` for the rest (I/O, protocol), which end the connection
 /// without one.
-///
-/// The error is tungstenite's, boxed by axum; axum's tungstenite is not a version this crate
-/// can name, so the two cases are told apart by their messages (the 1007 and 1009 tests in
-/// tests/api pin them).
-fn refused_frame(e: &axum::Error) -> Option<Incoming> {
-    let text = e.to_string();
-    if text.starts_with("UTF-8 encoding error") {
-        Some(Incoming::Refused(
+fn refused_frame(e: &ws_tungstenite::tungstenite::Error) -> Option<Incoming> {
+    use ws_tungstenite::tungstenite::Error;
+    match e {
+        Error::Utf8(_) => Some(Incoming::Refused(
             ErrorCode::BadRequest,
             INVALID_PAYLOAD,
             "a text frame was not valid UTF-8",
-        ))
-    } else if text.starts_with("Space limit exceeded") {
-        Some(Incoming::Refused(
+        )),
+        Error::Capacity(_) => Some(Incoming::Refused(
             ErrorCode::PayloadTooLarge,
             close::MESSAGE_TOO_BIG,
             "a frame was over the size limit",
-        ))
-    } else {
-        None
+        )),
+        Error::Io(io) => match InflateError::of(io)? {
+            InflateError::TooLarge { .. } => Some(Incoming::Refused(
+                ErrorCode::PayloadTooLarge,
+                close::MESSAGE_TOO_BIG,
+                "a compressed message was over the size limit",
+            )),
+            InflateError::Corrupt => Some(Incoming::Refused(
+                ErrorCode::BadRequest,
+                INVALID_PAYLOAD,
+                "a compressed message was not valid deflate data",
+            )),
+            InflateError::Protocol(_) => Some(Incoming::Refused(
+                ErrorCode::BadRequest,
+                PROTOCOL_ERROR,
+                "compressed frames broke RFC 7692 (RSV1 on a continuation, or a message inside another)",
+            )),
+        },
+        _ => None,
     }
 }
 
@@ -459,10 +562,17 @@ fn expiry(exp: u64, leeway: u64) -> Instant {
 
 async fn run(
     state: SharedState,
-    socket: WebSocket,
+    socket: Socket,
     channel: Option<ChannelName>,
     unauthenticated: Unauthenticated,
+    deflating: Option<usize>,
 ) {
+    if deflating.is_some() {
+        state
+            .metrics
+            .compressed_connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(state.config.ws.outbound_queue.max(1));
     let (close_tx, mut close_rx) = watch::channel(None);
@@ -479,7 +589,14 @@ async fn run(
         state: state.clone(),
         close: close_tx.subscribe(),
     };
-    let mut writer_task = tokio::spawn(writer(sink, out_rx, close_tx, queued_bytes, state.clone()));
+    let mut writer_task = tokio::spawn(writer(
+        sink,
+        out_rx,
+        close_tx,
+        queued_bytes,
+        state.clone(),
+        deflating,
+    ));
     let mut drop_rx = state.drop_tx.subscribe();
     let mut shutdown_rx = state.shutdown_tx.subscribe();
 
@@ -551,7 +668,7 @@ async fn run(
     // socket a moment lets the close reach the client.
     let refused_read = matches!(
         close_rx.borrow().as_ref(),
-        Some((INVALID_PAYLOAD | close::MESSAGE_TOO_BIG, _))
+        Some((INVALID_PAYLOAD | PROTOCOL_ERROR | close::MESSAGE_TOO_BIG, _))
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while stream.next().await.is_some() {}
@@ -580,7 +697,7 @@ impl Drop for DisconnectCount {
 async fn authenticate(
     state: &SharedState,
     conn: &Arc<Conn>,
-    stream: &mut SplitStream<WebSocket>,
+    stream: &mut SplitStream<Socket>,
     drop_rx: &mut watch::Receiver<u64>,
 ) -> Option<(Claims, ConnectionGuard)> {
     let fail = |code: ErrorCode, close_code: u16, message: &str| {
@@ -719,7 +836,7 @@ impl Session {
     /// Runs until the connection ends; true when it was dropped by fault injection.
     async fn run(
         &mut self,
-        stream: &mut SplitStream<WebSocket>,
+        stream: &mut SplitStream<Socket>,
         close_rx: &mut watch::Receiver<Option<(u16, String)>>,
         drop_rx: &mut watch::Receiver<u64>,
         shutdown_rx: &mut watch::Receiver<bool>,
@@ -991,7 +1108,7 @@ mod tests {
     fn close_reasons_are_cut_to_123_bytes_on_a_char_boundary() {
         let short = close_frame(4001, "token has expired");
         assert_eq!(
-            (short.code, short.reason.as_str()),
+            (u16::from(short.code), short.reason.as_str()),
             (4001, "token has expired")
         );
         let ascii = "x".repeat(300);
