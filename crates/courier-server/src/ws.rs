@@ -600,6 +600,8 @@ async fn run(
     let mut drop_rx = state.drop_tx.subscribe();
     let mut shutdown_rx = state.shutdown_tx.subscribe();
 
+    // Drops injected before this connection existed are not its own.
+    let drops_before = *drop_rx.borrow_and_update();
     let authenticated = authenticate(&state, &conn, &mut stream, &mut drop_rx).await;
     drop(unauthenticated);
     match authenticated {
@@ -647,7 +649,7 @@ async fn run(
                 return;
             }
         }
-        None if *drop_rx.borrow_and_update() > 0 && conn.close.borrow().is_none() => {
+        None if *drop_rx.borrow_and_update() != drops_before && conn.close.borrow().is_none() => {
             writer_task.abort();
             return;
         }
