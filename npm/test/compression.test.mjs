@@ -14,7 +14,7 @@ import { CourierClient } from '../dist/node.js';
 import { startServer, token, fault, until } from './helpers.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const EXTENSION = 'permessage-deflate; server_no_context_takeover; client_no_context_takeover';
+const EXTENSION = 'permessage-deflate; client_no_context_takeover';
 let server;
 const closers = [];
 
@@ -53,6 +53,7 @@ async function metric(name) {
   return Number(m[1]);
 }
 
+let rawCount = 0;
 /** A raw `ws` connection speaking the protocol by hand; `options` go to `ws`. */
 async function raw(options = {}, { channel, since, url = server.wsUrl } = {}) {
   const ws = new WebSocket(`${url}/ws`, options);
@@ -78,12 +79,15 @@ async function raw(options = {}, { channel, since, url = server.wsUrl } = {}) {
     closed: () => closed,
     events: () => frames.filter((f) => f.op === 'event'),
     async wait(pred, what) {
-      await until(() => frames.some(pred), { what: `${what}: ${JSON.stringify(frames).slice(0, 500)}` });
+      await until(() => frames.some(pred), { what }).catch((e) => {
+        throw new Error(`${e.message}: ${JSON.stringify(frames).slice(0, 500)} (closed: ${closed})`);
+      });
       return frames.find(pred);
     },
   };
   if (channel) {
-    ws.send(JSON.stringify({ op: 'connect', token: token({ sub: 'raw', channels: ['backtest.*'] }), client: 'test' }));
+    // A `sub` per connection: the per-user connection limit (5) is not what is tested.
+    ws.send(JSON.stringify({ op: 'connect', token: token({ sub: `raw-${++rawCount}`, channels: ['backtest.*'] }), client: 'test' }));
     await c.wait((f) => f.op === 'connected', 'connected');
     ws.send(JSON.stringify({ op: 'subscribe', id: 1, channel, ...(since ? { since } : {}) }));
     await c.wait((f) => f.op === 'subscribed', 'subscribed');
@@ -156,10 +160,51 @@ test('a raw handshake shows the parameters the server answers', async () => {
   const offered = await answer('permessage-deflate; client_max_window_bits');
   assert.match(offered, /^HTTP\/1.1 101/);
   assert.ok(offered.toLowerCase().includes(`sec-websocket-extensions: ${EXTENSION}`), offered);
+  const noContext = await answer('permessage-deflate; server_no_context_takeover');
+  assert.ok(noContext.toLowerCase().includes('sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover'), noContext);
   // A smaller server window is declined (the deflater's is fixed): plain frames.
   const small = await answer('permessage-deflate; server_max_window_bits=10');
   assert.match(small, /^HTTP\/1.1 101/);
   assert.ok(!small.toLowerCase().includes('sec-websocket-extensions'), small);
+});
+
+test('subscribers that join while events flow, with other traffic between events, read every event intact', async () => {
+  // Subscribers that go live together share one deflate stream with context; one that
+  // joins later, resumes, subscribes to a second channel, publishes or refuses context
+  // takeover must still read every event (`ws` fails the connection on a bad stream).
+  const channel = 'backtest.cohort';
+  const first = [await raw({}, { channel }), await raw({}, { channel })];
+  const noContext = await raw({ perMessageDeflate: { serverNoContextTakeover: true } }, { channel });
+  const sent = [];
+  const publishN = async (n) => {
+    for (let i = 0; i < n; i++) {
+      const p = { type: 'backtest.progress', data: { backtest_id: 'bt-c', percent: sent.length % 100, message: `${UNICODE} #${sent.length}` } };
+      sent.push(p.data);
+      await publish(channel, p);
+    }
+  };
+  await publishN(5);
+  const late = await raw({}, { channel });
+  const resumed = await raw({}, { channel, since: { epoch: first[0].events()[0]?.epoch ?? (await first[0].wait((f) => f.op === 'event', 'event')).epoch, offset: 2 } });
+  // Other traffic between events: a second channel's events, pongs, a publish's ack.
+  first[0].ws.send(JSON.stringify({ op: 'subscribe', id: 2, channel: 'backtest.cohort2' }));
+  await first[0].wait((f) => f.op === 'subscribed' && f.id === 2, 'second subscription');
+  for (let i = 0; i < 5; i++) {
+    await publishN(1);
+    await publish('backtest.cohort2', payloads[1]);
+    first[1].ws.send('{"op":"ping"}');
+  }
+  await publishN(5);
+  const all = [...first, noContext];
+  for (const c of all) await until(() => c.events().filter((f) => f.event.channel === channel).length === 15, { what: '15 events' });
+  for (const c of all) assert.deepEqual(c.events().filter((f) => f.event.channel === channel).map((f) => f.event.data), sent);
+  await until(() => late.events().length === 10, { what: 'the late subscriber\'s 10 events' });
+  assert.deepEqual(late.events().map((f) => f.event.data), sent.slice(5));
+  await until(() => resumed.events().length === 13, { what: 'the resumed subscriber\'s 13 events' });
+  assert.deepEqual(resumed.events().map((f) => f.event.data), sent.slice(2));
+  assert.equal(first[0].events().filter((f) => f.event.channel === 'backtest.cohort2').length, 5);
+  for (const c of [...all, late, resumed]) assert.equal(c.closed(), null);
+  assert.equal(noContext.ws.extensions, 'permessage-deflate');
 });
 
 test('a fragmented compressed message from the client is read whole', async () => {

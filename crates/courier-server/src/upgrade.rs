@@ -19,7 +19,7 @@ use ws_tungstenite::WebSocketStream;
 use ws_tungstenite::tungstenite::handshake::derive_accept_key;
 use ws_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::deflate::{self, Transport};
+use crate::deflate::{self, Offer, Transport};
 use crate::http::ApiError;
 
 /// A server-side WebSocket over the upgraded connection.
@@ -29,7 +29,7 @@ pub(crate) type Socket = WebSocketStream<Transport<TokioIo<hyper::upgrade::Upgra
 pub(crate) struct Upgrade {
     key: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
-    deflate_offered: bool,
+    deflate_offered: Option<Offer>,
 }
 
 fn bad_request(message: &str) -> ApiError {
@@ -88,8 +88,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 }
 
 impl Upgrade {
-    /// Whether the client offered permessage-deflate in a form this server accepts.
-    pub(crate) fn deflate_offered(&self) -> bool {
+    /// The client's permessage-deflate offer, if it made one this server accepts.
+    pub(crate) fn deflate_offered(&self) -> Option<Offer> {
         self.deflate_offered
     }
 
@@ -101,7 +101,7 @@ impl Upgrade {
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let deflate = deflate && self.deflate_offered;
+        let offer = self.deflate_offered.filter(|_| deflate);
         // Small buffers: tungstenite reserves its read buffer up front (128 KiB by default),
         // which would dominate the memory of an idle connection; they grow when a big frame
         // arrives.
@@ -116,7 +116,7 @@ impl Upgrade {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let io = Transport::new(TokioIo::new(upgraded), deflate, max);
+            let io = Transport::new(TokioIo::new(upgraded), offer.is_some(), max);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
             callback(socket).await;
         });
@@ -128,8 +128,13 @@ impl Upgrade {
                 header::SEC_WEBSOCKET_ACCEPT,
                 derive_accept_key(self.key.as_bytes()),
             );
-        if deflate {
-            response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, deflate::RESPONSE);
+        if let Some(offer) = offer {
+            let answer = if offer.server_no_context_takeover {
+                deflate::RESPONSE_NO_CONTEXT
+            } else {
+                deflate::RESPONSE
+            };
+            response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, answer);
         }
         response
             .body(axum::body::Body::empty())

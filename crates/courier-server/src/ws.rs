@@ -8,7 +8,7 @@
 //! cut to what a close frame can carry, so the code always reaches the client.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +30,7 @@ use crate::SharedState;
 use crate::auth::{AuthError, Claims, unix_now};
 use crate::config::WsCompression;
 use crate::connections::{ConnectionGuard, Refused};
-use crate::deflate::{self, InflateError};
+use crate::deflate::{self, Cohort, InflateError};
 use crate::http::{ApiError, publish_event};
 use crate::metrics::AuthFailure;
 use crate::store::{Published, ResumePoint, Retained, StoreError, Subscriber, SubscriptionId};
@@ -95,8 +95,13 @@ fn upgrade(state: SharedState, ws: Upgrade, channel: Option<ChannelName>) -> Res
         .saturating_mul(2)
         .max(64 * 1024);
     let compression = state.config.ws.compression == WsCompression::On;
-    let deflating =
-        (compression && ws.deflate_offered()).then_some(state.config.ws.compression_min_bytes);
+    let deflating = ws
+        .deflate_offered()
+        .filter(|_| compression)
+        .map(|offer| Deflating {
+            min: state.config.ws.compression_min_bytes,
+            cohorts: !offer.server_no_context_takeover,
+        });
     ws.on_upgrade(compression, max, move |socket| {
         tracker.track_future(run(state, socket, channel, slot, deflating))
     })
@@ -142,10 +147,33 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
     }
 }
 
+/// A connection's permessage-deflate settings.
+#[derive(Clone, Copy)]
+struct Deflating {
+    /// `ws.compression_min_bytes`.
+    min: usize,
+    /// The client let the server deflate with context: the connection may join a
+    /// [`Cohort`].
+    cohorts: bool,
+}
+
+/// [`Conn::cohort`]: may deflate any message on its own.
+const FREE: u8 = 0;
+/// [`Conn::cohort`]: in a cohort, so only the cohort's messages go compressed.
+const IN_COHORT: u8 = 1;
+/// [`Conn::cohort`]: left its cohort (for good): deflates messages on their own again.
+const LEFT: u8 = 2;
+
+/// An item of a connection's queue. The flag of a frame or event tells whether it may be
+/// deflated on its own, decided when it is queued: the queue's order is the order on the
+/// wire, so a connection in a cohort never gets another compressed message between two of
+/// the cohort's.
 enum Outbound {
-    Frame(String),
-    Event(Arc<Published>),
-    Replayed(String),
+    Frame(String, bool),
+    Event(Arc<Published>, bool),
+    /// An event and its bytes in the connection's cohort stream.
+    Cohort(Arc<Published>, Bytes),
+    Replayed(String, bool),
     Close(u16, String),
 }
 
@@ -154,9 +182,9 @@ impl Outbound {
     /// counted: it waits for room in the queue instead of overflowing it.
     fn budgeted_bytes(&self) -> usize {
         match self {
-            Outbound::Frame(t) => t.len(),
-            Outbound::Event(p) => p.frame.len(),
-            Outbound::Replayed(_) | Outbound::Close(..) => 0,
+            Outbound::Frame(t, _) => t.len(),
+            Outbound::Event(p, _) | Outbound::Cohort(p, _) => p.frame.len(),
+            Outbound::Replayed(..) | Outbound::Close(..) => 0,
         }
     }
 }
@@ -169,6 +197,11 @@ struct Conn {
     queued_bytes: Arc<AtomicUsize>,
     /// `ws.max_queued_bytes`.
     max_queued_bytes: usize,
+    /// Its permessage-deflate settings, when negotiated.
+    deflating: Option<Deflating>,
+    /// Where it stands with cohorts: [`FREE`], [`IN_COHORT`] or [`LEFT`] (read by the
+    /// writer too).
+    cohort: Arc<AtomicU8>,
 }
 
 impl Conn {
@@ -226,8 +259,61 @@ impl Conn {
         }
     }
 
+    /// Whether a message queued now may be deflated on its own: not while in a cohort.
+    fn may_deflate(&self) -> bool {
+        self.cohort.load(Ordering::Acquire) != IN_COHORT
+    }
+
+    /// A cohort for a subscription of `channel` going live, if the connection may join one:
+    /// it negotiated context takeover, is in no other cohort (one stream per connection:
+    /// another compressed message between two of a cohort's would break its client's
+    /// window) and has no other subscription (`alone`), whose fan-out could queue a message
+    /// deflated on its own after the cohort's first.
+    fn join_cohort(&self, channel: &ChannelName, alone: bool) -> Option<Member> {
+        self.deflating.filter(|d| d.cohorts && alone)?;
+        self.cohort
+            .compare_exchange(FREE, IN_COHORT, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        match self.state.cohorts.join(channel.as_str()) {
+            Some(cohort) => Some(Member { cohort, next: 1 }),
+            None => {
+                self.cohort.store(FREE, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// An event for a live subscription: from its cohort's stream while the stream's next
+    /// message is the one `member` expects, else deflated on its own by the writer.
+    fn push_event(&self, message: &Arc<Published>, member: &mut Option<Member>) {
+        let min = self.deflating.map_or(usize::MAX, |d| d.min);
+        if let Some(m) = member {
+            if message.frame.len() < min {
+                // Sent plain: not part of the stream.
+                self.push(Outbound::Event(message.clone(), false));
+                return;
+            }
+            let frame = message.frame.as_str().as_bytes();
+            match m.cohort.deflate(&message.epoch, message.offset, frame) {
+                Some((seq, bytes)) if seq == m.next => {
+                    m.next += 1;
+                    self.push(Outbound::Cohort(message.clone(), bytes));
+                    return;
+                }
+                _ => {
+                    // Every cohort message of this connection was queued before this store
+                    // (under this subscription's lock): what is queued after may be
+                    // deflated on its own.
+                    *member = None;
+                    self.cohort.store(LEFT, Ordering::Release);
+                }
+            }
+        }
+        self.push(Outbound::Event(message.clone(), self.may_deflate()));
+    }
+
     fn send(&self, frame: &ServerFrame) {
-        self.push(Outbound::Frame(frame.encode()));
+        self.push(Outbound::Frame(frame.encode(), self.may_deflate()));
     }
 
     fn error(&self, frame: ErrorFrame) {
@@ -251,8 +337,15 @@ impl Conn {
 
 enum Phase {
     Buffering(Vec<Arc<Published>>),
-    /// The epoch subscribed in and the last offset sent.
-    Live(Arc<str>, u64),
+    /// The epoch subscribed in, the last offset sent, and the cohort it is in.
+    Live(Arc<str>, u64, Option<Member>),
+}
+
+/// A subscription's place in a [`Cohort`]: the sequence number of the stream's message it
+/// must send next.
+struct Member {
+    cohort: Arc<Cohort>,
+    next: u64,
 }
 
 /// One channel subscription of one connection.
@@ -273,12 +366,12 @@ impl Subscriber for ChannelSub {
                     buf.push(message.clone());
                 }
             }
-            Phase::Live(epoch, last) => {
+            Phase::Live(epoch, last, member) => {
                 if message.epoch != *epoch {
                     self.conn.epoch_changed();
                 } else if message.offset > *last {
                     *last = message.offset;
-                    self.conn.push(Outbound::Event(message.clone()));
+                    self.conn.push_event(message, member);
                 }
             }
         }
@@ -287,20 +380,23 @@ impl Subscriber for ChannelSub {
 
 impl ChannelSub {
     /// Ends replay: sends buffered live events after `last`, then goes live.
-    fn go_live(&self, epoch: Arc<str>, mut last: u64) {
+    fn go_live(&self, epoch: Arc<str>, mut last: u64, channel: &ChannelName, alone: bool) {
         let mut phase = self.phase.lock().expect("subscription lock");
-        if let Phase::Buffering(buf) = std::mem::replace(&mut *phase, Phase::Live(epoch.clone(), 0))
+        if let Phase::Buffering(buf) =
+            std::mem::replace(&mut *phase, Phase::Live(epoch.clone(), 0, None))
         {
             for m in buf {
                 if m.epoch != epoch {
                     self.conn.epoch_changed();
                 } else if m.offset > last {
                     last = m.offset;
-                    self.conn.push(Outbound::Event(m));
+                    self.conn.push(Outbound::Event(m, self.conn.may_deflate()));
                 }
             }
         }
-        *phase = Phase::Live(epoch, last);
+        // Joined after the buffered events: they went out before the stream's first message,
+        // where they do not matter to it.
+        *phase = Phase::Live(epoch, last, self.conn.join_cohort(channel, alone));
     }
 }
 
@@ -366,8 +462,8 @@ fn to_write(
             });
             Write::Close(close_tx.borrow().clone())
         }
-        Some(Outbound::Frame(t)) => {
-            let (message, raw, wire) = own_text(t, deflating);
+        Some(Outbound::Frame(t, may)) => {
+            let (message, raw, wire) = own_text(t, deflating.filter(|_| may));
             Write::Send {
                 message,
                 accepted_at: None,
@@ -376,9 +472,9 @@ fn to_write(
                 wire,
             }
         }
-        Some(Outbound::Replayed(t)) => {
+        Some(Outbound::Replayed(t, may)) => {
             state.metrics.delivered.fetch_add(1, Ordering::Relaxed);
-            let (message, raw, wire) = own_text(t, deflating);
+            let (message, raw, wire) = own_text(t, deflating.filter(|_| may));
             Write::Send {
                 message,
                 accepted_at: None,
@@ -387,7 +483,22 @@ fn to_write(
                 wire,
             }
         }
-        Some(Outbound::Event(p)) => {
+        Some(Outbound::Cohort(p, deflated)) => {
+            let raw = p.frame.len();
+            let wire = deflated.len();
+            // Always compressed: the cohort's deflater has this event in its window.
+            let mut frame = Frame::message(deflated, OpCode::Data(Data::Text), true);
+            frame.header_mut().rsv1 = true;
+            Write::Send {
+                message: Message::Frame(frame),
+                accepted_at: Some(p.accepted_at),
+                budgeted: bytes,
+                raw,
+                wire,
+            }
+        }
+        Some(Outbound::Event(p, may)) => {
+            let deflating = deflating.filter(|_| may);
             // Deflated once for every compressing subscriber: the first writer to need it
             // makes it, the others share its bytes.
             let deflated = deflating.filter(|min| p.frame.len() >= *min).map(|_| {
@@ -565,7 +676,7 @@ async fn run(
     socket: Socket,
     channel: Option<ChannelName>,
     unauthenticated: Unauthenticated,
-    deflating: Option<usize>,
+    deflating: Option<Deflating>,
 ) {
     if deflating.is_some() {
         state
@@ -577,12 +688,15 @@ async fn run(
     let (out_tx, out_rx) = mpsc::channel(state.config.ws.outbound_queue.max(1));
     let (close_tx, mut close_rx) = watch::channel(None);
     let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let cohort = Arc::new(AtomicU8::new(FREE));
     let conn = Arc::new(Conn {
         out: out_tx,
         close: close_tx.clone(),
         state: state.clone(),
         queued_bytes: queued_bytes.clone(),
         max_queued_bytes: state.config.ws.max_queued_bytes,
+        deflating,
+        cohort: cohort.clone(),
     });
     // Counts the disconnection on every way out of this function, by the close code sent.
     let _disconnect = DisconnectCount {
@@ -595,7 +709,7 @@ async fn run(
         close_tx,
         queued_bytes,
         state.clone(),
-        deflating,
+        deflating.map(|d| d.min),
     ));
     let mut drop_rx = state.drop_tx.subscribe();
     let mut shutdown_rx = state.shutdown_tx.subscribe();
@@ -1073,6 +1187,7 @@ impl Session {
             }
         };
         self.subs.insert(channel.clone(), (sid, sub.clone()));
+        let channel_name = channel.clone();
         self.conn.send(&ServerFrame::Subscribed {
             id,
             channel,
@@ -1093,11 +1208,12 @@ impl Session {
             })
             .encode();
             // Replay waits for room in the queue instead of failing: the client asked for it.
-            if self.conn.out.send(Outbound::Replayed(frame)).await.is_err() {
+            let item = Outbound::Replayed(frame, self.conn.may_deflate());
+            if self.conn.out.send(item).await.is_err() {
                 return true;
             }
         }
-        sub.go_live(held.epoch, last);
+        sub.go_live(held.epoch, last, &channel_name, self.subs.len() == 1);
         false
     }
 }

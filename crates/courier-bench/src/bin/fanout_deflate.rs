@@ -173,9 +173,27 @@ fn event(kind: &str, phase: &str, n: u64) -> serde_json::Value {
             "price": format!("189.{:04}", n % 10_000), "executed_at": unix_ms() as u64,
             "order_id": format!("ord-{n:08}"), "backtest_id": "bt-7f3a9c21"})
     };
+    // A correlation id as random as a UUID v4's (hex of a mixed counter): it does not
+    // compress, as in real traffic.
+    let (a, b) = (mix(n), mix(n ^ 0x9e37_79b9_7f4a_7c15));
+    let correlation_id = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    );
     serde_json::json!({"id": format!("{phase}-{n}"), "type": kind, "channel": CHANNEL, "data": data,
-        "metadata": {"source": "bench", "user_id": "user-42",
-            "correlation_id": format!("c0ffee00-{:04x}-4e21-9a7b-{:012x}", n % 65536, n * 7919)}})
+        "metadata": {"source": "bench", "user_id": "user-42", "correlation_id": correlation_id}})
+}
+
+/// splitmix64: a well-mixed 64-bit value of `n`.
+fn mix(n: u64) -> u64 {
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 async fn metric(http: &reqwest::Client, addr: &str, name: &str) -> f64 {
