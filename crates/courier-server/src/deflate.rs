@@ -1,15 +1,20 @@
 //! WebSocket compression: permessage-deflate (RFC 7692) as a small extension over
 //! tungstenite.
 //!
-//! Why not a WebSocket crate that implements RFC 7692 (`yawc` 0.5, checked): its sink
-//! compresses every message itself, once per connection, and a `Frame`'s RSV1 bit cannot be
-//! set from outside, so an event fanned out to 1,000 subscribers would be deflated 1,000
-//! times. Here the server always answers `server_no_context_takeover`: each message is
-//! deflated on its own, so the deflated bytes of an event do not depend on the connection,
-//! and the fan-out deflates an event once ([`deflate`], cached in
-//! [`Published`](crate::store::Published)) and writes the same bytes, RSV1 set, to every
-//! subscriber that negotiated it. tungstenite writes such a frame as given
-//! (`Message::Frame`).
+//! Decision: an extension over tungstenite, not a WebSocket crate that implements RFC 7692.
+//! `yawc` 0.5 (checked; RFC 7692, axum extractor, Autobahn-tested) compresses every message
+//! in its sink, once per connection, and a `Frame`'s RSV1 bit cannot be set from outside,
+//! so an event fanned out to 1,000 subscribers would be deflated 1,000 times. Here an event
+//! is deflated once, and the same bytes, RSV1 set, are written to every subscriber that
+//! can read them (tungstenite writes such a frame as given, `Message::Frame`):
+//!
+//! - **On its own** ([`deflate`], cached in [`Published`](crate::store::Published)): the
+//!   bytes do not depend on the connection, so every compressing subscriber can take them.
+//! - **In a [`Cohort`]**: subscribers of a channel that went live together share one
+//!   deflate stream with context; each event is deflated once per cohort with the events
+//!   before it as its dictionary (about 0.17 of a typical event's size against 0.65 on its
+//!   own). The server answers without `server_no_context_takeover` so that it may do this,
+//!   unless the client asks for it; a message deflated on its own reads the same either way.
 //!
 //! tungstenite refuses any frame with RSV1 set, so the client's compressed messages are
 //! inflated below it: [`Transport`] reads the socket, passes uncompressed frames through
