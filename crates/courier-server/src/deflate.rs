@@ -204,9 +204,11 @@ impl Cohort {
                 return None;
             }
             if offset <= *last {
+                // From the newest: the fan-out asks for the event it just deflated.
                 return s
                     .recent
                     .iter()
+                    .rev()
                     .find(|(o, _, _)| *o == offset)
                     .map(|(_, seq, b)| (*seq, b.clone()));
             }
