@@ -684,8 +684,12 @@ mod tests {
     /// A client frame: FIN, RSV1, opcode, masked with `key`.
     fn frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
         let mut out = vec![(u8::from(fin) << 7) | (u8::from(rsv1) << 6) | opcode];
-        assert!(payload.len() < 126);
-        out.push(0x80 | payload.len() as u8);
+        if payload.len() < 126 {
+            out.push(0x80 | payload.len() as u8);
+        } else {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
         out.extend_from_slice(&key);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
         out
@@ -717,6 +721,41 @@ mod tests {
         assert_eq!(
             &rest[plain.len()..],
             &frame(true, false, 1, b"plain", [0, 0, 0, 1])[..]
+        );
+    }
+
+    /// Hands out `data` a few bytes at a time, as a socket may.
+    struct Trickle(Vec<u8>, usize);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let at = self.1;
+            let n = (self.0.len() - at).min(7).min(buf.remaining());
+            buf.put_slice(&self.0[at..at + n]);
+            self.1 += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_arriving_in_pieces_pass_and_inflate_whole() {
+        let plain: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let text = "{\"op\":\"publish\",\"data\":\"ünïcode\"}".repeat(300);
+        let d = deflate(text.as_bytes());
+        let mut input = frame(true, false, 2, &plain, [3, 1, 4, 1]);
+        input.extend(frame(true, true, 1, &d, [2, 7, 1, 8]));
+        let mut t = Transport::new(Trickle(input, 0), true, 1 << 20);
+        let mut out = Vec::new();
+        t.read_to_end(&mut out).await.unwrap();
+        let first = frame(true, false, 2, &plain, [3, 1, 4, 1]);
+        assert_eq!(&out[..first.len()], &first[..]);
+        assert_eq!(
+            &out[first.len()..],
+            &frame(true, false, 1, text.as_bytes(), [0; 4])[..]
         );
     }
 
