@@ -525,6 +525,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Transport<S> {
             if !this.ready.is_empty() {
                 let n = this.ready.len().min(buf.remaining());
                 buf.put_slice(&this.ready.split_to(n));
+                // An idle connection keeps no buffer from its last message.
+                for b in [&mut this.ready, &mut this.raw] {
+                    if b.is_empty() && b.capacity() > 0 {
+                        *b = BytesMut::new();
+                    }
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.step().map_err(io::Error::other)? {
