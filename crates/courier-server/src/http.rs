@@ -574,6 +574,7 @@ async fn fan_out(
         offset: stored.offset,
         frame: frame.into(),
         accepted_at: std::time::Instant::now(),
+        deflated: Default::default(),
     };
     state.broker.publish(Arc::new(message)).await
 }

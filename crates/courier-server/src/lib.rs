@@ -32,6 +32,7 @@ pub mod auth;
 pub mod config;
 pub mod connections;
 pub mod console;
+mod deflate;
 pub mod fault;
 pub mod health;
 pub mod http;
@@ -47,6 +48,7 @@ pub mod redis;
 mod replay;
 mod serve;
 pub mod store;
+mod upgrade;
 pub mod ws;
 
 pub use config::Config;
@@ -191,6 +193,8 @@ pub struct AppState {
     shutdown_tx: watch::Sender<bool>,
     drop_tx: watch::Sender<u64>,
     ws_tracker: TaskTracker,
+    /// Shared deflate streams of WebSocket subscribers (permessage-deflate).
+    pub(crate) cohorts: deflate::Cohorts,
     sessions: AtomicU64,
     ids: std::sync::Mutex<EventIdGenerator>,
     order: Vec<tokio::sync::Mutex<()>>,
@@ -233,6 +237,7 @@ impl AppState {
             shutdown_tx: watch::channel(false).0,
             drop_tx: watch::channel(0).0,
             ws_tracker: TaskTracker::new(),
+            cohorts: Default::default(),
             sessions: AtomicU64::new(0),
             ids: std::sync::Mutex::new(EventIdGenerator::new(seed)),
             order: (0..ORDER_SHARDS)

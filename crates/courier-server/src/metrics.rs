@@ -218,6 +218,14 @@ pub struct Metrics {
     pub delivered: AtomicU64,
     /// Connections closed as slow consumers.
     pub slow_consumers: AtomicU64,
+    /// WebSocket connections that negotiated permessage-deflate since start.
+    pub compressed_connections: AtomicU64,
+    /// Payload bytes of the text messages written to WebSockets, as written (compressed
+    /// where the connection negotiated it and the message was large enough).
+    pub ws_wire_bytes: AtomicU64,
+    /// The same messages' payload bytes uncompressed: with `ws_wire_bytes`, what
+    /// compression saves.
+    pub ws_raw_bytes: AtomicU64,
     /// Idempotency-window lookups that found the id (a duplicate).
     pub idempotency_hits: AtomicU64,
     /// Idempotency-window lookups that did not (a new id claimed).
@@ -256,6 +264,9 @@ impl Metrics {
             duplicates: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
+            compressed_connections: AtomicU64::new(0),
+            ws_wire_bytes: AtomicU64::new(0),
+            ws_raw_bytes: AtomicU64::new(0),
             idempotency_hits: AtomicU64::new(0),
             idempotency_misses: AtomicU64::new(0),
             message_bytes: Histogram::new(SIZE_BUCKETS, 1.0),
@@ -427,6 +438,24 @@ impl Metrics {
             "counter",
             "Connections closed as slow consumers.",
             load(&self.slow_consumers).to_string(),
+        );
+        simple(
+            "courier_ws_compressed_connections_total",
+            "counter",
+            "WebSocket connections that negotiated permessage-deflate.",
+            load(&self.compressed_connections).to_string(),
+        );
+        simple(
+            "courier_ws_sent_bytes_total",
+            "counter",
+            "Payload bytes of text messages written to WebSockets, as sent (compressed where negotiated).",
+            load(&self.ws_wire_bytes).to_string(),
+        );
+        simple(
+            "courier_ws_sent_raw_bytes_total",
+            "counter",
+            "Payload bytes of the same messages before compression.",
+            load(&self.ws_raw_bytes).to_string(),
         );
         simple(
             "courier_draining",

@@ -193,6 +193,9 @@ pub struct Published {
     pub frame: axum::extract::ws::Utf8Bytes,
     /// When the server accepted it (for the publish-to-deliver histogram).
     pub accepted_at: Instant,
+    /// `frame` deflated for permessage-deflate, made by the first compressing subscriber's
+    /// writer and shared by all of them (`ws.rs`): an event is compressed once.
+    pub deflated: std::sync::OnceLock<bytes::Bytes>,
 }
 
 /// Something that receives a channel's events. `deliver` must not block: a subscriber that

@@ -8,11 +8,10 @@
 //! cut to what a close frame can carry, so the code always reaches the client.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use courier_core::close;
@@ -22,14 +21,21 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use ws_tungstenite::tungstenite::protocol::CloseFrame;
+use ws_tungstenite::tungstenite::protocol::frame::Frame;
+use ws_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use ws_tungstenite::tungstenite::{Bytes, Message};
 
 use crate::SharedState;
 use crate::admin::ConnectionEntry;
 use crate::auth::{AuthError, Claims, unix_now};
+use crate::config::WsCompression;
 use crate::connections::{ConnectionGuard, Refused};
+use crate::deflate::{self, Cohort, InflateError};
 use crate::http::{ApiError, publish_event};
 use crate::metrics::AuthFailure;
 use crate::store::{Published, ResumePoint, Retained, StoreError, Subscriber, SubscriptionId};
+use crate::upgrade::{Socket, Upgrade};
 #[allow(unused_imports)] // named by the OpenAPI annotations
 use courier_core::ErrorResponse;
 
@@ -41,7 +47,7 @@ use courier_core::ErrorResponse;
     (status = 429, description = "Too many connections waiting to authenticate (`ws.max_unauthenticated`): `CONNECTION_LIMIT_EXCEEDED` with `Retry-After`", body = ErrorResponse),
     (status = 503, description = "The server is shutting down", body = ErrorResponse),
 ))]
-pub(crate) async fn ws_root(State(state): State<SharedState>, ws: WebSocketUpgrade) -> Response {
+pub(crate) async fn ws_root(State(state): State<SharedState>, ws: Upgrade) -> Response {
     upgrade(state, ws, None)
 }
 
@@ -58,7 +64,7 @@ pub(crate) async fn ws_root(State(state): State<SharedState>, ws: WebSocketUpgra
 pub(crate) async fn ws_channel(
     State(state): State<SharedState>,
     Path(channel): Path<String>,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     match ChannelName::new(channel) {
         Ok(c) => upgrade(state, ws, Some(c)),
@@ -66,7 +72,7 @@ pub(crate) async fn ws_channel(
     }
 }
 
-fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName>) -> Response {
+fn upgrade(state: SharedState, ws: Upgrade, channel: Option<ChannelName>) -> Response {
     if state.is_draining() {
         return ApiError::new(ErrorCode::ShuttingDown, "the server is shutting down")
             .into_response();
@@ -89,14 +95,17 @@ fn upgrade(state: SharedState, ws: WebSocketUpgrade, channel: Option<ChannelName
         .max_frame_bytes
         .saturating_mul(2)
         .max(64 * 1024);
-    // Small buffers: tungstenite reserves its read buffer up front (128 KiB by default),
-    // which would dominate the memory of an idle connection; they grow when a big frame
-    // arrives.
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| tracker.track_future(run(state, socket, channel, slot)))
+    let compression = state.config.ws.compression == WsCompression::On;
+    let deflating = ws
+        .deflate_offered()
+        .filter(|_| compression)
+        .map(|offer| Deflating {
+            min: state.config.ws.compression_min_bytes,
+            cohorts: !offer.server_no_context_takeover,
+        });
+    ws.on_upgrade(compression, max, move |socket| {
+        tracker.track_future(run(state, socket, channel, slot, deflating))
+    })
 }
 
 /// A connection counted against `ws.max_unauthenticated` until it authenticates or ends.
@@ -120,6 +129,9 @@ impl Drop for Unauthenticated {
 /// Close code for a text frame that is not UTF-8 (RFC 6455 §7.4.1).
 const INVALID_PAYLOAD: u16 = 1007;
 
+/// Close code for frames that break the protocol (RFC 6455 §7.4.1).
+const PROTOCOL_ERROR: u16 = 1002;
+
 /// A close frame's payload is at most 125 bytes: the 2-byte code and the reason.
 const MAX_CLOSE_REASON: usize = 123;
 
@@ -131,15 +143,38 @@ fn close_frame(code: u16, reason: &str) -> CloseFrame {
         end -= 1;
     }
     CloseFrame {
-        code,
+        code: code.into(),
         reason: reason[..end].into(),
     }
 }
 
+/// A connection's permessage-deflate settings.
+#[derive(Clone, Copy)]
+struct Deflating {
+    /// `ws.compression_min_bytes`.
+    min: usize,
+    /// The client let the server deflate with context: the connection may join a
+    /// [`Cohort`].
+    cohorts: bool,
+}
+
+/// [`Conn::cohort`]: may deflate any message on its own.
+const FREE: u8 = 0;
+/// [`Conn::cohort`]: in a cohort, so only the cohort's messages go compressed.
+const IN_COHORT: u8 = 1;
+/// [`Conn::cohort`]: left its cohort (for good): deflates messages on their own again.
+const LEFT: u8 = 2;
+
+/// An item of a connection's queue. The flag of a frame or event tells whether it may be
+/// deflated on its own, decided when it is queued: the queue's order is the order on the
+/// wire, so a connection in a cohort never gets another compressed message between two of
+/// the cohort's.
 enum Outbound {
-    Frame(String),
-    Event(Arc<Published>),
-    Replayed(String),
+    Frame(String, bool),
+    Event(Arc<Published>, bool),
+    /// An event and its bytes in the connection's cohort stream.
+    Cohort(Arc<Published>, Bytes),
+    Replayed(String, bool),
     Close(u16, String),
 }
 
@@ -148,9 +183,9 @@ impl Outbound {
     /// counted: it waits for room in the queue instead of overflowing it.
     fn budgeted_bytes(&self) -> usize {
         match self {
-            Outbound::Frame(t) => t.len(),
-            Outbound::Event(p) => p.frame.len(),
-            Outbound::Replayed(_) | Outbound::Close(..) => 0,
+            Outbound::Frame(t, _) => t.len(),
+            Outbound::Event(p, _) | Outbound::Cohort(p, _) => p.frame.len(),
+            Outbound::Replayed(..) | Outbound::Close(..) => 0,
         }
     }
 }
@@ -163,6 +198,11 @@ struct Conn {
     queued_bytes: Arc<AtomicUsize>,
     /// `ws.max_queued_bytes`.
     max_queued_bytes: usize,
+    /// Its permessage-deflate settings, when negotiated.
+    deflating: Option<Deflating>,
+    /// Where it stands with cohorts: [`FREE`], [`IN_COHORT`] or [`LEFT`] (read by the
+    /// writer too).
+    cohort: Arc<AtomicU8>,
 }
 
 impl Conn {
@@ -220,8 +260,61 @@ impl Conn {
         }
     }
 
+    /// Whether a message queued now may be deflated on its own: not while in a cohort.
+    fn may_deflate(&self) -> bool {
+        self.cohort.load(Ordering::Acquire) != IN_COHORT
+    }
+
+    /// A cohort for a subscription of `channel` going live, if the connection may join one:
+    /// it negotiated context takeover, is in no other cohort (one stream per connection:
+    /// another compressed message between two of a cohort's would break its client's
+    /// window) and has no other subscription (`alone`), whose fan-out could queue a message
+    /// deflated on its own after the cohort's first.
+    fn join_cohort(&self, channel: &ChannelName, alone: bool) -> Option<Member> {
+        self.deflating.filter(|d| d.cohorts && alone)?;
+        self.cohort
+            .compare_exchange(FREE, IN_COHORT, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        match self.state.cohorts.join(channel.as_str()) {
+            Some(cohort) => Some(Member { cohort, next: 1 }),
+            None => {
+                self.cohort.store(FREE, Ordering::Release);
+                None
+            }
+        }
+    }
+
+    /// An event for a live subscription: from its cohort's stream while the stream's next
+    /// message is the one `member` expects, else deflated on its own by the writer.
+    fn push_event(&self, message: &Arc<Published>, member: &mut Option<Member>) {
+        let min = self.deflating.map_or(usize::MAX, |d| d.min);
+        if let Some(m) = member {
+            if message.frame.len() < min {
+                // Sent plain: not part of the stream.
+                self.push(Outbound::Event(message.clone(), false));
+                return;
+            }
+            let frame = message.frame.as_str().as_bytes();
+            match m.cohort.deflate(&message.epoch, message.offset, frame) {
+                Some((seq, bytes)) if seq == m.next => {
+                    m.next += 1;
+                    self.push(Outbound::Cohort(message.clone(), bytes));
+                    return;
+                }
+                _ => {
+                    // Every cohort message of this connection was queued before this store
+                    // (under this subscription's lock): what is queued after may be
+                    // deflated on its own.
+                    *member = None;
+                    self.cohort.store(LEFT, Ordering::Release);
+                }
+            }
+        }
+        self.push(Outbound::Event(message.clone(), self.may_deflate()));
+    }
+
     fn send(&self, frame: &ServerFrame) {
-        self.push(Outbound::Frame(frame.encode()));
+        self.push(Outbound::Frame(frame.encode(), self.may_deflate()));
     }
 
     fn error(&self, frame: ErrorFrame) {
@@ -245,8 +338,15 @@ impl Conn {
 
 enum Phase {
     Buffering(Vec<Arc<Published>>),
-    /// The epoch subscribed in and the last offset sent.
-    Live(Arc<str>, u64),
+    /// The epoch subscribed in, the last offset sent, and the cohort it is in.
+    Live(Arc<str>, u64, Option<Member>),
+}
+
+/// A subscription's place in a [`Cohort`]: the sequence number of the stream's message it
+/// must send next.
+struct Member {
+    cohort: Arc<Cohort>,
+    next: u64,
 }
 
 /// One channel subscription of one connection.
@@ -267,12 +367,12 @@ impl Subscriber for ChannelSub {
                     buf.push(message.clone());
                 }
             }
-            Phase::Live(epoch, last) => {
+            Phase::Live(epoch, last, member) => {
                 if message.epoch != *epoch {
                     self.conn.epoch_changed();
                 } else if message.offset > *last {
                     *last = message.offset;
-                    self.conn.push(Outbound::Event(message.clone()));
+                    self.conn.push_event(message, member);
                 }
             }
         }
@@ -281,20 +381,23 @@ impl Subscriber for ChannelSub {
 
 impl ChannelSub {
     /// Ends replay: sends buffered live events after `last`, then goes live.
-    fn go_live(&self, epoch: Arc<str>, mut last: u64) {
+    fn go_live(&self, epoch: Arc<str>, mut last: u64, channel: &ChannelName, alone: bool) {
         let mut phase = self.phase.lock().expect("subscription lock");
-        if let Phase::Buffering(buf) = std::mem::replace(&mut *phase, Phase::Live(epoch.clone(), 0))
+        if let Phase::Buffering(buf) =
+            std::mem::replace(&mut *phase, Phase::Live(epoch.clone(), 0, None))
         {
             for m in buf {
                 if m.epoch != epoch {
                     self.conn.epoch_changed();
                 } else if m.offset > last {
                     last = m.offset;
-                    self.conn.push(Outbound::Event(m));
+                    self.conn.push(Outbound::Event(m, self.conn.may_deflate()));
                 }
             }
         }
-        *phase = Phase::Live(epoch, last);
+        // Joined after the buffered events: they went out before the stream's first message,
+        // where they do not matter to it.
+        *phase = Phase::Live(epoch, last, self.conn.join_cohort(channel, alone));
     }
 }
 
@@ -303,14 +406,48 @@ const MAX_FRAMES_PER_FLUSH: usize = 256;
 
 /// One item of a connection's queue, ready for the socket.
 enum Write {
-    Text(Utf8Bytes, Option<std::time::Instant>, usize),
+    Send {
+        message: Message,
+        /// When the event was accepted (live events only).
+        accepted_at: Option<std::time::Instant>,
+        /// What the item held against the connection's byte budget.
+        budgeted: usize,
+        /// Payload bytes uncompressed, and as sent.
+        raw: usize,
+        wire: usize,
+    },
     Close(Option<(u16, String)>),
+}
+
+/// A text message: deflated with RSV1 set when `deflated` is given and smaller, else as
+/// it is. Returns the message and its payload bytes uncompressed and as sent.
+fn text_frame(plain: Bytes, deflated: Option<&Bytes>) -> (Message, usize, usize) {
+    let raw = plain.len();
+    let (payload, rsv1) = match deflated {
+        Some(d) if d.len() < raw => (d.clone(), true),
+        _ => (plain, false),
+    };
+    let wire = payload.len();
+    let mut frame = Frame::message(payload, OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = rsv1;
+    (Message::Frame(frame), raw, wire)
+}
+
+/// A connection's own text frame (not an event shared with other subscribers), deflated
+/// for it alone when `deflating` (the minimum size) allows.
+fn own_text(text: String, deflating: Option<usize>) -> (Message, usize, usize) {
+    let plain = Bytes::from(text.into_bytes());
+    let deflated = deflating
+        .filter(|min| plain.len() >= *min)
+        .map(|_| deflate::deflate(&plain));
+    text_frame(plain, deflated.as_ref())
 }
 
 fn to_write(
     item: Option<Outbound>,
     close_tx: &watch::Sender<Option<(u16, String)>>,
     state: &SharedState,
+    deflating: Option<usize>,
 ) -> Write {
     let bytes = item.as_ref().map_or(0, Outbound::budgeted_bytes);
     match item {
@@ -326,24 +463,73 @@ fn to_write(
             });
             Write::Close(close_tx.borrow().clone())
         }
-        Some(Outbound::Frame(t)) => Write::Text(t.into(), None, bytes),
-        Some(Outbound::Replayed(t)) => {
-            state.metrics.delivered.fetch_add(1, Ordering::Relaxed);
-            Write::Text(t.into(), None, bytes)
+        Some(Outbound::Frame(t, may)) => {
+            let (message, raw, wire) = own_text(t, deflating.filter(|_| may));
+            Write::Send {
+                message,
+                accepted_at: None,
+                budgeted: bytes,
+                raw,
+                wire,
+            }
         }
-        Some(Outbound::Event(p)) => Write::Text(p.frame.clone(), Some(p.accepted_at), bytes),
+        Some(Outbound::Replayed(t, may)) => {
+            state.metrics.delivered.fetch_add(1, Ordering::Relaxed);
+            let (message, raw, wire) = own_text(t, deflating.filter(|_| may));
+            Write::Send {
+                message,
+                accepted_at: None,
+                budgeted: bytes,
+                raw,
+                wire,
+            }
+        }
+        Some(Outbound::Cohort(p, deflated)) => {
+            let raw = p.frame.len();
+            let wire = deflated.len();
+            // Always compressed: the cohort's deflater has this event in its window.
+            let mut frame = Frame::message(deflated, OpCode::Data(Data::Text), true);
+            frame.header_mut().rsv1 = true;
+            Write::Send {
+                message: Message::Frame(frame),
+                accepted_at: Some(p.accepted_at),
+                budgeted: bytes,
+                raw,
+                wire,
+            }
+        }
+        Some(Outbound::Event(p, may)) => {
+            let deflating = deflating.filter(|_| may);
+            // Deflated once for every compressing subscriber: the first writer to need it
+            // makes it, the others share its bytes.
+            let deflated = deflating.filter(|min| p.frame.len() >= *min).map(|_| {
+                p.deflated
+                    .get_or_init(|| deflate::deflate(p.frame.as_str().as_bytes()))
+            });
+            let (message, raw, wire) = text_frame(Bytes::from(p.frame.clone()), deflated);
+            Write::Send {
+                message,
+                accepted_at: Some(p.accepted_at),
+                budgeted: bytes,
+                raw,
+                wire,
+            }
+        }
     }
 }
 
 /// Writes a connection's queue to its socket: everything queued at once goes out with one
 /// flush (one TCP segment for a burst under `TCP_NODELAY`, not one per frame), and an event's
-/// frame is shared with every other subscriber's writer, never copied.
+/// frame (plain or deflated) is shared with every other subscriber's writer, never copied.
+/// `deflating`: the minimum size of a message to compress, when the connection negotiated
+/// permessage-deflate.
 async fn writer(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: SplitSink<Socket, Message>,
     mut rx: mpsc::Receiver<Outbound>,
     close_tx: watch::Sender<Option<(u16, String)>>,
     queued_bytes: Arc<AtomicUsize>,
     state: SharedState,
+    deflating: Option<usize>,
 ) {
     let mut close_rx = close_tx.subscribe();
     // One wait for a close for the writer's life (not a new one per item: registering and
@@ -359,18 +545,27 @@ async fn writer(
         };
         let mut next = Some(item);
         let mut fed_bytes = 0;
+        let (mut fed_raw, mut fed_wire) = (0, 0);
         let mut fed = 0;
         while let Some(item) = next.take() {
-            match to_write(item, &close_tx, &state) {
+            match to_write(item, &close_tx, &state, deflating) {
                 Write::Close(c) => {
                     let _ = sink.flush().await;
                     break 'outer c;
                 }
-                Write::Text(text, accepted_at, bytes) => {
-                    if sink.feed(Message::Text(text)).await.is_err() {
+                Write::Send {
+                    message,
+                    accepted_at,
+                    budgeted,
+                    raw,
+                    wire,
+                } => {
+                    if sink.feed(message).await.is_err() {
                         return;
                     }
-                    fed_bytes += bytes;
+                    fed_bytes += budgeted;
+                    fed_raw += raw;
+                    fed_wire += wire;
                     delivered.extend(accepted_at);
                 }
             }
@@ -384,6 +579,13 @@ async fn writer(
             return;
         }
         queued_bytes.fetch_sub(fed_bytes, Ordering::Relaxed);
+        let metrics = &state.metrics;
+        metrics
+            .ws_raw_bytes
+            .fetch_add(fed_raw as u64, Ordering::Relaxed);
+        metrics
+            .ws_wire_bytes
+            .fetch_add(fed_wire as u64, Ordering::Relaxed);
         for at in delivered.drain(..) {
             state.metrics.delivered.fetch_add(1, Ordering::Relaxed);
             state.metrics.observe_latency(at.elapsed());
@@ -406,12 +608,13 @@ enum Incoming {
 }
 
 /// Reads the next frame; `None` when the peer is gone or closed.
-async fn next_text(stream: &mut SplitStream<WebSocket>) -> Option<Incoming> {
+async fn next_text(stream: &mut SplitStream<Socket>) -> Option<Incoming> {
     loop {
         match stream.next().await? {
-            Ok(Message::Text(t)) => return Some(Incoming::Text(t.to_string())),
+            Ok(Message::Text(t)) => return Some(Incoming::Text(t.as_str().to_owned())),
             Ok(Message::Binary(_)) => return Some(Incoming::Binary),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            // tungstenite answers pings itself and never yields a raw frame when reading.
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
             Ok(Message::Close(_)) => return None,
             Err(e) => return refused_frame(&e),
         }
@@ -421,26 +624,37 @@ async fn next_text(stream: &mut SplitStream<WebSocket>) -> Option<Incoming> {
 /// The documented answer to a read error that is the peer's fault and leaves the connection
 /// able to send a close frame; `None` for the rest (I/O, protocol), which end the connection
 /// without one.
-///
-/// The error is tungstenite's, boxed by axum; axum's tungstenite is not a version this crate
-/// can name, so the two cases are told apart by their messages (the 1007 and 1009 tests in
-/// tests/api pin them).
-fn refused_frame(e: &axum::Error) -> Option<Incoming> {
-    let text = e.to_string();
-    if text.starts_with("UTF-8 encoding error") {
-        Some(Incoming::Refused(
+fn refused_frame(e: &ws_tungstenite::tungstenite::Error) -> Option<Incoming> {
+    use ws_tungstenite::tungstenite::Error;
+    match e {
+        Error::Utf8(_) => Some(Incoming::Refused(
             ErrorCode::BadRequest,
             INVALID_PAYLOAD,
             "a text frame was not valid UTF-8",
-        ))
-    } else if text.starts_with("Space limit exceeded") {
-        Some(Incoming::Refused(
+        )),
+        Error::Capacity(_) => Some(Incoming::Refused(
             ErrorCode::PayloadTooLarge,
             close::MESSAGE_TOO_BIG,
             "a frame was over the size limit",
-        ))
-    } else {
-        None
+        )),
+        Error::Io(io) => match InflateError::of(io)? {
+            InflateError::TooLarge { .. } => Some(Incoming::Refused(
+                ErrorCode::PayloadTooLarge,
+                close::MESSAGE_TOO_BIG,
+                "a compressed message was over the size limit",
+            )),
+            InflateError::Corrupt => Some(Incoming::Refused(
+                ErrorCode::BadRequest,
+                INVALID_PAYLOAD,
+                "a compressed message was not valid deflate data",
+            )),
+            InflateError::Protocol(_) => Some(Incoming::Refused(
+                ErrorCode::BadRequest,
+                PROTOCOL_ERROR,
+                "compressed frames broke RFC 7692 (RSV1 on a continuation, or a message inside another)",
+            )),
+        },
+        _ => None,
     }
 }
 
@@ -462,30 +676,49 @@ fn expiry(exp: u64, leeway: u64) -> Instant {
 
 async fn run(
     state: SharedState,
-    socket: WebSocket,
+    socket: Socket,
     channel: Option<ChannelName>,
     unauthenticated: Unauthenticated,
+    deflating: Option<Deflating>,
 ) {
+    if deflating.is_some() {
+        state
+            .metrics
+            .compressed_connections
+            .fetch_add(1, Ordering::Relaxed);
+    }
     let (sink, mut stream) = socket.split();
     let (out_tx, out_rx) = mpsc::channel(state.config.ws.outbound_queue.max(1));
     let (close_tx, mut close_rx) = watch::channel(None);
     let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let cohort = Arc::new(AtomicU8::new(FREE));
     let conn = Arc::new(Conn {
         out: out_tx,
         close: close_tx.clone(),
         state: state.clone(),
         queued_bytes: queued_bytes.clone(),
         max_queued_bytes: state.config.ws.max_queued_bytes,
+        deflating,
+        cohort: cohort.clone(),
     });
     // Counts the disconnection on every way out of this function, by the close code sent.
     let _disconnect = DisconnectCount {
         state: state.clone(),
         close: close_tx.subscribe(),
     };
-    let mut writer_task = tokio::spawn(writer(sink, out_rx, close_tx, queued_bytes, state.clone()));
+    let mut writer_task = tokio::spawn(writer(
+        sink,
+        out_rx,
+        close_tx,
+        queued_bytes,
+        state.clone(),
+        deflating.map(|d| d.min),
+    ));
     let mut drop_rx = state.drop_tx.subscribe();
     let mut shutdown_rx = state.shutdown_tx.subscribe();
 
+    // Drops injected before this connection existed are not its own.
+    let drops_before = *drop_rx.borrow_and_update();
     let authenticated = authenticate(&state, &conn, &mut stream, &mut drop_rx).await;
     drop(unauthenticated);
     match authenticated {
@@ -534,7 +767,7 @@ async fn run(
                 return;
             }
         }
-        None if *drop_rx.borrow_and_update() > 0 && conn.close.borrow().is_none() => {
+        None if *drop_rx.borrow_and_update() != drops_before && conn.close.borrow().is_none() => {
             writer_task.abort();
             return;
         }
@@ -555,7 +788,7 @@ async fn run(
     // socket a moment lets the close reach the client.
     let refused_read = matches!(
         close_rx.borrow().as_ref(),
-        Some((INVALID_PAYLOAD | close::MESSAGE_TOO_BIG, _))
+        Some((INVALID_PAYLOAD | PROTOCOL_ERROR | close::MESSAGE_TOO_BIG, _))
     );
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while stream.next().await.is_some() {}
@@ -584,7 +817,7 @@ impl Drop for DisconnectCount {
 async fn authenticate(
     state: &SharedState,
     conn: &Arc<Conn>,
-    stream: &mut SplitStream<WebSocket>,
+    stream: &mut SplitStream<Socket>,
     drop_rx: &mut watch::Receiver<u64>,
 ) -> Option<(Claims, ConnectionGuard, ConnectionEntry)> {
     let fail = |code: ErrorCode, close_code: u16, message: &str| {
@@ -724,7 +957,7 @@ impl Session {
     /// Runs until the connection ends; true when it was dropped by fault injection.
     async fn run(
         &mut self,
-        stream: &mut SplitStream<WebSocket>,
+        stream: &mut SplitStream<Socket>,
         close_rx: &mut watch::Receiver<Option<(u16, String)>>,
         drop_rx: &mut watch::Receiver<u64>,
         shutdown_rx: &mut watch::Receiver<bool>,
@@ -961,6 +1194,7 @@ impl Session {
         };
         self.subs.insert(channel.clone(), (sid, sub.clone()));
         self.listed.subscribed(&channel);
+        let channel_name = channel.clone();
         self.conn.send(&ServerFrame::Subscribed {
             id,
             channel,
@@ -981,11 +1215,12 @@ impl Session {
             })
             .encode();
             // Replay waits for room in the queue instead of failing: the client asked for it.
-            if self.conn.out.send(Outbound::Replayed(frame)).await.is_err() {
+            let item = Outbound::Replayed(frame, self.conn.may_deflate());
+            if self.conn.out.send(item).await.is_err() {
                 return true;
             }
         }
-        sub.go_live(held.epoch, last);
+        sub.go_live(held.epoch, last, &channel_name, self.subs.len() == 1);
         false
     }
 }
@@ -998,7 +1233,7 @@ mod tests {
     fn close_reasons_are_cut_to_123_bytes_on_a_char_boundary() {
         let short = close_frame(4001, "token has expired");
         assert_eq!(
-            (short.code, short.reason.as_str()),
+            (u16::from(short.code), short.reason.as_str()),
             (4001, "token has expired")
         );
         let ascii = "x".repeat(300);

@@ -128,6 +128,7 @@ impl Inner {
             offset,
             frame: frame.into(),
             accepted_at: unix_ms_to_instant(at),
+            deflated: Default::default(),
         });
         for s in state.subs.values() {
             s.deliver(&message);
