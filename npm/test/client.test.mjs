@@ -293,6 +293,26 @@ test('flush waits for every acknowledgement; stats count them', async () => {
   assert.equal(new Set(results.map((r) => r.offset)).size, 250);
 });
 
+test('stats() counts the socket bytes with `ws`, and says null with Node\'s own WebSocket', async () => {
+  const sub = subscriber();
+  const got = [];
+  await sub.subscribe('backtest.wirebytes', (e) => got.push(e)).ready;
+  const pub = publisher();
+  for (let i = 0; i < 5; i++) await pub.publish('backtest.wirebytes', 'custom.n', { i });
+  await until(() => got.length === 5, { what: 'five events' });
+  const s = sub.stats();
+  if (mode === 'global') {
+    // Node's WebSocket (undici) exposes no socket: nothing to count, and nothing made up.
+    assert.equal(s.wire_bytes_received, null);
+    assert.equal(s.wire_bytes_sent, null);
+  } else {
+    assert.ok(s.wire_bytes_received > 0 && s.wire_bytes_sent > 0, `${s.wire_bytes_received} / ${s.wire_bytes_sent}`);
+  }
+  // The publisher never opened a WebSocket: its HTTP requests are not counted.
+  const p = pub.stats();
+  assert.deepEqual([p.wire_bytes_received, p.wire_bytes_sent], mode === 'global' ? [null, null] : [0, 0]);
+});
+
 test('a closed client refuses work with a UsageError', async () => {
   const c = publisher();
   c.close();
