@@ -132,11 +132,12 @@ export interface ClientStats {
   /** Token provider calls, in all. */
   token_fetches: number;
   /**
-   * Bytes read from the WebSocket's TCP socket (the upgrade response, frame headers, payloads
-   * as they crossed the wire: compressed when permessage-deflate was negotiated), summed over
-   * every connection of the client, reconnects included. Counted in Node with the `ws`
-   * package (its default there); `null` where the platform exposes no such count: browsers,
-   * and Node's built-in `WebSocket`.
+   * Bytes read from the WebSocket's TCP socket: the upgrade response, frame headers, payloads
+   * as they crossed the wire (compressed when permessage-deflate was negotiated; for `wss`
+   * what Node's `TLSSocket` counts, the bytes inside TLS), summed over every connection of
+   * the client, reconnects included. Counted in Node with the `ws` package (its default
+   * there); `null` where the platform exposes no such count: browsers, and Node's built-in
+   * `WebSocket`.
    */
   wire_bytes_received: number | null;
   /** Bytes written to the WebSocket's TCP socket, counted like `wire_bytes_received`. */
