@@ -131,6 +131,35 @@ export interface ClientStats {
   pauses: number;
   /** Token provider calls, in all. */
   token_fetches: number;
+  /**
+   * Bytes read from the WebSocket's TCP socket: the upgrade response, frame headers, payloads
+   * as they crossed the wire (compressed when permessage-deflate was negotiated; for `wss`
+   * what Node's `TLSSocket` counts, the bytes inside TLS), summed over every connection of
+   * the client, reconnects included. Counted in Node with the `ws` package (its default
+   * there); `null` where the platform exposes no such count: browsers, and Node's built-in
+   * `WebSocket`.
+   */
+  wire_bytes_received: number | null;
+  /** Bytes written to the WebSocket's TCP socket, counted like `wire_bytes_received`. */
+  wire_bytes_sent: number | null;
+}
+
+/**
+ * Counts the bytes on the wire of one client's sockets: `wrap` gives the constructor the
+ * driver uses, `count` the sums so far. Only the Node entry points install one
+ * (`setWireCounter`), so browser bundles carry none of it.
+ */
+export interface WireCounter {
+  wrap(ctor: WebSocketConstructor): WebSocketConstructor;
+  count(k: 'bytesRead' | 'bytesWritten'): number;
+}
+
+/** Makes a client's counter for its constructor, or `undefined` when it exposes no bytes. */
+let wireCounter: ((ctor: WebSocketConstructor) => WireCounter | undefined) | undefined;
+
+/** Installs what counts the sockets' bytes (the Node entry points, for the `ws` package). */
+export function setWireCounter(f: (ctor: WebSocketConstructor) => WireCounter | undefined): void {
+  wireCounter = f;
 }
 
 /** A `WebSocket` constructor: the global one, or `WebSocket` from the `ws` package in Node. */
@@ -300,6 +329,8 @@ export class BaseClient {
   readonly #token: () => Promise<string>;
   /** The server's HTTP base URL (for `history()`), e.g. `http://127.0.0.1:8766`. */
   readonly #httpBase: string;
+  /** The sockets' byte counts, where the platform exposes them (Node with `ws`). */
+  readonly #wire: WireCounter | undefined;
 
   /**
    * Checks the options and makes the driver with `factory` (each entry point its own WASM);
@@ -316,6 +347,8 @@ export class BaseClient {
     }
     const url = text('url', options.url);
     if (url === undefined) throw new UsageError('INVALID_ARGUMENT', 'url is required');
+    const wire = wireCounter?.(ctor);
+    this.#wire = wire;
     const r = options.reconnect ?? {};
     const p = options.publish ?? {};
     const core: CoreOptions = {
@@ -323,7 +356,7 @@ export class BaseClient {
       httpUrl: text('httpUrl', options.httpUrl),
       serviceName: text('serviceName', options.serviceName),
       clientName: text('clientName', options.clientName) ?? 'courier-ts/0.1.0',
-      WebSocket: ctor,
+      WebSocket: wire ? wire.wrap(ctor) : ctor,
       minDelayMs: count('reconnect.minDelayMs', r.minDelayMs),
       baseDelayMs: count('reconnect.baseDelayMs', r.baseDelayMs),
       maxDelayMs: count('reconnect.maxDelayMs', r.maxDelayMs),
@@ -487,9 +520,16 @@ export class BaseClient {
     return this.core.position(channel);
   }
 
-  /** Every counter of the core's `ClientStats`, by name (the same names in every SDK). */
+  /**
+   * Every counter of the core's `ClientStats`, by name (the same names in every SDK); the
+   * `wire_bytes_*` ones come from the sockets, `null` where they cannot be counted.
+   */
   stats(): ClientStats {
-    return this.core.stats() as unknown as ClientStats;
+    const s = this.core.stats() as unknown as ClientStats;
+    const w = this.#wire;
+    s.wire_bytes_received = w ? w.count('bytesRead') : null;
+    s.wire_bytes_sent = w ? w.count('bytesWritten') : null;
+    return s;
   }
 
   /** A publish completed (the full client resolves its promise). */

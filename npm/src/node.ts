@@ -5,9 +5,10 @@
  */
 import { readFileSync } from 'node:fs';
 import { initSync } from './wasm/courier_wasm.js';
-import { useWsWhenNoGlobal } from './node-ws.js';
+import { countWireBytes, useWsWhenNoGlobal } from './node-ws.js';
 
 initSync({ module: readFileSync(new URL('./wasm/courier_wasm_bg.wasm', import.meta.url)) });
 await useWsWhenNoGlobal();
+countWireBytes();
 
 export * from './index.js';

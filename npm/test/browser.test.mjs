@@ -78,6 +78,8 @@ test(`the ${entry} build in Chromium (page and worker): live events, a forced dr
 
   await fault(server, 'drop');
   await until(async () => (await page.evaluate(() => window.__client.stats().reconnects)) >= 1, { what: 'reconnect after the drop' });
+  // A browser exposes no byte counts of its sockets: null, not a made-up number.
+  assert.deepEqual(await page.evaluate(() => [window.__client.stats().wire_bytes_received, window.__client.stats().wire_bytes_sent]), [null, null]);
   await until(async () => (await read()).worker_state === 'connected', { what: 'worker reconnected' });
   await new Promise((r) => setTimeout(r, 100));
   publishFromAnotherProcess(base + 6, base + 10);

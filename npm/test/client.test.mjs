@@ -293,6 +293,27 @@ test('flush waits for every acknowledgement; stats count them', async () => {
   assert.equal(new Set(results.map((r) => r.offset)).size, 250);
 });
 
+test('stats() counts the socket bytes with `ws`, and says null with Node\'s own WebSocket', async () => {
+  // Its own user: the per-user connection limit (5) is not what is tested.
+  const sub = client({ token: token({ sub: 'wire-bytes', channels: ['backtest.*'] }) }, SubscribingClient);
+  const got = [];
+  await sub.subscribe('backtest.wirebytes', (e) => got.push(e)).ready;
+  const pub = publisher();
+  for (let i = 0; i < 5; i++) await pub.publish('backtest.wirebytes', 'custom.n', { i });
+  await until(() => got.length === 5, { what: 'five events' });
+  const s = sub.stats();
+  if (mode === 'global') {
+    // Node's WebSocket (undici) exposes no socket: nothing to count, and nothing made up.
+    assert.equal(s.wire_bytes_received, null);
+    assert.equal(s.wire_bytes_sent, null);
+  } else {
+    assert.ok(s.wire_bytes_received > 0 && s.wire_bytes_sent > 0, `${s.wire_bytes_received} / ${s.wire_bytes_sent}`);
+  }
+  // The publisher never opened a WebSocket: its HTTP requests are not counted.
+  const p = pub.stats();
+  assert.deepEqual([p.wire_bytes_received, p.wire_bytes_sent], mode === 'global' ? [null, null] : [0, 0]);
+});
+
 test('a closed client refuses work with a UsageError', async () => {
   const c = publisher();
   c.close();
@@ -457,9 +478,12 @@ test('stats() names every counter as the core does', async () => {
   assert.deepEqual(Object.keys(stats).sort(), [
     'acknowledged', 'budget_exhausted', 'channels', 'dead', 'duplicates_dropped', 'events_received', 'gaps',
     'heartbeat_timeouts', 'in_flight', 'paused_channels', 'pauses', 'queued_high', 'queued_low', 'queued_normal',
-    'rate_limit_waits', 'reconnects', 'retries', 'retrying', 'token_fetches',
+    'rate_limit_waits', 'reconnects', 'retries', 'retrying', 'token_fetches', 'wire_bytes_received', 'wire_bytes_sent',
   ]);
-  assert.ok(Object.values(stats).every((v) => Number.isInteger(v) && v >= 0));
+  // Every count a non-negative integer; the wire bytes `null` where the WebSocket hides its socket.
+  const { wire_bytes_received: _r, wire_bytes_sent: _s, ...counts } = stats;
+  assert.ok(Object.values(counts).every((v) => Number.isInteger(v) && v >= 0));
+  assert.ok([_r, _s].every((v) => v === null || (Number.isInteger(v) && v >= 0)));
   assert.equal(stats.acknowledged, 1);
   assert.equal(stats.token_fetches, 1);
   assert.equal(stats.channels, 0);

@@ -122,6 +122,41 @@ test('the SDK over ws negotiates deflate and receives small, large and Unicode e
   assert.ok(wire < raw / 2, `sent ${wire} bytes for ${raw} raw`);
 });
 
+test('stats() counts the bytes on the wire: deflated below the decoded JSON, summed across a drop', async () => {
+  const sub = new CourierClient({ url: server.wsUrl, token: token({ sub: 'wire', channels: ['backtest.*'] }), WebSocket, reconnect: { minDelayMs: 20, baseDelayMs: 50, maxDelayMs: 200 } });
+  closers.push(() => sub.close());
+  const wire = () => {
+    const s = sub.stats();
+    return [s.wire_bytes_received, s.wire_bytes_sent];
+  };
+  assert.deepEqual(wire(), [0, 0], 'counted by `ws`, nothing before the first socket');
+  const got = [];
+  const ready = sub.subscribe('backtest.wire', (e) => got.push(e));
+  await ready.ready;
+  const [atReady, sentAtReady] = wire();
+  assert.ok(atReady > 0 && sentAtReady > 0, `the upgrade and subscribe counted: ${wire()}`);
+
+  // Compressible events, as real ones are (repeated field names, ids, text).
+  const event = (i) => ({ type: 'backtest.progress', data: { backtest_id: 'bt-wire', percent: i % 100, processed: i, total: 2500, message: `step ${i}: ${'replaying AAPL 2024-01-02 bars; '.repeat(12)}` } });
+  for (let i = 0; i < 30; i++) await publish('backtest.wire', event(i));
+  await until(() => got.length === 30, { what: '30 events' });
+  const decoded = got.reduce((n, e) => n + Buffer.byteLength(JSON.stringify(e)), 0);
+  const [afterEvents] = wire();
+  const onWire = afterEvents - atReady;
+  assert.ok(onWire > 0, 'the events were counted');
+  assert.ok(onWire < decoded, `${onWire} bytes on the wire for ${decoded} bytes of decoded JSON`);
+
+  // A new connection adds to the same sums: fewer events than before, so a count that
+  // restarted per connection would fall below the earlier total.
+  await fault(server, 'drop');
+  await until(() => sub.state === 'connected' && sub.stats().reconnects >= 1, { what: 'reconnected' });
+  for (let i = 30; i < 33; i++) await publish('backtest.wire', event(i));
+  await until(() => got.length === 33, { what: '3 more events' });
+  const [received, sent] = wire();
+  assert.ok(received > afterEvents, `cumulative: ${afterEvents} then ${received}`);
+  assert.ok(sent > sentAtReady, 'the second upgrade and resubscribe were sent');
+});
+
 test('the handshake tells: deflate when offered, plain frames to a client that does not offer it', async () => {
   const channel = 'backtest.mixed';
   const deflating = await raw({}, { channel });

@@ -151,6 +151,14 @@ class ClientStats:
     """Times a channel was paused, in all."""
     token_fetches: int
     """Token provider calls, in all."""
+    wire_bytes_received: Optional[int]
+    """Bytes read from the WebSocket's TCP connection (the upgrade, frame headers, payloads
+    as they crossed the wire; TLS records for ``wss``), summed over every connection of the
+    client, reconnects included. Excludes the HTTP requests of publishing and history. The
+    client does not offer permessage-deflate, so it is above the JSON received. ``None``
+    where not measured (never here: the native client always counts)."""
+    wire_bytes_sent: Optional[int]
+    """Bytes written to the WebSocket's TCP connection, counted like ``wire_bytes_received``."""
 
     @property
     def queued(self) -> Dict[str, int]:

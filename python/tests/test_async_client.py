@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import List
@@ -333,3 +334,39 @@ async def test_two_subscriptions_on_one_channel_both_receive(server: Server, tok
             client.subscribe("backtest.a-twice", since=(first.position.epoch, 1))
         assert e.value.code == "ALREADY_SUBSCRIBED"
         assert client.stats().channels == 1
+
+
+def json_bytes(events: list) -> int:
+    """The bytes of the events' `data` as compact JSON: a lower bound of what their frames carried."""
+    return sum(len(json.dumps(e.data, separators=(",", ":")).encode()) for e in events)
+
+
+async def test_stats_count_the_websocket_bytes_on_the_wire_across_reconnects(server: Server, token: str) -> None:
+    # The server runs its defaults (compression on); the native client does not offer deflate,
+    # so the wire carries at least the JSON.
+    async with AsyncCourierClient(server.url, token=token) as client:
+        stats = client.stats()
+        assert (stats.wire_bytes_received, stats.wire_bytes_sent) == (0, 0), "no socket yet"
+        sub = client.subscribe("backtest.wire")
+        await sub.ready(timeout=10)
+        ready = client.stats()
+        assert ready.wire_bytes_received is not None and ready.wire_bytes_received > 0
+        assert ready.wire_bytes_sent is not None and ready.wire_bytes_sent > 0
+
+        async def publish(start: int) -> None:
+            for i in range(start, start + 20):
+                await client.publish("backtest.wire", "backtest.progress", progress("wire-bytes-wire-bytes", i))
+
+        await publish(0)
+        payload = json_bytes(await take(sub, 20))
+        first = client.stats().wire_bytes_received
+        assert first is not None and first >= ready.wire_bytes_received + payload
+
+        server.fault("drop")
+        await publish(20)
+        payload = json_bytes(await take(sub, 20))
+        after = client.stats()
+        assert after.reconnects >= 1
+        assert after.wire_bytes_received is not None and after.wire_bytes_sent is not None
+        assert after.wire_bytes_received >= first + payload, "cumulative across the reconnect"
+        assert after.wire_bytes_sent > ready.wire_bytes_sent, "the new upgrade and resubscribe"

@@ -3,6 +3,7 @@ Ctrl-C, the GIL and threads."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -266,3 +267,25 @@ def test_two_subscriptions_on_one_channel_both_receive(server: Server, token: st
         first.close()
         client.publish("backtest.s-twice", "backtest.progress", progress("t", 3))
         assert [e.offset for e in take(second, 1)] == [3]
+
+
+def test_stats_count_the_websocket_bytes_on_the_wire_across_reconnects(server: Server, token: str) -> None:
+    # Server defaults (compression on); the native client does not offer deflate.
+    with CourierClient(server.url, token=token) as client:
+        assert (client.stats().wire_bytes_received, client.stats().wire_bytes_sent) == (0, 0)
+        sub = client.subscribe("backtest.s-wire")
+        sub.ready(timeout=10)
+        ready = client.stats().wire_bytes_received
+        assert ready is not None and ready > 0
+        for i in range(20):
+            client.publish("backtest.s-wire", "backtest.progress", progress("s-wire", i))
+        payload = sum(len(json.dumps(e.data, separators=(",", ":"))) for e in take(sub, 20))
+        first = client.stats().wire_bytes_received
+        assert first is not None and first >= ready + payload
+        server.fault("drop")
+        for i in range(20):
+            client.publish("backtest.s-wire", "backtest.progress", progress("s-wire", i))
+        payload = sum(len(json.dumps(e.data, separators=(",", ":"))) for e in take(sub, 20))
+        after = client.stats()
+        assert after.reconnects >= 1
+        assert after.wire_bytes_received is not None and after.wire_bytes_received >= first + payload

@@ -5,7 +5,8 @@
 //!
 //! - `OpenSocket` / `SendFrame` / `CloseSocket`: one tokio-tungstenite socket task per
 //!   connection; its frames come back here tagged with the socket's generation, so a late
-//!   report from a socket the core already forgot is ignored.
+//!   report from a socket the core already forgot is ignored. Its TCP stream is counted
+//!   ([`crate::wire`]) into the client's `wire_bytes_*` stats.
 //! - `SendBatch`: a spawned reqwest `POST`; its [`TransportResult`] comes back here.
 //! - `FetchToken`: a spawned call to the [`TokenProvider`]; its answer comes back here.
 //! - `Subscribed` / `Event` / `Gap` / `SubscriptionFailed`: to the listener's
@@ -37,6 +38,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 use crate::subscriber::{ClientEvent, Listener, SubscriptionItem};
 use crate::token::TokenProvider;
+use crate::wire::{self, WireCounters};
 
 /// Called once with the final outcome of a queued event, on the client's runtime.
 pub type Completer = Box<dyn FnOnce(Result<PublishResult, Error>) + Send + 'static>;
@@ -62,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) done: watch::Sender<bool>,
     /// The connection's state, for `Subscriber::state` and `watch_state`.
     pub(crate) conn_state: watch::Sender<ConnState>,
+    /// Bytes every socket of this client read and wrote (for `stats()`).
+    pub(crate) wire: Arc<WireCounters>,
 }
 
 impl Shared {
@@ -110,6 +114,7 @@ pub(crate) fn spawn(core: Core, io: Io, handle: &tokio::runtime::Handle) -> Arc<
         wake: Notify::new(),
         progress: Notify::new(),
         done: watch::channel(false).0,
+        wire: Arc::default(),
     });
     let driver = Driver {
         shared: shared.clone(),
@@ -386,6 +391,7 @@ impl Driver {
                     self.generation,
                     self.io.ws_url.clone(),
                     self.io.max_frame_bytes,
+                    self.shared.wire.clone(),
                     inbox.sockets.clone(),
                     out_rx,
                 ));
@@ -474,6 +480,7 @@ async fn run_socket(
     generation: u64,
     url: String,
     max_frame_bytes: usize,
+    counters: Arc<WireCounters>,
     events: mpsc::UnboundedSender<(u64, SocketEvent)>,
     mut out: mpsc::UnboundedReceiver<SocketOut>,
 ) {
@@ -483,7 +490,7 @@ async fn run_socket(
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes));
-    let connecting = tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true);
+    let connecting = wire::connect(&url, config, counters);
     // The core owns the connect deadline: when it gives up it sends CloseSocket, which drops
     // `out`, which ends this attempt.
     let mut ws = tokio::select! {

@@ -39,6 +39,7 @@ mod history;
 mod publisher;
 mod subscriber;
 mod token;
+mod wire;
 
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -133,8 +134,13 @@ impl Owner {
         let _ = done.wait_for(|d| *d).await;
     }
 
+    /// The core's counters, and the bytes this driver's sockets moved (which the core
+    /// cannot know).
     fn stats(&self) -> ClientStats {
-        self.shared.lock().core.stats(Instant::now())
+        let mut stats = self.shared.lock().core.stats(Instant::now());
+        stats.wire_bytes_received = Some(self.shared.wire.received());
+        stats.wire_bytes_sent = Some(self.shared.wire.sent());
+        stats
     }
 }
 
@@ -351,7 +357,10 @@ impl Client {
         self.publisher.owner.close().await;
     }
 
-    /// Every counter and gauge, by name (the same names in every SDK).
+    /// Every counter and gauge, by name (the same names in every SDK). `wire_bytes_received`
+    /// and `wire_bytes_sent` are always `Some` here: the WebSocket's TCP bytes (TLS and the
+    /// handshake included), over every connection since the client was made. This client
+    /// does not offer permessage-deflate, so they exceed the JSON received.
     pub fn stats(&self) -> ClientStats {
         self.publisher.owner.stats()
     }

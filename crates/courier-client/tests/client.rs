@@ -1,7 +1,7 @@
 //! courier-client against the real reference server, started in-process on port 0.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use courier_client::{Client, ClientConfig, StaticToken, SubscriptionItem, token_fn};
@@ -1015,4 +1015,180 @@ async fn history_pages_both_ways_with_the_events_a_subscription_yields() {
     assert_eq!(e.category(), courier_core::ErrorCategory::Authorization);
     c.close().await;
     limited.close().await;
+}
+
+// --- bytes on the wire -----------------------------------------------------------------------
+
+/// Bytes a [`byte_proxy`] carried: (server to client, client to server), over all connections.
+#[derive(Clone, Default)]
+struct Carried(Arc<(AtomicU64, AtomicU64)>);
+
+impl Carried {
+    fn get(&self) -> (u64, u64) {
+        (
+            self.0.0.load(Ordering::SeqCst),
+            self.0.1.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Copies `from` to `to`, adding each chunk to `n` once it is written on.
+async fn carry(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    n: impl Fn(u64),
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(k @ 1..) = from.read(&mut buf).await {
+        if to.write_all(&buf[..k]).await.is_err() {
+            break;
+        }
+        n(k as u64);
+    }
+    let _ = to.shutdown().await;
+}
+
+/// A TCP proxy in front of `target` that counts the bytes it carries each way: what a client
+/// behind it read and wrote on its sockets, measured from outside the client.
+async fn byte_proxy(target: std::net::SocketAddr) -> (std::net::SocketAddr, Carried) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let carried = Carried::default();
+    let c = carried.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
+                continue;
+            };
+            let (in_r, in_w) = inbound.into_split();
+            let (out_r, out_w) = outbound.into_split();
+            let (down, up) = (c.clone(), c.clone());
+            tokio::spawn(carry(out_r, in_w, move |k| {
+                down.0.0.fetch_add(k, Ordering::SeqCst);
+            }));
+            tokio::spawn(carry(in_r, out_w, move |k| {
+                up.0.1.fetch_add(k, Ordering::SeqCst);
+            }));
+        }
+    });
+    (addr, carried)
+}
+
+/// The client's `(wire_bytes_received, wire_bytes_sent)`, which the native client always has.
+fn wire(client: &Client) -> (u64, u64) {
+    let s = client.stats();
+    (
+        s.wire_bytes_received
+            .expect("the native client counts its bytes"),
+        s.wire_bytes_sent
+            .expect("the native client counts its bytes"),
+    )
+}
+
+/// Waits until the client's counts equal what the proxy carried (bytes in transit arrive).
+async fn wire_matches(client: &Client, carried: &Carried) {
+    let deadline = Instant::now() + WAIT;
+    while wire(client) != carried.get() {
+        assert!(
+            Instant::now() < deadline,
+            "client counted {:?}, the proxy carried {:?}",
+            wire(client),
+            carried.get()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Receives `n` events and returns the bytes of their `data` JSON (a lower bound of what
+/// their frames carried).
+async fn receive_payload(sub: &mut courier_client::Subscription, n: usize) -> u64 {
+    let mut bytes = 0;
+    for _ in 0..n {
+        let d = tokio::time::timeout(WAIT, sub.next_event())
+            .await
+            .expect("an event in time")
+            .expect("subscription open")
+            .expect("no error");
+        bytes += d.event.data.get().len() as u64;
+    }
+    bytes
+}
+
+/// `stats()` counts the WebSocket's bytes exactly as they crossed TCP (checked against a
+/// proxy that carries them), grows with traffic, keeps counting across a reconnect, and
+/// counts nothing for a client that only publishes over HTTP. The server runs its defaults
+/// (compression on): this client does not offer deflate, so the wire carries at least the
+/// JSON.
+#[tokio::test]
+async fn stats_count_the_websocket_bytes_on_the_wire_across_reconnects() {
+    let server = server().await;
+    let (proxy, carried) = byte_proxy(server.local_addr()).await;
+    let sub_client = Client::new(
+        ClientConfig::new(format!("http://{proxy}")).service_name("rust-tests"),
+        Arc::new(StaticToken(token(3600))),
+    )
+    .unwrap();
+    let publisher = client(&server);
+    assert_eq!(wire(&sub_client), (0, 0), "nothing before the first socket");
+
+    let mut sub = sub_client.subscribe("backtest.wire", None).unwrap();
+    tokio::time::timeout(WAIT, sub.ready())
+        .await
+        .unwrap()
+        .unwrap();
+    wire_matches(&sub_client, &carried).await;
+    let (handshake_in, handshake_out) = wire(&sub_client);
+    assert!(
+        handshake_in > 0 && handshake_out > 0,
+        "upgrade and subscribe counted"
+    );
+
+    let publish = |from: u32| {
+        let publisher = publisher.clone();
+        async move {
+            for i in from..from + 20 {
+                publisher
+                    .publish(
+                        "backtest.wire",
+                        "backtest.progress",
+                        &progress("wire-bytes-wire-bytes-wire-bytes", f64::from(i)),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    publish(0).await;
+    let payload = receive_payload(&mut sub, 20).await;
+    wire_matches(&sub_client, &carried).await;
+    let (first_in, _) = wire(&sub_client);
+    assert!(
+        first_in >= handshake_in + payload,
+        "20 events of {payload} JSON bytes, uncompressed: {handshake_in} -> {first_in}"
+    );
+
+    // A new connection adds to the same counts.
+    fault(&server, "drop", json!({})).await;
+    publish(20).await;
+    let payload = receive_payload(&mut sub, 20).await;
+    wire_matches(&sub_client, &carried).await;
+    let (second_in, second_out) = wire(&sub_client);
+    assert!(sub_client.stats().reconnects >= 1);
+    assert!(
+        second_in >= first_in + payload,
+        "cumulative across the reconnect: {first_in} -> {second_in}"
+    );
+    assert!(
+        second_out > handshake_out,
+        "the new upgrade and resubscribe were sent"
+    );
+
+    assert_eq!(
+        wire(&publisher),
+        (0, 0),
+        "publishing over HTTP opens no WebSocket"
+    );
+    sub_client.close().await;
+    publisher.close().await;
 }

@@ -322,6 +322,14 @@ pub struct ClientStats {
     pub pauses: u64,
     /// Token provider calls, in all.
     pub token_fetches: u64,
+    /// Bytes read from the WebSocket's transport (TCP, or TLS records for `wss`): the upgrade
+    /// response, frame headers and payloads as they crossed the wire (compressed when the
+    /// connection negotiated permessage-deflate), summed over every connection of the client
+    /// (reconnects included). `None` where the platform does not expose it (browsers). Filled
+    /// by the SDK's driver, which owns the socket; the core never sets it.
+    pub wire_bytes_received: Option<u64>,
+    /// Bytes written to the WebSocket's transport, counted like `wire_bytes_received`.
+    pub wire_bytes_sent: Option<u64>,
 }
 
 impl ClientStats {

@@ -766,15 +766,16 @@ impl NativeClient {
         state_str(self.client.subscriber().state())
     }
 
-    /// Every counter of the client, by the names of `courier_core::ClientStats`.
+    /// Every counter of the client, by the names of `courier_core::ClientStats`: each an
+    /// `int`, or `None` for a count the platform does not expose (`wire_bytes_*`).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = serde_json::to_value(self.client.stats())
             .map_err(|e| PyRuntimeError::new_err(format!("stats: {e}")))?;
         let d = PyDict::new(py);
         if let serde_json::Value::Object(fields) = stats {
             for (name, value) in fields {
-                // Every field is a count.
-                d.set_item(name, value.as_u64().unwrap_or(0))?;
+                // Every field is a count, or null when unknown (never a made-up 0).
+                d.set_item(name, value.as_u64())?;
             }
         }
         Ok(d)
