@@ -7,15 +7,19 @@
 //! Node 22's, or the `ws` package's), `fetch` (web-sys and wasm-bindgen-futures), the one
 //! timer (gloo-timers), and typed results for JavaScript (serde-wasm-bindgen). The
 //! TypeScript layer (`npm/src/`) is the facade: options, overloads, generated event types,
-//! error classes, promises and React hooks.
+//! error classes, promises and React hooks. [`history::HistoryPager`] is `history()`'s
+//! driver: the core's replay-API pager with its `GET`s.
 //!
 //! Two builds: with the `publish` feature (default; the `courier-client` entry point) and
-//! without it (`courier-client/subscriber`: no publish queue, no `fetch`). The test build
+//! without it (`courier-client/subscriber`: no publish queue; its only `fetch` is
+//! `history()`'s). The test build
 //! (`--features conformance`, into `npm/pkg-test`) adds [`evaluate_vector`] for the shared
 //! vectors. On native targets the crate is empty.
 
 #[cfg(target_arch = "wasm32")]
 pub mod driver;
+#[cfg(target_arch = "wasm32")]
+pub mod history;
 
 /// Recomputes one case of `tests/vectors/{file}.json` with the core (see
 /// `courier_core::conformance::evaluate`); the runner asserts the answer equals the case.
