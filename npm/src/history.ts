@@ -53,6 +53,7 @@ export interface HistoryPage<E extends { type: string } = CourierEvent> {
 /** The driver's pager class of an entry point's WASM (both builds have it). */
 export type HistoryPagerClass = new (url: string, httpUrl: string | undefined, channel: string, query: CoreHistoryQuery) => {
   next(token: () => Promise<string>, signal?: AbortSignal): Promise<CoreHistoryPage | undefined>;
+  free(): void;
 };
 
 const invalid = (field: string, message: string) => new ValidationError('INVALID_ARGUMENT', `history: ${field} ${message}`, { field });
@@ -109,15 +110,21 @@ export async function* historyPages<E extends { type: string }>(
     throw errorFromThrown(e);
   }
   const signal = options.signal;
-  for (;;) {
-    let page: CoreHistoryPage | undefined;
-    try {
-      page = await pager.next(token, signal);
-    } catch (e) {
-      if (signal?.aborted) throw signal.reason;
-      throw errorFromThrown(e);
+  try {
+    for (;;) {
+      let page: CoreHistoryPage | undefined;
+      try {
+        page = await pager.next(token, signal);
+      } catch (e) {
+        if (signal?.aborted) throw signal.reason;
+        throw errorFromThrown(e);
+      }
+      if (page === undefined) return;
+      yield page as HistoryPage<E>;
     }
-    if (page === undefined) return;
-    yield page as HistoryPage<E>;
+  } finally {
+    // At the end, on an error, or when the caller stops early (`break`): the WASM memory
+    // now rather than at garbage collection.
+    pager.free();
   }
 }
