@@ -1,11 +1,12 @@
 /**
  * `client.history(channel, options)`: the replay API (`GET /history/{channel}`) as an async
- * iterator of pages. The core decides and the WASM driver fetches (`HistoryPager`,
- * crates/courier-wasm/src/history.rs over courier_core::history): the checks of the query
- * (one start, the limit's range, a direction that agrees with the start), the request, the
- * paging by `next`, and reading the answer into a page or a refusal with the core's category.
- * This layer translates only: the options' host types in, the core's errors out as the same
- * `CourierError` classes as everywhere else, and an abort as its reason.
+ * iterator of pages. The core decides (the WASM's `HistoryPager`, crates/courier-wasm/src/
+ * history.rs over courier_core::history): the checks of the query (one start, the limit's
+ * range, a direction that agrees with the start), the URL of each request, the paging by
+ * `next`, reading each answer into a page or a refusal with the core's category, and when to
+ * ask again with a renewed token. This layer translates and moves bytes: the options' host
+ * types in, each `GET` through `fetch` with the caller's `AbortSignal`, the core's errors out
+ * as the same `CourierError` classes as everywhere else, and an abort as its reason.
  */
 import type { CourierEvent } from './base.js';
 import type { CoreHistoryPage, CoreHistoryQuery } from './wasm/courier_wasm.js';
@@ -52,7 +53,9 @@ export interface HistoryPage<E extends { type: string } = CourierEvent> {
 
 /** The driver's pager class of an entry point's WASM (both builds have it). */
 export type HistoryPagerClass = new (url: string, httpUrl: string | undefined, channel: string, query: CoreHistoryQuery) => {
-  next(token: () => Promise<string>, signal?: AbortSignal): Promise<CoreHistoryPage | undefined>;
+  request(): string | undefined;
+  handleAnswer(status: number, body: string): CoreHistoryPage | null;
+  transportError(why: string): object;
   free(): void;
 };
 
@@ -111,15 +114,32 @@ export async function* historyPages<E extends { type: string }>(
   }
   const signal = options.signal;
   try {
-    for (;;) {
-      let page: CoreHistoryPage | undefined;
-      try {
-        page = await pager.next(token, signal);
-      } catch (e) {
-        if (signal?.aborted) throw signal.reason;
-        throw errorFromThrown(e);
+    for (let request = pager.request(); request !== undefined; request = pager.request()) {
+      let page: CoreHistoryPage | null = null;
+      while (page === null) {
+        let bearer: string;
+        try {
+          bearer = await token();
+        } catch (e) {
+          throw errorFromThrown(pager.transportError(`the token provider failed: ${describe(e)}`));
+        }
+        let status: number;
+        let body: string;
+        try {
+          const response = await fetch(request, { headers: { authorization: `Bearer ${bearer}` }, signal });
+          status = response.status;
+          body = await response.text();
+        } catch (e) {
+          if (signal?.aborted) throw signal.reason;
+          throw errorFromThrown(pager.transportError(`GET ${request}: ${describe(e)}`));
+        }
+        try {
+          // `null`: ask once more with a renewed token.
+          page = pager.handleAnswer(status, body);
+        } catch (e) {
+          throw errorFromThrown(e);
+        }
       }
-      if (page === undefined) return;
       yield page as HistoryPage<E>;
     }
   } finally {
@@ -127,4 +147,10 @@ export async function* historyPages<E extends { type: string }>(
     // now rather than at garbage collection.
     pager.free();
   }
+}
+
+/** What a thrown value says, with its `cause` (Node's `fetch failed` names the socket error there). */
+function describe(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  return e.cause === undefined ? e.message : `${e.message} (${describe(e.cause)})`;
 }

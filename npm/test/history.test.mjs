@@ -190,6 +190,14 @@ test('answers without an error body get the code their status implies; a broken 
   } finally {
     globalThis.fetch = real;
   }
+  // A token provider that fails: a TransportError saying so, nothing sent.
+  const failingToken = client({ token: () => Promise.reject(new Error('vault down')) });
+  const urls = await withFetch(
+    () => new Response('{}', { status: 500 }),
+    () =>
+      assert.rejects(failingToken.history(CHANNEL).next(), (e) => e instanceof courier.TransportError && /token provider failed: vault down/.test(e.message)),
+  );
+  assert.deepEqual(urls, []);
 });
 
 test('an abort ends the iteration with its reason', async () => {

@@ -273,7 +273,7 @@ struct GapJs {
 
 /// What a thrown JavaScript value says, with its `cause` (Node's `fetch failed` names the
 /// socket error only there).
-pub(crate) fn describe(e: &JsValue) -> String {
+fn describe(e: &JsValue) -> String {
     let Some(error) = e.dyn_ref::<js_sys::Error>() else {
         return e.as_string().unwrap_or_else(|| "unknown error".into());
     };

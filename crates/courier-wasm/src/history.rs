@@ -1,27 +1,23 @@
-//! `history()`'s driver: the core's [`Pager`] with `fetch`, behind one JavaScript object.
+//! `history()`'s pager: the core's [`Pager`] behind one JavaScript object.
 //!
 //! The core decides everything about the replay API (`courier_core::history`): which starts
 //! may be combined and which direction they page in, the limit's range, the query string and
-//! the path, following each page's `next`, reading a `200` into a page and any other answer
-//! into a typed refusal with its category. This module moves the bytes, as the publish
-//! queue's `fetch` does in [`crate::driver`]: a `GET` through the global `fetch` (web-sys and
-//! wasm-bindgen-futures) with the token the facade's provider gives, renewed once when the
-//! server says it expired (as `courier-client` does). The facade (`npm/src/history.ts`)
-//! translates the options' host types and makes the async iterator.
-
-use std::cell::RefCell;
-use std::rc::Rc;
+//! the path, the HTTP base (from the client's URLs, as for publishing), following each page's
+//! `next`, reading a `200` into a page and any other answer into a typed refusal with its
+//! category, and asking once more with a renewed token when the server says it expired (as
+//! `courier-client` does). The facade (`npm/src/history.ts`) moves the bytes: it translates
+//! the options' host types, sends each `GET` with `fetch` (with the caller's `AbortSignal`)
+//! and hands the answer back, and makes the async iterator. The pager is synchronous: a
+//! `fetch` driven from here cost the subscriber entry 2.1 KB gzip more (docs/benchmarks.md).
 
 use courier_core::history::{
     DEFAULT_PAGE_LIMIT, HistoryPage, HistoryQuery, HistoryStart, Pager, read_answer,
 };
 use courier_core::{ChannelName, Error, ErrorCode};
-use js_sys::{Array, Function, Object, Promise, Reflect};
+use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
-use wasm_bindgen_futures::{JsFuture, future_to_promise};
-use web_sys::{AbortSignal, Headers, RequestInit, Response};
 
-use crate::driver::{delivery_object, describe, parse_endpoints, thrown};
+use crate::driver::{delivery_object, parse_endpoints, thrown};
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &str = r#"
@@ -67,21 +63,17 @@ extern "C" {
     fn backward(this: &HistoryArgs) -> Option<bool>;
     #[wasm_bindgen(method, getter)]
     fn limit(this: &HistoryArgs) -> Option<f64>;
-
-    /// `fetch(url, init)` of the global scope, looked up at each call (as the publish
-    /// queue's: a test's or an app's replacement of `globalThis.fetch` is used).
-    #[wasm_bindgen(js_name = fetch)]
-    fn fetch_with_init(url: &str, init: &RequestInit) -> Promise;
 }
 
 /// Reads one channel's history page by page (the core's [`Pager`]); made by the facade's
 /// `history()`.
 #[wasm_bindgen]
 pub struct HistoryPager {
-    /// Shared with the request in flight (a promise outlives the call that made it).
-    pager: Rc<RefCell<Pager>>,
+    pager: Pager,
     /// `http(s)://host[:port][/prefix]`, as the core derives it from the client's URLs.
     http_base: String,
+    /// The current request was already sent again with a renewed token.
+    renewed: bool,
 }
 
 #[wasm_bindgen]
@@ -110,85 +102,48 @@ impl HistoryPager {
         let limit = query.limit().map_or(DEFAULT_PAGE_LIMIT, |v| v as u32);
         let pager = Pager::new(channel, HistoryQuery { start, limit }).map_err(thrown)?;
         Ok(HistoryPager {
-            pager: Rc::new(RefCell::new(pager)),
+            pager,
             http_base,
+            renewed: false,
         })
     }
 
-    /// The next page, or `undefined` once a page reached the end in the query's direction.
-    /// `token` is the facade's provider (called for each request); `signal` aborts the
-    /// request. Rejects with a core error: the server's refusal, or `TRANSPORT` when no
-    /// answer came (the facade rethrows an abort's reason instead). A rejected call leaves
-    /// the reader where it was: calling again asks for the same page.
-    #[wasm_bindgen(unchecked_return_type = "Promise<CoreHistoryPage | undefined>")]
-    pub fn next(&self, token: Function, signal: Option<AbortSignal>) -> Promise {
-        let pager = Rc::clone(&self.pager);
-        let base = self.http_base.clone();
-        future_to_promise(async move { next_page(&pager, &base, &token, signal.as_ref()).await })
+    /// The URL of the next request, or `undefined` once a page reached the end in the
+    /// query's direction.
+    pub fn request(&self) -> Option<String> {
+        let path = self.pager.request()?;
+        Some(format!("{}{path}", self.http_base))
     }
-}
 
-async fn next_page(
-    pager: &RefCell<Pager>,
-    base: &str,
-    token: &Function,
-    signal: Option<&AbortSignal>,
-) -> Result<JsValue, JsValue> {
-    let Some(path) = pager.borrow().request() else {
-        return Ok(JsValue::UNDEFINED);
-    };
-    let url = format!("{base}{path}");
-    let mut renewed = false;
-    loop {
-        let bearer = fetch_token(token).await.map_err(thrown)?;
-        let (status, body) = get(&url, &bearer, signal)
-            .await
-            .map_err(|e| thrown(Error::Transport(format!("GET {url}: {}", describe(&e)))))?;
-        match read_answer(status, &body) {
-            // An expired token: renew it and ask once more.
-            Err(Error::Refused(r)) if r.code == ErrorCode::TokenExpired && !renewed => {
-                renewed = true;
+    /// Takes the answer to [`request`](Self::request): the page (the next `request()`
+    /// follows its `next`); `null` when the same request is to be sent again with a renewed
+    /// token (the first `TOKEN_EXPIRED`). Throws a core error for any other refusal or an
+    /// unreadable page; the reader then stays where it was, so sending the request again
+    /// retries that page.
+    #[wasm_bindgen(js_name = handleAnswer, unchecked_return_type = "CoreHistoryPage | null")]
+    pub fn handle_answer(&mut self, status: u16, body: &str) -> Result<JsValue, JsValue> {
+        match read_answer(status, body) {
+            Err(Error::Refused(r)) if r.code == ErrorCode::TokenExpired && !self.renewed => {
+                self.renewed = true;
+                Ok(JsValue::NULL)
             }
             Ok(page) => {
-                pager.borrow_mut().handle_page(&page);
-                return Ok(page_object(&page));
+                self.renewed = false;
+                self.pager.handle_page(&page);
+                Ok(page_object(&page))
             }
-            Err(e) => return Err(thrown(e)),
+            Err(e) => {
+                self.renewed = false;
+                Err(thrown(e))
+            }
         }
     }
-}
 
-/// The token from the facade's provider (a function returning a promise of a string).
-async fn fetch_token(token: &Function) -> Result<String, Error> {
-    let failed = |why: String| Error::Transport(format!("the token provider failed: {why}"));
-    let promise: Promise = token
-        .call0(&JsValue::UNDEFINED)
-        .map_err(|e| failed(describe(&e)))?
-        .unchecked_into();
-    let value = JsFuture::from(promise)
-        .await
-        .map_err(|e| failed(describe(&e)))?;
-    value
-        .as_string()
-        .ok_or_else(|| failed("it returned no string".into()))
-}
-
-/// One `GET` with the bearer token: the status and the body's text.
-async fn get(
-    url: &str,
-    token: &str,
-    signal: Option<&AbortSignal>,
-) -> Result<(u16, String), JsValue> {
-    let headers = Headers::new()?;
-    headers.set("authorization", &format!("Bearer {token}"))?;
-    let init = RequestInit::new();
-    init.set_headers(&headers);
-    init.set_signal(signal);
-    let response: Response = JsFuture::from(fetch_with_init(url, &init))
-        .await?
-        .unchecked_into();
-    let body = JsFuture::from(response.text()?).await?;
-    Ok((response.status(), body.as_string().unwrap_or_default()))
+    /// The core's error for a request that got no answer (`fetch` failed: `why`), to throw.
+    #[wasm_bindgen(js_name = transportError, unchecked_return_type = "object")]
+    pub fn transport_error(&self, why: &str) -> JsValue {
+        thrown(Error::Transport(why.to_owned()))
+    }
 }
 
 /// The page as JavaScript gets it (`CoreHistoryPage`).

@@ -8,11 +8,10 @@
 //! timer (gloo-timers), and typed results for JavaScript (serde-wasm-bindgen). The
 //! TypeScript layer (`npm/src/`) is the facade: options, overloads, generated event types,
 //! error classes, promises and React hooks. [`history::HistoryPager`] is `history()`'s
-//! driver: the core's replay-API pager with its `GET`s.
+//! pager: the core's replay-API policy, whose `GET`s the facade sends.
 //!
 //! Two builds: with the `publish` feature (default; the `courier-client` entry point) and
-//! without it (`courier-client/subscriber`: no publish queue; its only `fetch` is
-//! `history()`'s). The test build
+//! without it (`courier-client/subscriber`: no publish queue, no `fetch`). The test build
 //! (`--features conformance`, into `npm/pkg-test`) adds [`evaluate_vector`] for the shared
 //! vectors. On native targets the crate is empty.
 
