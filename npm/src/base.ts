@@ -13,7 +13,7 @@ import type { CourierEventDataMap, Metadata } from './events.generated.js';
 // (`CoreOptions`, `CoreHost` in crates/courier-wasm/src/driver.rs).
 import type { CoreHost, CoreOptions } from './wasm/courier_wasm.js';
 import { ConnectionClosedError, CourierError, UsageError, errorFromCore, errorFromThrown, type CoreErrorJson } from './errors.js';
-import { historyPages, type HistoryOptions, type HistoryPage } from './history.js';
+import { historyPages, type HistoryOptions, type HistoryPage, type HistoryPagerClass } from './history.js';
 
 /** Every event type of the catalogue. */
 export type KnownEventType = keyof CourierEventDataMap;
@@ -327,16 +327,16 @@ export class BaseClient {
 
   /** The token provider, also used by `history()`. */
   readonly #token: () => Promise<string>;
-  /** The server's HTTP base URL (for `history()`), e.g. `http://127.0.0.1:8766`. */
-  readonly #httpBase: string;
+  /** `history()`'s reader (the entry's WASM) and the URLs it derives the HTTP base from. */
+  readonly #history: { Pager: HistoryPagerClass; url: string; httpUrl: string | undefined };
   /** The sockets' byte counts, where the platform exposes them (Node with `ws`). */
   readonly #wire: WireCounter | undefined;
 
   /**
    * Checks the options and makes the driver with `factory` (each entry point its own WASM);
-   * `wsUrlOf` is that entry's `endpoints(url).wsUrl`, from which the HTTP base is derived.
+   * `Pager` is that WASM's `HistoryPager`, for `history()`.
    */
-  protected constructor(options: CourierClientOptions, factory: CoreFactory, wsUrlOf: (url: string) => string) {
+  protected constructor(options: CourierClientOptions, factory: CoreFactory, Pager: HistoryPagerClass) {
     if (options === null || typeof options !== 'object') throw new UsageError('INVALID_ARGUMENT', 'options must be an object');
     const ctor = options.WebSocket ?? defaultWebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (typeof ctor !== 'function') {
@@ -369,14 +369,7 @@ export class BaseClient {
     };
     const token = tokenSource(options.token);
     this.#token = token;
-    // The core derives `<base>/ws` from any accepted form of `httpUrl` or `url`: back to `<base>`.
-    try {
-      this.#httpBase = wsUrlOf(text('httpUrl', options.httpUrl) ?? url)
-        .replace(/^ws/, 'http')
-        .replace(/\/ws$/, '');
-    } catch (e) {
-      throw errorFromThrown(e);
-    }
+    this.#history = { Pager, url, httpUrl: core.httpUrl };
     const host: CoreHost = {
       onEvent: (listener, event) => this.#deliver(listener, event as EventEnvelope),
       readEvent: (data, maxLength) => this.#readEvent(data, maxLength),
@@ -505,7 +498,8 @@ export class BaseClient {
    * epoch, ...).
    */
   history<E extends { type: string } = CourierEvent>(channel: string, options: HistoryOptions = {}): AsyncGenerator<HistoryPage<E>, void, undefined> {
-    return historyPages<E>(this.#httpBase, this.#token, channel, options);
+    const { Pager, url, httpUrl } = this.#history;
+    return historyPages<E>(Pager, url, httpUrl, this.#token, channel, options);
   }
 
   /** Handlers registered on `channel` (for tests and devtools). */

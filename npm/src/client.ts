@@ -2,7 +2,7 @@
  * `CourierClient` of the main entry point: `BaseClient` (subscribing) plus publishing through
  * the core's queue, over the full WASM build.
  */
-import { CoreClient, endpoints as coreEndpoints } from './wasm/courier_wasm.js';
+import { CoreClient, HistoryPager, endpoints as coreEndpoints } from './wasm/courier_wasm.js';
 import type { CourierEventDataMap } from './events.generated.js';
 import {
   BaseClient,
@@ -37,7 +37,7 @@ export class CourierClient extends BaseClient {
   #flushWaiters: Array<() => void> = [];
 
   constructor(options: CourierClientOptions) {
-    super(options, (o, host, hi, lo) => new CoreClient(o, host, hi, lo), (url) => coreEndpoints(url).wsUrl);
+    super(options, (o, host, hi, lo) => new CoreClient(o, host, hi, lo), HistoryPager);
   }
 
   get #full(): CoreClient {

@@ -1,15 +1,18 @@
 /**
  * `client.history(channel, options)`: the replay API (`GET /history/{channel}`) as an async
- * iterator of pages, following each page's `next` cursor until the server says the end is
- * reached. The query is checked as the core's `HistoryQuery::validate` checks it
- * (crates/courier-core/src/history.rs), so a bad option fails before anything is sent, with
- * the parameter named in `field`; the server's refusals become the same `CourierError`
- * classes as everywhere else.
+ * iterator of pages. The core decides (the WASM's `HistoryPager`, crates/courier-wasm/src/
+ * history.rs over courier_core::history): the checks of the query (one start, the limit's
+ * range, a direction that agrees with the start), the URL of each request, the paging by
+ * `next`, reading each answer into a page or a refusal with the core's category, and when to
+ * ask again with a renewed token. This layer translates and moves bytes: the options' host
+ * types in, each `GET` through `fetch` with the caller's `AbortSignal`, the core's errors out
+ * as the same `CourierError` classes as everywhere else, and an abort as its reason.
  */
 import type { CourierEvent } from './base.js';
-import { CourierError, ServerError, TransportError, ValidationError, errorClass, type ErrorCategory } from './errors.js';
+import type { CoreHistoryPage, CoreHistoryQuery } from './wasm/courier_wasm.js';
+import { ValidationError, errorFromThrown } from './errors.js';
 
-/** The most events one page may hold (`limit`). */
+/** The most events one page may hold (`limit`; the core's `MAX_PAGE_LIMIT`). */
 export const MAX_HISTORY_LIMIT = 1000;
 
 /** Options of `history()`: at most one of `after`, `before`, `since`, `cursor`. */
@@ -48,124 +51,106 @@ export interface HistoryPage<E extends { type: string } = CourierEvent> {
   next: string | null;
 }
 
-// The codes the replay API answers, with the category the core gives each
-// (tests/vectors/errors.json; test/history.test.mjs holds this table to it).
-const CATEGORIES: Record<string, [ErrorCategory, boolean]> = {
-  BAD_REQUEST: ['connection', false],
-  UNAUTHORIZED: ['authentication', false],
-  TOKEN_EXPIRED: ['authentication', false],
-  FORBIDDEN_CHANNEL: ['authorization', false],
-  EPOCH_CHANGED: ['validation', false],
-  RATE_LIMIT_EXCEEDED: ['rate_limited', true],
-  UNAVAILABLE: ['server', true],
-  INTERNAL: ['server', true],
-  SHUTTING_DOWN: ['server', true],
+/** The driver's pager class of an entry point's WASM (both builds have it). */
+export type HistoryPagerClass = new (url: string, httpUrl: string | undefined, channel: string, query: CoreHistoryQuery) => {
+  request(): string | undefined;
+  handleAnswer(status: number, body: string): CoreHistoryPage | null;
+  transportError(why: string): object;
+  free(): void;
 };
-/** The categories `history()` gives the replay API's error codes (for the vector test). */
-export const historyErrorCategories: Readonly<Record<string, readonly [ErrorCategory, boolean]>> = CATEGORIES;
 
-const invalid = (field: string, message: string) =>
-  new ValidationError('INVALID_ARGUMENT', `history: ${field} ${message}`, { field });
+const invalid = (field: string, message: string) => new ValidationError('INVALID_ARGUMENT', `history: ${field} ${message}`, { field });
 
-function offset(name: string, v: unknown, min: number): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw invalid(name, `must be a whole number ≥ ${min}`);
+/** A JavaScript number as the core's whole number (`u64`, or `u32` below `max`). */
+function whole(field: string, v: unknown, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > max) throw invalid(field, `must be a whole number from 0 to ${max}, not ${String(v)}`);
   return v;
 }
 
-/** The query string for `options` (checked first), e.g. `after=3&limit=100`. */
-export function historyQuery(options: HistoryOptions): string {
+/** The options with their host types translated for the core (which checks the rest). */
+function coreQuery(options: HistoryOptions): CoreHistoryQuery {
   if (options === null || typeof options !== 'object') throw invalid('options', 'must be an object');
-  const starts = (['after', 'before', 'since', 'cursor'] as const).filter((k) => options[k] !== undefined);
-  if (starts.length > 1) throw invalid(starts[1]!, `cannot be combined with ${starts[0]}: give at most one of after, before, since, cursor`);
-  const limit = options.limit === undefined ? 100 : options.limit;
-  if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > MAX_HISTORY_LIMIT) {
-    throw invalid('limit', `must be 1 to ${MAX_HISTORY_LIMIT}, not ${String(limit)}`);
+  const { since, direction, cursor } = options;
+  let sinceMs: number | undefined;
+  if (since !== undefined) {
+    sinceMs = since instanceof Date ? since.getTime() : typeof since === 'string' ? Date.parse(since) : since;
+    if (typeof sinceMs !== 'number' || !Number.isSafeInteger(sinceMs) || sinceMs < 0) {
+      throw invalid('since', 'must be Unix milliseconds, a Date, or an RFC 3339 timestamp');
+    }
   }
-  const direction = options.direction;
   if (direction !== undefined && direction !== 'forward' && direction !== 'backward') {
     throw invalid('direction', `must be forward or backward, not ${String(direction)}`);
   }
-  const backward = options.before !== undefined || (direction === 'backward' && starts.length === 0);
-  if (direction !== undefined && starts.length > 0 && starts[0] !== 'cursor' && (direction === 'backward') !== backward) {
-    throw invalid('direction', `is ${direction}, but ${starts[0]} pages ${backward ? 'backward' : 'forward'}`);
-  }
-  const q = new URLSearchParams();
-  if (options.after !== undefined) q.set('after', String(offset('after', options.after, 0)));
-  else if (options.before !== undefined) q.set('before', String(offset('before', options.before, 1)));
-  else if (options.since !== undefined) {
-    const s = options.since;
-    const ms = s instanceof Date ? s.getTime() : typeof s === 'string' ? Date.parse(s) : s;
-    if (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms < 0) {
-      throw invalid('since', 'must be Unix milliseconds, a Date, or an RFC 3339 timestamp');
-    }
-    q.set('since', String(ms));
-  } else if (options.cursor !== undefined) {
-    if (typeof options.cursor !== 'string' || options.cursor === '') throw invalid('cursor', "must be a page's `next`, as it came");
-    q.set('cursor', options.cursor);
-  } else if (backward) q.set('direction', 'backward');
-  q.set('limit', String(limit));
-  return q.toString();
-}
-
-/** The `CourierError` for a refused request: the server's code, message and field. */
-async function refusal(response: Response): Promise<CourierError> {
-  let body: { error?: { code?: unknown; message?: unknown; field?: unknown; retry_after_ms?: unknown } } = {};
-  try {
-    body = (await response.json()) as typeof body;
-  } catch {
-    // Not JSON (a proxy's page): the status says enough.
-  }
-  const e = body?.error ?? {};
-  const code = typeof e.code === 'string' ? e.code : response.status >= 500 ? 'INTERNAL' : 'UNKNOWN';
-  const [category, retryable] = CATEGORIES[code] ?? ['unknown', false];
-  const Class = errorClass(code, category);
-  return new Class(code, typeof e.message === 'string' ? e.message : `HTTP ${response.status}`, {
-    category,
-    retryable,
-    status: response.status,
-    field: typeof e.field === 'string' ? e.field : undefined,
-    retryAfterMs: typeof e.retry_after_ms === 'number' ? e.retry_after_ms : undefined,
-  });
-}
-
-interface WireEntry {
-  epoch: string;
-  offset: number;
-  event: Record<string, unknown>;
+  if (cursor !== undefined && typeof cursor !== 'string') throw invalid('cursor', "must be a page's `next`, as it came");
+  return {
+    after: whole('after', options.after),
+    before: whole('before', options.before),
+    sinceMs,
+    cursor,
+    backward: direction === undefined ? undefined : direction === 'backward',
+    limit: whole('limit', options.limit, 2 ** 32 - 1),
+  };
 }
 
 /**
- * The pages of `channel` from `base` (the server's HTTP base URL), with the token from
- * `token()` on each request.
+ * The pages of `channel` on the server at `url` (and `httpUrl`), with the token from `token()`
+ * on each request, read by the entry point's `Pager`.
  */
 export async function* historyPages<E extends { type: string }>(
-  base: string,
+  Pager: HistoryPagerClass,
+  url: string,
+  httpUrl: string | undefined,
   token: () => Promise<string>,
   channel: string,
   options: HistoryOptions,
 ): AsyncGenerator<HistoryPage<E>, void, undefined> {
-  if (typeof channel !== 'string' || channel === '') throw invalid('channel', 'must be a channel name');
-  let query: string | undefined = historyQuery(options);
-  const limit = new URLSearchParams(query).get('limit')!;
-  while (query !== undefined) {
-    const url = `${base}/history/${encodeURIComponent(channel)}?${query}`;
-    let response: Response;
-    try {
-      response = await fetch(url, { headers: { authorization: `Bearer ${await token()}` }, signal: options.signal });
-    } catch (e) {
-      if (options.signal?.aborted) throw options.signal.reason;
-      throw new TransportError('TRANSPORT', `history: ${e instanceof Error ? e.message : String(e)}`, { retryable: true });
-    }
-    if (!response.ok) throw await refusal(response);
-    let page: { channel: string; epoch: string; latest: number; events: WireEntry[]; next: string | null };
-    try {
-      page = (await response.json()) as typeof page;
-    } catch (e) {
-      throw new ServerError('PROTOCOL_ERROR', `history: the answer is not JSON: ${e instanceof Error ? e.message : String(e)}`);
-    }
-    if (!page || !Array.isArray(page.events)) throw new ServerError('PROTOCOL_ERROR', 'history: the answer has no `events`');
-    const events = page.events.map((entry) => Object.assign(entry.event, { epoch: entry.epoch, offset: entry.offset }) as unknown as E & { epoch: string; offset: number });
-    yield { channel: page.channel, epoch: page.epoch, latest: page.latest, events, next: page.next ?? null };
-    query = page.next ? new URLSearchParams({ cursor: page.next, limit }).toString() : undefined;
+  const query = coreQuery(options);
+  let pager: InstanceType<HistoryPagerClass>;
+  try {
+    pager = new Pager(url, httpUrl, channel, query);
+  } catch (e) {
+    throw errorFromThrown(e);
   }
+  const signal = options.signal;
+  try {
+    for (let request = pager.request(); request !== undefined; request = pager.request()) {
+      let page: CoreHistoryPage | null = null;
+      while (page === null) {
+        let bearer: string;
+        try {
+          bearer = await token();
+        } catch (e) {
+          throw errorFromThrown(pager.transportError(`the token provider failed: ${describe(e)}`));
+        }
+        let status: number;
+        let body: string;
+        try {
+          const response = await fetch(request, { headers: { authorization: `Bearer ${bearer}` }, signal });
+          status = response.status;
+          body = await response.text();
+        } catch (e) {
+          if (signal?.aborted) throw signal.reason;
+          throw errorFromThrown(pager.transportError(`GET ${request}: ${describe(e)}`));
+        }
+        try {
+          // `null`: ask once more with a renewed token.
+          page = pager.handleAnswer(status, body);
+        } catch (e) {
+          throw errorFromThrown(e);
+        }
+      }
+      yield page as HistoryPage<E>;
+    }
+  } finally {
+    // At the end, on an error, or when the caller stops early (`break`): the WASM memory
+    // now rather than at garbage collection.
+    pager.free();
+  }
+}
+
+/** What a thrown value says, with its `cause` (Node's `fetch failed` names the socket error there). */
+function describe(e: unknown): string {
+  if (!(e instanceof Error)) return String(e);
+  return e.cause === undefined ? e.message : `${e.message} (${describe(e.cause)})`;
 }

@@ -2,7 +2,7 @@
  * `CourierClient` of the `courier-client/subscriber` entry point: `BaseClient` over the WASM
  * built without the publish queue (a smaller download for pages that only listen).
  */
-import { CoreClient, endpoints as coreEndpoints } from './wasm-sub/courier_wasm.js';
+import { CoreClient, HistoryPager, endpoints as coreEndpoints } from './wasm-sub/courier_wasm.js';
 import { BaseClient, type CourierClientOptions } from './base.js';
 import { errorFromThrown } from './errors.js';
 
@@ -18,6 +18,6 @@ export function endpoints(url: string, httpUrl?: string): { wsUrl: string } {
 /** The Courier client without publishing: subscribe to channels, never write reconnect code. */
 export class CourierClient extends BaseClient {
   constructor(options: CourierClientOptions) {
-    super(options, (o, host, hi, lo) => new CoreClient(o, host, hi, lo), (url) => coreEndpoints(url).wsUrl);
+    super(options, (o, host, hi, lo) => new CoreClient(o, host, hi, lo), HistoryPager);
   }
 }

@@ -4,9 +4,9 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import * as courier from '../dist/node.js';
 import { CourierClient, AuthenticationError, ForbiddenChannelError, ValidationError, MAX_HISTORY_LIMIT } from '../dist/node.js';
 import { CourierClient as SubscriberClient } from '../dist/subscriber-node.js';
-import { historyErrorCategories } from '../dist/history.js';
 import { ROOT, startServer, token } from './helpers.mjs';
 
 const CHANNEL = 'backtest.history-ts';
@@ -125,12 +125,98 @@ test("the server's refusals are CourierError classes", async () => {
   );
 });
 
-test('the error categories history() gives are the core vector', () => {
-  const vector = JSON.parse(readFileSync(join(ROOT, 'tests', 'vectors', 'errors.json'), 'utf8'));
-  const rows = vector.cases;
-  for (const [code, [category, retryable]] of Object.entries(historyErrorCategories)) {
-    const row = rows.find((r) => r.code === code);
-    assert.ok(row, code);
-    assert.deepEqual([category, retryable], [row.category, row.retryable], code);
+/** Runs `f` with `globalThis.fetch` answering every request with `answer(url)`; the URLs asked. */
+async function withFetch(answer, f) {
+  const real = globalThis.fetch;
+  const urls = [];
+  globalThis.fetch = async (url) => {
+    urls.push(String(url));
+    return answer(String(url));
+  };
+  try {
+    await f();
+  } finally {
+    globalThis.fetch = real;
   }
+  return urls;
+}
+
+test("every wire error code comes out with the core's category, retryable and class (errors vector)", async () => {
+  const vector = JSON.parse(readFileSync(join(ROOT, 'tests', 'vectors', 'errors.json'), 'utf8'));
+  const wire = vector.cases.filter((r) => r.wire);
+  assert.ok(wire.length >= 10);
+  for (const row of wire) {
+    let tokens = 0;
+    const c = client({ token: () => `t${++tokens}` });
+    const body = JSON.stringify({ error: { code: row.code, message: 'refused', field: 'f' } });
+    const urls = await withFetch(
+      () => new Response(body, { status: 400 }),
+      () =>
+        assert.rejects(c.history(CHANNEL).next(), (e) => {
+          assert.ok(e instanceof courier[row.typescript], `${row.code}: ${e.constructor.name}, not ${row.typescript}`);
+          assert.deepEqual([e.code, e.category, e.retryable, e.status, e.field], [row.code, row.category, row.retryable, 400, 'f']);
+          return true;
+        }),
+    );
+    // An expired token is renewed and the page asked once more (as the Rust client does).
+    const asked = row.code === 'TOKEN_EXPIRED' ? 2 : 1;
+    assert.equal(urls.length, asked, row.code);
+    assert.equal(tokens, asked, row.code);
+    assert.equal(urls[0], `${server.httpUrl}/history/${CHANNEL}?limit=100`);
+  }
+});
+
+test('answers without an error body get the code their status implies; a broken page is a protocol error', async () => {
+  const c = client();
+  for (const [status, body, code, Class] of [
+    [503, '<html>busy</html>', 'UNAVAILABLE', courier.ServerError],
+    [403, '', 'FORBIDDEN_CHANNEL', ForbiddenChannelError],
+    [200, '{"channel":', 'PROTOCOL_ERROR', courier.CourierConnectionError],
+    [200, '{"events":[]}', 'PROTOCOL_ERROR', courier.CourierConnectionError],
+  ]) {
+    await withFetch(
+      () => new Response(body, { status }),
+      () => assert.rejects(c.history(CHANNEL).next(), (e) => e instanceof Class && e.code === code, `${status} ${body}`),
+    );
+  }
+  // No answer at all: a TransportError naming the request.
+  const failing = async () => {
+    throw new TypeError('fetch failed');
+  };
+  const real = globalThis.fetch;
+  globalThis.fetch = failing;
+  try {
+    await assert.rejects(c.history(CHANNEL).next(), (e) => e instanceof courier.TransportError && e.retryable && /fetch failed/.test(e.message));
+  } finally {
+    globalThis.fetch = real;
+  }
+  // A token provider that fails: a TransportError saying so, nothing sent.
+  const failingToken = client({ token: () => Promise.reject(new Error('vault down')) });
+  const urls = await withFetch(
+    () => new Response('{}', { status: 500 }),
+    () =>
+      assert.rejects(failingToken.history(CHANNEL).next(), (e) => e instanceof courier.TransportError && /token provider failed: vault down/.test(e.message)),
+  );
+  assert.deepEqual(urls, []);
+});
+
+test('an abort ends the iteration with its reason', async () => {
+  const c = client();
+  const controller = new AbortController();
+  const reason = new Error('stop');
+  controller.abort(reason);
+  await assert.rejects(c.history(CHANNEL, { signal: controller.signal }).next(), (e) => e === reason);
+  // Aborted between pages: the pages before it came.
+  const later = new AbortController();
+  const pages = [];
+  await assert.rejects(
+    (async () => {
+      for await (const page of c.history(CHANNEL, { limit: 50, signal: later.signal })) {
+        pages.push(page);
+        later.abort(reason);
+      }
+    })(),
+    (e) => e === reason,
+  );
+  assert.equal(pages.length, 1);
 });

@@ -249,7 +249,7 @@ fn js(value: &impl Serialize) -> JsValue {
 }
 
 /// A core error, thrown to JavaScript as an error object.
-fn thrown(e: impl Into<Error>) -> JsValue {
+pub(crate) fn thrown(e: impl Into<Error>) -> JsValue {
     js(&error_js(&e.into()))
 }
 
@@ -354,7 +354,7 @@ pub fn endpoints(url: &str, http_url: Option<String>) -> Result<JsValue, JsValue
     }))
 }
 
-fn parse_endpoints(url: &str, http_url: Option<String>) -> Result<Endpoints, JsValue> {
+pub(crate) fn parse_endpoints(url: &str, http_url: Option<String>) -> Result<Endpoints, JsValue> {
     match http_url {
         Some(http) => Endpoints::with_http_base(url, &http),
         None => Endpoints::parse(url),
@@ -734,7 +734,7 @@ fn act(this: &Rc<Inner>, output: Output) {
 
 /// An event the core decoded (a frame that was not taken on the hot path), as the object
 /// handlers get: the event with `epoch` and `offset`.
-fn delivery_object(d: &Delivery) -> JsValue {
+pub(crate) fn delivery_object(d: &Delivery) -> JsValue {
     let mut text = String::with_capacity(d.event.data.get().len() + 192);
     d.event.write_json(&mut text);
     let Ok(event) = js_sys::JSON::parse(&text) else {

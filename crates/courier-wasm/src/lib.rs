@@ -7,7 +7,8 @@
 //! Node 22's, or the `ws` package's), `fetch` (web-sys and wasm-bindgen-futures), the one
 //! timer (gloo-timers), and typed results for JavaScript (serde-wasm-bindgen). The
 //! TypeScript layer (`npm/src/`) is the facade: options, overloads, generated event types,
-//! error classes, promises and React hooks.
+//! error classes, promises and React hooks. [`history::HistoryPager`] is `history()`'s
+//! pager: the core's replay-API policy, whose `GET`s the facade sends.
 //!
 //! Two builds: with the `publish` feature (default; the `courier-client` entry point) and
 //! without it (`courier-client/subscriber`: no publish queue, no `fetch`). The test build
@@ -16,6 +17,8 @@
 
 #[cfg(target_arch = "wasm32")]
 pub mod driver;
+#[cfg(target_arch = "wasm32")]
+pub mod history;
 
 /// Recomputes one case of `tests/vectors/{file}.json` with the core (see
 /// `courier_core::conformance::evaluate`); the runner asserts the answer equals the case.
