@@ -47,36 +47,45 @@ def machine():
     return f"{cpu_model()}, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}, {rustc}"
 
 
-def previous_sections():
-    sections = {}
-    if os.path.exists(DOC):
-        text = open(DOC).read()
-        for m in re.finditer(r"<!-- bench:(\w+) -->\n(.*?)<!-- /bench -->", text, re.S):
-            sections[m.group(1)] = m.group(2)
-    return sections
+def header(machine_line):
+    return (
+        "# Benchmarks\n\n"
+        "Written by `make bench` (`python3 tests/bench/run.py`). Targets are checked here, never "
+        "by timed assertions in tests.\n\n"
+        f"Machine: {machine_line}.\n"
+    )
+
+
+def section_pattern(name):
+    return re.compile(rf"<!-- bench:{re.escape(name)} -->\n.*?<!-- /bench -->\n", re.S)
 
 
 def main():
+    """Replaces each section that ran in place, and nothing else: notes written between
+    sections (profiles, decisions) and one-off comparisons stay as they are. The Machine line
+    is rewritten only when every benchmark ran (a partial run names its machine in its
+    sections)."""
     wanted = sys.argv[1:] or list(BENCHES)
-    sections = previous_sections()
+    unknown = [n for n in wanted if n not in BENCHES]
+    if unknown:
+        sys.exit(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHES)}")
+    text = open(DOC).read() if os.path.exists(DOC) else header(machine())
     for name in wanted:
-        sections[name] = BENCHES[name]() + f"\nMeasured {datetime.date.today().isoformat()}.\n"
-    out = [
-        "# Benchmarks\n",
-        "Written by `make bench` (`python3 tests/bench/run.py`). Targets are checked here, never "
-        "by timed assertions in tests.\n",
-        f"Machine: {machine()}.\n",
-    ]
-    for name in BENCHES:
-        if name in sections:
-            out.append(f"<!-- bench:{name} -->\n{sections[name]}<!-- /bench -->\n")
-    # One-off comparisons (before/after a change) have no module: kept as they were.
-    for name, text in sections.items():
-        if name not in BENCHES:
-            out.append(f"<!-- bench:{name} -->\n{text}<!-- /bench -->\n")
-    os.makedirs(os.path.dirname(DOC), exist_ok=True)
-    with open(DOC, "w") as f:
-        f.write("\n".join(out))
+        body = BENCHES[name]() + f"\nMeasured {datetime.date.today().isoformat()}.\n"
+        block = f"<!-- bench:{name} -->\n{body}<!-- /bench -->\n"
+        pattern = section_pattern(name)
+        if pattern.search(text):
+            text = pattern.sub(lambda _: block, text, count=1)
+        else:
+            text = text.rstrip("\n") + "\n\n" + block
+        # Written after each benchmark: a later one failing keeps the earlier ones' figures.
+        os.makedirs(os.path.dirname(DOC), exist_ok=True)
+        with open(DOC, "w") as f:
+            f.write(text)
+    if not sys.argv[1:]:
+        text = re.sub(r"(?m)^Machine: .*$", lambda _: f"Machine: {machine()}.", text, count=1)
+        with open(DOC, "w") as f:
+            f.write(text)
     print(f"wrote {DOC}")
 
 

@@ -8,6 +8,9 @@ mod util;
 #[path = "api/paging.rs"]
 mod paging;
 
+#[path = "api/contract.rs"]
+mod contract;
+
 #[macro_use]
 #[path = "api/batches.rs"]
 mod batches;
@@ -157,7 +160,6 @@ async fn instance(redis: &Redis, f: impl FnOnce(&mut courier_server::Config)) ->
         c.redis.url = url;
         c.redis.startup_timeout_ms = 5_000;
         c.redis.instance_ttl_ms = 1_000;
-        c.rate_limits.enabled = false;
         f(c);
     })
     .await
@@ -309,7 +311,6 @@ async fn subscriber_resumes_on_another_instance_and_after_restarting_all() {
 async fn rate_limit_holds_across_instances() {
     let redis = need_redis!();
     let limited = |c: &mut courier_server::Config| {
-        c.rate_limits.enabled = true;
         c.rate_limits.user = courier_server::config::LimitRule {
             limit: 10,
             window_secs: 60,
@@ -371,7 +372,6 @@ async fn buckets_are_shared_by_instances_and_charged_per_accepted_event() {
     use courier_server::config::LimitRule;
     let redis = need_redis!();
     let limited = |c: &mut courier_server::Config| {
-        c.rate_limits.enabled = true;
         // Long windows: nothing refills during the test, so counts are exact.
         c.rate_limits.user = LimitRule {
             limit: 20,
@@ -1018,7 +1018,7 @@ mod batches_on_redis {
 
     batch_tests!({
         let redis = need_redis!();
-        let server = instance(&redis, |c| c.rate_limits.enabled = true).await;
+        let server = instance(&redis, |_| {}).await;
         (redis, server)
     });
 }
@@ -1301,4 +1301,12 @@ async fn a_channel_redis_refuses_rejects_its_events_alone_and_leaves_their_ids_f
         ]
     );
     a.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_history_contract_holds_on_redis() {
+    let redis = need_redis!();
+    let a = instance(&redis, |c| c.history.max_events_per_channel = 3).await;
+    contract::holds(&*a.state().history).await;
+    kill(a).await;
 }
