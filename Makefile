@@ -88,10 +88,11 @@ sdk-suites:
 
 # Builds what it needs (the server, the Python package into .venv, the npm package, the admin
 # console), then runs examples/demo.sh: Python publisher -> server -> Node subscriber and
-# browser dashboard, with the admin console at /admin.
-demo: tools-rust python-dev npm-build console
+# browser dashboard, with the admin console at /admin, the history in a throwaway PostgreSQL
+# (tests/with-postgres.sh).
+demo: tools-rust tools-postgres python-dev npm-build console
 	cargo build -p courier-server --locked
-	examples/demo.sh
+	tests/with-postgres.sh examples/demo.sh
 
 ## --- bench ------------------------------------------------------------------------------
 

@@ -27,6 +27,15 @@ import socket, sys
 s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.close()
 PY
 
+# Under tests/with-postgres.sh (as `make demo` runs it) the history lives in PostgreSQL, kept
+# 7 days, and the admin console pages through it.
+if [ -n "${COURIER_POSTGRES_URL:-}" ]; then
+  export COURIER_HISTORY__BACKEND=postgres
+  history="PostgreSQL at ${COURIER_POSTGRES_URL}"
+else
+  history="memory"
+fi
+
 "$server" serve --listen "127.0.0.1:$port" >"$work/server.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do
@@ -48,7 +57,7 @@ for _ in $(seq 50); do
   sleep 0.1
 done
 
-echo "demo: courier-server on $addr"
+echo "demo: courier-server on $addr (history in $history)"
 echo "demo: open the dashboard at ${url:-(dashboard failed: see $work/dashboard.log)}"
 echo "demo: admin console at http://$addr/admin (log in with this admin token):"
 echo "      $admin_token"
