@@ -190,7 +190,7 @@ export interface CourierClientOptions {
   httpUrl?: string;
   /** Publish queue settings (ignored by the subscriber entry point). */
   publish?: { maxQueued?: number; maxBatchEvents?: number; lingerMs?: number; maxAttempts?: number; maxInFlight?: number };
-  /** Timeout of one HTTP publish request (default 30 s; ignored by the subscriber entry point). */
+  /** Timeout of one HTTP request, a publish batch or a `history()` page (default 30 s). */
   requestTimeoutMs?: number;
   /** Sent to the server in `connect`, for its logs. */
   clientName?: string;
@@ -329,6 +329,8 @@ export class BaseClient {
   readonly #token: () => Promise<string>;
   /** `history()`'s reader (the entry's WASM) and the URLs it derives the HTTP base from. */
   readonly #history: { Pager: HistoryPagerClass; url: string; httpUrl: string | undefined };
+  /** `history()`'s per-request timeout (`requestTimeoutMs`, 30 s by default as for publish). */
+  readonly #requestTimeoutMs: number;
   /** The sockets' byte counts, where the platform exposes them (Node with `ws`). */
   readonly #wire: WireCounter | undefined;
 
@@ -370,6 +372,7 @@ export class BaseClient {
     const token = tokenSource(options.token);
     this.#token = token;
     this.#history = { Pager, url, httpUrl: core.httpUrl };
+    this.#requestTimeoutMs = core.requestTimeoutMs ?? 30_000;
     const host: CoreHost = {
       onEvent: (listener, event) => this.#deliver(listener, event as EventEnvelope),
       readEvent: (data, maxLength) => this.#readEvent(data, maxLength),
@@ -499,7 +502,7 @@ export class BaseClient {
    */
   history<E extends { type: string } = CourierEvent>(channel: string, options: HistoryOptions = {}): AsyncGenerator<HistoryPage<E>, void, undefined> {
     const { Pager, url, httpUrl } = this.#history;
-    return historyPages<E>(Pager, url, httpUrl, this.#token, channel, options);
+    return historyPages<E>(Pager, url, httpUrl, this.#token, channel, options, this.#requestTimeoutMs);
   }
 
   /** Handlers registered on `channel` (for tests and devtools). */

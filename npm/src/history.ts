@@ -104,6 +104,7 @@ export async function* historyPages<E extends { type: string }>(
   token: () => Promise<string>,
   channel: string,
   options: HistoryOptions,
+  timeoutMs: number,
 ): AsyncGenerator<HistoryPage<E>, void, undefined> {
   const query = coreQuery(options);
   let pager: InstanceType<HistoryPagerClass>;
@@ -125,13 +126,24 @@ export async function* historyPages<E extends { type: string }>(
         }
         let status: number;
         let body: string;
+        // Each request (answer and body) within the client's `requestTimeoutMs`, as in
+        // Rust and Python; the caller's signal aborts it too.
+        if (signal?.aborted) throw signal.reason;
+        const timeout = new AbortController();
+        const timer = setTimeout(() => timeout.abort(), timeoutMs);
+        const stop = () => timeout.abort();
+        signal?.addEventListener('abort', stop, { once: true });
         try {
-          const response = await fetch(request, { headers: { authorization: `Bearer ${bearer}` }, signal });
+          const response = await fetch(request, { headers: { authorization: `Bearer ${bearer}` }, signal: timeout.signal });
           status = response.status;
           body = await response.text();
         } catch (e) {
           if (signal?.aborted) throw signal.reason;
-          throw errorFromThrown(pager.transportError(`GET ${request}: ${describe(e)}`));
+          const why = timeout.signal.aborted ? `no answer within ${timeoutMs} ms (requestTimeoutMs)` : describe(e);
+          throw errorFromThrown(pager.transportError(`GET ${request}: ${why}`));
+        } finally {
+          clearTimeout(timer);
+          signal?.removeEventListener('abort', stop);
         }
         try {
           // `null`: ask once more with a renewed token.

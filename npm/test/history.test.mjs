@@ -129,9 +129,9 @@ test("the server's refusals are CourierError classes", async () => {
 async function withFetch(answer, f) {
   const real = globalThis.fetch;
   const urls = [];
-  globalThis.fetch = async (url) => {
+  globalThis.fetch = async (url, init) => {
     urls.push(String(url));
-    return answer(String(url));
+    return answer(String(url), init);
   };
   try {
     await f();
@@ -219,4 +219,30 @@ test('an abort ends the iteration with its reason', async () => {
     (e) => e === reason,
   );
   assert.equal(pages.length, 1);
+});
+
+test('a page that never comes fails after requestTimeoutMs with a TransportError', async () => {
+  const c = client({ requestTimeoutMs: 150 });
+  // A fetch that answers only to its abort, as a server that never answers would.
+  const urls = await withFetch(
+    (_url, init) =>
+      new Promise((_resolve, reject) => init.signal.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')))),
+    () =>
+      assert.rejects(
+        c.history(CHANNEL).next(),
+        (e) => e instanceof courier.TransportError && e.retryable && /no answer within 150 ms/.test(e.message),
+      ),
+  );
+  assert.equal(urls.length, 1);
+  // The caller's own abort still wins with its reason.
+  const controller = new AbortController();
+  const reason = new Error('mine');
+  await withFetch(
+    (_url, init) =>
+      new Promise((_resolve, reject) => init.signal.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')))),
+    () => {
+      setTimeout(() => controller.abort(reason), 20);
+      return assert.rejects(c.history(CHANNEL, { signal: controller.signal }).next(), (e) => e === reason);
+    },
+  );
 });
