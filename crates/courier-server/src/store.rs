@@ -905,33 +905,8 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn history_resume_points() {
-        let h = MemoryHistory::new(3, Duration::from_secs(60), 10);
-        let ch = ChannelName::new("a").unwrap();
-        let e = h.epoch().to_string();
-        // Empty channel: nothing to replay, nothing missing.
-        assert_eq!(resume(&h, &ch, at(&e, 0)).await, (vec![], 1, true));
-        assert_eq!(resume(&h, &ch, at("old", 7)).await, (vec![], 1, false));
-        appended(&h, &ch, 5).await;
-        // Holds 3..=5. Right after a held offset, or at the end: recovered.
-        assert_eq!(resume(&h, &ch, at(&e, 2)).await, (vec![3, 4, 5], 3, true));
-        assert_eq!(resume(&h, &ch, at(&e, 4)).await, (vec![5], 5, true));
-        assert_eq!(resume(&h, &ch, at(&e, 5)).await, (vec![], 6, true));
-        assert_eq!(resume(&h, &ch, at(&e, 9)).await, (vec![], 6, true));
-        // Older than what is held: from the oldest held.
-        assert_eq!(resume(&h, &ch, at(&e, 0)).await, (vec![3, 4, 5], 3, false));
-        assert_eq!(resume(&h, &ch, at(&e, 1)).await, (vec![3, 4, 5], 3, false));
-        // Another epoch: everything held, whatever its offset says.
-        assert_eq!(
-            resume(&h, &ch, at("old", 4)).await,
-            (vec![3, 4, 5], 3, false)
-        );
-        assert_eq!(
-            resume(&h, &ch, at("old", 99)).await,
-            (vec![3, 4, 5], 3, false)
-        );
-    }
+    // The resume rule over a history trimmed by count, paging and dense offsets: the
+    // contract every store keeps, in tests/api/contract.rs (run on memory, Redis, PostgreSQL).
 
     #[tokio::test]
     async fn history_resume_after_age_trim_and_eviction() {

@@ -180,6 +180,16 @@ impl Inner {
         }
     }
 
+    /// Records where `channel` stands when it has no position yet (a new subscription), so
+    /// a hole after a reconnect can be filled from there.
+    fn start_at(&self, channel: &ChannelName, epoch: Arc<str>, latest: u64) {
+        if let Some(state) = self.channels.write().expect("broker lock").get_mut(channel) {
+            if state.position.is_none() {
+                state.position = Some((epoch, latest));
+            }
+        }
+    }
+
     fn deliver_entries(&self, channel: &ChannelName, entries: Vec<Entry>) {
         for e in entries {
             let frame = event_frame(&e.epoch, e.offset, &e.event_json);
@@ -393,16 +403,7 @@ impl Broker for RedisBroker {
         // Where the channel stands now, so a hole after a reconnect can be filled.
         if let Some(h) = &inner.history {
             if let Ok(latest) = h.latest(channel).await {
-                if let Some(state) = inner
-                    .channels
-                    .write()
-                    .expect("broker lock")
-                    .get_mut(channel)
-                {
-                    if state.position.is_none() {
-                        state.position = Some((h.epoch(), latest));
-                    }
-                }
+                inner.start_at(channel, h.epoch(), latest);
             }
             return Ok(id);
         }
@@ -417,16 +418,7 @@ impl Broker for RedisBroker {
         )
         .await;
         if let Ok((latest, Some(epoch))) = now {
-            if let Some(state) = inner
-                .channels
-                .write()
-                .expect("broker lock")
-                .get_mut(channel)
-            {
-                if state.position.is_none() {
-                    state.position = Some((epoch.into(), latest.unwrap_or(0)));
-                }
-            }
+            inner.start_at(channel, epoch.into(), latest.unwrap_or(0));
         }
         Ok(id)
     }
