@@ -9,7 +9,9 @@ import json
 import shutil
 
 from bench_redis import redis_version, start_redis
-from common import ROOT, sh
+import os
+
+from common import ROOT, cpu_model, sh
 
 STORED = 1_000_000
 CMD = "target/release/history_replay"
@@ -52,4 +54,5 @@ def run():
         "| backend | appends/s | 100-event page forwards p50 / p99 | backwards p50 / p99 |\n"
         "|---|---|---|---|\n"
         + "".join(row(r) for r in rows)
+        + f"\nMachine: {cpu_model()}; 1-minute load average after the run: {os.getloadavg()[0]:.1f}.\n"
     )
