@@ -59,29 +59,12 @@ impl HistoryStart {
         cursor: Option<String>,
         backward: Option<bool>,
     ) -> Result<Self, ValidationError> {
-        let given = [
-            after.map(|_| "after"),
-            before.map(|_| "before"),
-            since.map(|_| "since"),
-            cursor.as_ref().map(|_| "cursor"),
-        ];
-        let mut named = given.iter().flatten();
-        let first = named.next().copied();
-        if let Some(second) = named.next() {
-            // Pushed by hand: `[&str]::join` was ~0.5 KB gzip of the WASM client.
-            let mut got = String::new();
-            for name in given.iter().flatten() {
-                if !got.is_empty() {
-                    got.push_str(" and ");
-                }
-                got.push_str(name);
-            }
-            return Err(ValidationError::new(
-                *second,
-                ValidationKind::BadFormat,
-                format!("give at most one of after, before, since and cursor (got {got})"),
-            ));
-        }
+        let first = Self::one_start([
+            after.is_some(),
+            before.is_some(),
+            since.is_some(),
+            cursor.is_some(),
+        ])?;
         let start = match (after, before, since, cursor) {
             (Some(a), ..) => HistoryStart::After(a),
             (_, Some(b), ..) => HistoryStart::Before(b),
@@ -109,6 +92,41 @@ impl HistoryStart {
             ));
         }
         Ok(start)
+    }
+
+    /// The parameters that name a start, in the order [`HistoryStart::one_start`] takes
+    /// their presence.
+    pub const PARAMETERS: [&'static str; 4] = ["after", "before", "since", "cursor"];
+
+    /// The rule the server and the SDKs share: at most one of `after`, `before`, `since`
+    /// and `cursor` (`given` says which are present, in [`Self::PARAMETERS`] order). The
+    /// one given, if any; two or more are refused naming the second.
+    pub fn one_start(given: [bool; 4]) -> Result<Option<&'static str>, ValidationError> {
+        let [a, b, s, c] = Self::PARAMETERS;
+        let given = [
+            given[0].then_some(a),
+            given[1].then_some(b),
+            given[2].then_some(s),
+            given[3].then_some(c),
+        ];
+        let mut named = given.iter().flatten();
+        let first = named.next().copied();
+        let Some(second) = named.next() else {
+            return Ok(first);
+        };
+        // Pushed by hand: `[&str]::join` was ~0.5 KB gzip of the WASM client.
+        let mut got = String::new();
+        for name in given.iter().flatten() {
+            if !got.is_empty() {
+                got.push_str(" and ");
+            }
+            got.push_str(name);
+        }
+        Err(ValidationError::new(
+            *second,
+            ValidationKind::BadFormat,
+            format!("give at most one of after, before, since and cursor (got {got})"),
+        ))
     }
 }
 

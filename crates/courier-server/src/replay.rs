@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use courier_core::history::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
+use courier_core::history::{DEFAULT_PAGE_LIMIT, HistoryStart, MAX_PAGE_LIMIT};
 use courier_core::{ChannelName, ErrorCode, ErrorResponse};
 
 use crate::SharedState;
@@ -156,19 +156,8 @@ fn parse(pairs: &[(String, String)]) -> Result<(Request, Option<String>), ApiErr
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let starts: Vec<&str> = ["after", "before", "since", "cursor"]
-        .into_iter()
-        .filter(|n| get(n).is_some())
-        .collect();
-    if starts.len() > 1 {
-        return Err(bad(
-            starts[1],
-            format!(
-                "give at most one of after, before, since and cursor (got {})",
-                starts.join(" and ")
-            ),
-        ));
-    }
+    let start = HistoryStart::one_start(HistoryStart::PARAMETERS.map(|n| get(n).is_some()))
+        .map_err(|e| bad(&e.field, e.message))?;
     let limit = match get("limit") {
         None => DEFAULT_PAGE_LIMIT,
         Some(v) => match v.parse::<u32>() {
@@ -193,7 +182,7 @@ fn parse(pairs: &[(String, String)]) -> Result<(Request, Option<String>), ApiErr
         }
     };
     let mut cursor_epoch = None;
-    let from = match starts.first().copied() {
+    let from = match start {
         None if backward == Some(true) => PageFrom::Before(u64::MAX),
         None => PageFrom::After(0),
         Some("after") => PageFrom::After(parse_offset("after", get("after").unwrap_or(""), 0)?),
@@ -212,7 +201,7 @@ fn parse(pairs: &[(String, String)]) -> Result<(Request, Option<String>), ApiErr
             format!(
                 "`direction={}` contradicts `{}`, which reads {}",
                 if is_backward { "forward" } else { "backward" },
-                starts.first().copied().unwrap_or("direction"),
+                start.unwrap_or("direction"),
                 if is_backward { "backwards" } else { "forwards" },
             ),
         ));

@@ -183,6 +183,20 @@ async fn pg_server(url: &str) -> Server {
     .await
 }
 
+/// Publishes events `r{i}` for `offsets` to `pg.a`, each accepted.
+async fn publish(server: &Server, svc: &str, offsets: std::ops::RangeInclusive<u64>) {
+    for i in offsets {
+        let r = server
+            .post(
+                "/publish",
+                Some(svc),
+                &util::event(&format!("r{i}"), "pg.a", i),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+}
+
 #[tokio::test]
 async fn resume_across_a_server_restart_loses_nothing_and_keeps_the_epoch() {
     let url = need_postgres!();
@@ -193,16 +207,7 @@ async fn resume_across_a_server_restart_loses_nothing_and_keeps_the_epoch() {
     let (mut ws, connected) = server.connect(&token).await;
     let epoch = connected["epoch"].as_str().unwrap().to_owned();
     assert_eq!(ws.subscribe(1, "pg.a", None).await["op"], "subscribed");
-    for i in 1..=3u64 {
-        let r = server
-            .post(
-                "/publish",
-                Some(&svc),
-                &util::event(&format!("r{i}"), "pg.a", i),
-            )
-            .await;
-        assert_eq!(r.status(), 200);
-    }
+    publish(&server, &svc, 1..=3).await;
     for i in 1..=3u64 {
         let f = ws.recv().await;
         assert_eq!(
@@ -212,16 +217,7 @@ async fn resume_across_a_server_restart_loses_nothing_and_keeps_the_epoch() {
         );
     }
     // Two more that the subscriber never sees: it is gone, then the server restarts.
-    for i in 4..=5u64 {
-        let r = server
-            .post(
-                "/publish",
-                Some(&svc),
-                &util::event(&format!("r{i}"), "pg.a", i),
-            )
-            .await;
-        assert_eq!(r.status(), 200);
-    }
+    publish(&server, &svc, 4..=5).await;
     drop(ws);
     server.shutdown().await;
     let server = pg_server(&db).await;

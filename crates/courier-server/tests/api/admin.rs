@@ -19,19 +19,8 @@ fn admin(sub: &str) -> String {
 }
 
 impl Server {
-    async fn admin_get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
-        let mut r = self.http.get(self.url(path));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        tokio::time::timeout(STEP, r.send())
-            .await
-            .expect("request timed out")
-            .unwrap()
-    }
-
     async fn admin_json(&self, path: &str) -> Value {
-        let r = self.admin_get(path, Some(&admin("ops"))).await;
+        let r = self.get_as(path, Some(&admin("ops"))).await;
         assert_eq!(r.status(), 200, "{path}");
         r.json().await.unwrap()
     }
@@ -58,10 +47,10 @@ async fn the_admin_api_refuses_every_token_but_an_admin_one() {
         "/admin/api/channels",
         "/admin/api/rate-limits",
     ] {
-        let r = server.admin_get(path, None).await;
+        let r = server.get_as(path, None).await;
         assert_eq!(r.status(), 401, "{path}");
         for (role, token) in [("user", user("u1")), ("service", service("svc"))] {
-            let r = server.admin_get(path, Some(&token)).await;
+            let r = server.get_as(path, Some(&token)).await;
             assert_eq!(r.status(), 403, "{path} {role}");
             let body: Value = r.json().await.unwrap();
             let message = body["error"]["message"].as_str().unwrap();
@@ -70,10 +59,7 @@ async fn the_admin_api_refuses_every_token_but_an_admin_one() {
                 "{message}"
             );
         }
-        assert_eq!(
-            server.admin_get(path, Some(&admin("ops"))).await.status(),
-            200
-        );
+        assert_eq!(server.get_as(path, Some(&admin("ops"))).await.status(), 200);
     }
     server.shutdown().await;
 }

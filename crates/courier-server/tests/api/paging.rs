@@ -5,7 +5,7 @@
 use courier_core::{ChannelName, Event};
 use serde_json::Value;
 
-use crate::util::{STEP, Server};
+use crate::util::Server;
 
 /// Appends `n` events to `channel` straight into the server's history (the paging tests are
 /// about reading; publishing 10,000 events through the rate limits is tested elsewhere).
@@ -30,16 +30,9 @@ pub(crate) async fn get(
     channel: &str,
     query: &str,
 ) -> (u16, Value) {
-    let mut r = server
-        .http
-        .get(server.url(&format!("/history/{channel}?{query}")));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    let r = tokio::time::timeout(STEP, r.send())
-        .await
-        .expect("history request timed out")
-        .unwrap();
+    let r = server
+        .get_as(&format!("/history/{channel}?{query}"), token)
+        .await;
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
 }

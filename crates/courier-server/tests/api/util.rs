@@ -172,20 +172,31 @@ impl Server {
         token: Option<&str>,
         body: &Value,
     ) -> reqwest::Response {
-        let mut r = self.http.post(self.url(path)).json(body);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        tokio::time::timeout(STEP, r.send())
+        self.send(self.http.post(self.url(path)).json(body), token)
             .await
-            .expect("request timed out")
-            .unwrap()
     }
 
     pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
-        tokio::time::timeout(STEP, self.http.get(self.url(path)).send())
+        self.get_as(path, None).await
+    }
+
+    /// `GET path`, with `token` as the bearer when given.
+    pub(crate) async fn get_as(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        self.send(self.http.get(self.url(path)), token).await
+    }
+
+    /// Sends `request` (with `token` as the bearer when given) within [`STEP`].
+    async fn send(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        token: Option<&str>,
+    ) -> reqwest::Response {
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        tokio::time::timeout(STEP, request.send())
             .await
-            .expect("timed out")
+            .expect("request timed out")
             .unwrap()
     }
 
