@@ -277,7 +277,7 @@ fn admin_claims(state: &SharedState, headers: &HeaderMap) -> Result<Claims, ApiE
     let claims = authenticate(state, headers)?;
     if claims.role != Role::Admin {
         state.metrics.auth_failure(AuthFailure::Forbidden);
-        let role = role_name(claims.role);
+        let role = claims.role.as_str();
         return Err(ApiError::new(
             ErrorCode::ForbiddenChannel,
             format!(
@@ -436,7 +436,7 @@ pub(crate) async fn connections(
             ConnectionInfo {
                 session: c.session.clone(),
                 user: c.user.clone(),
-                role: role_name(c.role).to_owned(),
+                role: c.role.as_str().to_owned(),
                 client: c.client.clone(),
                 connected_at_ms: c.connected_at_ms,
                 channels: subscribed,
@@ -449,15 +449,6 @@ pub(crate) async fn connections(
         channels,
         connections,
     }))
-}
-
-/// The role as tokens spell it.
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::User => "user",
-        Role::Service => "service",
-        Role::Admin => "admin",
-    }
 }
 
 /// `GET /admin/api/channels`: channels with their event rates.

@@ -23,6 +23,18 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, in the order `token --role` lists them.
+    pub const ALL: [Role; 3] = [Role::User, Role::Service, Role::Admin];
+
+    /// The role as tokens spell it (`user`, `service`, `admin`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Service => "service",
+            Role::Admin => "admin",
+        }
+    }
+
     /// Services and admins read and publish on any channel.
     pub fn is_privileged(self) -> bool {
         matches!(self, Role::Service | Role::Admin)

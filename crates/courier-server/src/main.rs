@@ -122,15 +122,10 @@ fn token(
     tier: Option<String>,
     ttl: u64,
 ) -> Result<String, String> {
-    let role = match role {
-        "user" => Role::User,
-        "service" => Role::Service,
-        "admin" => Role::Admin,
-        other => {
-            return Err(format!(
-                "--role must be user, service or admin, not `{other}`"
-            ));
-        }
+    let Some(role) = Role::ALL.into_iter().find(|r| r.as_str() == role) else {
+        return Err(format!(
+            "--role must be user, service or admin, not `{role}`"
+        ));
     };
     let patterns = |list: Vec<String>| -> Result<Vec<ChannelPattern>, String> {
         list.into_iter()

@@ -443,6 +443,18 @@ fn own_text(text: String, deflating: Option<usize>) -> (Message, usize, usize) {
     text_frame(plain, deflated.as_ref())
 }
 
+/// A frame the connection built itself (not a fanned-out event), as a write.
+fn own_write(text: String, deflating: Option<usize>, budgeted: usize) -> Write {
+    let (message, raw, wire) = own_text(text, deflating);
+    Write::Send {
+        message,
+        accepted_at: None,
+        budgeted,
+        raw,
+        wire,
+    }
+}
+
 fn to_write(
     item: Option<Outbound>,
     close_tx: &watch::Sender<Option<(u16, String)>>,
@@ -463,27 +475,11 @@ fn to_write(
             });
             Write::Close(close_tx.borrow().clone())
         }
-        Some(Outbound::Frame(t, may)) => {
-            let (message, raw, wire) = own_text(t, deflating.filter(|_| may));
-            Write::Send {
-                message,
-                accepted_at: None,
-                budgeted: bytes,
-                raw,
-                wire,
-            }
-        }
         Some(Outbound::Replayed(t, may)) => {
             state.metrics.delivered.fetch_add(1, Ordering::Relaxed);
-            let (message, raw, wire) = own_text(t, deflating.filter(|_| may));
-            Write::Send {
-                message,
-                accepted_at: None,
-                budgeted: bytes,
-                raw,
-                wire,
-            }
+            own_write(t, deflating.filter(|_| may), bytes)
         }
+        Some(Outbound::Frame(t, may)) => own_write(t, deflating.filter(|_| may), bytes),
         Some(Outbound::Cohort(p, deflated)) => {
             let raw = p.frame.len();
             let wire = deflated.len();
