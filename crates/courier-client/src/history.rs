@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use courier_core::history::{HistoryPage, Pager, read_answer};
-use courier_core::{Delivery, Error, ErrorCode};
+use courier_core::history::{HistoryPage, Pager};
+use courier_core::{Delivery, Error};
 
 use crate::token::TokenProvider;
 
@@ -80,15 +80,10 @@ impl History {
                 Ok(b) => b,
                 Err(e) => return Some(Err(Error::Transport(format!("GET {url}: {e}")))),
             };
-            match read_answer(status, &body) {
-                // An expired token: renew it and ask once more.
-                Err(Error::Refused(r)) if r.code == ErrorCode::TokenExpired && !refreshed => {
-                    refreshed = true;
-                }
-                Ok(page) => {
-                    self.pager.handle_page(&page);
-                    return Some(Ok(page));
-                }
+            match self.pager.handle_answer(status, &body) {
+                Ok(Some(page)) => return Some(Ok(page)),
+                // The core's rule: an expired token is renewed, and the page asked once more.
+                Ok(None) => refreshed = true,
                 Err(e) => return Some(Err(e)),
             }
         }

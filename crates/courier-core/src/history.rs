@@ -306,11 +306,13 @@ pub fn read_answer(status: u16, body: &str) -> Result<HistoryPage, Error> {
 }
 
 /// Follows a history query page by page: [`Pager::request`] names the next request (none
-/// once the end is reached), [`Pager::handle_page`] takes its answer.
+/// once the end is reached), [`Pager::handle_answer`] takes its answer.
 #[derive(Debug, Clone)]
 pub struct Pager {
     channel: ChannelName,
     next: Option<HistoryQuery>,
+    /// The current request was refused with `TOKEN_EXPIRED` once already.
+    renewed: bool,
 }
 
 impl Pager {
@@ -320,6 +322,7 @@ impl Pager {
         Ok(Self {
             channel,
             next: Some(query),
+            renewed: false,
         })
     }
 
@@ -328,8 +331,31 @@ impl Pager {
         self.next.as_ref().map(|q| q.request_path(&self.channel))
     }
 
-    /// Takes the answer to [`Pager::request`]: the next request follows its `next` cursor
-    /// with the same limit; a page without `next` ends the paging.
+    /// Takes the HTTP answer to [`Pager::request`] (see [`read_answer`]): the page, and the
+    /// next request follows it; `Ok(None)` when the same request is to be sent again with a
+    /// renewed token (its first `TOKEN_EXPIRED`: every SDK renews once, then reports it).
+    /// Any other refusal, or an unreadable page, is the error and leaves the pager where it
+    /// was, so sending the request again retries that page.
+    pub fn handle_answer(&mut self, status: u16, body: &str) -> Result<Option<HistoryPage>, Error> {
+        match read_answer(status, body) {
+            Err(Error::Refused(r)) if r.code == ErrorCode::TokenExpired && !self.renewed => {
+                self.renewed = true;
+                Ok(None)
+            }
+            Ok(page) => {
+                self.renewed = false;
+                self.handle_page(&page);
+                Ok(Some(page))
+            }
+            Err(e) => {
+                self.renewed = false;
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes a page read from the answer to [`Pager::request`]: the next request follows
+    /// its `next` cursor with the same limit; a page without `next` ends the paging.
     pub fn handle_page(&mut self, page: &HistoryPage) {
         self.next = match (self.next.take(), &page.next) {
             (Some(q), Some(cursor)) => Some(HistoryQuery {
@@ -509,5 +535,25 @@ mod tests {
         p.handle_page(&page(None));
         assert!(p.is_done());
         assert_eq!(p.request(), None);
+    }
+
+    #[test]
+    fn pager_renews_an_expired_token_once_per_request() {
+        let ch = ChannelName::new("a.b").unwrap();
+        let mut p = Pager::new(ch, HistoryQuery::default()).unwrap();
+        let expired = r#"{"error":{"code":"TOKEN_EXPIRED","message":"expired"}}"#;
+        let page = r#"{"channel":"a.b","epoch":"e","latest":0,"events":[],"next":"c1"}"#;
+        // The first TOKEN_EXPIRED asks again; the second one is reported.
+        assert!(matches!(p.handle_answer(401, expired), Ok(None)));
+        match p.handle_answer(401, expired) {
+            Err(Error::Refused(r)) => assert_eq!(r.code, ErrorCode::TokenExpired),
+            other => panic!("{other:?}"),
+        }
+        // A page moves on, and the next request may renew again.
+        assert!(matches!(p.handle_answer(401, expired), Ok(None)));
+        let got = p.handle_answer(200, page).unwrap().unwrap();
+        assert_eq!(got.next.as_deref(), Some("c1"));
+        assert_eq!(p.request().unwrap(), "/history/a.b?cursor=c1&limit=100");
+        assert!(matches!(p.handle_answer(401, expired), Ok(None)));
     }
 }

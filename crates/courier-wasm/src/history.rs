@@ -10,10 +10,8 @@
 //! and hands the answer back, and makes the async iterator. The pager is synchronous: a
 //! `fetch` driven from here cost the subscriber entry 2.1 KB gzip more (docs/benchmarks.md).
 
-use courier_core::history::{
-    DEFAULT_PAGE_LIMIT, HistoryPage, HistoryQuery, HistoryStart, Pager, read_answer,
-};
-use courier_core::{ChannelName, Error, ErrorCode};
+use courier_core::history::{DEFAULT_PAGE_LIMIT, HistoryPage, HistoryQuery, HistoryStart, Pager};
+use courier_core::{ChannelName, Error};
 use js_sys::{Array, Object, Reflect};
 use wasm_bindgen::prelude::*;
 
@@ -72,8 +70,6 @@ pub struct HistoryPager {
     pager: Pager,
     /// `http(s)://host[:port][/prefix]`, as the core derives it from the client's URLs.
     http_base: String,
-    /// The current request was already sent again with a renewed token.
-    renewed: bool,
 }
 
 #[wasm_bindgen]
@@ -101,11 +97,7 @@ impl HistoryPager {
         .map_err(thrown)?;
         let limit = query.limit().map_or(DEFAULT_PAGE_LIMIT, |v| v as u32);
         let pager = Pager::new(channel, HistoryQuery { start, limit }).map_err(thrown)?;
-        Ok(HistoryPager {
-            pager,
-            http_base,
-            renewed: false,
-        })
+        Ok(HistoryPager { pager, http_base })
     }
 
     /// The URL of the next request, or `undefined` once a page reached the end in the
@@ -122,20 +114,10 @@ impl HistoryPager {
     /// retries that page.
     #[wasm_bindgen(js_name = handleAnswer, unchecked_return_type = "CoreHistoryPage | null")]
     pub fn handle_answer(&mut self, status: u16, body: &str) -> Result<JsValue, JsValue> {
-        match read_answer(status, body) {
-            Err(Error::Refused(r)) if r.code == ErrorCode::TokenExpired && !self.renewed => {
-                self.renewed = true;
-                Ok(JsValue::NULL)
-            }
-            Ok(page) => {
-                self.renewed = false;
-                self.pager.handle_page(&page);
-                Ok(page_object(&page))
-            }
-            Err(e) => {
-                self.renewed = false;
-                Err(thrown(e))
-            }
+        match self.pager.handle_answer(status, body) {
+            Ok(Some(page)) => Ok(page_object(&page)),
+            Ok(None) => Ok(JsValue::NULL),
+            Err(e) => Err(thrown(e)),
         }
     }
 
