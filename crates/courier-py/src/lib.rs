@@ -422,21 +422,61 @@ impl NativeClient {
     }
 
     fn dispatch(&self) -> PyResult<&Dispatch> {
-        self.dispatch
-            .as_ref()
-            .ok_or_else(|| PyRuntimeError::new_err("this client was created without an event loop"))
+        loop_dispatch(self.dispatch.as_ref())
     }
 
     fn spawn_outcome<F>(&self, fut: Py<PyAny>, work: F) -> PyResult<()>
     where
         F: Future<Output = Outcome> + Send + 'static,
     {
-        let tx = self.dispatch()?.clone();
-        self.handle.spawn(async move {
-            let outcome = work.await;
-            let _ = tx.send((fut, outcome));
-        });
-        Ok(())
+        spawn_outcome(self.dispatch.as_ref(), &self.handle, fut, work)
+    }
+}
+
+/// The event loop's dispatcher, or the error saying the client was made without one.
+fn loop_dispatch(dispatch: Option<&Dispatch>) -> PyResult<&Dispatch> {
+    dispatch.ok_or_else(|| PyRuntimeError::new_err("this client was created without an event loop"))
+}
+
+/// Resolves the asyncio future `fut` with the outcome of `work`, run on `handle`.
+fn spawn_outcome<F>(
+    dispatch: Option<&Dispatch>,
+    handle: &tokio::runtime::Handle,
+    fut: Py<PyAny>,
+    work: F,
+) -> PyResult<()>
+where
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let tx = loop_dispatch(dispatch)?.clone();
+    handle.spawn(async move {
+        let outcome = work.await;
+        let _ = tx.send((fut, outcome));
+    });
+    Ok(())
+}
+
+/// Blocks (GIL released) until `work` has its outcome: its value, or its exception raised;
+/// `CourierTimeoutError` once `timeout` seconds passed.
+fn wait_outcome<'py, F>(
+    py: Python<'py>,
+    handle: &tokio::runtime::Handle,
+    work: F,
+    timeout: Option<f64>,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = Outcome> + Send,
+{
+    let Some(outcome) = block_on(py, handle, work, timeout)? else {
+        return Err(timeout_error(Duration::from_secs_f64(
+            timeout.unwrap_or(0.0),
+        )));
+    };
+    let (ok, value) = outcome_value(py, outcome)?;
+    if ok {
+        Ok(value)
+    } else {
+        Err(PyErr::from_value(value))
     }
 }
 
@@ -881,15 +921,10 @@ impl NativeSubscription {
     }
 
     fn next_start(&self, fut: Py<PyAny>) -> PyResult<()> {
-        let tx = self.dispatch.clone().ok_or_else(|| {
-            PyRuntimeError::new_err("this client was created without an event loop")
-        })?;
         let work = next_item(self.sub.clone(), self.cancel.subscribe());
-        self.handle.spawn(async move {
-            let item = work.await;
-            let _ = tx.send((fut, Outcome::Item(item)));
-        });
-        Ok(())
+        spawn_outcome(self.dispatch.as_ref(), &self.handle, fut, async move {
+            Outcome::Item(work.await)
+        })
     }
 
     /// Blocks until the server confirmed the subscription; returns `(epoch, offset)`.
@@ -899,32 +934,20 @@ impl NativeSubscription {
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let fut = ready(self.sub.clone(), self.cancel.subscribe());
-        match block_on(py, &self.handle, fut, timeout)? {
-            None => Err(timeout_error(Duration::from_secs_f64(
-                timeout.unwrap_or(0.0),
-            ))),
-            Some(r) => {
-                let (ok, value) = outcome_value(py, Outcome::Ready(r))?;
-                if ok {
-                    Ok(value)
-                } else {
-                    Err(PyErr::from_value(value))
-                }
-            }
-        }
+        let work = ready(self.sub.clone(), self.cancel.subscribe());
+        wait_outcome(
+            py,
+            &self.handle,
+            async move { Outcome::Ready(work.await) },
+            timeout,
+        )
     }
 
     fn ready_start(&self, fut: Py<PyAny>) -> PyResult<()> {
-        let tx = self.dispatch.clone().ok_or_else(|| {
-            PyRuntimeError::new_err("this client was created without an event loop")
-        })?;
         let work = ready(self.sub.clone(), self.cancel.subscribe());
-        self.handle.spawn(async move {
-            let r = work.await;
-            let _ = tx.send((fut, Outcome::Ready(r)));
-        });
-        Ok(())
+        spawn_outcome(self.dispatch.as_ref(), &self.handle, fut, async move {
+            Outcome::Ready(work.await)
+        })
     }
 
     /// The position of the last event returned, as `(epoch, offset)`.
@@ -965,33 +988,21 @@ impl NativeHistory {
     /// SDK's exception for a refusal, `CourierTimeoutError` when `timeout` passed.
     #[pyo3(signature = (timeout=None))]
     fn next_wait<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
-        let fut = next_page(self.history.clone());
-        match block_on(py, &self.handle, fut, timeout)? {
-            None => Err(timeout_error(Duration::from_secs_f64(
-                timeout.unwrap_or(0.0),
-            ))),
-            Some(page) => {
-                let (ok, value) = outcome_value(py, Outcome::Page(page))?;
-                if ok {
-                    Ok(value)
-                } else {
-                    Err(PyErr::from_value(value))
-                }
-            }
-        }
+        let work = next_page(self.history.clone());
+        wait_outcome(
+            py,
+            &self.handle,
+            async move { Outcome::Page(work.await) },
+            timeout,
+        )
     }
 
     /// Resolves the asyncio future `fut` with the next page tuple (or its exception).
     fn next_start(&self, fut: Py<PyAny>) -> PyResult<()> {
-        let tx = self.dispatch.clone().ok_or_else(|| {
-            PyRuntimeError::new_err("this client was created without an event loop")
-        })?;
         let work = next_page(self.history.clone());
-        self.handle.spawn(async move {
-            let page = work.await;
-            let _ = tx.send((fut, Outcome::Page(page)));
-        });
-        Ok(())
+        spawn_outcome(self.dispatch.as_ref(), &self.handle, fut, async move {
+            Outcome::Page(work.await)
+        })
     }
 }
 
