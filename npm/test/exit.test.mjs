@@ -82,6 +82,30 @@ test('close() with publishes queued: they are delivered, then the process exits'
   assert.match(out, /acknowledged 20 20/);
 });
 
+test('close() while the socket is still connecting raises nothing afterwards (its error event has a live handler)', async () => {
+  // A server that takes the TCP connection and never answers the upgrade: the socket stays
+  // CONNECTING, and closing it makes `ws` emit an error event after close() returned.
+  const { code, out } = await run(`
+    import net from 'node:net';
+    import { CourierClient } from './dist/node.js';
+    const held = [];
+    const srv = net.createServer((s) => held.push(s)).listen(0, '127.0.0.1');
+    await new Promise((r) => srv.once('listening', r));
+    process.on('uncaughtException', (e) => { console.log('uncaught:', e.message); process.exitCode = 3; });
+    const c = new CourierClient({ url: 'ws://127.0.0.1:' + srv.address().port + '/ws', token: 't' });
+    c.subscribe('backtest.x', () => {});
+    while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
+    c.close();
+    await new Promise((r) => setTimeout(r, 200));
+    for (const s of held) s.destroy();
+    srv.close();
+    console.log('closed cleanly');
+  `);
+  assert.equal(code, 0, out);
+  assert.match(out, /closed cleanly/);
+  assert.doesNotMatch(out, /uncaught/);
+});
+
 test('close() of a client still connecting and of one never used: the process exits', async () => {
   const { code, out } = await run(`
     import { CourierClient } from './dist/node.js';

@@ -288,7 +288,14 @@ fn describe(e: &JsValue) -> String {
 /// itself: [`detach`] clears the handlers first).
 struct Socket {
     ws: WebSocket,
-    _callbacks: [Closure<dyn FnMut(JsValue)>; 4],
+    _callbacks: [Closure<dyn FnMut(JsValue)>; 3],
+}
+
+thread_local! {
+    /// The `onerror` of every socket, never dropped: a detached socket keeps it (Node's `ws`
+    /// throws on an error event nobody listens to, e.g. one closed while connecting), so it
+    /// must outlive the socket's other callbacks, which go with the socket.
+    static IGNORE_ERROR: Closure<dyn FnMut(JsValue)> = Closure::new(|_: JsValue| {});
 }
 
 struct Inner {
@@ -752,7 +759,8 @@ fn detach(st: &mut St) -> Option<Socket> {
     s.ws.set_onopen(None);
     s.ws.set_onmessage(None);
     s.ws.set_onclose(None);
-    // `onerror` stays: Node's `ws` throws on an error event nobody listens to.
+    // `onerror` stays (`IGNORE_ERROR`, which outlives the socket): Node's `ws` throws on an
+    // error event nobody listens to.
     Some(s)
 }
 
@@ -787,16 +795,11 @@ fn open(this: &Rc<Inner>) {
             }
         })
     };
-    let callbacks = [
-        callback(on_open),
-        callback(on_message),
-        callback(on_close),
-        Closure::<dyn FnMut(JsValue)>::new(|_: JsValue| {}),
-    ];
+    let callbacks = [callback(on_open), callback(on_message), callback(on_close)];
     ws.set_onopen(Some(callbacks[0].as_ref().unchecked_ref()));
     ws.set_onmessage(Some(callbacks[1].as_ref().unchecked_ref()));
     ws.set_onclose(Some(callbacks[2].as_ref().unchecked_ref()));
-    ws.set_onerror(Some(callbacks[3].as_ref().unchecked_ref()));
+    IGNORE_ERROR.with(|f| ws.set_onerror(Some(f.as_ref().unchecked_ref())));
     this.st.borrow_mut().socket = Some(Socket {
         ws,
         _callbacks: callbacks,
