@@ -5,7 +5,7 @@
 //! `COURIER_WS__PING_INTERVAL_MS=500`, `COURIER_RATE_LIMITS__ENABLED=false`. A few common keys
 //! have short aliases: `COURIER_LISTEN`, `COURIER_JWT_SECRET`, `COURIER_LOG_FORMAT`,
 //! `COURIER_LOG_LEVEL`, `COURIER_ALLOW_DEV_SECRET`, `COURIER_ENABLE_FAULT_INJECTION`,
-//! `COURIER_BACKEND` (`memory` or `redis`), `COURIER_REDIS_URL`, `COURIER_POSTGRES_URL`.
+//! `COURIER_BACKEND` (`memory`, `redis` or `redis-cluster`), `COURIER_REDIS_URL`, `COURIER_POSTGRES_URL`.
 //! Values are read as TOML scalars or arrays (`true`, `5`, `["a","b"]`); anything else is a
 //! string. A comma-separated value is accepted for list keys (`COURIER_CORS_ORIGINS=a,b`).
 
@@ -67,9 +67,10 @@ pub struct Config {
     /// What `/health` checks.
     pub health: HealthConfig,
     /// Where history, fan-out, limits and idempotency live: `memory` (one instance, the
-    /// default) or `redis` (several instances as one; see [`RedisConfig`]).
+    /// default), `redis` (several instances on one Redis as one server; see [`RedisConfig`])
+    /// or `redis-cluster` (the same on a Redis Cluster).
     pub backend: Backend,
-    /// The Redis backend's settings (used when `backend = "redis"`).
+    /// The Redis backend's settings (used when `backend` is `redis` or `redis-cluster`).
     pub redis: RedisConfig,
     /// The admin console and API (`/admin`).
     pub admin: AdminConfig,
@@ -77,7 +78,7 @@ pub struct Config {
 
 /// Where the server keeps its shared state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// In process memory: one instance; history is lost on restart.
     #[default]
@@ -85,13 +86,26 @@ pub enum Backend {
     /// In Redis: every instance on the same Redis behaves as one server, and history and
     /// the idempotency window survive restarts.
     Redis,
+    /// In a Redis Cluster (Redis >= 7): as `redis`, with each channel's keys in one slot and
+    /// each user's in one slot, fan-out through sharded pub/sub, and one epoch per channel.
+    /// `redis.url` names one or more nodes (comma-separated); the others are discovered.
+    RedisCluster,
+}
+
+impl Backend {
+    /// Whether the shared state lives in Redis (one node or a cluster).
+    pub fn is_redis(self) -> bool {
+        matches!(self, Self::Redis | Self::RedisCluster)
+    }
 }
 
 /// The Redis backend.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (`COURIER_REDIS_URL`).
+    /// `redis://[user:password@]host:port[/db]` (`COURIER_REDIS_URL`); with the
+    /// `redis-cluster` backend, one or more cluster nodes, comma-separated
+    /// (`redis://10.0.0.1:6379,redis://10.0.0.2:6379`).
     pub url: String,
     /// Prefix of every key and pub/sub channel, so several deployments can share a Redis.
     pub key_prefix: String,

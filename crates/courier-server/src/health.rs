@@ -230,7 +230,7 @@ pub async fn report(state: &SharedState) -> HealthReport {
     let draining = state.is_draining();
     let history = state.history.stats().await;
     let redis = match state.config.backend {
-        Backend::Redis => {
+        Backend::Redis | Backend::RedisCluster => {
             // Redis serves the fan-out whatever keeps the history (PostgreSQL is probed by
             // readiness).
             let started = Instant::now();

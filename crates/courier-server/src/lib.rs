@@ -114,11 +114,13 @@ impl Stores {
                 Ok(stores)
             }
             #[cfg(feature = "redis")]
-            config::Backend::Redis => redis::connect(config, history, background)
-                .await
-                .map_err(|e| ServerError::Backend(e.to_string())),
+            config::Backend::Redis | config::Backend::RedisCluster => {
+                redis::connect(config, history, background)
+                    .await
+                    .map_err(|e| ServerError::Backend(e.to_string()))
+            }
             #[cfg(not(feature = "redis"))]
-            config::Backend::Redis => Err(ServerError::Backend(
+            config::Backend::Redis | config::Backend::RedisCluster => Err(ServerError::Backend(
                 "this build has no Redis support (cargo feature `redis`)".into(),
             )),
         }

@@ -34,10 +34,12 @@ struct ServeArgs {
     /// Log format: human or json.
     #[arg(long)]
     log_format: Option<String>,
-    /// Backend: `memory` (one instance) or `redis` (several instances as one).
+    /// Backend: `memory` (one instance), `redis` (several instances on one Redis as one) or
+    /// `redis-cluster` (the same on a Redis Cluster).
     #[arg(long)]
     backend: Option<String>,
-    /// Redis URL for `--backend redis`, e.g. redis://127.0.0.1:6379.
+    /// Redis URL for `--backend redis`, e.g. redis://127.0.0.1:6379; for `redis-cluster`,
+    /// one or more nodes, comma-separated.
     #[arg(long)]
     redis_url: Option<String>,
 }
@@ -91,7 +93,12 @@ fn load(cli_config: Option<&PathBuf>, args: &ServeArgs) -> Result<Config, String
         config.backend = match b.as_str() {
             "memory" => courier_server::config::Backend::Memory,
             "redis" => courier_server::config::Backend::Redis,
-            other => return Err(format!("--backend must be memory or redis, not `{other}`")),
+            "redis-cluster" => courier_server::config::Backend::RedisCluster,
+            other => {
+                return Err(format!(
+                    "--backend must be memory, redis or redis-cluster, not `{other}`"
+                ));
+            }
         };
     }
     if let Some(u) = &args.redis_url {
