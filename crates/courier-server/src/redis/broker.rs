@@ -18,7 +18,7 @@
 //! arriving first makes the earlier one a hole, read from the history before going on.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,8 @@ struct Inner {
     /// The pub/sub connection's command half; `None` while disconnected. Held across
     /// (un)subscribe so that the Redis subscription set matches `channels`.
     sink: tokio::sync::Mutex<Option<Sink>>,
+    /// A task is subscribing again after a cluster node was lost.
+    resubscribing: AtomicBool,
     /// The history when it is not the Redis streams: the broker publishes, and reads holes
     /// from it.
     history: Option<Arc<dyn HistoryStore>>,
@@ -92,10 +94,12 @@ enum Feed {
     Cluster(tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>),
 }
 
-/// One thing heard: a message, or a channel subscribed again after its node came back.
+/// One thing heard: a message, a channel subscribed again after its node came back, or a
+/// cluster node's connection lost.
 enum Heard {
     Message(redis::Msg),
     Resubscribed(String),
+    NodeLost,
 }
 
 impl Feed {
@@ -105,6 +109,9 @@ impl Feed {
             Self::Single(s) => s.next().await.map(Heard::Message),
             Self::Cluster(rx) => loop {
                 let push = rx.recv().await?;
+                if push.kind == redis::PushKind::Disconnection {
+                    return Some(Heard::NodeLost);
+                }
                 if push.kind == redis::PushKind::SSubscribe {
                     if let Some(Ok(name)) = push
                         .data
@@ -139,6 +146,7 @@ impl RedisBroker {
             next_id: AtomicU64::new(0),
             channels: RwLock::new(HashMap::new()),
             sink: tokio::sync::Mutex::new(None),
+            resubscribing: AtomicBool::new(false),
             history,
         });
         let stream = inner.connect().await?;
@@ -368,6 +376,45 @@ impl Inner {
     }
 }
 
+/// How often the cluster fan-out tries to subscribe again while a node is away.
+const RESUBSCRIBE_EVERY: Duration = Duration::from_millis(250);
+
+/// A cluster node's connection dropped: subscribes to every channel again until the node
+/// (or the replica that took over its slots) accepts, then reads what pub/sub missed. The
+/// cluster connection re-sends its subscriptions only after a failed command of its own,
+/// and one that only listens sends none.
+async fn resubscribe_after_loss(inner: Arc<Inner>) {
+    if inner.resubscribing.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = inner.shared.stop.cancelled() => break,
+            _ = tokio::time::sleep(RESUBSCRIBE_EVERY) => {}
+        }
+        let keys: Vec<String> = inner
+            .channels
+            .read()
+            .expect("broker lock")
+            .keys()
+            .map(|c| inner.pubsub_key(c))
+            .collect();
+        let subscribed = match &mut *inner.sink.lock().await {
+            Some(sink) => timed(&inner.shared, sink.subscribe(&keys)).await,
+            None => break,
+        };
+        match subscribed {
+            Ok(()) => {
+                tracing::info!("fan-out subscribed again after losing a Redis node");
+                inner.catch_up().await;
+                break;
+            }
+            Err(e) => tracing::debug!(error = %e, "fan-out cannot subscribe again yet"),
+        }
+    }
+    inner.resubscribing.store(false, Ordering::SeqCst);
+}
+
 /// Reads the pub/sub connection until the broker stops, reconnecting when it drops.
 async fn run(inner: Arc<Inner>, mut stream: Option<Feed>) {
     let stop = inner.shared.stop.clone();
@@ -407,6 +454,9 @@ async fn run(inner: Arc<Inner>, mut stream: Option<Feed>) {
             match msg {
                 Some(Heard::Message(m)) => inner.handle(m).await,
                 Some(Heard::Resubscribed(key)) => inner.resubscribed(&key).await,
+                Some(Heard::NodeLost) => {
+                    tokio::spawn(resubscribe_after_loss(inner.clone()));
+                }
                 None => break,
             }
         }
