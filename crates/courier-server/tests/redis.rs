@@ -1689,6 +1689,8 @@ struct Followed {
     reconnects: usize,
     /// Subscriptions refused (then retried).
     refusals: usize,
+    /// Errors about the connection (before the server closes it; the subscriber reconnects).
+    notices: Vec<Value>,
 }
 
 /// Opens `/ws` and connects, retrying (as an SDK does) while the server refuses.
@@ -1722,7 +1724,9 @@ async fn follow(
     use futures_util::{SinkExt, StreamExt};
     use tokio::time::Instant;
     use tokio_tungstenite::tungstenite::Message;
+    // Whole run, and catching up once publishing is over.
     let deadline = Instant::now() + Duration::from_secs(90);
+    let mut catch_up: Option<Instant> = None;
     let mut got = Followed::default();
     // Per channel, the epoch and the last offset delivered.
     let mut at: BTreeMap<String, (String, u64)> = BTreeMap::new();
@@ -1739,10 +1743,14 @@ async fn follow(
             if caught_up {
                 return got;
             }
+            if target.borrow().is_some() {
+                catch_up.get_or_insert_with(|| Instant::now() + STEP);
+            }
             assert!(
-                Instant::now() < deadline,
-                "not caught up; at {at:?}, target {:?}",
-                target.borrow()
+                Instant::now() < deadline && catch_up.is_none_or(|t| Instant::now() < t),
+                "not caught up; at {at:?}, target {:?}; faults so far {:?}",
+                target.borrow(),
+                got.faults
             );
             let now = Instant::now();
             let (send, wait): (Vec<_>, Vec<_>) = due.into_iter().partition(|&(_, t)| t <= now);
@@ -1820,6 +1828,7 @@ async fn follow(
                     let wait = f["retry_after_ms"].as_u64().unwrap_or(200);
                     due.push((i, Instant::now() + Duration::from_millis(wait)));
                 }
+                "error" => got.notices.push(f),
                 _ => got.faults.push(format!("unexpected: {f}")),
             }
         }
@@ -1830,13 +1839,14 @@ async fn follow(
 
 /// Publishes a steady stream to `channel`, one event every 100 ms with ids, alternating
 /// between `via`'s instances; each until acknowledged (same id), waiting out the
-/// `Retry-After` of every 503 (counted in `refused`). Stops five events after `restarted`.
+/// `Retry-After` of every 503 (counted per channel in `refused`). Stops five events after
+/// `restarted`.
 async fn stream_to(
     channel: &str,
     via: [&Server; 2],
     token: &str,
     restarted: &Cell<bool>,
-    refused: &Cell<usize>,
+    refused: &RefCell<BTreeMap<String, usize>>,
     acked: &RefCell<BTreeMap<String, Vec<(u64, String)>>>,
 ) {
     let mut after = 0;
@@ -1851,7 +1861,7 @@ async fn stream_to(
             match r.status().as_u16() {
                 200 => break r.json::<Value>().await.unwrap()["offset"].as_u64().unwrap(),
                 503 => {
-                    refused.set(refused.get() + 1);
+                    *refused.borrow_mut().entry(channel.to_owned()).or_default() += 1;
                     let secs: u64 = r
                         .headers()
                         .get("retry-after")
@@ -1903,7 +1913,8 @@ async fn a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(
     ];
     let ready = [Cell::new(0), Cell::new(0)];
     let target = RefCell::new(None);
-    let (restarted, refused) = (Cell::new(false), Cell::new(0));
+    let (restarted, refused) = (Cell::new(false), RefCell::new(BTreeMap::new()));
+    let refusals = || refused.borrow().values().sum::<usize>();
     let acked = RefCell::new(BTreeMap::new());
     let acked_count = || acked.borrow().values().map(Vec::len).sum::<usize>();
     let run = async {
@@ -1925,7 +1936,7 @@ async fn a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(
             redis.kill_one();
             let killed = tokio::time::Instant::now();
             // Down past the cluster's node timeout, and until publishes to it were refused.
-            while refused.get() == 0 || killed.elapsed() < Duration::from_millis(1_500) {
+            while refusals() == 0 || killed.elapsed() < Duration::from_millis(1_500) {
                 assert!(
                     killed.elapsed() < Duration::from_secs(15),
                     "no publish refused in 15 s with a node down"
@@ -1935,7 +1946,7 @@ async fn a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(
             eprintln!(
                 "node down {:?}; {} refusals; restarting",
                 killed.elapsed(),
-                refused.get()
+                refusals()
             );
             redis.restart_one().await;
             eprintln!("node back after {:?}", killed.elapsed());
@@ -1963,8 +1974,8 @@ async fn a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(
     }
     for (name, seen) in [("a", on_a), ("b", on_b)] {
         eprintln!(
-            "subscriber on {name}: {} reconnects, {} refused subscriptions",
-            seen.reconnects, seen.refusals
+            "subscriber on {name}: {} reconnects, {} refused subscriptions, errors {:?}",
+            seen.reconnects, seen.refusals, seen.notices
         );
         assert!(seen.faults.is_empty(), "on {name}: {:#?}", seen.faults);
         for (ch, events) in &acked {
@@ -1976,9 +1987,9 @@ async fn a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(
         }
     }
     eprintln!(
-        "{} events acknowledged, {} publishes refused while a node was down",
+        "{} events acknowledged; publishes refused while a node was down, per channel: {:?}",
         acked.values().map(Vec::len).sum::<usize>(),
-        refused.get()
+        refused.borrow()
     );
     a.shutdown().await;
     b.shutdown().await;
