@@ -291,7 +291,8 @@ fn prepare(state: &SharedState, claims: &Claims, mut event: Event) -> Result<Pre
         state.metrics.validation_failure(&e.field);
         return Err(e.into());
     }
-    let key = format!("{}:{}", claims.sub, event.id);
+    // Tagged per user: on a Redis Cluster a user's ids share one slot (one pipeline).
+    let key = format!("{{u:{}}}:{}", claims.sub, event.id);
     Ok(Prepared { event, dedupe, key })
 }
 

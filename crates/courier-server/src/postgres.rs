@@ -310,10 +310,11 @@ impl HistoryStore for PostgresHistory {
         })
     }
 
-    async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError> {
+    async fn latest(&self, channel: &ChannelName) -> Result<(Arc<str>, u64), StoreError> {
         self.timed(async {
             let c = self.conn().await?;
-            Ok(u64::try_from(self.latest_of(&c, channel).await?).unwrap_or(0))
+            let latest = u64::try_from(self.latest_of(&c, channel).await?).unwrap_or(0);
+            Ok((self.epoch.clone(), latest))
         })
         .await
     }

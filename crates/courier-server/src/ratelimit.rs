@@ -238,7 +238,9 @@ impl RateLimiter {
                     .map(|&i| {
                         let r = &table.rows[i];
                         BucketRequest {
-                            key: format!("rl:{}:{}", r.name, usage.sub),
+                            // Tagged per user: on a Redis Cluster a user's buckets
+                            // share one slot (one script call reads them all).
+                            key: format!("rl:{{u:{}}}:{}", usage.sub, r.name),
                             emission_interval: r.emission_interval,
                             burst: r.burst,
                             shadow: r.shadow,

@@ -132,7 +132,9 @@ pub struct DataLoss {
 /// Per-channel history with server-assigned offsets.
 #[async_trait]
 pub trait HistoryStore: Send + Sync + 'static {
-    /// The epoch, chosen when the history was created; it changes when history is lost.
+    /// The deployment's epoch, chosen when the history was created; it changes when history
+    /// is lost. Each channel's events carry their channel's epoch ([`Self::latest`]): this
+    /// one on one node, the channel's own on Redis.
     fn epoch(&self) -> Arc<str>;
     /// Appends `event` to its channel and returns it with its offset.
     async fn append(&self, event: Event) -> Result<StoredEvent, StoreError>;
@@ -149,8 +151,8 @@ pub trait HistoryStore: Send + Sync + 'static {
         }
         Ok(stored)
     }
-    /// The channel's latest offset (0 when it never had an event).
-    async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError>;
+    /// The channel's epoch and latest offset (0 when it never had an event).
+    async fn latest(&self, channel: &ChannelName) -> Result<(Arc<str>, u64), StoreError>;
     /// What a resume from `since` can replay (see [`Retained::events`]). The latest offset
     /// is read with the events, so it is never older than the last of them.
     async fn read_since(
@@ -496,13 +498,14 @@ impl HistoryStore for MemoryHistory {
         Ok(stored)
     }
 
-    async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError> {
-        Ok(self
+    async fn latest(&self, channel: &ChannelName) -> Result<(Arc<str>, u64), StoreError> {
+        let latest = self
             .channels
             .lock()
             .expect("history lock")
             .get(channel)
-            .map_or(0, |h| h.latest))
+            .map_or(0, |h| h.latest);
+        Ok((self.epoch(), latest))
     }
 
     async fn read_since(

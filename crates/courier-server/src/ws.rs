@@ -1107,9 +1107,9 @@ impl Session {
             }
             // A first subscription: live from after the latest.
             None => {
-                let latest = history.latest(channel).await?;
+                let (epoch, latest) = history.latest(channel).await?;
                 let held = Retained {
-                    epoch: history.epoch(),
+                    epoch,
                     latest,
                     events: Vec::new(),
                 };

@@ -162,7 +162,7 @@ async fn retention_deletes_by_age_and_count_and_offsets_stay_dense() {
     }
     // Offsets go on where they were: dense, never reused.
     assert_eq!(append(&*h, &old, 2).await, vec![4, 5]);
-    assert_eq!(h.latest(&old).await.unwrap(), 5);
+    assert_eq!(h.latest(&old).await.unwrap().1, 5);
     let p = h.read_page(&old, PageFrom::After(0), 10).await.unwrap();
     assert_eq!(
         p.events.iter().map(|e| e.offset).collect::<Vec<_>>(),

@@ -1,13 +1,16 @@
 //! Fan-out through Redis pub/sub, in offset order, with holes filled from the streams.
 //!
-//! Each instance holds one pub/sub connection, subscribed to `ev:{channel}` for every
-//! channel with a local subscriber. The append script publishes a request's events of one
+//! Each instance holds one pub/sub connection, subscribed to `ev:{c:channel}` for every
+//! channel with a local subscriber (on a cluster, a sharded subscription, `SSUBSCRIBE`, on
+//! the node of the channel's slot). The append script publishes a request's events of one
 //! channel as one message (see [`parse_appended`]); scripts run one at a time, so one
 //! connection receives a channel's events in offset order. One task reads the connection and keeps,
 //! per channel, the last offset it delivered: an older offset is dropped, a skipped one is
 //! read from the stream (`XRANGE`) before going on. When the connection drops (Redis
 //! restarted, network), the task reconnects with backoff, resubscribes, and reads from each
-//! channel's stream what it missed — so nothing that was acknowledged is lost.
+//! channel's stream what it missed — so nothing that was acknowledged is lost. On a cluster
+//! the connection resubscribes by itself when a node comes back and says so per channel;
+//! the task then reads that channel's stream.
 //!
 //! With the history elsewhere (PostgreSQL), the broker publishes each event itself after the
 //! append, in the same format, and fills holes from that history instead of the streams: two
@@ -23,9 +26,10 @@ use async_trait::async_trait;
 use courier_core::ChannelName;
 use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
+use redis::cluster_async::ClusterConnection;
 
 use super::history::{Entry, event_frame, event_json_in_frame, parse_appended, read_range};
-use super::{Shared, pubsub, timed};
+use super::{FanoutConn, Shared, fanout_connection, timed};
 use crate::store::{
     Broker, HistoryStore, PageFrom, Published, StoreError, Subscriber, SubscriptionId,
 };
@@ -48,10 +52,74 @@ struct Inner {
     channels: RwLock<HashMap<ChannelName, ChannelState>>,
     /// The pub/sub connection's command half; `None` while disconnected. Held across
     /// (un)subscribe so that the Redis subscription set matches `channels`.
-    sink: tokio::sync::Mutex<Option<PubSubSink>>,
+    sink: tokio::sync::Mutex<Option<Sink>>,
     /// The history when it is not the Redis streams: the broker publishes, and reads holes
     /// from it.
     history: Option<Arc<dyn HistoryStore>>,
+}
+
+/// The fan-out connection's command half.
+enum Sink {
+    Single(PubSubSink),
+    Cluster(ClusterConnection),
+}
+
+impl Sink {
+    async fn subscribe(&mut self, keys: &[String]) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(s) => s.subscribe(keys).await,
+            Self::Cluster(c) => {
+                // One command per channel: each goes to its own slot's node.
+                for k in keys {
+                    c.ssubscribe(k).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, key: String) -> redis::RedisResult<()> {
+        match self {
+            Self::Single(s) => s.unsubscribe(key).await,
+            Self::Cluster(c) => c.sunsubscribe(key).await,
+        }
+    }
+}
+
+/// What the fan-out connection hears.
+enum Feed {
+    Single(PubSubStream),
+    Cluster(tokio::sync::mpsc::UnboundedReceiver<redis::PushInfo>),
+}
+
+/// One thing heard: a message, or a channel subscribed again after its node came back.
+enum Heard {
+    Message(redis::Msg),
+    Resubscribed(String),
+}
+
+impl Feed {
+    /// The next message or resubscription; `None` when the connection is gone.
+    async fn next(&mut self) -> Option<Heard> {
+        match self {
+            Self::Single(s) => s.next().await.map(Heard::Message),
+            Self::Cluster(rx) => loop {
+                let push = rx.recv().await?;
+                if push.kind == redis::PushKind::SSubscribe {
+                    if let Some(Ok(name)) = push
+                        .data
+                        .into_iter()
+                        .next()
+                        .map(redis::from_redis_value::<String>)
+                    {
+                        return Some(Heard::Resubscribed(name));
+                    }
+                } else if let Some(m) = redis::Msg::from_push_info(push) {
+                    return Some(Heard::Message(m));
+                }
+            },
+        }
+    }
 }
 
 /// Fans out through Redis pub/sub.
@@ -87,12 +155,26 @@ fn unix_ms_to_instant(ms: u64) -> Instant {
 
 impl Inner {
     fn pubsub_key(&self, channel: &ChannelName) -> String {
-        self.shared.key(&format!("ev:{channel}"))
+        self.shared.channel_key("ev", channel)
+    }
+
+    /// The channel a pub/sub key names.
+    fn channel_of(&self, key: &str) -> Option<ChannelName> {
+        key.strip_prefix(self.shared.prefix.as_str())
+            .and_then(|k| k.strip_prefix("ev:{c:"))
+            .and_then(|k| k.strip_suffix('}'))
+            .and_then(|n| ChannelName::new(n).ok())
     }
 
     /// Connects, subscribes to every channel with local subscribers, and installs the sink.
-    async fn connect(&self) -> Result<PubSubStream, StoreError> {
-        let (mut sink, stream) = pubsub(&self.shared).await?.split();
+    async fn connect(&self) -> Result<Feed, StoreError> {
+        let (mut sink, stream) = match fanout_connection(&self.shared).await? {
+            FanoutConn::Single(p) => {
+                let (sink, stream) = p.split();
+                (Sink::Single(sink), Feed::Single(stream))
+            }
+            FanoutConn::Cluster(c, rx) => (Sink::Cluster(c), Feed::Cluster(rx)),
+        };
         let mut guard = self.sink.lock().await;
         let keys: Vec<String> = self
             .channels
@@ -172,11 +254,11 @@ impl Inner {
         Ok(out)
     }
 
-    /// The current epoch of the history.
-    async fn history_epoch(&self) -> Result<Arc<str>, StoreError> {
+    /// The channel's epoch and latest offset, from wherever history lives.
+    async fn head(&self, channel: &ChannelName) -> Result<Position, StoreError> {
         match &self.history {
-            Some(h) => Ok(h.epoch()),
-            None => self.shared.ensure_epoch().await,
+            Some(h) => h.latest(channel).await,
+            None => self.shared.channel_head(channel).await,
         }
     }
 
@@ -199,12 +281,7 @@ impl Inner {
 
     /// One pub/sub message: deliver it, after whatever it shows was missed.
     async fn handle(&self, msg: redis::Msg) {
-        let name = msg.get_channel_name();
-        let Some(channel) = name
-            .strip_prefix(self.shared.prefix.as_str())
-            .and_then(|n| n.strip_prefix("ev:"))
-            .and_then(|n| ChannelName::new(n).ok())
-        else {
+        let Some(channel) = self.channel_of(msg.get_channel_name()) else {
             return;
         };
         let Ok(payload) = msg.get_payload::<String>() else {
@@ -238,13 +315,6 @@ impl Inner {
 
     /// After a reconnect: reads from each channel's stream what pub/sub missed.
     async fn catch_up(&self) {
-        let epoch = match self.history_epoch().await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot catch up after reconnecting");
-                return;
-            }
-        };
         let positions: Vec<(ChannelName, Option<Position>)> = self
             .channels
             .read()
@@ -253,33 +323,53 @@ impl Inner {
             .map(|(c, s)| (c.clone(), s.position.clone()))
             .collect();
         for (channel, position) in positions {
-            let after = match (position, &self.history) {
-                (Some((e, last)), _) if *e == *epoch => last,
-                // Unknown position or a new epoch: everything the stream holds (at most
-                // `history.max_events_per_channel`).
-                (_, None) => 0,
-                // A durable history may hold millions: its newest events, as many as the
-                // streams would (the subscribers' resume reads the rest if they need it).
-                (_, Some(h)) => match h.latest(&channel).await {
-                    Ok(latest) => latest.saturating_sub(CATCH_UP_EVENTS),
-                    Err(e) => {
-                        tracing::warn!(error = %e, channel = %channel, "cannot catch up");
-                        continue;
-                    }
-                },
-            };
-            match self.backfill(&channel, after, None).await {
-                Ok(entries) => self.deliver_entries(&channel, entries),
-                Err(e) => {
-                    tracing::warn!(error = %e, channel = %channel, "cannot catch up");
-                }
+            self.catch_up_channel(&channel, position).await;
+        }
+    }
+
+    /// Reads what pub/sub missed of `channel` since `position` (its last delivered event).
+    async fn catch_up_channel(&self, channel: &ChannelName, position: Option<Position>) {
+        let (epoch, latest) = match self.head(channel).await {
+            Ok(head) => head,
+            Err(e) => {
+                tracing::warn!(error = %e, channel = %channel, "cannot catch up");
+                return;
+            }
+        };
+        let after = match position {
+            Some((e, last)) if *e == *epoch => last,
+            // Unknown position or a new epoch: everything the stream holds (at most
+            // `history.max_events_per_channel`).
+            _ if self.history.is_none() => 0,
+            // A durable history may hold millions: its newest events, as many as the
+            // streams would (the subscribers' resume reads the rest if they need it).
+            _ => latest.saturating_sub(CATCH_UP_EVENTS),
+        };
+        match self.backfill(channel, after, None).await {
+            Ok(entries) => self.deliver_entries(channel, entries),
+            Err(e) => {
+                tracing::warn!(error = %e, channel = %channel, "cannot catch up");
             }
         }
+    }
+
+    /// A cluster node came back and the channel was subscribed again: reads what was
+    /// published meanwhile.
+    async fn resubscribed(&self, key: &str) {
+        let Some(channel) = self.channel_of(key) else {
+            return;
+        };
+        let position = match self.channels.read().expect("broker lock").get(&channel) {
+            // A first subscription's confirmation: `subscribe` records where it starts.
+            Some(state) if state.position.is_some() => state.position.clone(),
+            _ => return,
+        };
+        self.catch_up_channel(&channel, position).await;
     }
 }
 
 /// Reads the pub/sub connection until the broker stops, reconnecting when it drops.
-async fn run(inner: Arc<Inner>, mut stream: Option<PubSubStream>) {
+async fn run(inner: Arc<Inner>, mut stream: Option<Feed>) {
     let stop = inner.shared.stop.clone();
     let mut delay = Duration::from_millis(50);
     loop {
@@ -315,7 +405,8 @@ async fn run(inner: Arc<Inner>, mut stream: Option<PubSubStream>) {
                 m = s.next() => m,
             };
             match msg {
-                Some(m) => inner.handle(m).await,
+                Some(Heard::Message(m)) => inner.handle(m).await,
+                Some(Heard::Resubscribed(key)) => inner.resubscribed(&key).await,
                 None => break,
             }
         }
@@ -352,10 +443,14 @@ impl Broker for RedisBroker {
         let mut c = s.conn();
         let published: Result<i64, _> = timed(
             s,
-            redis::cmd("PUBLISH")
-                .arg(self.inner.pubsub_key(&message.channel))
-                .arg(payload)
-                .query_async(&mut c),
+            redis::cmd(if s.is_cluster() {
+                "SPUBLISH"
+            } else {
+                "PUBLISH"
+            })
+            .arg(self.inner.pubsub_key(&message.channel))
+            .arg(payload)
+            .query_async(&mut c),
         )
         .await;
         // The event is stored already: failing the request would make the client publish
@@ -393,7 +488,7 @@ impl Broker for RedisBroker {
             return Ok(id);
         }
         let subscribed = match sink.as_mut() {
-            Some(sk) => timed(&inner.shared, sk.subscribe(inner.pubsub_key(channel))).await,
+            Some(sk) => timed(&inner.shared, sk.subscribe(&[inner.pubsub_key(channel)])).await,
             None => Err(StoreError("redis: the fan-out connection is down".into())),
         };
         if let Err(e) = subscribed {
@@ -401,24 +496,8 @@ impl Broker for RedisBroker {
             return Err(e);
         }
         // Where the channel stands now, so a hole after a reconnect can be filled.
-        if let Some(h) = &inner.history {
-            if let Ok(latest) = h.latest(channel).await {
-                inner.start_at(channel, h.epoch(), latest);
-            }
-            return Ok(id);
-        }
-        let s = &inner.shared;
-        let mut c = s.conn();
-        let now: Result<(Option<u64>, Option<String>), _> = timed(
-            s,
-            redis::cmd("MGET")
-                .arg(s.key(&format!("seq:{channel}")))
-                .arg(s.key("epoch"))
-                .query_async(&mut c),
-        )
-        .await;
-        if let Ok((latest, Some(epoch))) = now {
-            inner.start_at(channel, epoch.into(), latest.unwrap_or(0));
+        if let Ok((epoch, latest)) = inner.head(channel).await {
+            inner.start_at(channel, epoch, latest);
         }
         Ok(id)
     }
@@ -466,8 +545,6 @@ impl Broker for RedisBroker {
         if !s.fanout_up() {
             return Err(StoreError("redis: fan-out connection is down".into()));
         }
-        let mut c = s.conn();
-        let _: String = timed(s, redis::cmd("PING").query_async(&mut c)).await?;
-        Ok(())
+        s.ping().await
     }
 }

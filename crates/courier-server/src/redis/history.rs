@@ -12,9 +12,10 @@ use crate::store::{
     DataLoss, HistoryStats, HistoryStore, Page, PageFrom, Retained, StoreError, StoredEvent,
 };
 
-/// KEYS: seq, stream, epoch. ARGV: max events, max age (ms), pub/sub channel, epoch
-/// candidate, then the events' JSON, in order. Appends them all to the one channel with
-/// consecutive offsets, and publishes them in one message,
+/// KEYS: the channel's seq, stream and epoch. ARGV: max events, max age (ms), pub/sub
+/// channel, epoch candidate, the publish command (`PUBLISH`, or `SPUBLISH` on a cluster:
+/// the channel is in the keys' slot), then the events' JSON, in order. Appends them all to
+/// the one channel with consecutive offsets, and publishes them in one message,
 /// `"{first offset} {unix_ms} {epoch} {len},{len},… {json}{json}…"` (byte lengths; the
 /// broker builds the frames, so no string is built here per event). Returns
 /// `{first offset, epoch, unix_ms}`.
@@ -24,21 +25,21 @@ if not epoch then
   epoch = ARGV[4]
   redis.call('SET', KEYS[3], epoch)
 end
-local n = #ARGV - 4
+local n = #ARGV - 5
 local last = redis.call('INCRBY', KEYS[1], n)
 local first = last - n + 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lens = {}
 for i = 1, n do
-  local json = ARGV[4 + i]
+  local json = ARGV[5 + i]
   redis.call('XADD', KEYS[2], (first + i - 1) .. '-0', 'e', json, 'p', epoch, 't', now)
   lens[i] = #json
 end
 -- Trimmed by count once for the whole request: the same entries stay as when each XADD
 -- trims, and the script is atomic.
 redis.call('XTRIM', KEYS[2], 'MAXLEN', ARGV[1])
-redis.call('PUBLISH', ARGV[3], first .. ' ' .. now .. ' ' .. epoch .. ' ' .. table.concat(lens, ',') .. ' ' .. table.concat(ARGV, '', 5))
+redis.call(ARGV[5], ARGV[3], first .. ' ' .. now .. ' ' .. epoch .. ' ' .. table.concat(lens, ',') .. ' ' .. table.concat(ARGV, '', 6))
 local max_age = tonumber(ARGV[2])
 local cutoff = now - max_age
 for i = 1, 32 do
@@ -149,7 +150,7 @@ pub(crate) async fn read_range(
     let raw: Vec<RawEntry> = timed(
         shared,
         redis::cmd("XRANGE")
-            .arg(shared.key(&format!("h:{channel}")))
+            .arg(shared.channel_key("h", channel))
             .arg(format!("{}-0", after + 1))
             .arg(end)
             .query_async(&mut c),
@@ -176,7 +177,7 @@ async fn read_count(
     let raw: Vec<RawEntry> = timed(
         shared,
         redis::cmd(cmd)
-            .arg(shared.key(&format!("h:{channel}")))
+            .arg(shared.channel_key("h", channel))
             .arg(start)
             .arg(end)
             .arg("COUNT")
@@ -279,14 +280,19 @@ impl HistoryStore for RedisHistory {
             .iter()
             .map(|(ch, members)| {
                 let mut call = self.append.call(&[
-                    s.key(&format!("seq:{ch}")),
-                    s.key(&format!("h:{ch}")),
-                    s.key("epoch"),
+                    s.channel_key("seq", ch),
+                    s.channel_key("h", ch),
+                    s.channel_key("ep", ch),
                 ]);
                 call.arg(self.max_events)
                     .arg(max_age_ms)
-                    .arg(s.key(&format!("ev:{ch}")))
-                    .arg(&epoch_candidate);
+                    .arg(s.channel_key("ev", ch))
+                    .arg(&epoch_candidate)
+                    .arg(if s.is_cluster() {
+                        "SPUBLISH"
+                    } else {
+                        "PUBLISH"
+                    });
                 for &i in members {
                     // The core's writer: `data` is copied as it is, not parsed again.
                     call.arg(events[i].to_json());
@@ -300,11 +306,10 @@ impl HistoryStore for RedisHistory {
         let mut positions: Vec<Result<(u64, Arc<str>), StoreError>> = (0..events.len())
             .map(|_| Err(StoreError("redis: the append got no answer".into())))
             .collect();
-        for ((_, members), answer) in groups.iter().zip(answers) {
+        for ((channel, members), answer) in groups.iter().zip(answers) {
             match answer {
                 Ok((first, epoch, _now)) => {
-                    s.set_epoch(&epoch);
-                    let epoch: Arc<str> = epoch.into();
+                    let epoch = s.saw_epoch(channel, &epoch);
                     for (k, &i) in members.iter().enumerate() {
                         positions[i] = Ok((first + k as u64, epoch.clone()));
                     }
@@ -329,24 +334,8 @@ impl HistoryStore for RedisHistory {
             .collect())
     }
 
-    async fn latest(&self, channel: &ChannelName) -> Result<u64, StoreError> {
-        let s = &self.shared;
-        let mut c = s.conn();
-        let (latest, epoch): (Option<u64>, Option<String>) = timed(
-            s,
-            redis::cmd("MGET")
-                .arg(s.key(&format!("seq:{channel}")))
-                .arg(s.key("epoch"))
-                .query_async(&mut c),
-        )
-        .await?;
-        match epoch {
-            Some(e) => s.set_epoch(&e),
-            None => {
-                s.ensure_epoch().await?;
-            }
-        }
-        Ok(latest.unwrap_or(0))
+    async fn latest(&self, channel: &ChannelName) -> Result<(Arc<str>, u64), StoreError> {
+        self.shared.channel_head(channel).await
     }
 
     async fn read_since(
@@ -355,8 +344,7 @@ impl HistoryStore for RedisHistory {
         since: &StreamPosition,
     ) -> Result<Retained, StoreError> {
         // The epoch first: it decides where the client's unseen events start.
-        let mut latest = self.latest(channel).await?;
-        let epoch = self.shared.epoch();
+        let (epoch, mut latest) = self.latest(channel).await?;
         let after = if *since.epoch == *epoch {
             since.offset
         } else {
@@ -406,8 +394,7 @@ impl HistoryStore for RedisHistory {
         limit: usize,
     ) -> Result<Page, StoreError> {
         let limit = limit.max(1);
-        let mut latest = self.latest(channel).await?;
-        let epoch = self.shared.epoch();
+        let (epoch, mut latest) = self.latest(channel).await?;
         // Entries past the age limit may still be in the stream (trimmed lazily): they are
         // the oldest, so skipping them ends a backward page and only delays a forward one.
         let cutoff = crate::http::unix_ms()
@@ -475,9 +462,7 @@ impl HistoryStore for RedisHistory {
         if !s.fanout_up() {
             return Err(StoreError("redis: fan-out connection is down".into()));
         }
-        let mut c = s.conn();
-        let _: String = timed(s, redis::cmd("PING").query_async(&mut c)).await?;
-        Ok(())
+        s.ping().await
     }
 
     fn data_loss(&self) -> DataLoss {
