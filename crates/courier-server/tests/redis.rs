@@ -346,6 +346,9 @@ trait Deployment {
     fn kill_one(&mut self);
     /// Starts the killed node again from its directory (AOF), waiting until it serves.
     async fn restart_one(&mut self);
+    /// SIGKILL of every node, then starts them again from their directories (AOF),
+    /// waiting until they serve.
+    async fn restart_all(&mut self);
 }
 
 impl Deployment for Redis {
@@ -359,6 +362,10 @@ impl Deployment for Redis {
         self.kill();
     }
     async fn restart_one(&mut self) {
+        self.spawn().await;
+    }
+    async fn restart_all(&mut self) {
+        self.kill();
         self.spawn().await;
     }
 }
@@ -376,23 +383,32 @@ impl Deployment for Cluster {
     async fn restart_one(&mut self) {
         self.restart_master(1).await;
     }
+    async fn restart_all(&mut self) {
+        for m in &mut self.masters {
+            m.kill();
+        }
+        for m in &mut self.masters {
+            m.spawn().await;
+        }
+        self.wait_healthy().await;
+    }
 }
 
-/// For each `case` (an `async fn(&impl Deployment)`), a module of two tests: `on_redis`
-/// (one Redis) and `on_cluster` (three masters).
+/// For each `case` (an `async fn(&impl Deployment)`, or `&mut` for a case that kills
+/// nodes), a module of two tests: `on_redis` (one Redis) and `on_cluster` (three masters).
 macro_rules! on_redis_and_cluster {
     ($($case:ident),* $(,)?) => {$(
         mod $case {
             #[tokio::test]
             async fn on_redis() {
-                let redis = need_redis!();
-                super::$case(&redis).await;
+                let mut redis = need_redis!();
+                super::$case(&mut redis).await;
             }
 
             #[tokio::test]
             async fn on_cluster() {
-                let cluster = need_cluster!();
-                super::$case(&cluster).await;
+                let mut cluster = need_cluster!();
+                super::$case(&mut cluster).await;
             }
         }
     )*};
@@ -482,7 +498,9 @@ async fn fan_out_reaches_every_instance_in_order(redis: &impl Deployment) {
     }
 }
 
-async fn subscriber_resumes_on_another_instance_and_after_restarting_all(redis: &impl Deployment) {
+async fn subscriber_resumes_on_another_instance_and_after_restarting_all(
+    redis: &mut impl Deployment,
+) {
     let a = instance(redis, |_| {}).await;
     let b = instance(redis, |_| {}).await;
     let svc = service("svc");
@@ -524,10 +542,12 @@ async fn subscriber_resumes_on_another_instance_and_after_restarting_all(redis: 
     );
     expect_events(&mut ws, 11, 10).await;
     drop(ws);
-    // Every instance restarts: history and the epoch are in Redis.
+    // Everything restarts, every instance and (SIGKILL) every Redis node: history, the
+    // epochs and the idempotency window are in Redis's AOF.
     b.shutdown().await;
-    let d = instance(redis, |_| {}).await;
-    let e = instance(redis, |_| {}).await;
+    redis.restart_all().await;
+    let d = instance(&*redis, |_| {}).await;
+    let e = instance(&*redis, |_| {}).await;
     for i in 21..=25 {
         publish_ok(&d, &svc, &ev(&format!("e{i}"), "global", i)).await;
     }
@@ -1566,6 +1586,7 @@ on_redis_and_cluster!(
     foreign_epoch_replay_meets_live_publishes_without_holes_or_duplicates,
     replay_api_since_and_count_trim,
     the_history_contract_holds,
+    a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged,
 );
 
 /// The harness alone, without a server: the cluster forms; while a master is down the
@@ -1968,6 +1989,17 @@ async fn a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(
             );
         }
     }
+    // Every acknowledged id, again: a duplicate at its first offset (AOF kept the claims).
+    for (ch, events) in &acked {
+        for (k, (offset, id)) in events.iter().enumerate() {
+            let r = publish_ok([&a, &b][k % 2], &svc, &ev(id, ch, 0)).await;
+            assert_eq!(
+                (r["duplicate"].as_bool(), r["offset"].as_u64()),
+                (Some(true), Some(*offset)),
+                "{id}: {r}"
+            );
+        }
+    }
     eprintln!(
         "{} events acknowledged; publishes refused while a node was down, per channel: {:?}",
         acked.values().map(Vec::len).sum::<usize>(),
@@ -1975,19 +2007,4 @@ async fn a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(
     );
     a.shutdown().await;
     b.shutdown().await;
-}
-
-mod a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged {
-    #[tokio::test]
-    async fn on_redis() {
-        let mut redis = need_redis!();
-        super::a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(&mut redis).await;
-    }
-
-    #[tokio::test]
-    async fn on_cluster() {
-        let mut cluster = need_cluster!();
-        super::a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(&mut cluster)
-            .await;
-    }
 }
