@@ -30,9 +30,11 @@ tools-rust: | $(STAMP)
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup target list --installed | grep -q '^wasm32-unknown-unknown$$' || rustup target add wasm32-unknown-unknown
 
-# A real redis-server for the multi-instance tests and benchmarks (Debian's package).
+# A real redis-server for the multi-instance tests and benchmarks, and redis-cli to form the
+# tests' Redis Cluster (Debian's package, Redis 7: sharded pub/sub, `cluster-port`; it
+# brings redis-tools, which holds redis-cli).
 tools-redis:
-	@command -v redis-server >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server; }
 
 # A real PostgreSQL for the PostgreSQL history store's tests (Debian's package; the tests
 # start their own throwaway cluster with tests/with-postgres.sh, never the system's).

@@ -1,6 +1,11 @@
-//! Several server instances on one real Redis (`redis-server` from Debian's packages, started
-//! by these tests on a free loopback port in a temporary directory). Skipped, loudly, only
-//! when `redis-server` is not installed; `make test` installs it.
+//! Several server instances on one real Redis, and on a three-master Redis Cluster
+//! (`redis-server` and `redis-cli` from Debian's packages, started by these tests on free
+//! loopback ports in temporary directories). Skipped, loudly, only when they are not
+//! installed; `make test` installs them.
+//!
+//! The multi-instance cases are written once over a [`Deployment`] and run on both through
+//! [`on_redis_and_cluster`] (`<case>::on_redis`, `<case>::on_cluster`); the cases about a
+//! single Redis losing its data run on one Redis only.
 
 #[path = "api/util.rs"]
 mod util;
@@ -15,6 +20,8 @@ mod contract;
 #[path = "api/batches.rs"]
 mod batches;
 
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -27,22 +34,28 @@ use util::{STEP, Server, Ws, service, start_with, user};
 struct Redis {
     port: u16,
     dir: PathBuf,
+    /// Arguments after the common ones (a cluster node's settings).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
-fn redis_binary() -> Option<&'static str> {
-    let ok = Command::new("redis-server")
+/// Whether `program --version` runs.
+fn installed(program: &str) -> bool {
+    Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some("redis-server")
+        .is_ok_and(|s| s.success())
+}
+
+fn redis_binary() -> Option<&'static str> {
+    installed("redis-server").then_some("redis-server")
 }
 
 macro_rules! need_redis {
     () => {
-        match Redis::start().await {
+        match $crate::Redis::start().await {
             Some(r) => r,
             None => {
                 eprintln!(
@@ -54,23 +67,49 @@ macro_rules! need_redis {
     };
 }
 
+macro_rules! need_cluster {
+    () => {
+        match $crate::Cluster::start().await {
+            Some(c) => c,
+            None => {
+                eprintln!(
+                    "\n\n*** SKIPPED: redis-server or redis-cli is not installed (apt-get install -y redis-server; `make test` does it) ***\n"
+                );
+                return;
+            }
+        }
+    };
+}
+
+/// `n` distinct free loopback ports (each held until all are chosen, so none repeats).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 impl Redis {
     async fn start() -> Option<Self> {
         redis_binary()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Some(Self::start_with(free_ports(1)[0], Vec::new()).await)
+    }
+
+    /// Starts on `port` in a fresh temporary directory, with `extra` arguments.
+    async fn start_with(port: u16, extra: Vec<String>) -> Self {
         let dir = std::env::temp_dir().join(format!("courier-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut r = Self {
             port,
             dir,
+            extra,
             child: None,
         };
         r.spawn().await;
-        Some(r)
+        r
     }
 
     async fn spawn(&mut self) {
@@ -82,6 +121,7 @@ impl Redis {
             .args(["--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -129,6 +169,24 @@ impl Redis {
         reply.trim_end().to_owned()
     }
 
+    /// Runs one command (`args`) on this node alone, as redis-rs decodes its reply; an
+    /// error when the node is down, refuses, or redirects (`MOVED`).
+    async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
+        let client = redis::Client::open(self.url())?;
+        let attempt = async {
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            let mut cmd = redis::cmd(args[0]);
+            for a in &args[1..] {
+                cmd.arg(*a);
+            }
+            cmd.query_async(&mut conn).await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
+        }
+    }
+
     /// Restarts with nothing: as a Redis without persistence comes back.
     async fn restart_empty(&mut self) {
         self.kill();
@@ -153,10 +211,213 @@ impl Drop for Redis {
     }
 }
 
-async fn instance(redis: &Redis, f: impl FnOnce(&mut courier_server::Config)) -> Server {
-    let url = redis.url();
+/// A Redis Cluster of three masters (no replicas), each a [`Redis`] in its own directory
+/// with its own `nodes.conf` and AOF, so a master killed and restarted rejoins with its
+/// slots and data. `cluster-require-full-coverage no`: while one master is down, the
+/// others keep serving their slots. Every node is killed, and its directory removed, on
+/// drop.
+struct Cluster {
+    masters: Vec<Redis>,
+}
+
+/// The cluster's size.
+const MASTERS: usize = 3;
+
+impl Cluster {
+    async fn start() -> Option<Self> {
+        if !(installed("redis-server") && installed("redis-cli")) {
+            return None;
+        }
+        // A client port and a cluster bus port per master (the default bus port, the
+        // client port + 10000, may be taken or past 65535).
+        let ports = free_ports(2 * MASTERS);
+        let mut masters = Vec::new();
+        for pair in ports.chunks(2) {
+            let extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                &pair[1].to_string(),
+                // Short, so a restarted master is back in about a second.
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+            ]
+            .map(String::from)
+            .to_vec();
+            masters.push(Redis::start_with(pair[0], extra).await);
+        }
+        let cluster = Self { masters };
+        let mut create = tokio::process::Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for m in &cluster.masters {
+            create.arg(format!("127.0.0.1:{}", m.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.wait_healthy().await;
+        Some(cluster)
+    }
+
+    /// Every seed node, comma-separated (`redis.url` of the `redis-cluster` backend).
+    fn url(&self) -> String {
+        let urls: Vec<String> = self.masters.iter().map(Redis::url).collect();
+        urls.join(",")
+    }
+
+    /// Waits until every master says the cluster is ok, knows all masters and has every
+    /// slot served.
+    async fn wait_healthy(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut unhealthy = None;
+            for m in &self.masters {
+                let info = m.query::<String>(&["CLUSTER", "INFO"]).await;
+                let ok = info.as_ref().is_ok_and(|i| {
+                    i.contains("cluster_state:ok")
+                        && i.contains("cluster_slots_ok:16384")
+                        && i.contains(&format!("cluster_known_nodes:{MASTERS}\r"))
+                });
+                if !ok {
+                    unhealthy = Some((m.port, info));
+                    break;
+                }
+            }
+            let Some((port, info)) = unhealthy else {
+                return;
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster did not become healthy; node {port}: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL of master `i`: its slots are down until [`Cluster::restart_master`].
+    fn kill_master(&mut self, i: usize) {
+        self.masters[i].kill();
+    }
+
+    /// Starts master `i` again in its directory (`nodes.conf` and AOF), and waits until it
+    /// has rejoined with its slots.
+    async fn restart_master(&mut self, i: usize) {
+        self.masters[i].spawn().await;
+        self.wait_healthy().await;
+    }
+
+    /// The slot ranges master `i` serves (its `myself` line of `CLUSTER NODES`).
+    async fn slots_of(&self, i: usize) -> Vec<(u16, u16)> {
+        let nodes: String = self.masters[i].query(&["CLUSTER", "NODES"]).await.unwrap();
+        let me = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .expect("a myself line");
+        me.split(' ')
+            .skip(8)
+            .map(|r| match r.split_once('-') {
+                Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                None => (r.parse().unwrap(), r.parse().unwrap()),
+            })
+            .collect()
+    }
+}
+
+/// Where the instances under test share their state: one Redis, or a Redis Cluster.
+trait Deployment {
+    /// The backend the instances run with.
+    fn backend(&self) -> Backend;
+    /// Their `redis.url`.
+    fn url(&self) -> String;
+    /// SIGKILL of one node (the Redis; a cluster's master 1): its data is unavailable.
+    fn kill_one(&mut self);
+    /// Starts the killed node again from its directory (AOF), waiting until it serves.
+    async fn restart_one(&mut self);
+    /// SIGKILL of every node, then starts them again from their directories (AOF),
+    /// waiting until they serve.
+    async fn restart_all(&mut self);
+}
+
+impl Deployment for Redis {
+    fn backend(&self) -> Backend {
+        Backend::Redis
+    }
+    fn url(&self) -> String {
+        Redis::url(self)
+    }
+    fn kill_one(&mut self) {
+        self.kill();
+    }
+    async fn restart_one(&mut self) {
+        self.spawn().await;
+    }
+    async fn restart_all(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Deployment for Cluster {
+    fn backend(&self) -> Backend {
+        Backend::RedisCluster
+    }
+    fn url(&self) -> String {
+        Cluster::url(self)
+    }
+    fn kill_one(&mut self) {
+        self.kill_master(1);
+    }
+    async fn restart_one(&mut self) {
+        self.restart_master(1).await;
+    }
+    async fn restart_all(&mut self) {
+        for m in &mut self.masters {
+            m.kill();
+        }
+        for m in &mut self.masters {
+            m.spawn().await;
+        }
+        self.wait_healthy().await;
+    }
+}
+
+/// For each `case` (an `async fn(&impl Deployment)`, or `&mut` for a case that kills
+/// nodes), a module of two tests: `on_redis` (one Redis) and `on_cluster` (three masters).
+macro_rules! on_redis_and_cluster {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test]
+            async fn on_redis() {
+                let mut redis = need_redis!();
+                super::$case(&mut redis).await;
+            }
+
+            #[tokio::test]
+            async fn on_cluster() {
+                let mut cluster = need_cluster!();
+                super::$case(&mut cluster).await;
+            }
+        }
+    )*};
+}
+
+async fn instance(redis: &impl Deployment, f: impl FnOnce(&mut courier_server::Config)) -> Server {
+    let (backend, url) = (redis.backend(), redis.url());
     start_with(move |c| {
-        c.backend = Backend::Redis;
+        c.backend = backend;
         c.redis.url = url;
         c.redis.startup_timeout_ms = 5_000;
         c.redis.instance_ttl_ms = 1_000;
@@ -194,13 +455,11 @@ async fn publish_ok(server: &Server, token: &str, body: &Value) -> Value {
     r.json().await.unwrap()
 }
 
-#[tokio::test]
-async fn fan_out_reaches_every_instance_in_order() {
-    let redis = need_redis!();
+async fn fan_out_reaches_every_instance_in_order(redis: &impl Deployment) {
     let (a, b, c) = (
-        instance(&redis, |_| {}).await,
-        instance(&redis, |_| {}).await,
-        instance(&redis, |_| {}).await,
+        instance(redis, |_| {}).await,
+        instance(redis, |_| {}).await,
+        instance(redis, |_| {}).await,
     );
     let svc = service("svc");
     let (mut on_b, _) = b.connect(&user("u")).await;
@@ -239,11 +498,11 @@ async fn fan_out_reaches_every_instance_in_order() {
     }
 }
 
-#[tokio::test]
-async fn subscriber_resumes_on_another_instance_and_after_restarting_all() {
-    let redis = need_redis!();
-    let a = instance(&redis, |_| {}).await;
-    let b = instance(&redis, |_| {}).await;
+async fn subscriber_resumes_on_another_instance_and_after_restarting_all(
+    redis: &mut impl Deployment,
+) {
+    let a = instance(redis, |_| {}).await;
+    let b = instance(redis, |_| {}).await;
     let svc = service("svc");
     let (mut ws, connected) = a.connect(&user("u")).await;
     let deployment = connected["epoch"].as_str().unwrap().to_owned();
@@ -274,18 +533,21 @@ async fn subscriber_resumes_on_another_instance_and_after_restarting_all() {
     assert_eq!(
         (
             f["recovered"].as_bool(),
+            f["epoch"].as_str(),
             f["offset"].as_u64(),
             f["replay_from"].as_u64()
         ),
-        (Some(true), Some(20), Some(11)),
+        (Some(true), Some(epoch.as_str()), Some(20), Some(11)),
         "{f}"
     );
     expect_events(&mut ws, 11, 10).await;
     drop(ws);
-    // Every instance restarts: history and the epoch are in Redis.
+    // Everything restarts, every instance and (SIGKILL) every Redis node: history, the
+    // epochs and the idempotency window are in Redis's AOF.
     b.shutdown().await;
-    let d = instance(&redis, |_| {}).await;
-    let e = instance(&redis, |_| {}).await;
+    redis.restart_all().await;
+    let d = instance(&*redis, |_| {}).await;
+    let e = instance(&*redis, |_| {}).await;
     for i in 21..=25 {
         publish_ok(&d, &svc, &ev(&format!("e{i}"), "global", i)).await;
     }
@@ -295,8 +557,12 @@ async fn subscriber_resumes_on_another_instance_and_after_restarting_all() {
         .subscribe(3, "global", Some(json!({"epoch": epoch, "offset": 20})))
         .await;
     assert_eq!(
-        (f["recovered"].as_bool(), f["replay_from"].as_u64()),
-        (Some(true), Some(21)),
+        (
+            f["recovered"].as_bool(),
+            f["epoch"].as_str(),
+            f["replay_from"].as_u64()
+        ),
+        (Some(true), Some(epoch.as_str()), Some(21)),
         "{f}"
     );
     let got = expect_events(&mut ws, 21, 5).await;
@@ -311,9 +577,7 @@ async fn subscriber_resumes_on_another_instance_and_after_restarting_all() {
     e.shutdown().await;
 }
 
-#[tokio::test]
-async fn rate_limit_holds_across_instances() {
-    let redis = need_redis!();
+async fn rate_limit_holds_across_instances(redis: &impl Deployment) {
     let limited = |c: &mut courier_server::Config| {
         c.rate_limits.user = courier_server::config::LimitRule {
             limit: 10,
@@ -322,8 +586,8 @@ async fn rate_limit_holds_across_instances() {
             shadow: false,
         };
     };
-    let a = instance(&redis, limited).await;
-    let b = instance(&redis, limited).await;
+    let a = instance(redis, limited).await;
+    let b = instance(redis, limited).await;
     let alice = util::user_with("alice", &[], &["global"]);
     let mut admitted = 0;
     let mut refused = 0;
@@ -371,10 +635,8 @@ fn remaining(h: &reqwest::header::HeaderMap) -> std::collections::BTreeMap<Strin
         .collect()
 }
 
-#[tokio::test]
-async fn buckets_are_shared_by_instances_and_charged_per_accepted_event() {
+async fn buckets_are_shared_by_instances_and_charged_per_accepted_event(redis: &impl Deployment) {
     use courier_server::config::LimitRule;
-    let redis = need_redis!();
     let limited = |c: &mut courier_server::Config| {
         // Long windows: nothing refills during the test, so counts are exact.
         c.rate_limits.user = LimitRule {
@@ -388,8 +650,8 @@ async fn buckets_are_shared_by_instances_and_charged_per_accepted_event() {
             ..LimitRule::default()
         };
     };
-    let a = instance(&redis, limited).await;
-    let b = instance(&redis, limited).await;
+    let a = instance(redis, limited).await;
+    let b = instance(redis, limited).await;
     let alice = util::user_with("alice", &[], &["global"]);
     let typed = |id: &str, t: &str| json!({"id": id, "type": t, "channel": "global", "data": {}});
     // Two custom types, one on each instance, share the one fallback bucket.
@@ -454,12 +716,10 @@ async fn buckets_are_shared_by_instances_and_charged_per_accepted_event() {
     b.shutdown().await;
 }
 
-#[tokio::test]
-async fn one_id_on_two_instances_is_delivered_once() {
-    let redis = need_redis!();
-    let a = instance(&redis, |_| {}).await;
-    let b = instance(&redis, |_| {}).await;
-    let c = instance(&redis, |_| {}).await;
+async fn one_id_on_two_instances_is_delivered_once(redis: &impl Deployment) {
+    let a = instance(redis, |_| {}).await;
+    let b = instance(redis, |_| {}).await;
+    let c = instance(redis, |_| {}).await;
     let svc = service("svc");
     let (mut ws, _) = c.connect(&user("u")).await;
     ws.subscribe(1, "global", None).await;
@@ -482,13 +742,11 @@ async fn one_id_on_two_instances_is_delivered_once() {
     }
 }
 
-#[tokio::test]
-async fn per_user_connection_limit_spans_instances_and_forgets_dead_ones() {
-    let redis = need_redis!();
+async fn per_user_connection_limit_spans_instances_and_forgets_dead_ones(redis: &impl Deployment) {
     let two = |c: &mut courier_server::Config| c.connections.max_per_user = 2;
-    let a = instance(&redis, two).await;
-    let b = instance(&redis, two).await;
-    let c = instance(&redis, two).await;
+    let a = instance(redis, two).await;
+    let b = instance(redis, two).await;
+    let c = instance(redis, two).await;
     let (_on_a, _) = a.connect(&user("alice")).await;
     let (_on_b, _) = b.connect(&user("alice")).await;
     let mut third = c.open("/ws").await;
@@ -749,11 +1007,11 @@ async fn redis_restarted_while_instances_run_replays_the_new_epoch() {
     b.shutdown().await;
 }
 
-#[tokio::test]
-async fn redis_history_older_than_held_replays_from_the_oldest_after_restarting_all() {
-    let redis = need_redis!();
+async fn history_older_than_held_replays_from_the_oldest_after_restarting_all(
+    redis: &impl Deployment,
+) {
     let three = |c: &mut courier_server::Config| c.history.max_events_per_channel = 3;
-    let a = instance(&redis, three).await;
+    let a = instance(redis, three).await;
     let svc = service("svc");
     let mut epoch = String::new();
     for i in 1..=6 {
@@ -762,7 +1020,7 @@ async fn redis_history_older_than_held_replays_from_the_oldest_after_restarting_
     }
     // Every instance restarts; Redis keeps the history (4..=6) and the epoch.
     kill(a).await;
-    let b = instance(&redis, three).await;
+    let b = instance(redis, three).await;
     let (mut ws, _) = b.connect(&user("u")).await;
     let f = ws
         .subscribe(1, "global", Some(json!({"epoch": epoch, "offset": 1})))
@@ -795,11 +1053,11 @@ async fn redis_history_older_than_held_replays_from_the_oldest_after_restarting_
     b.shutdown().await;
 }
 
-#[tokio::test]
-async fn redis_new_epoch_replay_meets_live_publishes_without_holes_or_duplicates() {
-    let redis = need_redis!();
-    let a = instance(&redis, |_| {}).await;
-    let b = instance(&redis, |_| {}).await;
+async fn foreign_epoch_replay_meets_live_publishes_without_holes_or_duplicates(
+    redis: &impl Deployment,
+) {
+    let a = instance(redis, |_| {}).await;
+    let b = instance(redis, |_| {}).await;
     let svc = service("svc");
     for i in 1..=50 {
         publish_ok(&a, &svc, &ev(&format!("r{i}"), "global", i)).await;
@@ -900,10 +1158,8 @@ async fn replay_api_pages_10000_events_both_ways_on_every_instance() {
     kill(b).await;
 }
 
-#[tokio::test]
-async fn replay_api_since_and_count_trim_on_redis() {
-    let redis = need_redis!();
-    let a = instance(&redis, |c| c.history.max_events_per_channel = 50).await;
+async fn replay_api_since_and_count_trim(redis: &impl Deployment) {
+    let a = instance(redis, |c| c.history.max_events_per_channel = 50).await;
     let token = util::user_with("reader", &["hist.*"], &[]);
     paging::fill(&a, "hist.trim", 120).await;
     let (fwd, _) = paging::page_all(&a, &token, "hist.trim", "", 7).await;
@@ -1022,6 +1278,17 @@ mod batches_on_redis {
         let redis = need_redis!();
         let server = instance(&redis, |_| {}).await;
         (redis, server)
+    });
+}
+
+/// The batch cases on one instance on a three-master cluster, at the default settings.
+mod batches_on_cluster {
+    use super::*;
+
+    batch_tests!({
+        let cluster = need_cluster!();
+        let server = instance(&cluster, |_| {}).await;
+        (cluster, server)
     });
 }
 
@@ -1191,13 +1458,8 @@ async fn publish_rounds(name: &str, via: &Server, svc: &str) {
     }
 }
 
-#[tokio::test]
-async fn batches_over_several_channels_reach_every_instance_once_in_order() {
-    let redis = need_redis!();
-    let (a, b) = (
-        instance(&redis, |_| {}).await,
-        instance(&redis, |_| {}).await,
-    );
+async fn batches_over_several_channels_reach_every_instance_once_in_order(redis: &impl Deployment) {
+    let (a, b) = (instance(redis, |_| {}).await, instance(redis, |_| {}).await);
     let svc = service("svc");
     let reader = util::user_with("u", &["one", "two"], &[]);
     // Subscribers of both channels on both instances.
@@ -1306,10 +1568,443 @@ async fn a_channel_redis_refuses_rejects_its_events_alone_and_leaves_their_ids_f
     a.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_history_contract_holds_on_redis() {
-    let redis = need_redis!();
-    let a = instance(&redis, |c| c.history.max_events_per_channel = 3).await;
+async fn the_history_contract_holds(redis: &impl Deployment) {
+    let a = instance(redis, |c| c.history.max_events_per_channel = 3).await;
     contract::holds(&*a.state().history).await;
     kill(a).await;
+}
+
+on_redis_and_cluster!(
+    fan_out_reaches_every_instance_in_order,
+    subscriber_resumes_on_another_instance_and_after_restarting_all,
+    rate_limit_holds_across_instances,
+    buckets_are_shared_by_instances_and_charged_per_accepted_event,
+    one_id_on_two_instances_is_delivered_once,
+    per_user_connection_limit_spans_instances_and_forgets_dead_ones,
+    batches_over_several_channels_reach_every_instance_once_in_order,
+    history_older_than_held_replays_from_the_oldest_after_restarting_all,
+    foreign_epoch_replay_meets_live_publishes_without_holes_or_duplicates,
+    replay_api_since_and_count_trim,
+    the_history_contract_holds,
+    a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged,
+);
+
+/// The harness alone, without a server: the cluster forms; while a master is down the
+/// others keep serving their slots; restarted, it rejoins with its slots and, from its AOF,
+/// its data.
+#[tokio::test]
+async fn cluster_harness_a_killed_master_rejoins_with_its_slots_and_data() {
+    let mut cluster = need_cluster!();
+    let mut slots = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..MASTERS {
+        let mine = cluster.slots_of(i).await;
+        assert!(!mine.is_empty(), "master {i} serves no slot");
+        // One key on each master: the first `k{n}` in a slot it serves.
+        let mut n = 0;
+        let key = loop {
+            let key = format!("k{n}");
+            let slot: u16 = cluster.masters[i]
+                .query(&["CLUSTER", "KEYSLOT", &key])
+                .await
+                .unwrap();
+            if mine.iter().any(|&(a, b)| (a..=b).contains(&slot)) {
+                break key;
+            }
+            n += 1;
+        };
+        let ok: String = cluster.masters[i]
+            .query(&["SET", &key, &format!("v{i}")])
+            .await
+            .unwrap();
+        assert_eq!(ok, "OK");
+        slots.push(mine);
+        keys.push(key);
+    }
+    let total: u32 = slots
+        .iter()
+        .flatten()
+        .map(|&(a, b)| u32::from(b - a) + 1)
+        .sum();
+    assert_eq!(total, 16_384, "{slots:?}");
+    cluster.kill_master(1);
+    assert!(
+        cluster.masters[1].query::<String>(&["PING"]).await.is_err(),
+        "master 1 is down"
+    );
+    // The others mark it failed and stay ok (full coverage not required) ...
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let info: String = cluster.masters[0]
+            .query(&["CLUSTER", "INFO"])
+            .await
+            .unwrap();
+        if info.contains("cluster_state:ok") && !info.contains("cluster_slots_fail:0\r") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "master 1 never marked failed: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... and serve their slots, reads and writes; master 1's slots are its own alone.
+    for i in [0, 2] {
+        let v: String = cluster.masters[i].query(&["GET", &keys[i]]).await.unwrap();
+        assert_eq!(v, format!("v{i}"));
+        let ok: String = cluster.masters[i]
+            .query(&["SET", &keys[i], "again"])
+            .await
+            .unwrap();
+        assert_eq!(ok, "OK");
+    }
+    let moved = cluster.masters[0]
+        .query::<String>(&["GET", &keys[1]])
+        .await
+        .unwrap_err();
+    let to = format!("127.0.0.1:{}", cluster.masters[1].port);
+    assert_eq!(
+        moved.redirect_node().map(|(node, _)| node),
+        Some(to.as_str()),
+        "{moved}"
+    );
+    cluster.restart_master(1).await;
+    assert_eq!(cluster.slots_of(1).await, slots[1]);
+    let v: String = cluster.masters[1].query(&["GET", &keys[1]]).await.unwrap();
+    assert_eq!(v, "v1");
+}
+
+/// Channels of the mid-stream test. Whatever the server's key layout, 16 channel names all
+/// miss a given master's slots with a chance of (2/3)^16 < 0.2 % (a fixed layout and fixed
+/// names make it the same every run); the test checks that the killed master held some:
+/// publishes to it were refused while it was down.
+const SPREAD: usize = 16;
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Followed {
+    /// Per channel, `(offset, event id)` in arrival order.
+    events: BTreeMap<String, Vec<(u64, String)>>,
+    /// Breaches of the resume promise: a resume not recovered, an epoch changing, an offset
+    /// not right after the last one, an unexpected frame.
+    faults: Vec<String>,
+    /// Connections that ended (each followed by a new one).
+    reconnects: usize,
+    /// Subscriptions refused (then retried).
+    refusals: usize,
+    /// Errors about the connection (before the server closes it; the subscriber reconnects).
+    notices: Vec<Value>,
+}
+
+/// Opens `/ws` and connects, retrying (as an SDK does) while the server refuses.
+async fn connect_retrying(server: &Server, token: &str) -> Ws {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let mut ws = server.open("/ws").await;
+        ws.send(json!({"op": "connect", "token": token})).await;
+        match ws.next().await {
+            Ok(f) if f["op"] == "connected" => return ws,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "never connected: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Follows `channels` on `server` as an SDK does: subscribes to each from its live head
+/// (counting them in `ready`), and when the connection ends or a subscription is refused,
+/// subscribes again with `since` its last `(epoch, offset)`. Returns once it holds, on
+/// every channel, the offset `target` names (set when publishing is over).
+async fn follow(
+    server: &Server,
+    token: &str,
+    channels: &[String],
+    ready: &Cell<usize>,
+    target: &RefCell<Option<BTreeMap<String, u64>>>,
+) -> Followed {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::time::Instant;
+    use tokio_tungstenite::tungstenite::Message;
+    // Whole run, and catching up once publishing is over.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut catch_up: Option<Instant> = None;
+    let mut got = Followed::default();
+    // Per channel, the epoch and the last offset delivered.
+    let mut at: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    loop {
+        let mut ws = connect_retrying(server, token).await;
+        // (channel index, when to subscribe)
+        let mut due: Vec<(usize, Instant)> =
+            (0..channels.len()).map(|i| (i, Instant::now())).collect();
+        loop {
+            let caught_up = target.borrow().as_ref().is_some_and(|t| {
+                t.iter()
+                    .all(|(ch, &o)| at.get(ch).is_some_and(|&(_, last)| last >= o))
+            });
+            if caught_up {
+                return got;
+            }
+            if target.borrow().is_some() {
+                catch_up.get_or_insert_with(|| Instant::now() + STEP);
+            }
+            assert!(
+                Instant::now() < deadline && catch_up.is_none_or(|t| Instant::now() < t),
+                "not caught up; at {at:?}, target {:?}; faults so far {:?}",
+                target.borrow(),
+                got.faults
+            );
+            let now = Instant::now();
+            let (send, wait): (Vec<_>, Vec<_>) = due.into_iter().partition(|&(_, t)| t <= now);
+            due = wait;
+            let mut dropped = false;
+            for (i, _) in send {
+                let ch = &channels[i];
+                let mut f = json!({"op": "subscribe", "id": i + 1, "channel": ch});
+                if let Some((epoch, offset)) = at.get(ch) {
+                    f["since"] = json!({"epoch": epoch, "offset": offset});
+                }
+                dropped |=
+                    ws.s.send(Message::Text(f.to_string().into()))
+                        .await
+                        .is_err();
+            }
+            if dropped {
+                break;
+            }
+            let msg = tokio::select! {
+                m = ws.s.next() => m,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            };
+            let text = match msg {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => continue,
+            };
+            let f: Value = serde_json::from_str(&text).unwrap();
+            match f["op"].as_str().unwrap_or_default() {
+                "ping" => {
+                    let pong = Message::Text(json!({"op": "pong"}).to_string().into());
+                    if ws.s.send(pong).await.is_err() {
+                        break;
+                    }
+                }
+                "subscribed" => {
+                    let ch = f["channel"].as_str().unwrap().to_owned();
+                    let epoch = f["epoch"].as_str().unwrap().to_owned();
+                    match at.get(&ch) {
+                        None => {
+                            at.insert(ch, (epoch, f["offset"].as_u64().unwrap()));
+                            ready.set(ready.get() + 1);
+                        }
+                        Some((was, last)) => {
+                            let resumed = (
+                                f["recovered"].as_bool(),
+                                f["epoch"].as_str(),
+                                f["replay_from"].as_u64(),
+                            );
+                            if resumed != (Some(true), Some(was.as_str()), Some(last + 1)) {
+                                got.faults.push(format!("resume after {last}: {f}"));
+                            }
+                        }
+                    }
+                }
+                "event" => {
+                    let ch = f["event"]["channel"].as_str().unwrap().to_owned();
+                    let offset = f["offset"].as_u64().unwrap();
+                    let Some((epoch, last)) = at.get_mut(&ch) else {
+                        got.faults.push(format!("event before subscribed: {f}"));
+                        continue;
+                    };
+                    if f["epoch"] != epoch.as_str() || offset != *last + 1 {
+                        got.faults.push(format!("after {epoch}/{last}: {f}"));
+                    }
+                    *last = offset.max(*last);
+                    let id = f["event"]["id"].as_str().unwrap().to_owned();
+                    got.events.entry(ch).or_default().push((offset, id));
+                }
+                "error" if f["id"].is_u64() => {
+                    // A refused subscription: again after the delay the server asks for.
+                    got.refusals += 1;
+                    let i = f["id"].as_u64().unwrap() as usize - 1;
+                    let wait = f["retry_after_ms"].as_u64().unwrap_or(200);
+                    due.push((i, Instant::now() + Duration::from_millis(wait)));
+                }
+                "error" => got.notices.push(f),
+                _ => got.faults.push(format!("unexpected: {f}")),
+            }
+        }
+        got.reconnects += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Publishes a steady stream to `channel`, one event every 100 ms with ids, alternating
+/// between `via`'s instances; each until acknowledged (same id), waiting out the
+/// `Retry-After` of every 503 (counted per channel in `refused`). Stops five events after
+/// `restarted`.
+async fn stream_to(
+    channel: &str,
+    via: [&Server; 2],
+    token: &str,
+    restarted: &Cell<bool>,
+    refused: &RefCell<BTreeMap<String, usize>>,
+    acked: &RefCell<BTreeMap<String, Vec<(u64, String)>>>,
+) {
+    let mut after = 0;
+    for k in 0u64.. {
+        let id = format!("{channel}:{k}");
+        let body = ev(&id, channel, k);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let offset = loop {
+            let r = via[k as usize % 2]
+                .post("/publish", Some(token), &body)
+                .await;
+            match r.status().as_u16() {
+                200 => break r.json::<Value>().await.unwrap()["offset"].as_u64().unwrap(),
+                503 => {
+                    *refused.borrow_mut().entry(channel.to_owned()).or_default() += 1;
+                    let secs: u64 = r
+                        .headers()
+                        .get("retry-after")
+                        .expect("a 503 says when to retry")
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{id}: refused for 30 s"
+                    );
+                    tokio::time::sleep(Duration::from_secs(secs).max(Duration::from_millis(50)))
+                        .await;
+                }
+                s => panic!("{id}: unexpected {s}: {}", r.text().await.unwrap()),
+            }
+        };
+        acked
+            .borrow_mut()
+            .entry(channel.to_owned())
+            .or_default()
+            .push((offset, id));
+        if restarted.get() {
+            after += 1;
+            if after == 5 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two instances, a subscriber of every channel on each, a steady stream of publishes with
+/// ids over [`SPREAD`] channels; one node is killed mid-stream and restarted. Publishers
+/// retry as the SDKs do, subscribers resume with `since`: each subscriber gets every
+/// acknowledged event once, in offset order. (On one Redis every channel stops while it is
+/// down; on the cluster only those in master 1's slots.)
+async fn a_node_killed_mid_stream_and_restarted_loses_nothing_acknowledged(
+    redis: &mut impl Deployment,
+) {
+    let a = instance(&*redis, |_| {}).await;
+    let b = instance(&*redis, |_| {}).await;
+    let svc = service("svc");
+    let channels: Vec<String> = (0..SPREAD).map(|i| format!("spread.{i}")).collect();
+    let readers = [
+        util::user_with("reader-a", &["spread.*"], &[]),
+        util::user_with("reader-b", &["spread.*"], &[]),
+    ];
+    let ready = [Cell::new(0), Cell::new(0)];
+    let target = RefCell::new(None);
+    let (restarted, refused) = (Cell::new(false), RefCell::new(BTreeMap::new()));
+    let refusals = || refused.borrow().values().sum::<usize>();
+    let acked = RefCell::new(BTreeMap::new());
+    let acked_count = || acked.borrow().values().map(Vec::len).sum::<usize>();
+    let run = async {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while ready.iter().any(|r| r.get() < SPREAD) {
+            assert!(tokio::time::Instant::now() < deadline, "never subscribed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let publish = futures_util::future::join_all(
+            channels
+                .iter()
+                .map(|ch| stream_to(ch, [&a, &b], &svc, &restarted, &refused, &acked)),
+        );
+        let control = async {
+            // Mid-stream: after about five events per channel.
+            while acked_count() < 5 * SPREAD {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            redis.kill_one();
+            let killed = tokio::time::Instant::now();
+            // Down past the cluster's node timeout, and until publishes to it were refused.
+            while refusals() == 0 || killed.elapsed() < Duration::from_millis(1_500) {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(15),
+                    "no publish refused in 15 s with a node down"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            eprintln!(
+                "node down {:?}; {} refusals; restarting",
+                killed.elapsed(),
+                refusals()
+            );
+            redis.restart_one().await;
+            eprintln!("node back after {:?}", killed.elapsed());
+            restarted.set(true);
+        };
+        tokio::join!(publish, control);
+        let last = acked
+            .borrow()
+            .iter()
+            .map(|(ch, events)| (ch.clone(), events.last().unwrap().0))
+            .collect();
+        *target.borrow_mut() = Some(last);
+    };
+    let (on_a, on_b, ()) = tokio::join!(
+        follow(&a, &readers[0], &channels, &ready[0], &target),
+        follow(&b, &readers[1], &channels, &ready[1], &target),
+        run,
+    );
+    let acked = acked.into_inner();
+    assert_eq!(acked.len(), SPREAD);
+    for (ch, events) in &acked {
+        let offsets: Vec<u64> = events.iter().map(|e| e.0).collect();
+        let dense: Vec<u64> = (1..=events.len() as u64).collect();
+        assert_eq!(offsets, dense, "{ch}: one offset per acknowledged event");
+    }
+    for (name, seen) in [("a", on_a), ("b", on_b)] {
+        eprintln!(
+            "subscriber on {name}: {} reconnects, {} refused subscriptions, errors {:?}",
+            seen.reconnects, seen.refusals, seen.notices
+        );
+        assert!(seen.faults.is_empty(), "on {name}: {:#?}", seen.faults);
+        for (ch, events) in &acked {
+            assert_eq!(
+                seen.events.get(ch),
+                Some(events),
+                "on {name}, {ch}: every acknowledged event once, in offset order"
+            );
+        }
+    }
+    // Every acknowledged id, again: a duplicate at its first offset (AOF kept the claims).
+    for (ch, events) in &acked {
+        for (k, (offset, id)) in events.iter().enumerate() {
+            let r = publish_ok([&a, &b][k % 2], &svc, &ev(id, ch, 0)).await;
+            assert_eq!(
+                (r["duplicate"].as_bool(), r["offset"].as_u64()),
+                (Some(true), Some(*offset)),
+                "{id}: {r}"
+            );
+        }
+    }
+    eprintln!(
+        "{} events acknowledged; publishes refused while a node was down, per channel: {:?}",
+        acked.values().map(Vec::len).sum::<usize>(),
+        refused.borrow()
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -1,7 +1,7 @@
 //! Batch semantics every backend keeps: one result per event, dense offsets per channel in
 //! batch order, an id twice in one batch, and refusals (rate limit included) per event.
-//! `api.rs` runs these on memory and `redis.rs` on Redis, through [`batch_tests`], at the
-//! default settings (rate limits on).
+//! `api.rs` runs these on memory and `redis.rs` on one Redis and on a Redis Cluster, through
+//! [`batch_tests`], at the default settings (rate limits on).
 
 use futures_util::future::join_all;
 use serde_json::{Value, json};
@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::util::*;
 
 /// Declares the batch tests for one backend. `$start` gives `(guard, Server)`; the guard
-/// (a Redis, or `()`) lives as long as the test.
+/// (a Redis, a cluster, or `()`) lives as long as the test.
 macro_rules! batch_tests {
     ($start:expr) => {
         #[tokio::test]
