@@ -35,7 +35,10 @@ async fn server_on(
         std::env::vars().filter(|(k, _)| k == "COURIER_BACKEND" || k == "COURIER_REDIS_URL"),
     )
     .expect("server configuration from the environment");
-    config.redis.key_prefix = format!("rusttest-{}-{:?}:", std::process::id(), SystemTime::now());
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    config.redis.key_prefix = format!("rusttest-{}-{nanos}:", std::process::id());
     config.auth.jwt_secret = SECRET.into();
     config.enable_fault_injection = true;
     // Rate limits stay at their defaults (on), as a user gets the server; `token` is a
