@@ -22,7 +22,7 @@ python-venv:
 python-dev: python-venv
 	cd python && ../$(PY) -m maturin develop --release --locked -q
 
-test-python: python-dev
+test-python: python-dev tools-redis
 	cargo build -q --locked -p courier-server
 	cd python && ../$(PY) -m mypy.stubtest courier_client._native
 	cd python && ../$(PY) -m mypy --strict courier_client examples ../examples/python-publisher
