@@ -166,6 +166,16 @@ impl Inner {
         self.shared.channel_key("ev", channel)
     }
 
+    /// The pub/sub keys of every channel with local subscribers.
+    fn subscribed_keys(&self) -> Vec<String> {
+        self.channels
+            .read()
+            .expect("broker lock")
+            .keys()
+            .map(|c| self.pubsub_key(c))
+            .collect()
+    }
+
     /// The channel a pub/sub key names.
     fn channel_of(&self, key: &str) -> Option<ChannelName> {
         key.strip_prefix(self.shared.prefix.as_str())
@@ -184,13 +194,7 @@ impl Inner {
             FanoutConn::Cluster(c, rx) => (Sink::Cluster(c), Feed::Cluster(rx)),
         };
         let mut guard = self.sink.lock().await;
-        let keys: Vec<String> = self
-            .channels
-            .read()
-            .expect("broker lock")
-            .keys()
-            .map(|c| self.pubsub_key(c))
-            .collect();
+        let keys = self.subscribed_keys();
         if !keys.is_empty() {
             timed(&self.shared, sink.subscribe(&keys)).await?;
         }
@@ -392,13 +396,7 @@ async fn resubscribe_after_loss(inner: Arc<Inner>) {
             _ = inner.shared.stop.cancelled() => break,
             _ = tokio::time::sleep(RESUBSCRIBE_EVERY) => {}
         }
-        let keys: Vec<String> = inner
-            .channels
-            .read()
-            .expect("broker lock")
-            .keys()
-            .map(|c| inner.pubsub_key(c))
-            .collect();
+        let keys = inner.subscribed_keys();
         let subscribed = match &mut *inner.sink.lock().await {
             Some(sink) => timed(&inner.shared, sink.subscribe(&keys)).await,
             None => break,
