@@ -105,6 +105,13 @@ def redis_node(port, extra=()):
         node.stop(show_log=failed)
 
 
+def start_redis():
+    """One node on a free port, for the callers that stop it themselves (bench_history):
+    `(process, port, directory)`; kill the process and remove the directory when done."""
+    node = RedisNode(free_port())
+    return node.proc, node.port, node.dir
+
+
 @contextlib.contextmanager
 def redis_cluster():
     """Three masters, no replicas, each with its own client port, cluster bus port,
@@ -157,6 +164,7 @@ def redis_version():
 
 
 def run():
+    load_start = os.getloadavg()[0]
     sh("cargo build --release -p courier-server -p courier-bench")
     fan = f"target/release/fanout --subscribers {SUBSCRIBERS} --events {EVENTS}"
     pub = "target/release/http_publish"
@@ -191,10 +199,11 @@ def run():
     cluster_name = f"Redis Cluster ({MASTERS} masters)"
     return (
         "## Server on Redis and on Redis Cluster: two instances beside one in-memory instance\n\n"
-        f"Redis {redis_version()} on 127.0.0.1, one node and a {cluster_name.removeprefix('Redis ')} "
+        f"Redis {redis_version()} on 127.0.0.1: one node, and a Redis Cluster of {MASTERS} masters "
         "(`--cluster-enabled yes`, no replicas, formed with `redis-cli --cluster create`), every "
-        "node with AOF (`appendfsync everysec`); the servers, every Redis node and the load "
-        "generator share the machine's 2 cores.\n\n"
+        "node with AOF (`appendfsync everysec`). The servers, every Redis node and the load "
+        "generator share the machine's 2 cores; the 1-minute load average was "
+        f"{load_start:.1f} when the run started.\n\n"
         f"Fan-out, `{fan}` (in memory) and the same with `--redis-url … --instances 2` (one "
         "Redis) or `--redis-url NODE,NODE,NODE --redis-cluster --instances 2` (the cluster): the "
         f"{SUBSCRIBERS:,} subscribers spread round-robin over two instances; the publisher posts "
@@ -216,8 +225,8 @@ def run():
         + f"\nHTTP publish, `{pub}` (one instance, rate limits off, {pub_mem['seconds_each']:.0f} s "
         "each; the events go to 8 channels, "
         f"{' / '.join(map(str, pub_spread))} of them on the cluster's three masters; the "
-        f"machine's 1-minute load average, other work included, was {load_before:.1f} before "
-        f"and {load_after:.1f} after):\n\n"
+        f"machine's 1-minute load average, this benchmark's own processes included, was "
+        f"{load_before:.1f} before and {load_after:.1f} after):\n\n"
         "| backend | `POST /publish`, 64 in flight | `POST /publish/batch` ×100, 8 in flight |\n"
         "|---|---|---|\n"
         f"| memory | {pub_mem['single_per_sec']:,.0f} events/s | {pub_mem['batched_per_sec']:,.0f} events/s |\n"
