@@ -196,24 +196,34 @@ pub fn unix_ms() -> f64 {
 }
 
 /// `--redis-url URL` from the command line: the server settings that put it on Redis
-/// (`COURIER_BACKEND=redis`), under a key prefix of its own so runs do not mix.
+/// (`COURIER_BACKEND=redis`), under a key prefix of its own so runs do not mix. With
+/// `--redis-cluster` too, on a Redis Cluster instead (`COURIER_BACKEND=redis-cluster`; the
+/// URL lists seed nodes, comma-separated).
 pub fn redis_env() -> Option<Vec<(String, String)>> {
     let args: Vec<String> = std::env::args().collect();
     let url = args
         .iter()
         .position(|a| a == "--redis-url")
-        .and_then(|i| args.get(i + 1))?
-        .clone();
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let cluster = args.iter().any(|a| a == "--redis-cluster");
+    assert!(
+        url.is_some() || !cluster,
+        "--redis-cluster needs --redis-url with the cluster's nodes, comma-separated"
+    );
+    let url = url?;
+    let backend = if cluster { "redis-cluster" } else { "redis" };
     let prefix = format!("bench{}-{}:", std::process::id(), unix_ms() as u64);
     Some(vec![
-        ("COURIER_BACKEND".into(), "redis".into()),
+        ("COURIER_BACKEND".into(), backend.into()),
         ("COURIER_REDIS_URL".into(), url),
         ("COURIER_REDIS__KEY_PREFIX".into(), prefix),
     ])
 }
 
-/// Starts `instances` servers with `env` plus [`redis_env`] (all on one Redis when given),
-/// or with `--server node` on the command line the bare Node `ws` baseline instead.
+/// Starts `instances` servers with `env` plus [`redis_env`] (all on one Redis, or one Redis
+/// Cluster, when given), or with `--server node` on the command line the bare Node `ws`
+/// baseline instead.
 pub fn start_servers(instances: u64, env: &[(&str, &str)]) -> Vec<ServerProcess> {
     let args: Vec<String> = std::env::args().collect();
     if args

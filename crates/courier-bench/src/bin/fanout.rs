@@ -1,6 +1,10 @@
 //! Fan-out: one publisher, N WebSocket subscribers on one channel.
 //! With `--redis-url URL --instances K`, K Redis-backed servers share the subscribers
-//! round-robin and the publisher posts to the first one.
+//! round-robin and the publisher posts to the first one; `--redis-cluster` puts them on a
+//! Redis Cluster (the URL lists its nodes).
+//! With `--channels C` (default 1), events go round-robin to C channels
+//! (`bench.fanout.0` …) and every subscriber subscribes to all of them, so each event still
+//! reaches every subscriber; on a cluster the channels' slots spread over the masters.
 //! Prints `{"subscribers", "events", "deliveries", "seconds", "deliveries_per_sec",
 //! "paced": {"rate", "p50_ms", "p99_ms", "samples", "curve"}, "saturated": {…}}`, where
 //! `curve` is `[[percentile, ms], …]`, and `server_cpu_ms_per_1000` the servers' CPU time
@@ -17,7 +21,14 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-const CHANNEL: &str = "bench.fanout";
+/// The channel of event `n` when there are `channels` of them.
+fn channel(n: u64, channels: u64) -> String {
+    if channels <= 1 {
+        "bench.fanout".to_owned()
+    } else {
+        format!("bench.fanout.{}", n % channels)
+    }
+}
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
@@ -40,10 +51,11 @@ async fn publish_batch(
     phase: &str,
     from: u64,
     count: u64,
+    channels: u64,
 ) {
     let events: Vec<serde_json::Value> = (from..from + count)
         .map(|n| {
-            serde_json::json!({"id": format!("{phase}-{n}"), "type": "bench.tick", "channel": CHANNEL,
+            serde_json::json!({"id": format!("{phase}-{n}"), "type": "bench.tick", "channel": channel(n, channels),
                 "data": {"seq": n, "sent_ms": unix_ms()}, "metadata": {"source": "bench"}})
         })
         .collect();
@@ -85,6 +97,7 @@ async fn main() {
     let subscribers = arg("--subscribers", 1000);
     let events = arg("--events", 1000);
     let instances = arg("--instances", 1);
+    let channels = arg("--channels", 1).max(1);
     let servers = start_servers(
         instances,
         &[
@@ -115,10 +128,13 @@ async fn main() {
         ready.push(rx);
         tokio::spawn(async move {
             let mut ws = connect_ws(&addr, &token).await;
-            let sub =
-                serde_json::json!({"op": "subscribe", "id": 1, "channel": CHANNEL}).to_string();
-            ws.send(Message::text(sub)).await.expect("subscribe");
+            for c in 0..channels {
+                let sub = serde_json::json!({"op": "subscribe", "id": c + 1, "channel": channel(c, channels)})
+                    .to_string();
+                ws.send(Message::text(sub)).await.expect("subscribe");
+            }
             let mut tx = Some(tx);
+            let mut pending = channels;
             let sample = i % 10 == 0;
             while let Some(Ok(msg)) = ws.next().await {
                 let Message::Text(text) = msg else { continue };
@@ -130,7 +146,10 @@ async fn main() {
                         shared.latencies.lock().await.push(unix_ms() - sent);
                     }
                 } else if text.contains("\"op\":\"subscribed\"") {
-                    if let Some(tx) = tx.take() {
+                    pending = pending.saturating_sub(1);
+                    if pending == 0
+                        && let Some(tx) = tx.take()
+                    {
                         let _ = tx.send(());
                     }
                 } else if text.contains("\"op\":\"ping\"") {
@@ -157,7 +176,16 @@ async fn main() {
         handles.push(tokio::spawn(async move {
             let mut from = lane * batch;
             while from < events {
-                publish_batch(&http, &url, &token, "sat", from, batch.min(events - from)).await;
+                publish_batch(
+                    &http,
+                    &url,
+                    &token,
+                    "sat",
+                    from,
+                    batch.min(events - from),
+                    channels,
+                )
+                .await;
                 from += 4 * batch;
             }
         }));
@@ -182,7 +210,9 @@ async fn main() {
     for n in 0..paced_events {
         tick.tick().await;
         let (http, url, token) = (http.clone(), url.clone(), token.clone());
-        tokio::spawn(async move { publish_batch(&http, &url, &token, "paced", n, 1).await });
+        tokio::spawn(
+            async move { publish_batch(&http, &url, &token, "paced", n, 1, channels).await },
+        );
     }
     wait_for(&shared, subscribers * paced_events, Duration::from_secs(60)).await;
     let paced_cpu = cpu_ms() - cpu_start;
@@ -193,6 +223,7 @@ async fn main() {
     let out = serde_json::json!({
         "subscribers": subscribers,
         "instances": servers.len(),
+        "channels": channels,
         "events": events,
         "deliveries": deliveries,
         "expected_deliveries": target,
@@ -201,7 +232,7 @@ async fn main() {
         "saturated": {"p50_ms": percentile(&saturated, 50.0), "p99_ms": percentile(&saturated, 99.0), "samples": saturated.len(), "curve": curve(&saturated),
             "server_cpu_ms_per_1000": saturated_cpu / deliveries.max(1) as f64 * 1000.0},
         "paced": {"rate": rate, "p50_ms": percentile(&paced, 50.0), "p99_ms": percentile(&paced, 99.0), "samples": paced.len(), "curve": curve(&paced),
-            "deliveries": paced_deliveries, "server_cpu_ms_per_1000": paced_cpu / paced_deliveries.max(1) as f64 * 1000.0},
+            "deliveries": paced_deliveries, "expected_deliveries": subscribers * paced_events, "server_cpu_ms_per_1000": paced_cpu / paced_deliveries.max(1) as f64 * 1000.0},
         "server_rss_mb": servers.iter().map(|s| s.rss_bytes()).sum::<u64>() as f64 / 1048576.0,
     });
     println!("{out}");

@@ -1,7 +1,8 @@
 //! HTTP publish throughput: single events (`POST /publish`, 64 in flight) and batches of
 //! 100 (`POST /publish/batch`, 8 in flight), each for a fixed time.
 //! Prints `{"single_per_sec", "batched_per_sec", "seconds_each"}`. `--redis-url URL` runs
-//! the server on Redis.
+//! the server on Redis, and `--redis-cluster` with it on a Redis Cluster (the URL lists its
+//! nodes, comma-separated).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +51,7 @@ async fn run(concurrency: u64, per_request: u64, seconds: f64, addr: &str, token
 
 #[tokio::main]
 async fn main() {
-    // `--redis-url URL` puts the server on Redis.
+    // `--redis-url URL` puts the server on Redis (`--redis-cluster`: on a Redis Cluster).
     let servers = start_servers(1, &[("COURIER_RATE_LIMITS__ENABLED", "false")]);
     let server = &servers[0];
     let token = server.token("bench");
