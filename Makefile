@@ -13,7 +13,7 @@ WASM_PACK_VERSION := 0.15.1
 BINARYEN_VERSION := 132.0.0
 STAMP := .tools/stamps
 
-.PHONY: help test demo bench lint test-rust check-wasm tools-rust tools-redis tools-postgres test-sdk-redis sdk-suites test-postgres
+.PHONY: help test demo bench lint test-rust check-wasm tools-rust tools-redis tools-postgres test-sdk-redis test-sdk-cluster sdk-suites test-postgres
 
 help:
 	@echo "make demo   - build, start the reference server, show Python -> TypeScript events"
@@ -50,8 +50,9 @@ TEST_TARGETS := lint test-rust check-wasm
 -include console/console.mk
 -include tests/e2e/e2e.mk
 
-# The SDK suites once more, against a Redis-backed server (each server its own namespace).
-TEST_TARGETS += test-sdk-redis
+# The SDK suites once more, against a Redis-backed server (each server its own namespace),
+# and against a server on a three-master Redis Cluster.
+TEST_TARGETS += test-sdk-redis test-sdk-cluster
 
 # The PostgreSQL history store (one throwaway cluster): its own tests, the whole API suite
 # with every server's history in PostgreSQL, and two instances on Redis fan-out with it.
@@ -75,6 +76,10 @@ check-wasm: tools-rust
 test-sdk-redis: tools-redis python-dev npm-build
 	cargo build -p courier-server --locked
 	tests/with-redis.sh $(MAKE) --no-print-directory sdk-suites
+
+test-sdk-cluster: tools-redis python-dev npm-build
+	cargo build -p courier-server --locked
+	tests/with-redis-cluster.sh $(MAKE) --no-print-directory sdk-suites
 
 test-postgres: tools-postgres tools-redis
 	tests/with-postgres.sh bash -c 'cargo test -p courier-server --locked --test postgres && \

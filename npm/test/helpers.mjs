@@ -23,7 +23,7 @@ export function startServer({ listen = '127.0.0.1:0', env = {} } = {}) {
       COURIER_LOG_LEVEL: process.env.COURIER_TEST_LOG_LEVEL ?? 'warn',
       // Under `make test-sdk-redis` every server gets its own Redis namespace, like a fresh
       // deployment (a restart here is a new server, as in memory).
-      ...(process.env.COURIER_BACKEND === 'redis' ? { COURIER_REDIS__KEY_PREFIX: `nodetest-${process.pid}-${Date.now()}-${Math.random()}:` } : {}),
+      ...(process.env.COURIER_BACKEND?.startsWith('redis') ? { COURIER_REDIS__KEY_PREFIX: `nodetest-${process.pid}-${Date.now()}-${Math.random()}:` } : {}),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -152,7 +152,7 @@ def start_server(binary: str, env_extra: Optional[Dict[str, str]] = None) -> Ser
     # a fresh deployment.
     keep = ("COURIER_BACKEND", "COURIER_REDIS_URL")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COURIER_") or k in keep}
-    if env.get("COURIER_BACKEND") == "redis":
+    if env.get("COURIER_BACKEND") in ("redis", "redis-cluster"):
         env["COURIER_REDIS__KEY_PREFIX"] = f"pytest-{os.getpid()}-{time.monotonic_ns()}:"
     # Rate limits stay at the server's defaults (on): the suite runs against the server as a
     # user gets it. A test about something else that needs them off passes its own override.
