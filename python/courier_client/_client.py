@@ -737,6 +737,10 @@ class AsyncCourierClient(_Base):
         finally:
             self._closed = True
             self._native.shutdown()
+        # The native threads are joined, so every state change they reported (``closed``
+        # among them) is queued on this loop, ahead of this coroutine: let those callbacks
+        # run before close() returns, as the blocking client does.
+        await asyncio.sleep(0)
 
 
 # --- blocking client ------------------------------------------------------------------
