@@ -72,18 +72,19 @@ impl RedisConnections {
         let (s, d) = (shared.clone(), dead.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
+            // One warning when a check starts failing (its node is down), not one per tick.
+            let (mut beat_failing, mut epoch_failing) = (false, false);
             loop {
                 tokio::select! {
                     _ = s.stop.cancelled() => return,
                     _ = tick.tick() => {
-                        match heartbeat(&s, &script, ttl).await {
-                            Ok(now_dead) => *d.write().expect("dead lock") = now_dead,
-                            Err(e) => tracing::warn!(error = %e, "instance heartbeat failed"),
-                        }
+                        let beat = heartbeat(&s, &script, ttl).await.map(|now_dead| {
+                            *d.write().expect("dead lock") = now_dead;
+                        });
+                        report(beat, &mut beat_failing, "instance heartbeat");
                         // Notices Redis losing its data even on an idle instance.
-                        if let Err(e) = s.ensure_epoch().await {
-                            tracing::warn!(error = %e, "cannot read the deployment's epoch");
-                        }
+                        let epoch = s.ensure_epoch().await.map(|_| ());
+                        report(epoch, &mut epoch_failing, "reading the deployment's epoch");
                     }
                 }
             }
@@ -98,6 +99,22 @@ impl RedisConnections {
 
     fn user_key(&self, user: &str) -> String {
         self.shared.key(&format!("conn:{{u:{user}}}"))
+    }
+}
+
+/// Logs a periodic check's failure once when it starts failing, and its recovery.
+fn report(result: Result<(), StoreError>, failing: &mut bool, what: &str) {
+    match result {
+        Err(e) if !*failing => {
+            *failing = true;
+            tracing::warn!(error = %e, "{what} failed; retrying every tick");
+        }
+        Err(e) => tracing::debug!(error = %e, "{what} failed again"),
+        Ok(()) if *failing => {
+            *failing = false;
+            tracing::info!("{what} works again");
+        }
+        Ok(()) => {}
     }
 }
 
