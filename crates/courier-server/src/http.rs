@@ -517,7 +517,6 @@ async fn publish_part(
 
     // 4. Remember the accepted ids.
     let mut done = Vec::new();
-    let mut done_at = Vec::new();
     let mut failed = Vec::new();
     for ((i, dedupe, key, id), s) in answers.into_iter().zip(stored) {
         match s {
@@ -538,7 +537,6 @@ async fn publish_part(
                 }));
                 if dedupe {
                     done.push((key, record));
-                    done_at.push(i);
                 }
             }
             Err(e) => {
@@ -550,11 +548,37 @@ async fn publish_part(
         }
     }
     state.idempotency.release_many(&failed).await;
-    if let Err(e) = state.idempotency.complete_many(done).await {
-        for i in done_at {
-            results[i] = Some(Err(ApiError::store(e.clone())));
-        }
+    if let Err(e) = state.idempotency.complete_many(done.clone()).await {
+        // The events are stored and fanned out: they stay acknowledged. Answering an error
+        // would have the client publish them again, and once their `pending` claims expired
+        // a retry would store a second copy. Their ids are recorded in the background instead.
+        tracing::warn!(error = %e, events = done.len(),
+            "cannot record published ids yet; retrying in the background");
+        tokio::spawn(complete_later(state.clone(), done));
     }
+}
+
+/// Records `done` (ids of stored events) until the idempotency store takes them, for at
+/// most one idempotency window (after it the ids would be forgotten anyway).
+async fn complete_later(state: SharedState, done: Vec<(String, PublishRecord)>) {
+    let give_up = tokio::time::Instant::now()
+        + Duration::from_secs(state.config.idempotency.window_secs.max(1));
+    let mut delay = Duration::from_millis(100);
+    while tokio::time::Instant::now() < give_up {
+        tokio::time::sleep(delay).await;
+        match state.idempotency.complete_many(done.clone()).await {
+            Ok(()) => {
+                tracing::info!(events = done.len(), "published ids recorded after a retry");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "recording published ids failed again"),
+        }
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+    tracing::error!(
+        events = done.len(),
+        "gave up recording published ids: a retry of them within the window is stored again"
+    );
 }
 
 /// Hands a stored event to the broker, its frame encoded once.

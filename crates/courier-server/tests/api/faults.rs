@@ -207,3 +207,82 @@ async fn request_record_has_arrival_sub_status_and_retry_after() {
     assert_eq!(body["requests"].as_array().unwrap().len(), 0);
     server.shutdown().await;
 }
+
+/// An idempotency store whose first `failures` completions fail (its backend away right
+/// after the append), over the memory store.
+struct CompletionFails {
+    inner: courier_server::store::MemoryIdempotency,
+    failures: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl courier_server::store::IdempotencyStore for CompletionFails {
+    async fn claim(
+        &self,
+        key: &str,
+    ) -> Result<courier_server::store::Claim, courier_server::store::StoreError> {
+        self.inner.claim(key).await
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        record: courier_server::store::PublishRecord,
+    ) -> Result<(), courier_server::store::StoreError> {
+        use std::sync::atomic::Ordering;
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(courier_server::store::StoreError("away".into()));
+        }
+        self.inner.complete(key, record).await
+    }
+    async fn release(&self, key: &str) {
+        self.inner.release(key).await
+    }
+    fn entries(&self) -> usize {
+        self.inner.entries()
+    }
+}
+
+/// The append succeeded but recording the id failed: the event is acknowledged (not an
+/// error the client would publish again), the id is recorded in the background, and a
+/// retry of it is a duplicate at the first offset, never a second copy.
+#[tokio::test]
+async fn an_id_whose_record_failed_after_the_append_is_still_acknowledged_once() {
+    let mut c = config();
+    let mut stores = courier_server::Stores::in_memory(&c);
+    stores.idempotency = std::sync::Arc::new(CompletionFails {
+        inner: courier_server::store::MemoryIdempotency::new(Duration::from_secs(60), 1000),
+        failures: std::sync::atomic::AtomicU32::new(2),
+    });
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    let listener = tokio::net::TcpListener::bind(c.listen).await.unwrap();
+    let handle = courier_server::start_with_stores(c, stores, listener)
+        .await
+        .unwrap();
+    let addr = handle.local_addr();
+    let server = Server {
+        handle: Some(handle),
+        addr,
+        http: http_client(),
+    };
+    let svc = service("svc");
+    let first = server
+        .post("/publish", Some(&svc), &event("once", "global", 1))
+        .await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["duplicate"], false, "{first}");
+    let again: Value = server
+        .post("/publish", Some(&svc), &event("once", "global", 1))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["duplicate"].as_bool(), again["offset"].as_u64()),
+        (Some(true), first["offset"].as_u64()),
+        "{again}"
+    );
+    server.shutdown().await;
+}
