@@ -291,8 +291,7 @@ fn prepare(state: &SharedState, claims: &Claims, mut event: Event) -> Result<Pre
         state.metrics.validation_failure(&e.field);
         return Err(e.into());
     }
-    // Tagged per user: on a Redis Cluster a user's ids share one slot (one pipeline).
-    let key = format!("{{u:{}}}:{}", claims.sub, event.id);
+    let key = format!("{}:{}", crate::store::user_tag(&claims.sub), event.id);
     Ok(Prepared { event, dedupe, key })
 }
 

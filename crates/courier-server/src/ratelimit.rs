@@ -18,7 +18,7 @@ use crate::auth::Claims;
 use crate::config::{LimitRule, RateLimitConfig};
 use crate::fault::{Charged, Refused};
 use crate::metrics::RlDecision;
-use crate::store::{BucketDecision, BucketRequest, RateLimitStore, StoreError};
+use crate::store::{BucketDecision, BucketRequest, RateLimitStore, StoreError, user_tag};
 
 /// The name of the bucket every publish of a user is charged to.
 pub const USER_BUCKET: &str = "user";
@@ -238,9 +238,7 @@ impl RateLimiter {
                     .map(|&i| {
                         let r = &table.rows[i];
                         BucketRequest {
-                            // Tagged per user: on a Redis Cluster a user's buckets
-                            // share one slot (one script call reads them all).
-                            key: format!("rl:{{u:{}}}:{}", usage.sub, r.name),
+                            key: format!("rl:{}:{}", user_tag(&usage.sub), r.name),
                             emission_interval: r.emission_interval,
                             burst: r.burst,
                             shadow: r.shadow,

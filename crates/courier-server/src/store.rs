@@ -289,6 +289,13 @@ pub trait RateLimitStore: Send + Sync + 'static {
     }
 }
 
+/// `user` as the hash tag every key of theirs carries (`{u:user}`): on a Redis Cluster a
+/// user's rate-limit buckets, ids and connection counts share one slot, so each stage of a
+/// request is one pipeline or one script on one node.
+pub fn user_tag(user: &str) -> String {
+    format!("{{u:{user}}}")
+}
+
 /// What an earlier publish of the same id produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishRecord {

@@ -98,7 +98,8 @@ impl RedisConnections {
     }
 
     fn user_key(&self, user: &str) -> String {
-        self.shared.key(&format!("conn:{{u:{user}}}"))
+        self.shared
+            .key(&format!("conn:{}", crate::store::user_tag(user)))
     }
 }
 
